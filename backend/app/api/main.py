@@ -1,0 +1,13 @@
+"""The /api router: every route module mounted here, all behind the token check."""
+
+from fastapi import APIRouter, Depends
+
+from .deps import require_token
+from .routes import analyses, corpora, health, models, prunings
+
+api_router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+api_router.include_router(health.router)
+api_router.include_router(models.router)
+api_router.include_router(corpora.router)
+api_router.include_router(analyses.router)
+api_router.include_router(prunings.router)

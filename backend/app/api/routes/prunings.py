@@ -1,0 +1,48 @@
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, StreamingResponse
+
+from ...core.errors import not_found
+from ...schemas import Job, PruningRequest
+from ...services import prunings
+from ..deps import EnqueueDep, SettingsDep, StoreDep
+from .analyses import cancel, events
+
+router = APIRouter(prefix="/prunings", tags=["prunings"])
+
+
+@router.get("", response_model=list[Job])
+def list_prunings(store: StoreDep) -> list[dict]:
+    return store.list_jobs("pruning")
+
+
+@router.post("", response_model=Job, status_code=202)
+def create_pruning(req: PruningRequest, settings: SettingsDep, store: StoreDep, enqueue: EnqueueDep) -> dict:
+    return prunings.create(req, settings, store, enqueue)
+
+
+@router.get("/{job_id}", response_model=Job)
+def get_pruning(job_id: str, store: StoreDep) -> dict:
+    job = store.get(job_id, "pruning")
+    if job is None:
+        raise not_found("pruning", job_id)
+    return job
+
+
+@router.delete("/{job_id}", response_model=Job)
+def cancel_pruning(job_id: str, store: StoreDep) -> dict:
+    return cancel(store, job_id, "pruning")
+
+
+@router.get("/{job_id}/events")
+def pruning_events(job_id: str, settings: SettingsDep, store: StoreDep) -> StreamingResponse:
+    return events(store, settings, job_id, "pruning")
+
+
+@router.get("/{job_id}/download/{artifact}", response_model=None)
+def download(job_id: str, artifact: str, settings: SettingsDep, store: StoreDep) -> FileResponse | StreamingResponse:
+    path = prunings.artifact_path(settings, store, job_id, artifact)
+    if artifact == "model":
+        return StreamingResponse(prunings.zip_stream(path), media_type="application/zip",
+                                 headers={"Content-Disposition": f'attachment; filename="fnprune-{job_id}-model.zip"'})
+    media = "text/html" if artifact == "report" else "application/json"
+    return FileResponse(path, media_type=media, filename=f"fnprune-{job_id}-{path.name}")

@@ -1,0 +1,89 @@
+"""One error shape for every failure: ``{"detail": "<readable sentence>", "field": <name or null>}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fnprune.errors import ConfigError, CorpusError, FnpruneError, ModelLoadError, RunDirError
+
+log = logging.getLogger("fnprune.backend")
+
+
+class ApiError(Exception):
+    """Raised by services; becomes a JSON error response."""
+
+    def __init__(self, status_code: int, detail: str, field: str | None = None):
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+        self.field = field
+
+
+def not_found(what: str, value: str, field: str | None = None) -> ApiError:
+    return ApiError(404, f"no {what} with id {value!r}", field)
+
+
+def _body(status: int, detail: str, field: str | None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
+
+
+def _loc_to_field(loc: tuple) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form", "cookie")]
+    return ".".join(parts) or None
+
+
+def fnprune_status(exc: FnpruneError) -> int:
+    if isinstance(exc, (ConfigError, CorpusError)):
+        return 422
+    if isinstance(exc, RunDirError):
+        return 409
+    if isinstance(exc, ModelLoadError):
+        return 400
+    return 400
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return _body(exc.status_code, exc.detail, exc.field, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        field = _loc_to_field(tuple(first.get("loc", ())))
+        msg = str(first.get("msg", "invalid value"))
+        if first.get("type") == "json_invalid":
+            msg, field = "the request body is not valid JSON", None
+        elif first.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        elif first.get("type") == "missing":
+            msg = "this field is required"
+        detail = f"{field}: {msg}" if field else msg
+        if len(errors) > 1:
+            detail += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        return _body(422, detail, field)
+
+    @app.exception_handler(FnpruneError)
+    async def _fnprune(request: Request, exc: FnpruneError) -> JSONResponse:
+        return _body(fnprune_status(exc), str(exc) or type(exc).__name__, getattr(exc, "field", None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no such route: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"method {request.method} is not allowed on {request.url.path}"
+        return _body(exc.status_code, detail, None, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _body(500, f"internal error: {type(exc).__name__}: {exc}", None)

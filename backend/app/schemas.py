@@ -1,0 +1,121 @@
+"""Every serialisable type of the HTTP API (the backend owns these; fnprune never sees pydantic)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    device: str
+    queue: Literal["sqlite", "redis"]
+    workers: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    description: str = ""
+    available: bool = True
+
+
+class CorpusInfo(BaseModel):
+    name: str
+    description: str = ""
+    n_documents: int | None = None
+    labels: list[str] = []
+    available: bool = True
+
+
+class UploadedCorpus(BaseModel):
+    name: str
+    n_documents: int
+    labels: list[str]
+
+
+class Job(BaseModel):
+    id: str
+    kind: Literal["analysis", "pruning"]
+    status: JobStatus
+    progress: float
+    stage: str
+    message: str
+    eta_s: float | None
+    error: str | None
+    params: dict[str, Any]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    result: dict[str, Any] | None
+
+
+class AnalysisRequest(Strict):
+    model: str = Field(default="smollm2-135m", min_length=1, max_length=500)
+    corpus: str = Field(default="brown", min_length=1, max_length=200)
+    genres: list[str] | None = Field(default=None, max_length=100)
+    n_texts: int = Field(default=40, ge=1, le=5000)
+    max_tokens: int = Field(default=512, ge=8, le=8192)
+    n_components: int = Field(default=128, ge=1, le=2048)
+    mode: Literal["per-layer", "whole-model"] = "per-layer"
+    n_runs: int = Field(default=1, ge=1, le=50)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class ThresholdChoice(Strict):
+    """At most one of ``threshold`` / ``target_ratio``; neither means the analysis' default threshold."""
+
+    networks: list[int] | None = Field(default=None, max_length=4096)
+    threshold: float | None = Field(default=None, gt=0, le=100)
+    target_ratio: float | None = Field(default=None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ThresholdChoice:
+        if self.threshold is not None and self.target_ratio is not None:
+            raise ValueError("give either threshold or target_ratio, not both")
+        return self
+
+
+class PreviewRequest(ThresholdChoice):
+    protected_layers: list[int] | None = Field(default=None, max_length=1024)
+    uniform: bool = False
+
+
+class PreviewResult(BaseModel):
+    threshold: float | None
+    widths: list[int]
+    original_widths: list[int]
+    protected_layers: list[int]
+    removed_params: int
+    total_params: int
+    mlp_params: int
+    ratio_total: float
+    ratio_mlp: float
+    size_bytes: int
+
+
+class Labels(Strict):
+    labels: dict[str, Literal["signal", "noise", "unknown"]]
+
+
+class PruningRequest(ThresholdChoice):
+    analysis_id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-zA-Z_-]+$")
+    protected_layers: list[int] | None = Field(default=None, max_length=1024)
+    bias: bool = False
+    uniform: bool = False
+    heads: bool = False
+    baselines: list[Literal["random", "magnitude", "wanda-sp", "flap"]] = Field(default_factory=list)
+    evaluate: bool = True
+    n_heldout: int = Field(default=20, ge=1, le=500)
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    field: str | None = None

@@ -1,0 +1,307 @@
+"""Analyses: create the job, run it in the worker, and serve its networks, maps, previews and exports."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import shutil
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fnprune.progress import report
+
+from ..core.config import Settings
+from ..core.errors import ApiError, not_found
+from ..schemas import AnalysisRequest, PreviewRequest
+from . import catalog, encoding
+from .jobs import JobStore
+
+MAX_TIME_COURSE_POINTS = 4000
+ARTIFACTS = {"masks": ("masks.json", "application/json"), "maps": ("maps.nii.gz", "application/gzip"),
+             "labels": ("labels.txt", "text/plain"), "report": ("report.html", "text/html")}
+
+
+# -- creating and running -------------------------------------------------------------------------
+def create(req: AnalysisRequest, settings: Settings, store: JobStore, enqueue) -> dict[str, Any]:
+    catalog.resolve_model(req.model, settings)
+    catalog.resolve_corpus(req.corpus, settings)
+    if req.genres:
+        labels = catalog.corpus_info(req.corpus, settings)["labels"]
+        unknown = [g for g in req.genres if g not in labels]
+        if unknown:
+            raise ApiError(422, f"genres: {', '.join(map(repr, unknown))} not in corpus {req.corpus!r} "
+                                f"(labels: {', '.join(labels) or 'none'})", "genres")
+    job = store.create("analysis", req.model_dump())
+    enqueue(job["id"])
+    return store.get(job["id"]) or job
+
+
+def _calibration_docs(docs: list) -> list:
+    try:
+        from fnprune.corpus import split_heldout
+
+        calibration, _ = split_heldout(docs)
+        return list(calibration)
+    except ImportError:
+        return [d for i, d in enumerate(docs) if i % 10 != 0]
+
+
+def run_analysis(settings: Settings, job_id: str, params: dict[str, Any], progress) -> dict[str, Any]:
+    """Worker side: model + corpus -> FunctionalNetworks saved atomically under ``<job dir>/run``."""
+    from fnprune.corpus import load_corpus
+    from fnprune.models import load_model
+    from fnprune.networks import analyze
+
+    req = AnalysisRequest(**params)
+    job_dir = settings.job_dir("analysis", job_id)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = job_dir / "work"
+    tmp_run = job_dir / ".tmp-run"
+    final_run = job_dir / "run"
+    try:
+        report(progress, "load", 0.0, f"loading model {req.model}")
+        model_spec = catalog.resolve_model(req.model, settings)
+        model, tokenizer = load_model(model_spec, device=settings.DEVICE, trust_remote_code=settings.TRUST_REMOTE_CODE,
+                                      allowed_dirs=settings.MODEL_DIRS or None)
+        report(progress, "load", 0.5, f"loading corpus {req.corpus}")
+        corpus_spec = catalog.resolve_corpus(req.corpus, settings)
+        limit = math.ceil(req.n_texts * 10 / 9) + 1
+        docs = _calibration_docs(load_corpus(corpus_spec, limit=limit, genres=req.genres))[: req.n_texts]
+        if not docs:
+            from fnprune.errors import CorpusError
+
+            raise CorpusError(f"corpus {req.corpus!r} has no calibration documents for these genres")
+        report(progress, "load", 1.0, f"{len(docs)} documents")
+        networks = analyze(model, tokenizer, docs, n_components=req.n_components, mode=req.mode, n_runs=req.n_runs,
+                           max_tokens=req.max_tokens, random_state=req.seed, work_dir=work_dir,
+                           progress=progress, device=settings.DEVICE)
+        report(progress, "save", 0.0, "saving the networks")
+        shutil.rmtree(tmp_run, ignore_errors=True)
+        networks.save(tmp_run)
+        os.replace(tmp_run, final_run)
+        report(progress, "save", 1.0, "saved")
+        return summary(networks, n_documents=len(docs))
+    finally:
+        shutil.rmtree(tmp_run, ignore_errors=True)
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def summary(networks, n_documents: int | None = None) -> dict[str, Any]:
+    out = {"n_layers": int(networks.n_layers), "width": int(networks.width), "signals": list(networks.signals),
+           "mode": networks.mode, "threshold": float(networks.threshold),
+           "n_components": len(networks.component_table()), "n_tokens": len(networks.tokens)}
+    if n_documents is not None:
+        out["n_documents"] = n_documents
+    return out
+
+
+# -- loading a finished analysis ------------------------------------------------------------------
+_cache: OrderedDict[tuple[str, float], Any] = OrderedDict()
+_cache_lock = threading.Lock()
+CACHE_SIZE = 4
+
+
+def finished_job(store: JobStore, job_id: str) -> dict[str, Any]:
+    job = store.get(job_id, "analysis")
+    if job is None:
+        raise not_found("analysis", job_id)
+    if job["status"] != "succeeded":
+        raise ApiError(409, f"analysis {job_id} is {job['status']}; its networks exist once it has succeeded")
+    return job
+
+
+def load_networks(settings: Settings, store: JobStore, job_id: str):
+    finished_job(store, job_id)
+    run_dir = settings.job_dir("analysis", job_id) / "run"
+    if not run_dir.is_dir():
+        raise ApiError(410, f"analysis {job_id}: its run directory is gone")
+    key = (str(run_dir), run_dir.stat().st_mtime)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    from fnprune.networks import FunctionalNetworks
+
+    networks = FunctionalNetworks.load(run_dir)
+    with _cache_lock:
+        _cache[key] = networks
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return networks
+
+
+def _threshold(networks, threshold: float | None) -> float:
+    return float(networks.threshold if threshold is None else threshold)
+
+
+# -- labels -----------------------------------------------------------------------------------------
+def _labels_path(settings: Settings, job_id: str) -> Path:
+    return settings.job_dir("analysis", job_id) / "labels.json"
+
+
+def get_labels(settings: Settings, job_id: str) -> dict[str, str]:
+    path = _labels_path(settings, job_id)
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def put_labels(settings: Settings, store: JobStore, job_id: str, labels: dict[str, str]) -> dict[str, str]:
+    networks = load_networks(settings, store, job_id)
+    n = len(networks.component_table())
+    merged = get_labels(settings, job_id)
+    for key, value in labels.items():
+        if not key.lstrip("-").isdigit() or not 0 <= int(key) < n:
+            raise ApiError(422, f"labels.{key}: no component {key!r} (ids are 0..{n - 1})", f"labels.{key}")
+        merged[str(int(key))] = value
+    path = _labels_path(settings, job_id)
+    tmp = path.with_name(".tmp-labels.json")
+    tmp.write_text(json.dumps(merged, sort_keys=True))
+    os.replace(tmp, path)
+    return merged
+
+
+# -- views --------------------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def networks_table(settings: Settings, store: JobStore, job_id: str, threshold: float | None) -> dict[str, Any]:
+    networks = load_networks(settings, store, job_id)
+    thr = _threshold(networks, threshold)
+    labels = get_labels(settings, job_id)
+    components = [dict(_plain(row), label=labels.get(str(row["id"]), "unknown"))
+                  for row in networks.component_table(threshold=thr)]
+    return {"threshold": thr, "n_layers": int(networks.n_layers), "width": int(networks.width),
+            "signals": list(networks.signals), "mode": networks.mode, "components": components}
+
+
+def _component(networks, k: int):
+    n = len(networks.component_table())
+    if not 0 <= k < n:
+        raise ApiError(404, f"no component {k} (ids are 0..{n - 1})", "k")
+    return networks.component_detail(k)
+
+
+def component_map(settings: Settings, store: JobStore, job_id: str, k: int, threshold: float | None) -> dict[str, Any]:
+    networks = load_networks(settings, store, job_id)
+    detail = _component(networks, k)
+    zmap = np.asarray(detail["map"], dtype=np.float32)  # (n_map_layers, n_signals, width)
+    width = int(zmap.shape[-1])
+    tc = np.asarray(detail["time_course"], dtype=np.float32)  # (n_tokens,)
+    idx = encoding.subsample_indices(len(tc), MAX_TIME_COURSE_POINTS)
+    tokens = networks.tokens
+    token_docs = np.asarray(networks.token_docs)
+    labels = get_labels(settings, job_id)
+    encoded = encoding.int8_array(zmap)
+    encoded.update({"layers": [int(x) for x in detail["map_layers"]], "signals": list(networks.signals),
+                    "width": width, "grid": encoding.grid_shape(width)})
+    return {
+        "id": int(detail.get("id", k)), "layer": _plain(detail.get("layer")), "index": _plain(detail.get("index")),
+        "label": labels.get(str(k), "unknown"), "stability": _plain(detail.get("stability")),
+        "threshold": _threshold(networks, threshold), "map": encoded,
+        "histogram": encoding.histogram(zmap),
+        "time_course": {"values": encoding.floats(tc[idx], 3), "tokens": [str(tokens[i]) for i in idx],
+                        "docs": [int(token_docs[i]) for i in idx], "n_tokens": len(tc)},
+        "top_tokens": _plain(detail.get("top_tokens", [])),
+        "genre_profile": _plain(detail.get("genre_profile", {})),
+    }
+
+
+def overview(settings: Settings, store: JobStore, job_id: str, threshold: float | None) -> dict[str, Any]:
+    networks = load_networks(settings, store, job_id)
+    thr = _threshold(networks, threshold)
+    ov = networks.overview(threshold=thr)
+    width = int(networks.width)
+    return {"n_layers": int(networks.n_layers), "width": width, "grid": encoding.grid_shape(width), "threshold": thr,
+            "density": encoding.uint8_array(np.asarray(ov["density"]), quantise=False),
+            "max_z": encoding.uint8_array(np.asarray(ov["max_z"]), quantise=True)}
+
+
+def _check_choice(networks, networks_ids: list[int] | None, protected: list[int] | None) -> None:
+    n = len(networks.component_table())
+    for k in networks_ids or []:
+        if not 0 <= k < n:
+            raise ApiError(422, f"networks: no component {k} (ids are 0..{n - 1})", "networks")
+    for layer in protected or []:
+        if not 0 <= layer < networks.n_layers:
+            raise ApiError(422, f"protected_layers: no layer {layer} (layers are 0..{networks.n_layers - 1})",
+                           "protected_layers")
+
+
+def preview(settings: Settings, store: JobStore, job_id: str, req: PreviewRequest) -> dict[str, Any]:
+    networks = load_networks(settings, store, job_id)
+    _check_choice(networks, req.networks, req.protected_layers)
+    plan = networks.plan(threshold=req.threshold, target_ratio=req.target_ratio, networks=req.networks,
+                         protected_layers=req.protected_layers, uniform=req.uniform)
+    return _plain(plan)
+
+
+# -- downloads ---------------------------------------------------------------------------------------
+def _write_report(path: Path, job: dict[str, Any], table: dict[str, Any]) -> None:
+    rows = "".join(
+        f"<tr><td>{c['id']}</td><td>{c['layer']}</td><td>{c['n_key']}</td><td>{c['peak_z']:.2f}</td>"
+        f"<td>{c['stability']:.2f}</td><td>{html.escape(str(c['top_genre']))}</td>"
+        f"<td>{html.escape(c['label'])}</td></tr>" for c in table["components"])
+    params = html.escape(json.dumps(job["params"], indent=1))
+    path.write_text(
+        "<!doctype html><meta charset='utf-8'><title>fnprune analysis " + html.escape(job["id"]) + "</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}</style>"
+        f"<h1>Analysis {html.escape(job['id'])}</h1><pre>{params}</pre>"
+        f"<p>{table['n_layers']} layers × {table['width']} neurons, mode {html.escape(table['mode'])}, "
+        f"threshold |z| &gt; {table['threshold']:.2f}</p>"
+        "<table><tr><th>id</th><th>layer</th><th>key neurons</th><th>peak z</th><th>stability</th>"
+        f"<th>top genre</th><th>label</th></tr>{rows}</table>")
+
+
+def artifact(settings: Settings, store: JobStore, job_id: str, name: str, threshold: float | None = None,
+             target_ratio: float | None = None) -> tuple[Path, str, str]:
+    """Write (or reuse) an export; returns (path, media type, download filename)."""
+    if name not in ARTIFACTS:
+        raise ApiError(404, f"no artifact {name!r}; choose one of {', '.join(ARTIFACTS)}", "artifact")
+    job = finished_job(store, job_id)
+    networks = load_networks(settings, store, job_id)
+    filename, media = ARTIFACTS[name]
+    export_dir = settings.job_dir("analysis", job_id) / "exports"
+    export_dir.mkdir(parents=True, exist_ok=True)
+    suffix = ""
+    if name == "masks":
+        if threshold is not None and target_ratio is not None:
+            raise ApiError(422, "give either threshold or target_ratio, not both", "threshold")
+        suffix = f"-t{threshold}" if threshold is not None else (f"-r{target_ratio}" if target_ratio else "")
+    path = export_dir / (Path(filename).stem.split(".")[0] + suffix + "".join(Path(filename).suffixes))
+    tmp = path.with_name(".tmp-" + path.name)
+    from fnprune import io as fio
+
+    if name == "maps" and path.exists():
+        return path, media, f"fnprune-{job_id}-{path.name}"
+    if name == "masks":
+        mask = networks.key_mask(threshold=threshold, target_ratio=target_ratio)
+        plan = networks.plan(threshold=threshold, target_ratio=target_ratio)
+        fio.export_mask_json(mask, tmp, _plain({"analysis_id": job_id, **plan}))
+    elif name == "maps":
+        fio.export_nifti(networks, tmp)
+    elif name == "labels":
+        labels = get_labels(settings, job_id)
+        n = len(networks.component_table())
+        fio.export_fix_labels({k: labels.get(str(k), "unknown") for k in range(n)}, tmp)
+    else:
+        _write_report(tmp, job, networks_table(settings, store, job_id, None))
+    os.replace(tmp, path)
+    return path, media, f"fnprune-{job_id}-{path.name}"
