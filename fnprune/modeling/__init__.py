@@ -1,0 +1,1 @@
+"""Self-contained modeling code copied into pruned model directories (``trust_remote_code``)."""

@@ -1,0 +1,138 @@
+"""Pruned causal LMs with a different MLP width per layer and an optional ``down`` bias.
+
+This file is copied into every model directory fnprune saves with per-layer widths, and is
+referenced from ``config.json``'s ``auto_map``, so that
+
+    AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
+
+works with only ``torch`` and ``transformers`` installed (no fnprune). It must stay
+self-contained: no import of fnprune.
+
+Each class is the stock transformers class for the architecture; ``__init__`` builds the stock
+model and then replaces every layer's MLP projections by ones of the stored width:
+
+- ``config.fnprune_intermediate_sizes``: list of per-layer MLP widths (None: the config's width);
+- ``config.fnprune_down_bias``: True when the down projection carries a bias the stock
+  architecture lacks (bias compensation of pruned neurons).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+# class name in this file -> (transformers module, stock class)
+_BASES = {
+    "FnprunedLlamaForCausalLM": ("transformers.models.llama.modeling_llama", "LlamaForCausalLM"),
+    "FnprunedMistralForCausalLM": ("transformers.models.mistral.modeling_mistral", "MistralForCausalLM"),
+    "FnprunedQwen2ForCausalLM": ("transformers.models.qwen2.modeling_qwen2", "Qwen2ForCausalLM"),
+    "FnprunedQwen3ForCausalLM": ("transformers.models.qwen3.modeling_qwen3", "Qwen3ForCausalLM"),
+    "FnprunedGemmaForCausalLM": ("transformers.models.gemma.modeling_gemma", "GemmaForCausalLM"),
+    "FnprunedGemma2ForCausalLM": ("transformers.models.gemma2.modeling_gemma2", "Gemma2ForCausalLM"),
+    "FnprunedGPT2LMHeadModel": ("transformers.models.gpt2.modeling_gpt2", "GPT2LMHeadModel"),
+    "FnprunedOPTForCausalLM": ("transformers.models.opt.modeling_opt", "OPTForCausalLM"),
+    "FnprunedPhiForCausalLM": ("transformers.models.phi.modeling_phi", "PhiForCausalLM"),
+}
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks: the ModuleList of ``num_hidden_layers`` entries (else the longest)."""
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    best = None
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if n_layers is not None and len(module) == n_layers:
+                return module
+            if best is None or len(module) > len(best):
+                best = module
+    if best is None:
+        raise ValueError(f"{type(model).__name__}: no list of decoder layers found")
+    return best
+
+
+def find_mlp(block: nn.Module) -> tuple[nn.Module, tuple[str, ...], str]:
+    """(owner module, names of the projections whose rows are neurons, name of the down projection)."""
+    for owner in [block] + [m for _, m in block.named_modules() if m is not block]:
+        names = set(dict(owner.named_children()))
+        if {"gate_proj", "up_proj", "down_proj"} <= names:
+            return owner, ("gate_proj", "up_proj"), "down_proj"
+        if {"c_fc", "c_proj"} <= names and _is_conv1d(owner.c_fc):
+            return owner, ("c_fc",), "c_proj"
+        if {"fc1", "fc2"} <= names and isinstance(owner.fc1, nn.Linear):
+            return owner, ("fc1",), "fc2"
+    raise ValueError(f"{type(block).__name__}: no MLP (gate/up/down, c_fc/c_proj, fc1/fc2) found")
+
+
+def _resized(proj: nn.Module, n_in: int | None, n_out: int | None, bias: bool | None) -> nn.Module:
+    """A new, uninitialised projection like ``proj`` with ``n_in`` inputs / ``n_out`` outputs."""
+    w = proj.weight
+    has_bias = getattr(proj, "bias", None) is not None if bias is None else bias
+    if _is_conv1d(proj):  # weight (in, out)
+        n_in = w.shape[0] if n_in is None else n_in
+        n_out = w.shape[1] if n_out is None else n_out
+        new = type(proj)(n_out, n_in)
+        new.weight = nn.Parameter(new.weight.to(device=w.device, dtype=w.dtype))
+        new.bias = nn.Parameter(new.bias.to(device=w.device, dtype=w.dtype)) if has_bias else None
+        return new
+    n_in = w.shape[1] if n_in is None else n_in
+    n_out = w.shape[0] if n_out is None else n_out
+    return nn.Linear(n_in, n_out, bias=has_bias, device=w.device, dtype=w.dtype)
+
+
+def reslice_mlps(model: nn.Module, widths: list[int] | None, down_bias: bool = False) -> None:
+    """Replace each layer's MLP projections by new ones of width ``widths[layer]`` (weights uninitialised).
+
+    ``down_bias``: give the down projection a bias (if it has none). Used to build the empty
+    skeleton of a pruned model before its state dict is loaded.
+    """
+    layers = decoder_layers(model)
+    if widths is not None and len(widths) != len(layers):
+        raise ValueError(f"{len(widths)} widths for {len(layers)} layers")
+    for i, block in enumerate(layers):
+        owner, up_names, down_name = find_mlp(block)
+        down = getattr(owner, down_name)
+        width = None if widths is None else int(widths[i])
+        if width is not None:
+            for name in up_names:
+                setattr(owner, name, _resized(getattr(owner, name), None, width, None))
+        if width is not None or (down_bias and getattr(down, "bias", None) is None):
+            setattr(owner, down_name, _resized(down, width, None, True if down_bias else None))
+        if width is not None:
+            for attr in ("intermediate_size", "ffn_dim"):
+                if isinstance(getattr(owner, attr, None), int):
+                    setattr(owner, attr, width)
+
+
+def _pruned_init(self, config, *args, **kwargs):
+    self._fnprune_base.__init__(self, config, *args, **kwargs)
+    widths = getattr(config, "fnprune_intermediate_sizes", None)
+    down_bias = bool(getattr(config, "fnprune_down_bias", False))
+    if widths is not None or down_bias:
+        reslice_mlps(self, widths, down_bias)
+
+
+def make_pruned_class(base: type, name: str | None = None) -> type:
+    """A subclass of the stock ``base`` model class that builds the per-layer pruned MLPs."""
+    name = name or f"Fnpruned{base.__name__}"
+    return type(name, (base,), {"__init__": _pruned_init, "_fnprune_base": base, "__module__": __name__})
+
+
+for _name, (_module, _cls) in _BASES.items():
+    try:
+        _base = getattr(importlib.import_module(_module), _cls)
+    except (ImportError, AttributeError):  # architecture absent from this transformers version
+        continue
+    globals()[_name] = make_pruned_class(_base, _name)
+
+
+def class_name_for(base: type) -> str | None:
+    """The name of this file's class for a stock class (None if this file has none)."""
+    for name, (_, cls) in _BASES.items():
+        if cls == base.__name__:
+            return name
+    return None

@@ -1,0 +1,452 @@
+"""Structured MLP pruning: keep masks, the coupled index_select, bias compensation, baselines.
+
+A neuron ``j`` of layer ``l`` is row ``j`` of every in-projection (``gate``/``up``, ``c_fc``, ``fc1``)
+and column ``j`` of ``down``; :meth:`fnprune.mlp.MLPAdapter.select` removes it. This module adds:
+
+- :func:`prune_model` -- apply per-layer keep indices (or a bool mask) in place, optionally with
+  FLAP-style bias compensation (METHOD §1.9), and record the new widths in the config;
+- :func:`collect_down_input_stats` -- per-neuron mean / variance / L2 norm of ``down``'s input
+  over real (non-padding) calibration tokens;
+- baseline scores (METHOD §2): :func:`random_scores`, :func:`magnitude_scores`,
+  :func:`wanda_sp_scores`, :func:`flap_scores`, and :func:`keep_from_scores` which turns
+  per-neuron scores into keep indices at a parameter budget, with the method's own (global)
+  allocation, with given per-layer widths ("fn" allocation), or with one width everywhere.
+
+Budgets: ``target_ratio`` is the fraction of **all** model parameters to remove (METHOD §2 reports
+it that way); only MLP neurons are removed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .mlp import MLPAdapter, _is_conv1d, find_mlps
+from .progress import ProgressCallback, report
+
+BASELINES = ("random", "magnitude", "wanda-sp", "flap")
+
+
+# -- layers and budgets -------------------------------------------------------------------------
+def default_protected_layers(n_layers: int) -> list[int]:
+    """The paper's protected layers: the first three and the last two (METHOD §1.7)."""
+    return sorted({i for i in (0, 1, 2, n_layers - 2, n_layers - 1) if 0 <= i < n_layers})
+
+
+def _protected(protected_layers: Sequence[int] | None, n_layers: int) -> set[int]:
+    if protected_layers is None:
+        return set(default_protected_layers(n_layers))
+    out = {int(i) if int(i) >= 0 else n_layers + int(i) for i in protected_layers}
+    bad = sorted(i for i in out if not 0 <= i < n_layers)
+    if bad:
+        raise ConfigError(f"protected layer(s) {bad} out of range for a model with {n_layers} layers")
+    return out
+
+
+def check_target_ratio(target_ratio: float) -> float:
+    ratio = float(target_ratio)
+    if not 0.0 < ratio < 1.0 or math.isnan(ratio):
+        raise ConfigError(f"target ratio must be strictly between 0 and 1 (fraction of all parameters "
+                          f"to remove), got {target_ratio}")
+    return ratio
+
+
+def total_parameters(model: nn.Module) -> int:
+    """All parameters, tied ones counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def params_to_remove(model: nn.Module, target_ratio: float) -> int:
+    """Number of parameters a ``target_ratio`` (fraction of all parameters) asks to remove."""
+    return int(round(check_target_ratio(target_ratio) * total_parameters(model)))
+
+
+# -- keep indices -------------------------------------------------------------------------------
+def normalize_keep(keep, widths: Sequence[int]) -> list[torch.Tensor]:
+    """Per-layer sorted LongTensor of kept neuron indices.
+
+    ``keep``: a bool mask ``(n_layers, I)`` (True = keep), or a list with one entry per layer, each a
+    bool mask of length ``widths[l]`` or integer indices. Raises :class:`ConfigError` on a wrong
+    shape, an out-of-range index or a layer left with no neuron.
+    """
+    n_layers = len(widths)
+    if isinstance(keep, (np.ndarray, torch.Tensor)) and keep.ndim == 2:
+        if tuple(keep.shape) != (n_layers, max(widths)) or len(set(widths)) != 1:
+            raise ConfigError(f"keep mask has shape {tuple(keep.shape)}, the model needs "
+                              f"({n_layers}, {widths[0]})" if len(set(widths)) == 1 else
+                              f"keep mask has shape {tuple(keep.shape)}; the model's layers have different "
+                              f"widths {list(widths)}: pass one array per layer")
+        keep = list(keep)
+    if not isinstance(keep, (list, tuple)) or len(keep) != n_layers:
+        got = len(keep) if isinstance(keep, (list, tuple)) else type(keep).__name__
+        raise ConfigError(f"keep must have one entry per layer ({n_layers}), got {got}")
+    out = []
+    for layer, (entry, width) in enumerate(zip(keep, widths, strict=True)):
+        arr = torch.as_tensor(np.asarray(entry.cpu() if isinstance(entry, torch.Tensor) else entry))
+        if arr.ndim != 1:
+            raise ConfigError(f"layer {layer}: keep entry must be 1-D, got shape {tuple(arr.shape)}")
+        if arr.dtype == torch.bool:
+            if arr.numel() != width:
+                raise ConfigError(f"layer {layer}: keep mask has {arr.numel()} entries, the layer has {width} neurons")
+            idx = torch.nonzero(arr).flatten()
+        else:
+            if arr.is_floating_point():
+                raise ConfigError(f"layer {layer}: keep entries must be bool or integer indices")
+            idx = torch.unique(arr.long())  # sorted, deduplicated
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= width):
+                raise ConfigError(f"layer {layer}: neuron index out of range [0, {width})")
+        if idx.numel() == 0:
+            raise ConfigError(f"layer {layer}: pruning would remove every MLP neuron of the layer")
+        out.append(idx)
+    return out
+
+
+# -- calibration statistics -----------------------------------------------------------------------
+@dataclass
+class DownInputStats:
+    """Per-layer statistics of ``down``'s input ``x`` (the neuron outputs) over real tokens.
+
+    ``mean[l]``, ``var[l]``, ``l2[l]``: float64 tensors ``(I_l,)`` -- mean over tokens, population
+    variance over tokens, and ``sqrt(sum_t x_tj^2)`` (the Wanda ``‖x_j‖₂``). ``n_tokens``: tokens seen.
+    """
+
+    mean: list[torch.Tensor]
+    var: list[torch.Tensor]
+    l2: list[torch.Tensor]
+    n_tokens: int
+
+    @property
+    def widths(self) -> list[int]:
+        return [int(m.numel()) for m in self.mean]
+
+
+def _text_of(doc) -> str:
+    return doc if isinstance(doc, str) else doc.text
+
+
+def encode_documents(tokenizer, docs, max_tokens: int | None) -> list[list[int]]:
+    """Token ids per document (truncated to ``max_tokens``), empty documents dropped."""
+    out = []
+    for doc in docs:
+        ids = tokenizer(_text_of(doc), add_special_tokens=True)["input_ids"]
+        if max_tokens is not None:
+            ids = ids[:max_tokens]
+        if len(ids) >= 2:
+            out.append(list(ids))
+    return out
+
+
+def padded_batches(sequences: list[list[int]], batch_size: int, pad_id: int = 0):
+    """Yield ``(input_ids, attention_mask)`` LongTensors ``(batch, max_len)``, right-padded."""
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start:start + batch_size]
+        length = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), length), dtype=torch.long)
+        for row, seq in enumerate(chunk):
+            ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, :len(seq)] = 1
+        yield ids, mask
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int = 512, batch_size: int = 4,
+                             progress: ProgressCallback | None = None) -> DownInputStats:
+    """Mean / variance / L2 norm per neuron of every layer's ``down`` input over real tokens.
+
+    ``docs``: :class:`fnprune.corpus.Document` objects or strings. Padded positions are masked
+    out with the attention mask (hooks may see ``(batch, seq, I)`` or, for OPT, ``(batch*seq, I)``).
+    """
+    from .errors import CorpusError
+
+    adapters = find_mlps(model)
+    sequences = encode_documents(tokenizer, docs, max_tokens)
+    if not sequences:
+        raise CorpusError("no calibration document has at least 2 tokens")
+    widths = [a.width for a in adapters]
+    sums = [torch.zeros(w, dtype=torch.float64) for w in widths]
+    sumsq = [torch.zeros(w, dtype=torch.float64) for w in widths]
+    state: dict = {"mask": None, "n": 0}
+
+    def sink_for(layer: int):
+        def sink(signal: str, x: torch.Tensor) -> None:
+            x = x.reshape(-1, x.shape[-1])  # (batch*seq, I)
+            x = x[state["mask"].to(x.device)].double()  # (real tokens, I)
+            sums[layer] += x.sum(0).cpu()
+            sumsq[layer] += (x * x).sum(0).cpu()
+        return sink
+
+    handles = []
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        for adapter in adapters:
+            handles += adapter.register_signal_hooks(("down_in",), sink_for(adapter.layer))
+        n_batches = math.ceil(len(sequences) / batch_size)
+        for b, (ids, mask) in enumerate(padded_batches(sequences, batch_size)):
+            state["mask"] = mask.reshape(-1).bool()
+            state["n"] += int(mask.sum())
+            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            report(progress, "stats", (b + 1) / n_batches, f"batch {b + 1}/{n_batches}")
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    n = state["n"]
+    means = [s / n for s in sums]
+    var = [(sq / n - m * m).clamp_min(0.0) for sq, m in zip(sumsq, means, strict=True)]
+    l2 = [sq.sqrt() for sq in sumsq]
+    return DownInputStats(mean=means, var=var, l2=l2, n_tokens=n)
+
+
+# -- pruning --------------------------------------------------------------------------------------
+def _down_weight_by_neuron(adapter: MLPAdapter) -> torch.Tensor:
+    """``down``'s weight as ``(hidden, I)`` (a view for nn.Linear, a transpose for Conv1D)."""
+    w = adapter.down.weight
+    return w.t() if _is_conv1d(adapter.down) else w
+
+
+@torch.no_grad()
+def compensation_bias(adapter: MLPAdapter, keep_idx: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """``W_down[:, pruned] @ mean[pruned]`` -- ``(hidden,)``, the pruned neurons' average output."""
+    pruned = torch.ones(adapter.width, dtype=torch.bool)
+    pruned[keep_idx.cpu()] = False
+    w = _down_weight_by_neuron(adapter)  # (hidden, I)
+    pruned = pruned.to(w.device)
+    return w[:, pruned].double() @ mean.to(w.device).double()[pruned]
+
+
+def _add_down_bias(adapter: MLPAdapter, delta: torch.Tensor) -> None:
+    down = adapter.down
+    w = down.weight
+    delta = delta.to(device=w.device, dtype=w.dtype)
+    if getattr(down, "bias", None) is None:
+        down.bias = nn.Parameter(delta.clone())
+    else:
+        down.bias = nn.Parameter(down.bias.detach() + delta)
+
+
+def _set_width_config(model: nn.Module, widths: list[int], down_bias_added: bool) -> None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    uniform = len(set(widths)) == 1
+    key = next((k for k in ("intermediate_size", "ffn_dim", "n_inner") if hasattr(config, k)), None)
+    if key is not None:
+        setattr(config, key, widths[0] if uniform else max(widths))
+    config.fnprune_intermediate_sizes = None if uniform else [int(w) for w in widths]
+    if down_bias_added:
+        config.fnprune_down_bias = True
+
+
+@torch.no_grad()
+def prune_model(model: nn.Module, keep, *, bias: DownInputStats | Sequence[torch.Tensor] | None = None) -> nn.Module:
+    """Remove every MLP neuron not in ``keep``, in place; returns ``model``.
+
+    ``keep``: bool mask ``(n_layers, I)`` (True = keep) or one entry per layer (bool mask or
+    indices), see :func:`normalize_keep`. ``bias``: calibration statistics (or one mean vector
+    ``(I_l,)`` per layer) for FLAP-style bias compensation -- ``down`` gets the bias
+    ``W_down[:, pruned] @ mean(x[pruned])`` (a bias is added where the layer had none).
+
+    The config gets the new width (``intermediate_size`` / ``ffn_dim`` / ``n_inner``); when the
+    widths differ across layers it holds their maximum and ``config.fnprune_intermediate_sizes``
+    the per-layer list. ``config.fnprune_down_bias`` is set when a bias was added.
+    """
+    adapters = find_mlps(model)
+    widths = [a.width for a in adapters]
+    keep_idx = normalize_keep(keep, widths)
+    means = None
+    if bias is not None:
+        means = bias.mean if isinstance(bias, DownInputStats) else list(bias)
+        got = [int(torch.as_tensor(m).numel()) for m in means]
+        if got != widths:
+            raise ConfigError(f"bias statistics are for widths {got}, the model has {widths} "
+                              "(collect them on the unpruned model)")
+    added = False
+    for adapter, idx in zip(adapters, keep_idx, strict=True):
+        if means is not None and idx.numel() < adapter.width:
+            delta = compensation_bias(adapter, idx, torch.as_tensor(means[adapter.layer]))
+            added |= getattr(adapter.down, "bias", None) is None
+            _add_down_bias(adapter, delta)
+        if idx.numel() < adapter.width:
+            adapter.select(idx)
+    if added:  # the saved architecture gives every layer's down a bias: keep them uniform
+        for adapter in adapters:
+            if getattr(adapter.down, "bias", None) is None:
+                _add_down_bias(adapter, torch.zeros(adapter.hidden_size))
+    _set_width_config(model, [a.width for a in adapters], added)
+    return model
+
+
+# -- baseline scores (higher = more important) -----------------------------------------------------
+def random_scores(model: nn.Module, seed: int = 0) -> list[np.ndarray]:
+    """Uniform random scores per neuron, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return [rng.random(a.width) for a in find_mlps(model)]
+
+
+@torch.no_grad()
+def magnitude_scores(model: nn.Module) -> list[np.ndarray]:
+    """L2 norm of every weight tied to the neuron: its in-projection rows and its down column."""
+    out = []
+    for a in find_mlps(model):
+        sq = _down_weight_by_neuron(a).double().pow(2).sum(0)  # (I,)
+        for proj in a.in_projs:
+            w = proj.weight.double()
+            sq = sq + (w.pow(2).sum(0) if _is_conv1d(proj) else w.pow(2).sum(1))
+        out.append(sq.sqrt().cpu().numpy())
+    return out
+
+
+def _check_stats(model: nn.Module, stats: DownInputStats | None, method: str) -> list[MLPAdapter]:
+    adapters = find_mlps(model)
+    if stats is None:
+        raise ConfigError(f"{method} needs calibration statistics (collect_down_input_stats)")
+    if stats.widths != [a.width for a in adapters]:
+        raise ConfigError(f"statistics are for widths {stats.widths}, the model has {[a.width for a in adapters]}")
+    return adapters
+
+
+@torch.no_grad()
+def wanda_sp_scores(model: nn.Module, stats: DownInputStats) -> list[np.ndarray]:
+    """Structured Wanda: ``score_j = Σ_i |W_down[i, j]| · ‖x_j‖₂``."""
+    adapters = _check_stats(model, stats, "wanda-sp")
+    return [(_down_weight_by_neuron(a).double().abs().sum(0).cpu() * stats.l2[a.layer]).numpy()
+            for a in adapters]
+
+
+@torch.no_grad()
+def flap_scores(model: nn.Module, stats: DownInputStats, standardize: bool = True) -> list[np.ndarray]:
+    """FLAP fluctuation: ``Var_tokens(x_j) · ‖W_down[:, j]‖₂²``, z-scored within each layer."""
+    adapters = _check_stats(model, stats, "flap")
+    out = []
+    for a in adapters:
+        s = (stats.var[a.layer] * _down_weight_by_neuron(a).double().pow(2).sum(0).cpu()).numpy()
+        if standardize:
+            std = s.std()
+            s = (s - s.mean()) / (std if std > 0 else 1.0)
+        out.append(s)
+    return out
+
+
+def baseline_scores(method: str, model: nn.Module, stats: DownInputStats | None = None,
+                    seed: int = 0) -> list[np.ndarray]:
+    """Scores of one of :data:`BASELINES` (``random``, ``magnitude``, ``wanda-sp``, ``flap``)."""
+    if method == "random":
+        return random_scores(model, seed)
+    if method == "magnitude":
+        return magnitude_scores(model)
+    if method == "wanda-sp":
+        return wanda_sp_scores(model, stats)
+    if method == "flap":
+        return flap_scores(model, stats)
+    raise ConfigError(f"unknown baseline {method!r}; choose from {', '.join(BASELINES)}")
+
+
+# -- scores -> keep indices at a budget ------------------------------------------------------------
+def keep_from_scores(scores: Sequence[np.ndarray], params_per_neuron: Sequence[int], *,
+                     n_params_remove: int | None = None, widths: Sequence[int] | None = None,
+                     protected_layers: Sequence[int] | None = None, uniform: bool = False,
+                     min_width: int = 1) -> list[np.ndarray]:
+    """Per-layer kept neuron indices (sorted) from per-neuron scores (higher = keep).
+
+    Exactly one way to size the layers:
+    - ``widths`` given ("fn" allocation): keep the ``widths[l]`` best-scored neurons of layer l;
+    - ``uniform=True``: remove the same number of neurons from **every** layer (protected layers
+      ignored, so the result is a stock architecture) until ``n_params_remove`` is reached;
+    - otherwise ("own"/global allocation): rank the neurons of unprotected layers together and
+      remove the lowest until ``n_params_remove`` parameters are gone, leaving every layer at
+      least ``min_width`` neurons. Scores must be comparable across layers (z-score them first).
+    """
+    n_layers = len(scores)
+    sizes = [len(s) for s in scores]
+    if widths is not None:
+        if len(widths) != n_layers:
+            raise ConfigError(f"{len(widths)} widths for {n_layers} layers")
+        out = []
+        for layer, (s, w) in enumerate(zip(scores, widths, strict=True)):
+            if not min_width <= int(w) <= len(s):
+                raise ConfigError(f"layer {layer}: width {w} outside [{min_width}, {len(s)}]")
+            order = np.argsort(-np.asarray(s), kind="stable")
+            out.append(np.sort(order[:int(w)]))
+        return out
+    if n_params_remove is None or n_params_remove <= 0:
+        raise ConfigError("a positive parameter budget (n_params_remove) or per-layer widths are needed")
+    if uniform:
+        per_layer = sum(params_per_neuron)
+        n_remove = math.ceil(n_params_remove / per_layer)
+        width = min(sizes) - n_remove
+        if width < min_width:
+            raise ConfigError(f"removing {n_params_remove:,} parameters uniformly would leave {width} "
+                              "neurons per layer: lower the target ratio")
+        return keep_from_scores(scores, params_per_neuron, widths=[width] * n_layers, min_width=min_width)
+    protected = _protected(protected_layers, n_layers)
+    free = [layer for layer in range(n_layers) if layer not in protected]
+    layer_of = np.concatenate([np.full(sizes[layer], layer) for layer in free] or [[]]).astype(int)
+    flat = np.concatenate([np.asarray(scores[layer], dtype=np.float64) for layer in free] or [[]])
+    index = np.concatenate([np.arange(sizes[layer]) for layer in free] or [[]]).astype(int)
+    order = np.argsort(flat, kind="stable")  # least important first
+    keep_masks = [np.ones(n, dtype=bool) for n in sizes]
+    left = list(sizes)
+    removed = 0
+    for k in order:
+        if removed >= n_params_remove:
+            break
+        layer = int(layer_of[k])
+        if left[layer] <= min_width:
+            continue
+        keep_masks[layer][int(index[k])] = False
+        left[layer] -= 1
+        removed += params_per_neuron[layer]
+    if removed < n_params_remove:
+        raise ConfigError(f"cannot remove {n_params_remove:,} parameters from the MLPs of the unprotected layers "
+                          f"without emptying a layer (at most {removed:,}): lower the target ratio")
+    return [np.flatnonzero(m) for m in keep_masks]
+
+
+def plan_keep(model: nn.Module, method: str, target_ratio: float | None = None, *,
+              stats: DownInputStats | None = None, widths: Sequence[int] | None = None,
+              protected_layers: Sequence[int] | None = None, uniform: bool = False,
+              seed: int = 0, scores: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Keep indices for a baseline (or given ``scores``) at ``target_ratio`` or at given ``widths``."""
+    adapters = find_mlps(model)
+    if scores is None:
+        scores = baseline_scores(method, model, stats, seed)
+        if method in ("magnitude", "wanda-sp") and widths is None:
+            # make layers comparable for the global ranking: z-score within each layer
+            scores = [(s - s.mean()) / (s.std() if s.std() > 0 else 1.0) for s in scores]
+    n_remove = None if widths is not None else params_to_remove(model, target_ratio)
+    return keep_from_scores(scores, [a.params_per_neuron for a in adapters], n_params_remove=n_remove,
+                            widths=widths, protected_layers=protected_layers, uniform=uniform)
+
+
+def prune_baseline(model: nn.Module, method: str, target_ratio: float | None = None, *,
+                   stats: DownInputStats | None = None, widths: Sequence[int] | None = None,
+                   protected_layers: Sequence[int] | None = None, uniform: bool = False,
+                   bias: bool | None = None, seed: int = 0) -> nn.Module:
+    """Prune ``model`` in place with a baseline; ``bias`` defaults to True for ``flap`` only."""
+    keep = plan_keep(model, method, target_ratio, stats=stats, widths=widths,
+                     protected_layers=protected_layers, uniform=uniform, seed=seed)
+    use_bias = (method == "flap") if bias is None else bias
+    if use_bias and stats is None:
+        raise ConfigError("bias compensation needs calibration statistics (collect_down_input_stats)")
+    return prune_model(model, keep, bias=stats if use_bias else None)
+
+
+def widths_summary(model: nn.Module) -> dict:
+    """Per-layer widths and parameter counts of a (pruned) model."""
+    adapters = find_mlps(model)
+    return {"widths": [a.width for a in adapters],
+            "mlp_params": sum(a.n_params for a in adapters),
+            "total_params": total_parameters(model)}
