@@ -1,0 +1,236 @@
+// Chart helpers: brain-style mosaics (Plotly heatmap and <canvas>), colour scales, Plotly defaults.
+// Colours are colour-blind safe: blue–white–orange diverging map, viridis for sequential
+// values, Okabe–Ito for categories.
+
+export const OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
+
+// Diverging blue – white – orange, symmetric around 0 (position in [0, 1]).
+export const DIVERGING = [
+  [0.0, "#1b4f8f"],
+  [0.25, "#6fa8d6"],
+  [0.5, "#f7f7f7"],
+  [0.75, "#f5a54a"],
+  [1.0, "#a14e05"],
+];
+
+export const SEQUENTIAL = "Viridis";
+
+const GAP_BG = "#dfe3e8"; // between slices ("outside the brain")
+
+function hexToRgb(hex) {
+  const n = parseInt(hex.slice(1), 16);
+  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+}
+const DIVERGING_RGB = DIVERGING.map(([p, c]) => [p, hexToRgb(c)]);
+
+/** RGB of the diverging map for value v in [-vmax, vmax]. */
+export function divergingRgb(v, vmax) {
+  let t = vmax > 0 ? 0.5 + v / (2 * vmax) : 0.5;
+  t = Math.min(1, Math.max(0, t));
+  for (let i = 1; i < DIVERGING_RGB.length; i++) {
+    const [p1, c1] = DIVERGING_RGB[i];
+    if (t <= p1) {
+      const [p0, c0] = DIVERGING_RGB[i - 1];
+      const f = (t - p0) / (p1 - p0 || 1);
+      return [0, 1, 2].map((j) => Math.round(c0[j] + f * (c1[j] - c0[j])));
+    }
+  }
+  return DIVERGING_RGB[DIVERGING_RGB.length - 1][1];
+}
+
+export function requirePlotly() {
+  if (!window.Plotly) {
+    throw new Error("The chart library did not load (/vendor/plotly.min.js); charts cannot be drawn.");
+  }
+  return window.Plotly;
+}
+
+export const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d"] };
+
+export function baseLayout(extra = {}) {
+  return {
+    font: { family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 13, color: "#1f2933" },
+    paper_bgcolor: "rgba(0,0,0,0)",
+    plot_bgcolor: "#ffffff",
+    margin: { l: 56, r: 20, t: 36, b: 48 },
+    hoverlabel: { bgcolor: "#ffffff", bordercolor: "#52606d", font: { color: "#1f2933" } },
+    ...extra,
+  };
+}
+
+/** Plotly.react with the app's config. */
+export function react(el, data, layout, config = {}) {
+  return requirePlotly().react(el, data, layout, { ...PLOT_CONFIG, ...config });
+}
+
+/** Number of slice columns so the mosaic is roughly as wide as `aspect` times its height. */
+export function mosaicColumns(nSlices, grid, aspect = 1.8) {
+  const [rows, cols] = grid;
+  let best = 1;
+  let bestErr = Infinity;
+  for (let c = 1; c <= nSlices; c++) {
+    const r = Math.ceil(nSlices / c);
+    const w = c * (cols + 1);
+    const h = r * (rows + 1);
+    const err = Math.abs(Math.log(w / h / aspect));
+    if (err < bestErr) {
+      bestErr = err;
+      best = c;
+    }
+  }
+  return best;
+}
+
+/**
+ * Lay slices out as a mosaic. `values` is (nSlices * width) in slice-major order; neuron i of a
+ * slice sits at row floor(i / cols), column i % cols of the slice's grid. Returns the 2-D z
+ * matrix (null between slices and past the last neuron), matching customdata
+ * [sliceLabel, neuron, sliceIndex], and where each slice starts.
+ */
+export function buildMosaic(values, sliceLabels, width, grid, { nCols, map = (v) => v } = {}) {
+  const [rows, cols] = grid;
+  const nSlices = sliceLabels.length;
+  nCols = nCols || mosaicColumns(nSlices, grid);
+  const nRows = Math.ceil(nSlices / nCols);
+  const H = nRows * (rows + 1) - 1;
+  const W = nCols * (cols + 1) - 1;
+  const z = Array.from({ length: H }, () => new Array(W).fill(null));
+  const customdata = Array.from({ length: H }, () => new Array(W).fill(null));
+  const origins = [];
+  for (let s = 0; s < nSlices; s++) {
+    const y0 = Math.floor(s / nCols) * (rows + 1);
+    const x0 = (s % nCols) * (cols + 1);
+    origins.push([x0, y0]);
+    for (let i = 0; i < width && i < rows * cols; i++) {
+      const y = y0 + Math.floor(i / cols);
+      const x = x0 + (i % cols);
+      z[y][x] = map(values[s * width + i]);
+      customdata[y][x] = [sliceLabels[s], i, s];
+    }
+  }
+  return { z, customdata, origins, H, W, nCols, nRows };
+}
+
+/**
+ * Draw a mosaic into a Plotly heatmap. opts: sliceLabels, width, grid, colorscale, zmin, zmax,
+ * valueLabel, title, map (value transform, e.g. thresholding), height.
+ */
+export function drawMosaic(el, values, opts) {
+  const { sliceLabels, width, grid, colorscale, zmin, zmax, valueLabel = "value", title = "" } = opts;
+  const containerWidth = el.clientWidth || 900;
+  const aspect = Math.max(1.2, Math.min(3, containerWidth / 420));
+  const m = buildMosaic(values, sliceLabels, width, grid, { map: opts.map, nCols: opts.nCols || mosaicColumns(sliceLabels.length, grid, aspect) });
+  const annotations = m.origins.map(([x0, y0], s) => ({
+    x: x0 - 0.5,
+    y: y0 - 0.5,
+    xref: "x",
+    yref: "y",
+    xanchor: "left",
+    yanchor: "top",
+    text: sliceLabels[s],
+    showarrow: false,
+    font: { size: 10, color: "#1f2933" },
+    bgcolor: "rgba(255,255,255,0.75)",
+    borderpad: 1,
+  }));
+  const plotWidth = containerWidth - 110;
+  const height = opts.height || Math.max(220, Math.min(1400, (plotWidth * m.H) / m.W + 80));
+  const trace = {
+    type: "heatmap",
+    z: m.z,
+    customdata: m.customdata,
+    colorscale,
+    zmin,
+    zmax,
+    hoverongaps: false,
+    xgap: 0,
+    ygap: 0,
+    colorbar: { title: { text: valueLabel, side: "right" }, thickness: 14, len: 0.9 },
+    hovertemplate: `%{customdata[0]} · neuron %{customdata[1]}<br>${valueLabel}: %{z:.2f}<extra></extra>`,
+  };
+  const layout = baseLayout({
+    title: title ? { text: title, x: 0, xanchor: "left", font: { size: 15 } } : undefined,
+    height,
+    margin: { l: 8, r: 8, t: title ? 40 : 8, b: 8 },
+    plot_bgcolor: GAP_BG,
+    xaxis: { visible: false, range: [-0.5, m.W - 0.5], constrain: "domain" },
+    yaxis: { visible: false, range: [m.H - 0.5, -0.5], scaleanchor: "x", constrain: "domain" },
+    annotations,
+  });
+  return react(el, [trace], layout);
+}
+
+/**
+ * Draw a small mosaic on a <canvas>, one pixel per neuron (CSS scales it up, pixelated).
+ * `values` (nSlices * width); below |threshold| is drawn white; gaps grey.
+ */
+export function drawMosaicCanvas(canvas, values, nSlices, width, grid, { vmax, threshold = 0 } = {}) {
+  const [rows, cols] = grid;
+  const nCols = mosaicColumns(nSlices, grid, 1.4);
+  const nRows = Math.ceil(nSlices / nCols);
+  const H = nRows * (rows + 1) - 1;
+  const W = nCols * (cols + 1) - 1;
+  canvas.width = W;
+  canvas.height = H;
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(W, H);
+  const gap = hexToRgb(GAP_BG);
+  for (let p = 0; p < W * H; p++) {
+    img.data[4 * p] = gap[0];
+    img.data[4 * p + 1] = gap[1];
+    img.data[4 * p + 2] = gap[2];
+    img.data[4 * p + 3] = 255;
+  }
+  if (!vmax) {
+    vmax = 0;
+    for (const v of values) vmax = Math.max(vmax, Math.abs(v));
+    vmax = vmax || 1;
+  }
+  for (let s = 0; s < nSlices; s++) {
+    const y0 = Math.floor(s / nCols) * (rows + 1);
+    const x0 = (s % nCols) * (cols + 1);
+    for (let i = 0; i < width && i < rows * cols; i++) {
+      const v = values[s * width + i];
+      const rgb = Math.abs(v) >= threshold ? divergingRgb(v, vmax) : [255, 255, 255];
+      const p = (y0 + Math.floor(i / cols)) * W + x0 + (i % cols);
+      img.data[4 * p] = rgb[0];
+      img.data[4 * p + 1] = rgb[1];
+      img.data[4 * p + 2] = rgb[2];
+    }
+  }
+  ctx.putImageData(img, 0, 0);
+}
+
+/**
+ * Combine the signals of a network map (n_layers_in_map, n_signals, width) into one slice per
+ * layer, keeping for each neuron the signed value with the largest |z|.
+ */
+export function combineSignals(values, nLayers, nSignals, width) {
+  const out = new Float32Array(nLayers * width);
+  for (let l = 0; l < nLayers; l++) {
+    for (let i = 0; i < width; i++) {
+      let best = 0;
+      for (let s = 0; s < nSignals; s++) {
+        const v = values[(l * nSignals + s) * width + i];
+        if (Math.abs(v) > Math.abs(best)) best = v;
+      }
+      out[l * width + i] = best;
+    }
+  }
+  return out;
+}
+
+/** Pick one signal out of (n_layers_in_map, n_signals, width) -> (n_layers_in_map, width). */
+export function pickSignal(values, nLayers, nSignals, width, signal) {
+  const out = new Float32Array(nLayers * width);
+  for (let l = 0; l < nLayers; l++) {
+    out.set(values.subarray((l * nSignals + signal) * width, (l * nSignals + signal + 1) * width), l * width);
+  }
+  return out;
+}
+
+/** Default neuron grid when the API does not give one: near-square, wider than tall. */
+export function defaultGrid(width) {
+  const rows = Math.max(1, Math.floor(Math.sqrt(width / 1.5)));
+  return [rows, Math.ceil(width / rows)];
+}

@@ -1,0 +1,62 @@
+// Cached reads of an analysis' data, so moving between views does not refetch everything.
+import { api } from "./api.js";
+
+const cache = new Map();
+
+function cached(key, load) {
+  if (!cache.has(key)) {
+    const promise = load().catch((err) => {
+      cache.delete(key);
+      throw err;
+    });
+    cache.set(key, promise);
+  }
+  return cache.get(key);
+}
+
+export function invalidate(prefix) {
+  for (const key of [...cache.keys()]) if (key.startsWith(prefix)) cache.delete(key);
+}
+
+export const getNetworks = (id) => cached(`${id}:networks`, () => api(`/api/analyses/${id}/networks`));
+export const getOverview = (id) => cached(`${id}:overview`, () => api(`/api/analyses/${id}/overview`));
+
+/** One component's detail; threshold null = the analysis' own threshold. */
+export function getNetwork(id, k, threshold = null) {
+  const q = threshold === null || threshold === undefined ? "" : `?threshold=${encodeURIComponent(threshold)}`;
+  return cached(`${id}:network:${k}:${threshold ?? ""}`, () => api(`/api/analyses/${id}/networks/${k}${q}`));
+}
+
+/** Run `fn` over `items` with at most `limit` in flight; results in order. */
+export async function mapLimit(items, limit, fn) {
+  const results = new Array(items.length);
+  let next = 0;
+  async function worker() {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i], i);
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
+/** Update the cached component table after a label change. */
+export async function applyLabels(id, labels) {
+  const key = `${id}:networks`;
+  if (!cache.has(key)) return;
+  const table = await cache.get(key);
+  for (const c of table.components) if (labels[String(c.id)] !== undefined) c.label = labels[String(c.id)];
+}
+
+export async function putLabel(id, k, label) {
+  const reply = await api(`/api/analyses/${id}/labels`, { method: "PUT", body: { labels: { [String(k)]: label } } });
+  await applyLabels(id, reply?.labels || { [String(k)]: label });
+  for (const key of [...cache.keys()]) {
+    if (key.startsWith(`${id}:network:${k}:`)) {
+      const detail = await cache.get(key).catch(() => null);
+      if (detail) detail.label = label;
+    }
+  }
+  return reply;
+}

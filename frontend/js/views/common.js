@@ -1,0 +1,214 @@
+// Widgets shared by several views: job progress panel, analysis tabs, label selector, downloads.
+import { api, downloadFile, getToken, TERMINAL, watchJob } from "../api.js";
+import { el, fmtDuration, fmtPct, showError, showNotice } from "../dom.js";
+import { putLabel } from "../store.js";
+
+const STAGE_NAMES = {
+  queued: "Waiting in the queue",
+  load: "Loading the model",
+  load_model: "Loading the model",
+  corpus: "Reading the corpus",
+  capture: "Recording MLP activations",
+  ica: "Running ICA",
+  canica: "Running ICA",
+  networks: "Scoring networks",
+  stats: "Scoring networks",
+  save: "Saving results",
+  prune: "Pruning",
+  evaluate: "Evaluating",
+  baselines: "Running baselines",
+  export: "Exporting the model",
+};
+
+export function stageName(stage) {
+  if (!stage) return "Starting";
+  return STAGE_NAMES[stage] || stage.charAt(0).toUpperCase() + stage.slice(1).replace(/[_-]/g, " ");
+}
+
+export function statusBadge(status) {
+  return el(`span.badge.status-${status}`, { text: status });
+}
+
+/**
+ * A live progress panel for a job. Calls onDone(job) once when it succeeds.
+ * Returns {node, stop}.
+ */
+export function jobProgress(kind, id, { onDone, title } = {}) {
+  const bar = el("div.progress-fill");
+  const track = el("div.progress-track", { role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": "0", "aria-label": "Progress" }, bar);
+  const stage = el("strong.stage", { text: "Connecting…" });
+  const pct = el("span.pct", { text: "0 %" });
+  const eta = el("span.eta", { text: "" });
+  const message = el("p.message.muted", { text: "" });
+  const status = el("span.status-slot");
+  const errorBox = el("p.job-error", { hidden: true });
+  const cancel = el("button.btn.btn-secondary", { type: "button", text: "Cancel" });
+  const node = el(
+    "section.card.progress-card",
+    { "aria-live": "polite", "data-testid": "job-progress" },
+    el("div.progress-head", el("h2", { text: title || (kind === "analyses" ? "Analysis in progress" : "Pruning in progress") }), status),
+    el("div.progress-line", stage, pct, eta),
+    track,
+    message,
+    errorBox,
+    el("div.actions", cancel),
+  );
+  let finished = false;
+  cancel.addEventListener("click", async () => {
+    cancel.disabled = true;
+    try {
+      await api(`/api/${kind}/${id}`, { method: "DELETE" });
+      showNotice("Cancel requested.");
+    } catch (err) {
+      showError(err);
+      cancel.disabled = false;
+    }
+  });
+  const stop = watchJob(
+    kind,
+    id,
+    (job) => {
+      const p = Math.max(0, Math.min(1, job.progress || 0));
+      bar.style.width = `${(100 * p).toFixed(1)}%`;
+      track.setAttribute("aria-valuenow", String(Math.round(100 * p)));
+      stage.textContent = job.status === "queued" ? stageName("queued") : stageName(job.stage);
+      pct.textContent = fmtPct(p, 0);
+      eta.textContent = job.eta_s !== null && job.eta_s !== undefined && job.status === "running" ? `about ${fmtDuration(job.eta_s)} left` : "";
+      message.textContent = job.message || "";
+      status.replaceChildren(statusBadge(job.status));
+      if (TERMINAL.has(job.status)) {
+        cancel.hidden = true;
+        if (job.status === "failed") {
+          errorBox.hidden = false;
+          errorBox.textContent = `Failed: ${job.error || "no reason given"}`;
+          showError(`The ${kind === "analyses" ? "analysis" : "pruning"} failed: ${job.error || "no reason given"}`);
+        } else if (job.status === "cancelled") {
+          errorBox.hidden = false;
+          errorBox.textContent = "Cancelled.";
+        } else if (!finished) {
+          finished = true;
+          onDone?.(job);
+        }
+      }
+    },
+    (err) => showError(err),
+  );
+  return { node, stop };
+}
+
+export function analysisTabs(id, active, job) {
+  const tabs = [
+    ["overview", "Overview"],
+    ["gallery", "Network gallery"],
+    ["prune", "Select & prune"],
+  ];
+  const p = job?.params || {};
+  return el(
+    "div.analysis-head",
+    el(
+      "div.analysis-title",
+      el("h1", { text: `Analysis ${id}` }),
+      job ? el("p.muted", { text: [p.model, p.corpus, p.n_components && `${p.n_components} components`, p.mode].filter(Boolean).join(" · ") }) : null,
+    ),
+    el(
+      "nav.tabs",
+      { "aria-label": "Analysis sections" },
+      tabs.map(([key, label]) =>
+        el("a.tab", { href: `#/analysis/${id}/${key}`, "aria-current": key === active ? "page" : undefined, text: label }),
+      ),
+    ),
+  );
+}
+
+export const LABELS = ["unknown", "signal", "noise"];
+
+/** <select> to label a component; PUTs the change. */
+export function labelSelect(analysisId, component, onChange) {
+  const select = el(
+    "select.label-select",
+    { "aria-label": `Label of network ${component.id}`, dataset: { label: component.label || "unknown" } },
+    LABELS.map((l) => el("option", { value: l, text: l, selected: (component.label || "unknown") === l })),
+  );
+  select.addEventListener("change", async () => {
+    const previous = component.label || "unknown";
+    const value = select.value;
+    select.disabled = true;
+    try {
+      await putLabel(analysisId, component.id, value);
+      component.label = value;
+      select.dataset.label = value;
+      showNotice(`Network ${component.id} labelled ${value}.`);
+      onChange?.(value);
+    } catch (err) {
+      select.value = previous;
+      showError(err);
+    } finally {
+      select.disabled = false;
+    }
+  });
+  return select;
+}
+
+/** A download button (fetches with the token so errors show in the banner). */
+export function downloadButton(path, filename, label) {
+  const button = el("button.btn.btn-secondary.download", { type: "button", text: label, dataset: { artifact: filename } });
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    const old = button.textContent;
+    button.textContent = `${old} …`;
+    try {
+      if (!getToken() && filename.endsWith(".zip")) {
+        // Big streamed file: let the browser stream it to disk.
+        const a = el("a", { href: path, download: filename });
+        document.body.append(a);
+        a.click();
+        a.remove();
+      } else {
+        await downloadFile(path, filename);
+      }
+    } catch (err) {
+      showError(err);
+    } finally {
+      button.disabled = false;
+      button.textContent = old;
+    }
+  });
+  return button;
+}
+
+/** A list of downloads: items [{path, filename, label, note (string or Node)}]. */
+export function downloadsList(items) {
+  return el(
+    "ul.downloads",
+    items.map((it) => el("li", el("div.download-row", downloadButton(it.path, it.filename, it.label), el("div.download-note", it.note)))),
+  );
+}
+
+export function analysisDownloads(id) {
+  return downloadsList([
+    {
+      path: `/api/analyses/${id}/download/maps`,
+      filename: `fnprune-${id}-maps.nii.gz`,
+      label: "Maps (NIfTI)",
+      note: el("span", "4-D NIfTI: x, y = neuron grid, z = layer, t = component. Open with ", el("code", { text: "nilearn.image.load_img(path)" }), " or FSLeyes."),
+    },
+    {
+      path: `/api/analyses/${id}/download/labels`,
+      filename: `fnprune-${id}-labels.txt`,
+      label: "Labels (FIX)",
+      note: "Your signal / noise labels in FSL FIX's text format (the last line lists the noise components, 1-based).",
+    },
+    {
+      path: `/api/analyses/${id}/download/masks`,
+      filename: `fnprune-${id}-masks.json`,
+      label: "Key-neuron masks (JSON)",
+      note: el("span", "Per layer, the indices of the key neurons: ", el("code", { text: "json.load(open(path))" }), "."),
+    },
+    {
+      path: `/api/analyses/${id}/download/report`,
+      filename: `fnprune-${id}-report.html`,
+      label: "Analysis report (HTML)",
+      note: "A self-contained report of the analysis; open it in any browser.",
+    },
+  ]);
+}

@@ -1,0 +1,223 @@
+// Screen 4: one network in detail — thresholded mosaic, time course, histogram, top tokens in
+// context, mean activity per genre.
+import { api } from "../api.js";
+import { baseLayout, combineSignals, defaultGrid, DIVERGING, drawMosaic, OKABE_ITO, react } from "../charts.js";
+import { decodeArray } from "../decode.js";
+import { debounce, el, fmtInt, fmtNum, showError } from "../dom.js";
+import { getNetwork, getNetworks } from "../store.js";
+import { analysisTabs, labelSelect } from "./common.js";
+import { waitForJob } from "./overview.js";
+
+export async function render(root, { id, k }, ctx) {
+  const job = await api(`/api/analyses/${id}`);
+  if (!ctx.alive()) return;
+  root.append(analysisTabs(id, "gallery", job));
+  if (job.status !== "succeeded") return waitForJob(root, id, job, ctx);
+
+  const [table, first] = await Promise.all([getNetworks(id), getNetwork(id, k)]);
+  if (!ctx.alive()) return;
+  let detail = first;
+  const comp = table.components.find((c) => c.id === k) || { id: k, label: detail.label, layer: detail.layer };
+  const ids = table.components.map((c) => c.id).sort((a, b) => a - b);
+  const pos = ids.indexOf(k);
+  const prev = pos > 0 ? ids[pos - 1] : null;
+  const next = pos >= 0 && pos < ids.length - 1 ? ids[pos + 1] : null;
+
+  let values = decodeArray(detail.map);
+  let loadedThreshold = detail.threshold ?? table.threshold;
+  const maxAbs = () => {
+    let m = 0;
+    for (const v of values) m = Math.max(m, Math.abs(v));
+    return m;
+  };
+  const peak = maxAbs();
+
+  // ---- header -----------------------------------------------------------------------------
+  const head = el(
+    "section.card.net-head",
+    el(
+      "div.net-head-row",
+      el("h2#network-title", { text: `Network ${k}` }),
+      el("span.muted", { text: detail.layer !== null && detail.layer !== undefined ? `layer ${detail.layer}` : "all layers" }),
+      el("span.spacer"),
+      el("label.inline-label", { text: "Label " }, labelSelect(id, comp, (v) => (detail.label = v))),
+      el("nav.pager", { "aria-label": "Other networks" },
+        prev !== null ? el("a.btn.btn-secondary", { href: `#/analysis/${id}/network/${prev}`, text: `← Network ${prev}` }) : null,
+        next !== null ? el("a.btn.btn-secondary", { href: `#/analysis/${id}/network/${next}`, text: `Network ${next} →` }) : null),
+    ),
+    el(
+      "dl.stats",
+      el("div", el("dt", { text: "Key neurons" }), el("dd#net-nkey", { text: fmtInt(comp.n_key) })),
+      el("div", el("dt", { text: "Peak |z|" }), el("dd", { text: fmtNum(comp.peak_z ?? peak, 1) })),
+      el("div", el("dt", { text: "Stability" }), el("dd#net-stability", { text: fmtNum(detail.stability ?? comp.stability) })),
+      el("div", el("dt", { text: "Top genre" }), el("dd", { text: comp.top_genre ? `${comp.top_genre} (${fmtNum(comp.genre_selectivity)})` : "—" })),
+    ),
+  );
+
+  // ---- mosaic with threshold --------------------------------------------------------------
+  const sliderMax = Math.max(1, Math.ceil(peak * 10) / 10);
+  const thr0 = Math.min(loadedThreshold, sliderMax);
+  const slider = el("input#z-threshold", { type: "range", min: "0", max: String(sliderMax), step: "0.1", value: String(thr0), "aria-describedby": "z-threshold-out" });
+  const sliderOut = el("output#z-threshold-out", { for: "z-threshold", text: `|z| ≥ ${thr0.toFixed(1)}` });
+  const signalSelect = el(
+    "select#signal-view",
+    el("option", { value: "each", text: "each signal (one slice per layer and signal)" }),
+    el("option", { value: "max", text: "strongest signal per neuron" }),
+  );
+  const mosaic = el("div.plot.mosaic#network-mosaic");
+  const aboveCount = el("p.muted.small#above-count");
+
+  const drawMap = () => {
+    const thr = Number(slider.value);
+    sliderOut.textContent = `|z| ≥ ${thr.toFixed(1)}`;
+    const map = detail.map;
+    const nL = map.layers.length;
+    const nS = map.signals.length;
+    let slices;
+    let labels;
+    if (signalSelect.value === "max" || nS === 1) {
+      slices = nS === 1 ? values : combineSignals(values, nL, nS, map.width);
+      labels = map.layers.map((l) => `L${l}`);
+    } else {
+      slices = values;
+      labels = map.layers.flatMap((l) => map.signals.map((s) => `L${l} ${s}`));
+    }
+    let above = 0;
+    for (const v of slices) if (Math.abs(v) >= thr) above++;
+    const vmax = Math.max(thr, maxAbs()) || 1;
+    aboveCount.textContent = `${fmtInt(above)} of ${fmtInt(slices.length)} neuron-signal cells at |z| ≥ ${thr.toFixed(1)}; below the threshold shown white, grey between slices. Blue: negative z, orange: positive z.`;
+    return drawMosaic(mosaic, slices, {
+      sliceLabels: labels,
+      width: map.width,
+      grid: map.grid || defaultGrid(map.width),
+      colorscale: DIVERGING,
+      zmin: -vmax,
+      zmax: vmax,
+      valueLabel: "z",
+      title: `Network ${k} — z-map thresholded at |z| ≥ ${thr.toFixed(1)}`,
+      map: (v) => (Math.abs(v) >= thr ? v : 0),
+    });
+  };
+  const refetch = debounce(async (thr) => {
+    // The server may leave sub-threshold values out of the map: reload when going lower.
+    if (thr >= loadedThreshold) return;
+    try {
+      const d = await getNetwork(id, k, thr);
+      if (!ctx.alive()) return;
+      detail = d;
+      values = decodeArray(d.map);
+      loadedThreshold = Math.min(thr, d.threshold ?? thr);
+      await drawMap();
+    } catch (err) {
+      showError(err);
+    }
+  }, 400);
+  const redraw = debounce(() => drawMap().catch(showError), 40);
+  slider.addEventListener("input", () => {
+    sliderOut.textContent = `|z| ≥ ${Number(slider.value).toFixed(1)}`;
+    redraw();
+    refetch(Number(slider.value));
+  });
+  signalSelect.addEventListener("change", () => drawMap().catch(showError));
+
+  // ---- time course, histogram, tokens, genres ---------------------------------------------
+  const timePlot = el("div.plot#time-course");
+  const histPlot = el("div.plot#histogram");
+  const genrePlot = el("div.plot#genre-profile");
+  const topTokens = topTokensList(detail.top_tokens || []);
+
+  root.append(
+    head,
+    el(
+      "section.card",
+      el("div.controls",
+        el("div.field", el("label", { for: "z-threshold", text: "Threshold" }), el("div.range", slider, sliderOut)),
+        el("div.field", el("label", { for: "signal-view", text: "Signals" }), signalSelect)),
+      mosaic,
+      aboveCount,
+    ),
+    el("section.card", el("h3", { text: "Time course over calibration tokens" }), el("p.muted.small", { text: "The network's activity at each token (hover for the token). Vertical grid lines mark document starts." }), timePlot),
+    el("div.grid-2",
+      el("section.card", el("h3", { text: "Distribution of z over neurons" }), histPlot),
+      el("section.card", el("h3", { text: "Mean activity per genre" }), genrePlot)),
+    el("section.card", el("h3", { text: "Top-activating tokens in context" }), topTokens),
+  );
+
+  await drawMap();
+  await Promise.all([drawTimeCourse(timePlot, detail.time_course), drawHistogram(histPlot, detail.histogram, loadedThreshold), drawGenres(genrePlot, detail.genre_profile)]);
+}
+
+function topTokensList(items) {
+  if (!items.length) return el("p.muted", { text: "No tokens recorded." });
+  return el(
+    "ol.top-tokens#top-tokens",
+    items.map((t) =>
+      el(
+        "li",
+        el("span.tt-value", { text: fmtNum(t.value) }),
+        el("span.tt-context", el("span.ctx", { text: t.left || "" }), el("mark", { text: t.token }), el("span.ctx", { text: t.right || "" })),
+        el("span.tt-meta.muted.small", { text: [t.label, t.doc !== undefined && t.doc !== null ? `doc ${t.doc}` : null].filter(Boolean).join(" · ") }),
+      ),
+    ),
+  );
+}
+
+function drawTimeCourse(el_, tc) {
+  if (!tc || !tc.values?.length) {
+    el_.replaceChildren(el("p.muted", { text: "No time course recorded." }));
+    return Promise.resolve();
+  }
+  const x = tc.values.map((_, i) => i);
+  const tokens = tc.tokens || [];
+  const docs = tc.docs || [];
+  const customdata = tc.values.map((_, i) => [JSON.stringify(tokens[i] ?? ""), docs[i] ?? "?"]);
+  const starts = [];
+  for (let i = 1; i < docs.length; i++) if (docs[i] !== docs[i - 1]) starts.push(i);
+  return react(
+    el_,
+    [{ type: "scatter", mode: "lines", x, y: tc.values, customdata, line: { color: OKABE_ITO[0], width: 1.2 }, hovertemplate: "token %{x}: %{customdata[0]} (doc %{customdata[1]})<br>activity %{y:.2f}<extra></extra>" }],
+    baseLayout({
+      height: 260,
+      xaxis: { title: { text: "token" }, zeroline: false },
+      yaxis: { title: { text: "activity" }, zeroline: true, zerolinecolor: "#9aa5b1" },
+      shapes: starts.slice(0, 400).map((s) => ({ type: "line", x0: s - 0.5, x1: s - 0.5, yref: "paper", y0: 0, y1: 1, line: { color: "#cbd2d9", width: 1 } })),
+    }),
+  );
+}
+
+function drawHistogram(el_, hist, thr) {
+  if (!hist || !hist.counts?.length) {
+    el_.replaceChildren(el("p.muted", { text: "No histogram." }));
+    return Promise.resolve();
+  }
+  const { edges, counts } = hist;
+  const centers = counts.map((_, i) => (edges[i] + edges[i + 1]) / 2);
+  const widths = counts.map((_, i) => edges[i + 1] - edges[i]);
+  const colors = centers.map((c) => (c <= -thr ? "#1b4f8f" : c >= thr ? "#a14e05" : "#9aa5b1"));
+  return react(
+    el_,
+    [{ type: "bar", x: centers, y: counts, width: widths, marker: { color: colors }, hovertemplate: "z ≈ %{x:.2f}: %{y} neurons<extra></extra>" }],
+    baseLayout({
+      height: 280,
+      bargap: 0,
+      xaxis: { title: { text: "z" } },
+      yaxis: { title: { text: "neurons (log)" }, type: "log" },
+      shapes: [-thr, thr].map((t) => ({ type: "line", x0: t, x1: t, yref: "paper", y0: 0, y1: 1, line: { color: "#323f4b", dash: "dot", width: 1 } })),
+      annotations: [{ x: thr, yref: "paper", y: 1, text: `|z| = ${fmtNum(thr, 1)}`, showarrow: false, xanchor: "left", font: { size: 11 } }],
+    }),
+  );
+}
+
+function drawGenres(el_, profile) {
+  const entries = Object.entries(profile || {});
+  if (!entries.length) {
+    el_.replaceChildren(el("p.muted", { text: "The corpus has no genre labels." }));
+    return Promise.resolve();
+  }
+  entries.sort((a, b) => b[1] - a[1]);
+  return react(
+    el_,
+    [{ type: "bar", x: entries.map((e) => e[0]), y: entries.map((e) => e[1]), marker: { color: entries.map((e) => (e[1] >= 0 ? OKABE_ITO[1] : OKABE_ITO[0])) }, hovertemplate: "%{x}: %{y:.3f}<extra></extra>" }],
+    baseLayout({ height: 280, xaxis: { tickangle: -30, automargin: true }, yaxis: { title: { text: "mean activity" }, zeroline: true } }),
+  );
+}

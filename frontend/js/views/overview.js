@@ -1,0 +1,161 @@
+// Screen 2: the "digital brain" — one slice per layer, neurons on a fixed grid, coloured by
+// key-neuron density (how many networks a neuron is key in) or max |z| over all networks.
+import { api } from "../api.js";
+import { defaultGrid, drawMosaic, SEQUENTIAL } from "../charts.js";
+import { decodeArray } from "../decode.js";
+import { el, fmtInt, fmtNum, showError } from "../dom.js";
+import { getNetwork, getNetworks, getOverview, mapLimit } from "../store.js";
+import { analysisDownloads, analysisTabs, jobProgress } from "./common.js";
+
+export async function render(root, { id }, ctx) {
+  const job = await api(`/api/analyses/${id}`);
+  if (!ctx.alive()) return;
+  root.append(analysisTabs(id, "overview", job));
+  if (job.status !== "succeeded") return waitForJob(root, id, job, ctx);
+  return renderOverview(root, id, ctx);
+}
+
+/** Shared by the analysis views: show progress until the analysis is done, then re-route. */
+export function waitForJob(root, id, job, ctx) {
+  if (job.status === "failed" || job.status === "cancelled") {
+    const reason = job.status === "failed" ? `This analysis failed: ${job.error || "no reason given"}` : "This analysis was cancelled.";
+    if (job.status === "failed") showError(reason);
+    root.append(el("section.card", el("h2", { text: job.status === "failed" ? "Analysis failed" : "Analysis cancelled" }), el("p", { text: reason }), el("a.btn.btn-primary", { href: "#/new", text: "Start a new analysis" })));
+    return;
+  }
+  const progress = jobProgress("analyses", id, {
+    title: `Analysis ${id}`,
+    onDone: () => {
+      if (ctx.alive()) window.dispatchEvent(new HashChangeEvent("hashchange"));
+    },
+  });
+  root.append(progress.node);
+  return progress.stop;
+}
+
+async function renderOverview(root, id, ctx) {
+  const [ov, table] = await Promise.all([getOverview(id), getNetworks(id)]);
+  if (!ctx.alive()) return;
+  const nLayers = ov.n_layers;
+  const width = ov.width;
+  const grid = ov.grid || defaultGrid(width);
+  const density = decodeArray({ scale: 1, ...ov.density });
+  const maxZ = decodeArray(ov.max_z);
+  const sliceLabels = Array.from({ length: nLayers }, (_, l) => `L${l}`);
+  let nKeyNeurons = 0;
+  for (const v of density) if (v > 0) nKeyNeurons++;
+
+  const plot = el("div.plot.mosaic#overview-mosaic", { "aria-label": "Mosaic of all layers" });
+  const measure = el("fieldset.toggle", el("legend", { text: "Colour by" }),
+    el("label.check", el("input", { type: "radio", name: "measure", value: "density", checked: true }), " key-neuron density"),
+    el("label.check", el("input", { type: "radio", name: "measure", value: "maxz" }), " max |z|"),
+  );
+  const caption = el("p.muted.small#overview-caption");
+
+  const draw = () => {
+    const m = measure.querySelector("input:checked").value;
+    let vmax = 0;
+    const values = m === "density" ? density : maxZ;
+    for (const v of values) vmax = Math.max(vmax, v);
+    const title = m === "density"
+      ? `Key-neuron density: networks in which each neuron has |z| ≥ ${fmtNum(ov.threshold, 1)}`
+      : `Max |z| over all networks (key threshold |z| ≥ ${fmtNum(ov.threshold, 1)})`;
+    caption.textContent = `${nLayers} layers × ${fmtInt(width)} neurons, each slice a ${grid[0]} × ${grid[1]} grid (row-major by neuron index). Hover for layer, neuron and value; click a neuron to list its networks.`;
+    return drawMosaic(plot, values, {
+      sliceLabels,
+      width,
+      grid,
+      colorscale: SEQUENTIAL,
+      zmin: 0,
+      zmax: vmax || 1,
+      valueLabel: m === "density" ? "networks" : "max |z|",
+      title,
+    });
+  };
+  measure.addEventListener("change", () => draw().catch(showError));
+
+  // ---- neuron → networks ------------------------------------------------------------------
+  const layerInput = el("input#probe-layer", { type: "number", min: "0", max: String(nLayers - 1), value: "0", required: true });
+  const neuronInput = el("input#probe-neuron", { type: "number", min: "0", max: String(width - 1), value: "0", required: true });
+  const probeResult = el("div#neuron-networks", { "aria-live": "polite" });
+  const probeForm = el(
+    "form.probe",
+    el("div.field.inline", el("label", { for: "probe-layer", text: "Layer" }), layerInput),
+    el("div.field.inline", el("label", { for: "probe-neuron", text: "Neuron" }), neuronInput),
+    el("button.btn.btn-secondary", { type: "submit", text: "Find its networks" }),
+  );
+  probeForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    probe(Number(layerInput.value), Number(neuronInput.value));
+  });
+
+  async function probe(layer, neuron) {
+    layerInput.value = String(layer);
+    neuronInput.value = String(neuron);
+    probeResult.replaceChildren(el("p.muted", { text: `Looking up the networks of layer ${layer}, neuron ${neuron}…` }));
+    try {
+      const candidates = table.components.filter((c) => c.layer === null || c.layer === undefined || c.layer === layer);
+      const details = await mapLimit(candidates, 6, (c) => getNetwork(id, c.id));
+      if (!ctx.alive()) return;
+      const hits = [];
+      details.forEach((d, i) => {
+        const map = d.map;
+        const li = map.layers.indexOf(layer);
+        if (li < 0) return;
+        const values = decodeArray(map);
+        const nS = map.signals.length;
+        let best = 0;
+        let bestSignal = map.signals[0];
+        for (let s = 0; s < nS; s++) {
+          const v = values[(li * nS + s) * map.width + neuron];
+          if (Math.abs(v) > Math.abs(best)) {
+            best = v;
+            bestSignal = map.signals[s];
+          }
+        }
+        const thr = d.threshold ?? table.threshold;
+        if (Math.abs(best) >= thr) hits.push({ c: candidates[i], z: best, signal: bestSignal });
+      });
+      hits.sort((a, b) => Math.abs(b.z) - Math.abs(a.z));
+      const thrText = fmtNum(table.threshold, 1);
+      probeResult.replaceChildren(
+        el("h3", { text: `Layer ${layer}, neuron ${neuron}: ${hits.length ? `key in ${hits.length} network${hits.length > 1 ? "s" : ""}` : `in no network at |z| ≥ ${thrText}`}` }),
+        hits.length
+          ? el("ul.hits", hits.map((h) => el("li", el("a", { href: `#/analysis/${id}/network/${h.c.id}`, text: `Network ${h.c.id}` }), ` — z = ${fmtNum(h.z)} (${h.signal}), layer ${h.c.layer ?? "all"}, ${h.c.label || "unknown"}`)))
+          : "",
+      );
+    } catch (err) {
+      probeResult.replaceChildren(el("p.muted", { text: "Lookup failed." }));
+      showError(err);
+    }
+  }
+
+  const stats = el(
+    "dl.stats",
+    el("div", el("dt", { text: "Layers" }), el("dd", { text: String(nLayers) })),
+    el("div", el("dt", { text: "Neurons per layer" }), el("dd", { text: fmtInt(width) })),
+    el("div", el("dt", { text: "Networks" }), el("dd", { text: String(table.components.length) })),
+    el("div", el("dt", { text: "Key threshold" }), el("dd", { text: `|z| ≥ ${fmtNum(ov.threshold, 1)}` })),
+    el("div", el("dt", { text: "Key neurons" }), el("dd#n-key-neurons", { text: `${fmtInt(nKeyNeurons)} (${fmtNum((100 * nKeyNeurons) / (nLayers * width), 1)} %)` })),
+    el("div", el("dt", { text: "Signal-labelled" }), el("dd", { text: String(table.components.filter((c) => c.label === "signal").length) })),
+  );
+
+  root.append(
+    el("section.card", el("h2", { text: "Digital brain" }), stats, measure, plot, caption),
+    el("section.card", el("h2", { text: "Which networks is a neuron in?" }), el("p.muted", { text: "Click a neuron in the mosaic, or type its layer and index." }), probeForm, probeResult),
+    el("section.card", el("h2", { text: "Downloads" }), analysisDownloads(id)),
+  );
+  await draw();
+  plot.on?.("plotly_click", (data) => {
+    const cd = data?.points?.[0]?.customdata;
+    if (cd) probe(Number(cd[2]), Number(cd[1]));
+  });
+  const onResize = () => draw().catch(() => {});
+  let t = null;
+  const resize = () => {
+    clearTimeout(t);
+    t = setTimeout(onResize, 200);
+  };
+  window.addEventListener("resize", resize);
+  return () => window.removeEventListener("resize", resize);
+}
