@@ -1,0 +1,62 @@
+import subprocess
+import sys
+import time
+
+from backend.app.services.jobs import WORKER_STOPPED, JobStore
+
+
+def test_transitions_are_guarded(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    job = store.create("analysis", {"model": "tiny-llama"})
+    assert job["status"] == "queued" and job["params"] == {"model": "tiny-llama"}
+    assert store.start(job["id"])
+    assert not store.start(job["id"])  # only once
+    assert store.update_progress(job["id"], "capture", 0.5, "half") == "running"
+    got = store.get(job["id"])
+    assert (got["stage"], got["progress"], got["message"]) == ("capture", 0.5, "half")
+    assert store.cancel(job["id"])
+    assert store.update_progress(job["id"], "capture", 0.6, "") == "cancelled"
+    store.succeed(job["id"], {"x": 1})  # a cancelled job stays cancelled
+    assert store.get(job["id"])["status"] == "cancelled"
+    assert not store.cancel(job["id"])
+
+
+def test_history_survives_a_new_store(tmp_path):
+    a = JobStore(tmp_path / "jobs.db").create("pruning", {"analysis_id": "x"})
+    store = JobStore(tmp_path / "jobs.db")
+    assert [j["id"] for j in store.list_jobs("pruning")] == [a["id"]]
+    assert store.list_jobs("analysis") == []
+    assert store.get(a["id"], "analysis") is None
+
+
+def test_running_job_of_a_dead_worker_fails(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    job = store.create("analysis", {})
+    store.start(job["id"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with store._connect() as db:
+        db.execute("UPDATE jobs SET worker_pid=? WHERE id=?", (dead.pid, job["id"]))
+    got = store.get(job["id"])
+    assert got["status"] == "failed" and got["error"] == WORKER_STOPPED
+
+
+def test_stale_heartbeat_fails(tmp_path):
+    store = JobStore(tmp_path / "jobs.db", heartbeat_timeout_s=5)
+    job = store.create("analysis", {})
+    store.start(job["id"])
+    with store._connect() as db:
+        db.execute("UPDATE jobs SET worker_host='elsewhere', heartbeat=? WHERE id=?", (time.time() - 60, job["id"]))
+    assert store.reap_dead() == [job["id"]]
+    assert store.get(job["id"])["status"] == "failed"
+
+
+def test_eta_from_stage_rate(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    job = store.create("analysis", {})
+    store.start(job["id"])
+    store.update_progress(job["id"], "ica", 0.0, "")
+    with store._connect() as db:
+        db.execute("UPDATE jobs SET stage_started_at=? WHERE id=?", (time.time() - 10, job["id"]))
+    store.update_progress(job["id"], "ica", 0.5, "")
+    assert 8 < store.get(job["id"])["eta_s"] < 12
