@@ -22,7 +22,7 @@ from ..schemas import AnalysisRequest, PreviewRequest
 from . import catalog, encoding
 from .jobs import JobStore
 
-MAX_TIME_COURSE_POINTS = 4000
+TIME_COURSE_POINTS = 1000  # default subsampling of a component's time course
 ARTIFACTS = {"masks": ("masks.json", "application/json"), "maps": ("maps.nii.gz", "application/gzip"),
              "labels": ("labels.txt", "text/plain"), "report": ("report.html", "text/html")}
 
@@ -199,13 +199,14 @@ def _component(networks, k: int):
     return networks.component_detail(k)
 
 
-def component_map(settings: Settings, store: JobStore, job_id: str, k: int, threshold: float | None) -> dict[str, Any]:
+def component_map(settings: Settings, store: JobStore, job_id: str, k: int, threshold: float | None,
+                  points: int = TIME_COURSE_POINTS) -> dict[str, Any]:
     networks = load_networks(settings, store, job_id)
     detail = _component(networks, k)
     zmap = np.asarray(detail["map"], dtype=np.float32)  # (n_map_layers, n_signals, width)
     width = int(zmap.shape[-1])
     tc = np.asarray(detail["time_course"], dtype=np.float32)  # (n_tokens,)
-    idx = encoding.subsample_indices(len(tc), MAX_TIME_COURSE_POINTS)
+    idx = encoding.subsample_indices(len(tc), points)
     tokens = networks.tokens
     token_docs = np.asarray(networks.token_docs)
     labels = get_labels(settings, job_id)
@@ -217,7 +218,7 @@ def component_map(settings: Settings, store: JobStore, job_id: str, k: int, thre
         "label": labels.get(str(k), "unknown"), "stability": _plain(detail.get("stability")),
         "threshold": _threshold(networks, threshold), "map": encoded,
         "histogram": encoding.histogram(zmap),
-        "time_course": {"values": encoding.floats(tc[idx], 3), "tokens": [str(tokens[i]) for i in idx],
+        "time_course": {"values": encoding.floats(tc[idx], 2), "tokens": [str(tokens[i]) for i in idx],
                         "docs": [int(token_docs[i]) for i in idx], "n_tokens": len(tc)},
         "top_tokens": _plain(detail.get("top_tokens", [])),
         "genre_profile": _plain(detail.get("genre_profile", {})),

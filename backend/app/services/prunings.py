@@ -22,7 +22,6 @@ from . import analyses, catalog
 from .jobs import JobStore
 
 ARTIFACTS = ("model", "report", "masks")
-PROMPTS = ("The history of the city", "def fibonacci(n):", "In the morning, the news")
 
 
 # -- creating -----------------------------------------------------------------------------------------
@@ -55,7 +54,7 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     from fnprune.corpus import load_corpus, split_heldout
     from fnprune.models import load_model
     from fnprune.networks import FunctionalNetworks
-    from fnprune.prune import collect_down_input_stats, prune_baseline, prune_model
+    from fnprune.prune import collect_down_input_stats, prune_baseline, prune_model, total_parameters
     from fnprune.pruned_io import save_pruned
 
     req = PruningRequest(**params)
@@ -106,14 +105,16 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     result["architecture"] = info.get("architecture")
     result["load_snippet"] = _load_snippet(info)
     if req.evaluate:
-        result["dense"] = evaluate.summary(model, tokenizer, heldout, max_tokens=a_req.max_tokens,
-                                           progress=_stage(progress, "evaluate dense"))
-        result["pruned"] = evaluate.summary(pruned, tokenizer, heldout, max_tokens=a_req.max_tokens,
-                                            progress=_stage(progress, "evaluate pruned"))
-        result["pruned"]["size_bytes"] = _dir_size(model_dir)
-        result["generations"] = [
-            {"prompt": p, "dense": evaluate.generate(model, tokenizer, p, max_new_tokens=24),
-             "pruned": evaluate.generate(pruned, tokenizer, p, max_new_tokens=24)} for p in PROMPTS]
+        dense_eval = evaluate.evaluate_model(model, tokenizer, heldout, batch_sizes=(1,),
+                                             progress=_stage(progress, "evaluate dense"))
+        pruned_eval = evaluate.evaluate_model(pruned, tokenizer, heldout, batch_sizes=(1,), model_dir=model_dir,
+                                              progress=_stage(progress, "evaluate pruned"))
+        result["dense"] = _measures(dense_eval, size_bytes=_param_bytes(model))
+        result["pruned"] = _measures(pruned_eval, size_bytes=pruned_eval.get("size_on_disk_bytes"))
+        completions = {g["prompt"]: g["completion"] for g in pruned_eval.get("generations", [])}
+        result["generations"] = [{"prompt": g["prompt"], "dense": g["completion"],
+                                  "pruned": completions.get(g["prompt"], "")}
+                                 for g in dense_eval.get("generations", [])]
     del pruned
     result["baselines"] = []
     steps = [(m, alloc) for m in req.baselines for alloc in ("own", "fn")]
@@ -122,9 +123,7 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         baseline = prune_baseline(copy.deepcopy(model), method, plan["ratio_total"] if allocation == "own" else None,
                                   stats=stats, widths=plan["widths"] if allocation == "fn" else None,
                                   protected_layers=plan["protected_layers"], seed=a_req.seed)
-        ppl = evaluate.perplexity(baseline, tokenizer, heldout, seq_len=a_req.max_tokens)
-        from fnprune.prune import total_parameters
-
+        ppl = evaluate.perplexity(baseline, tokenizer, heldout)["ppl"]
         result["baselines"].append({"method": method, "allocation": allocation, "ppl": ppl,
                                     "ratio_total": 1 - total_parameters(baseline) / plan["total_params"]})
         del baseline
@@ -134,16 +133,27 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     return analyses._plain(result)
 
 
+def _measures(evaluation: dict[str, Any], size_bytes: int | None) -> dict[str, Any]:
+    """fnprune.evaluate.evaluate_model's dict -> the API's ``{"ppl", "ppl_128", "params", ...}``."""
+    ppl = evaluation["perplexity"]
+    speed = evaluation.get("speed", {}).get("batch_1", {})
+    return {"ppl": ppl["512"]["ppl"], "ppl_128": ppl["128"]["ppl"], "params": evaluation["params"]["total_params"],
+            "mlp_params": evaluation["params"]["mlp_params"], "size_bytes": size_bytes,
+            "tokens_per_s": speed.get("decode_tokens_per_s"), "prefill_ms": speed.get("prefill_ms"),
+            "peak_rss_bytes": evaluation.get("memory", {}).get("peak_rss_bytes")}
+
+
+def _param_bytes(model) -> int:
+    """float size of the dense model's parameters (what save_pretrained would write, tied ones once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def _load_snippet(info: dict[str, Any]) -> str:
     remote = info.get("architecture") == "per-layer"
     extra = ", trust_remote_code=True" if remote else ""
     return (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n'
             f'model = AutoModelForCausalLM.from_pretrained("./model"{extra})\n'
             f'tokenizer = AutoTokenizer.from_pretrained("./model")')
-
-
-def _dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _write_masks(path: Path, keep, info: dict[str, Any]) -> None:

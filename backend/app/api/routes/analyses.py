@@ -62,8 +62,10 @@ def networks(job_id: str, settings: SettingsDep, store: StoreDep, threshold: flo
 
 
 @router.get("/{job_id}/networks/{k}")
-def network(job_id: str, k: int, settings: SettingsDep, store: StoreDep, threshold: float | None = ThresholdQ) -> dict:
-    return analyses.component_map(settings, store, job_id, k, threshold)
+def network(job_id: str, k: int, settings: SettingsDep, store: StoreDep, threshold: float | None = ThresholdQ,
+            points: int = Query(default=analyses.TIME_COURSE_POINTS, ge=10, le=200_000,
+                                description="time-course points (subsampled evenly)")) -> dict:
+    return analyses.component_map(settings, store, job_id, k, threshold, points)
 
 
 @router.get("/{job_id}/overview")
