@@ -1,0 +1,296 @@
+"""End-to-end: drive the real web app (API + worker from ``python -m backend.serve``) in headless
+Chromium with the built-in ``tiny-llama`` model and the ``pydoc`` corpus at tiny sizes.
+
+Screenshots of every step go to ``test-artifacts/e2e/``. Run with ``pytest -m e2e tests/e2e``.
+Chromium: ``FNPRUNE_CHROMIUM`` (default ``/usr/bin/chromium``); without it Playwright's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "e2e"
+CHROMIUM = os.environ.get("FNPRUNE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+ANALYSIS_TIMEOUT_MS = 150_000
+PRUNING_TIMEOUT_MS = 180_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The real server and worker on a free port, with their data in a temporary directory."""
+    if not (ROOT / "backend" / "serve.py").is_file():
+        pytest.skip("backend/serve.py is not there yet")
+    home = tmp_path_factory.mktemp("fnprune-home")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "FNPRUNE_TOKEN"}
+    env.update(FNPRUNE_HOME=str(home), FNPRUNE_DATA_DIR=str(home / "data"), PYTHONUNBUFFERED="1")
+    log_path = home / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "backend.serve", "--host", "127.0.0.1", "--port", str(port),
+                             "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if _get_json(f"{url}/api/health")["status"] == "ok":
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log.close()
+            pytest.fail(f"the server did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
+    yield url
+    proc.send_signal(signal.SIGINT)  # serve stops its worker on the way out
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(log_path, ARTIFACTS / "server.log")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        kwargs = {"args": CHROMIUM_ARGS}
+        if Path(CHROMIUM).is_file():
+            kwargs["executable_path"] = CHROMIUM
+        b = p.chromium.launch(**kwargs)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, accept_downloads=True)
+    context.set_default_timeout(20_000)
+    pg = context.new_page()
+    pg.page_errors = []
+    pg.on("pageerror", lambda exc: pg.page_errors.append(str(exc)))
+    yield pg
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def banner_text(page) -> str:
+    banner = page.locator("#error-banner")
+    return banner.inner_text() if banner.is_visible() else ""
+
+
+def set_range(page, selector: str, value: float) -> None:
+    page.locator(selector).evaluate(
+        "(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input', {bubbles: true})); }", value)
+
+
+def test_full_workflow(server, page, tmp_path):
+    expect = sync_api.expect
+
+    # 1. New analysis ---------------------------------------------------------------------------
+    page.goto(f"{server}/#/new")
+    expect(page.locator("#model option[value='tiny-llama']")).to_have_count(1)
+    page.select_option("#model", "tiny-llama")
+    page.select_option("#corpus", "pydoc")
+    page.get_by_role("button", name="Quick demo").click()
+    expect(page.locator("#n_components")).to_have_value("16")
+    page.fill("#n_texts", "6")
+    page.fill("#max_tokens", "64")
+    page.fill("#n_components", "8")
+    shot(page, "01-new-analysis")
+    page.get_by_role("button", name="Start analysis").click()
+    progress = page.get_by_test_id("job-progress")
+    expect(progress).to_be_visible()
+    expect(progress.get_by_role("progressbar")).to_be_visible()
+    shot(page, "02-progress")
+    page.wait_for_url(re.compile(r"#/analysis/[\w-]+/overview$"), timeout=ANALYSIS_TIMEOUT_MS)
+    analysis_id = re.search(r"#/analysis/([\w-]+)/", page.url).group(1)
+    assert banner_text(page) == ""
+
+    # 2. Overview ------------------------------------------------------------------------------
+    page.wait_for_selector("#overview-mosaic .main-svg")
+    table = _get_json(f"{server}/api/analyses/{analysis_id}/networks")
+    overview = _get_json(f"{server}/api/analyses/{analysis_id}/overview")
+    stats = page.locator(".stats").first.inner_text()
+    assert f"LAYERS\n{overview['n_layers']}" in stats.upper()
+    assert str(overview["width"]) in stats
+    expect(page.locator("#overview-mosaic .gtitle")).to_contain_text("|z| ≥")
+    # Hover a neuron of the first slice: the tooltip names layer and neuron.
+    box = page.locator("#overview-mosaic .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + 6, box["y"] + 6)
+    expect(page.locator("#overview-mosaic .hoverlayer .hovertext")).to_contain_text("neuron")
+    page.get_by_label("max |z|").check()
+    expect(page.locator("#overview-mosaic .gtitle")).to_contain_text("Max |z|")
+    # Which networks contain a neuron that is key somewhere?
+    key_layer, key_neuron = _a_key_neuron(overview)
+    page.fill("#probe-layer", str(key_layer))
+    page.fill("#probe-neuron", str(key_neuron))
+    page.get_by_role("button", name="Find its networks").click()
+    expect(page.locator("#neuron-networks h3")).to_contain_text(f"Layer {key_layer}, neuron {key_neuron}: key in")
+    expect(page.locator("#neuron-networks li").first).to_contain_text("Network")
+    shot(page, "03-overview")
+
+    # 3. Gallery ---------------------------------------------------------------------------------
+    page.get_by_role("link", name="Network gallery").click()
+    page.wait_for_selector("#gallery[data-complete=true]")
+    n = len(table["components"])
+    expect(page.get_by_test_id("network-card")).to_have_count(n)
+    expect(page.locator("[data-testid=network-card][data-drawn=true]")).to_have_count(n)
+    expect(page.locator("#gallery-count")).to_contain_text(f"{n} of {n} networks shown")
+    page.select_option("#sort", "stability")
+    first_card = page.get_by_test_id("network-card").first
+    first_id = int(first_card.get_attribute("data-id"))
+    best = max(table["components"], key=lambda c: (c["stability"], -c["id"]))
+    assert first_id == best["id"]
+    first_card.locator("select.label-select").select_option("signal")
+    expect(page.locator("#notice")).to_contain_text(f"Network {first_id} labelled signal")
+    labels = {c["id"]: c["label"] for c in _get_json(f"{server}/api/analyses/{analysis_id}/networks")["components"]}
+    assert labels[first_id] == "signal"
+    page.select_option("#filter-label", "signal")
+    expect(page.get_by_test_id("network-card")).to_have_count(1)
+    shot(page, "04-gallery")
+
+    # 4. Network detail --------------------------------------------------------------------------
+    first_card.locator("h3 a").click()
+    page.wait_for_url(re.compile(rf"#/analysis/{analysis_id}/network/{first_id}$"))
+    page.wait_for_selector("#network-mosaic .main-svg")
+    expect(page.locator("#network-title")).to_have_text(f"Network {first_id}")
+    expect(page.locator("select.label-select")).to_have_value("signal")
+    set_range(page, "#z-threshold", 1.5)
+    expect(page.locator("#network-mosaic .gtitle")).to_contain_text("|z| ≥ 1.5")
+    expect(page.locator("#z-threshold-out")).to_have_text("|z| ≥ 1.5")
+    page.wait_for_selector("#time-course .main-svg")
+    page.wait_for_selector("#histogram .main-svg")
+    expect(page.locator("#top-tokens li mark").first).to_be_visible()
+    shot(page, "05-network-detail")
+
+    # 5. Select and preview --------------------------------------------------------------------
+    page.get_by_role("link", name="Select & prune").click()
+    page.wait_for_selector("#width-plot .main-svg")
+    expect(page.locator("#selected-count")).to_have_text(f"{n} of {n} networks selected")
+    page.locator("#select-signal").click()
+    expect(page.locator("#selected-count")).to_have_text(f"1 of {n} networks selected")
+    expect(page.locator("#preview-state")).to_contain_text("Preview for 1 networks")
+    page.get_by_role("button", name="All", exact=True).click()
+    page.get_by_label("target pruning ratio").check()
+    set_range(page, "#ratio-slider", 0.3)
+    expect(page.locator("#preview-state")).to_contain_text(f"Preview for {n} networks")
+    preview = page.request.post(f"{server}/api/analyses/{analysis_id}/preview",
+                                data={"networks": None, "threshold": None, "target_ratio": 0.3,
+                                      "protected_layers": None, "uniform": False}).json()
+    expect(page.locator("#pv-ratio-mlp")).to_have_text(f"{100 * preview['ratio_mlp']:.1f} %")
+    assert banner_text(page) == ""
+    page.get_by_label("random").check()
+    shot(page, "06-select-preview")
+
+    # 6. Prune and compare ---------------------------------------------------------------------
+    page.get_by_role("button", name="Prune the model").click()
+    page.wait_for_url(re.compile(r"#/pruning/[\w-]+$"))
+    pruning_id = page.url.rsplit("/", 1)[1]
+    shot(page, "07-pruning-progress")
+    page.wait_for_selector("#compare-table", timeout=PRUNING_TIMEOUT_MS)
+    page.wait_for_selector("#ppl-plot .main-svg")
+    result = _get_json(f"{server}/api/prunings/{pruning_id}")["result"]
+    expect(page.locator("#dense-ppl")).to_have_text(f"{result['dense']['ppl']:.2f}")
+    expect(page.locator("#pruned-ppl")).to_have_text(f"{result['pruned']['ppl']:.2f}")
+    expect(page.locator("#ratio-total")).to_have_text(f"{100 * result['ratio_total']:.1f} %")
+    expect(page.locator("#baselines-table")).to_contain_text("random")
+    expect(page.locator("#load-snippet")).to_contain_text("from_pretrained")
+    shot(page, "08-results")
+
+    # 7. Downloads -----------------------------------------------------------------------------
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Kept neurons (JSON)").click()
+    masks = json.loads(Path(info.value.path()).read_text())
+    assert masks
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Pruned model (zip)").click()
+    model_zip = tmp_path / "model.zip"
+    info.value.save_as(model_zip)
+    with zipfile.ZipFile(model_zip) as zf:
+        names = zf.namelist()
+    assert any(name.endswith("config.json") for name in names), names
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Labels (FIX)").click()
+    assert Path(info.value.path()).read_text().strip()
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Maps (NIfTI)").click()
+    assert Path(info.value.path()).read_bytes()[:2] == b"\x1f\x8b"  # gzip
+    assert banner_text(page) == ""
+    shot(page, "09-downloads")
+    assert page.page_errors == []
+
+
+def _a_key_neuron(overview) -> tuple[int, int]:
+    import base64
+
+    density = base64.b64decode(overview["density"]["data"])
+    width = overview["width"]
+    for i, count in enumerate(density):
+        if count:
+            return i // width, i % width
+    pytest.fail("the analysis has no key neuron at all")
+
+
+@pytest.mark.parametrize(("name", "content", "words"), [
+    ("empty.txt", b"", "empty"),
+    ("binary.txt", bytes(range(256)) * 4, "binary"),
+])
+def test_upload_error_is_shown(server, page, name, content, words):
+    page.goto(f"{server}/#/new")
+    page.wait_for_selector("#upload")
+    page.set_input_files("#upload", files=[{"name": name, "mimeType": "text/plain", "buffer": content}])
+    banner = page.get_by_role("alert")
+    sync_api.expect(banner).to_be_visible()
+    sync_api.expect(banner).to_contain_text("Upload failed")
+    sync_api.expect(banner).to_contain_text(words)
+    assert "{" not in banner.inner_text()  # words, not JSON
+    shot(page, f"10-upload-error-{name.split('.')[0]}")
+    page.get_by_role("button", name="Dismiss error").click()
+    sync_api.expect(banner).to_be_hidden()
+
+
+def test_missing_analysis_is_reported(server, page):
+    page.goto(f"{server}/#/analysis/doesnotexist/overview")
+    banner = page.get_by_role("alert")
+    sync_api.expect(banner).to_be_visible()
+    assert "doesnotexist" in banner.inner_text() or "no analysis" in banner.inner_text().lower()
+    shot(page, "11-missing-analysis")
