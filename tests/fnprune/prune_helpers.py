@@ -1,0 +1,144 @@
+"""Helpers for the pruning tests (imported explicitly; not a conftest): tiny seeded models, text,
+a fake FunctionalNetworks, and a reload check in a process where fnprune cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VOCAB = 258  # fnprune.models.byte_tokenizer()
+FAMILIES = ("llama", "qwen2", "gpt2", "opt", "phi")
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Functional networks in language models resemble those in the brain.",
+    "A short one.",
+    "Pruning removes neurons; bias compensation keeps their average contribution to the output of the layer.",
+    "Numbers 12345 and symbols #@! are bytes too.",
+    "Another line of calibration text, somewhat longer than the others, to vary the padding.",
+]
+
+
+def tiny_config(family: str, n_layers: int = 4, width: int = 24, hidden: int = 16, **extra):
+    from transformers import GPT2Config, LlamaConfig, OPTConfig, PhiConfig, Qwen2Config
+
+    common = {"vocab_size": VOCAB, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": None}
+    if family == "llama":
+        cfg = LlamaConfig(hidden_size=hidden, intermediate_size=width, num_hidden_layers=n_layers,
+                          num_attention_heads=2, num_key_value_heads=1, **common)
+    elif family == "qwen2":
+        cfg = Qwen2Config(hidden_size=hidden, intermediate_size=width, num_hidden_layers=n_layers,
+                          num_attention_heads=2, num_key_value_heads=1, **common)
+    elif family == "gpt2":
+        cfg = GPT2Config(n_embd=hidden, n_inner=width, n_layer=n_layers, n_head=2, **common)
+    elif family == "opt":
+        cfg = OPTConfig(hidden_size=hidden, ffn_dim=width, num_hidden_layers=n_layers, num_attention_heads=2,
+                        word_embed_proj_dim=hidden, **common)
+    elif family == "phi":
+        cfg = PhiConfig(hidden_size=hidden, intermediate_size=width, num_hidden_layers=n_layers,
+                        num_attention_heads=2, **common)
+    else:
+        raise ValueError(family)
+    for key, value in extra.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def tiny_model(family: str = "llama", seed: int = 0, **kwargs):
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(tiny_config(family, **kwargs))
+    return model.eval()
+
+
+def tokenizer():
+    from fnprune.models import byte_tokenizer
+
+    return byte_tokenizer()
+
+
+def documents(n: int = 12):
+    from fnprune.corpus import Document
+
+    return [Document(id=str(i), text=TEXTS[i % len(TEXTS)] * (1 + i % 3), label="test") for i in range(n)]
+
+
+def sample_ids(seed: int = 0, shape=(2, 9)) -> torch.Tensor:
+    return torch.randint(2, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+
+
+class FakeNetworks:
+    """Stands in for fnprune.networks.FunctionalNetworks: seeded |z| scores (n_layers, I)."""
+
+    def __init__(self, n_layers: int, width: int, params_per_neuron: int, total_params: int,
+                 n_components: int = 4, seed: int = 0, protected=(0,)):
+        rng = np.random.default_rng(seed)
+        self.maps = np.abs(rng.normal(size=(n_components, n_layers, width))) * 2
+        self.n_components_ = n_components
+        self.ppn = params_per_neuron
+        self.total = total_params
+        self.protected = protected
+
+    def neuron_scores(self, networks=None):
+        chosen = self.maps if networks is None else self.maps[list(networks)]
+        return chosen.max(0)
+
+    def _prot(self, protected_layers):
+        return set(self.protected if protected_layers is None else protected_layers)
+
+    def key_mask(self, threshold=None, target_ratio=None, networks=None, protected_layers=None):
+        scores = self.neuron_scores(networks)
+        prot = self._prot(protected_layers)
+        if threshold is None:
+            n_remove = int(np.ceil(target_ratio * self.total / self.ppn))
+            free = np.sort(np.concatenate([scores[i] for i in range(len(scores)) if i not in prot]))
+            threshold = free[n_remove - 1]
+        mask = scores > threshold
+        for i in prot:
+            mask[i] = True
+        return mask
+
+    def plan(self, target_ratio=None, networks=None, protected_layers=None):
+        return {"widths": [int(r.sum()) for r in self.key_mask(target_ratio=target_ratio, networks=networks,
+                                                               protected_layers=protected_layers)]}
+
+
+def reload_isolated(model_dir: Path, ids: torch.Tensor, expected: torch.Tensor, work: Path,
+                    trust_remote_code: bool) -> str:
+    """Load ``model_dir`` with AutoModelForCausalLM in a fresh interpreter where fnprune cannot be
+    imported, run ``ids`` and compare with ``expected`` (atol 1e-5). Returns the loaded class name."""
+    work.mkdir(parents=True, exist_ok=True)
+    torch.save({"ids": ids, "expected": expected}, work / "check.pt")
+    repo = str(Path(__file__).resolve().parents[2])
+    code = textwrap.dedent(f"""
+        import importlib.util, json, sys
+        sys.path = [p for p in sys.path if p and not p.startswith({repo!r})]
+        sys.modules["fnprune"] = None  # block an editable install too
+        assert importlib.util.find_spec("fnprune") is None or sys.modules["fnprune"] is None
+        import torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(model_dir)!r}, trust_remote_code={trust_remote_code!r}).eval()
+        data = torch.load({str(work / "check.pt")!r})
+        with torch.no_grad():
+            logits = model(data["ids"]).logits
+        ok = torch.allclose(logits, data["expected"], atol=1e-5)
+        print(json.dumps({{"class": type(model).__name__, "ok": bool(ok),
+                           "max_diff": float((logits - data["expected"]).abs().max())}}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(work / "hf_modules"))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ok"], result
+    return result["class"]
