@@ -58,7 +58,7 @@ def _chunk(block: ArrayLike, r0: int, r1: int, device, dtype=torch.float32) -> t
     part = block[r0:r1]
     if isinstance(part, torch.Tensor):
         return part.to(device=device, dtype=dtype)
-    return torch.from_numpy(np.ascontiguousarray(part)).to(device=device, dtype=dtype)
+    return torch.from_numpy(np.array(part, copy=True)).to(device=device, dtype=dtype)
 
 
 # -- FastICA ---------------------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""Atomic writes and exports: NIfTI maps, FSL FIX labels, key-neuron masks as JSON.
+
+NIfTI layout (METHOD.md §4): x, y = the neuron grid (``neuron_grid(width)``, row-major: neuron
+``j`` sits at ``x = j % cols, y = j // cols``), z = layer, t = component, identity affine. In
+per-layer mode component ``t`` of the volume holds component ``t`` of *every* layer (slice z is
+layer z's own component ``t``), so 30 layers × 128 components make 128 volumes, not 3,840. Each
+voxel is the neuron's signed z of the signal with the larger |z| (act or up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+
+LABELS = ("signal", "noise", "unknown")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _signed_neuron_maps(networks) -> np.ndarray:
+    """(n_components, n_map_layers, width): per neuron the signal with the larger |z|, signed."""
+    maps = networks.maps                                   # (c, m, s, w)
+    pick = np.abs(maps).argmax(axis=2)[:, :, None, :]
+    return np.take_along_axis(maps, pick, axis=2)[:, :, 0, :]
+
+
+def nifti_volume(networks) -> np.ndarray:
+    """``(cols, rows, n_layers, n_volumes)`` float32 array laid out as described in the module docstring."""
+    rows, cols = networks.grid
+    width = networks.width
+    signed = _signed_neuron_maps(networks)
+    if networks.mode == "whole-model":
+        n_vol = networks.n_components
+    else:
+        n_vol = int(networks.component_index.max()) + 1 + int(networks.component_run.max()) * (
+            int(networks.component_index.max()) + 1)
+    vol = np.zeros((n_vol, networks.n_layers, rows * cols), dtype=np.float32)
+    for c in range(networks.n_components):
+        if networks.mode == "whole-model":
+            vol[c, networks.layers, :width] = signed[c]
+        else:
+            t = int(networks.component_run[c]) * (int(networks.component_index.max()) + 1) + int(networks.component_index[c])
+            vol[t, int(networks.component_layer[c]), :width] = signed[c, 0]
+    # (t, z, y*x) -> (x, y, z, t)
+    return vol.reshape(n_vol, networks.n_layers, rows, cols).transpose(3, 2, 1, 0).copy()
+
+
+def export_nifti(networks, path: str | Path) -> Path:
+    """Write the maps as a 4-D NIfTI file (``.nii`` or ``.nii.gz``) that nilearn and FSLeyes open."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
+        raise ConfigError(f"NIfTI path must end in .nii or .nii.gz, got {path.name!r}")
+    img = nib.Nifti1Image(nifti_volume(networks), affine=np.eye(4))
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["descrip"] = b"fnprune z-maps; x,y neuron grid, z layer, t component"
+    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent if path.parent.exists() else None)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def fix_labels_text(labels: dict[int, str], n_components: int, source: str = "fnprune.ica") -> str:
+    """FSL FIX label file: a header line, ``k, Label, is_noise`` per component (1-based), then the noise list."""
+    lines = [source]
+    noise = []
+    for c in range(n_components):
+        label = labels.get(c, "unknown")
+        if label not in LABELS:
+            raise ConfigError(f"label of component {c} must be one of {LABELS}, got {label!r}")
+        fix_label = {"signal": "Signal", "noise": "Unclassified noise", "unknown": "Unknown"}[label]
+        is_noise = label == "noise"
+        if is_noise:
+            noise.append(c + 1)
+        lines.append(f"{c + 1}, {fix_label}, {'True' if is_noise else 'False'}")
+    lines.append("[" + ", ".join(str(n) for n in noise) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def export_fix_labels(labels: dict[int, str], path: str | Path, n_components: int) -> Path:
+    return atomic_write_text(path, fix_labels_text(labels, n_components))
+
+
+def mask_json(mask: np.ndarray, info: dict | None = None) -> str:
+    """Key-neuron mask as JSON: per layer the kept neuron indices, plus ``info``."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ConfigError(f"mask must be 2-D (n_layers, width), got shape {mask.shape}")
+    return json.dumps({
+        "format": "fnprune-mask-1", "n_layers": int(mask.shape[0]), "width": int(mask.shape[1]),
+        "widths": [int(x) for x in mask.sum(axis=1)],
+        "keep": [np.flatnonzero(row).tolist() for row in mask], **(info or {}),
+    })
+
+
+def export_mask_json(mask: np.ndarray, path: str | Path, info: dict | None = None) -> Path:
+    return atomic_write_text(path, mask_json(mask, info))
+
+
+def load_mask_json(path: str | Path) -> np.ndarray:
+    data = json.loads(Path(path).read_text())
+    if data.get("format") != "fnprune-mask-1":
+        raise ConfigError(f"{path}: not an fnprune mask file")
+    mask = np.zeros((data["n_layers"], data["width"]), dtype=bool)
+    for layer, keep in enumerate(data["keep"]):
+        mask[layer, keep] = True
+    return mask

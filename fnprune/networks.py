@@ -1,0 +1,464 @@
+"""Functional networks: CanICA maps over MLP neurons, their statistics, and key-neuron masks.
+
+``analyze`` captures activations, runs CanICA per layer (the paper's pruning mode) or on all layers
+at once (whole-model mode), over ``n_runs`` disjoint batches of documents, and returns a
+:class:`FunctionalNetworks`. That object answers everything the CLI and the web app ask without the
+model: component tables and details, neuron scores, key-neuron masks for a threshold or a target
+fraction of parameters removed, and projected per-layer widths.
+
+Neuron scores (METHOD.md §1.5, §1.11): the score of neuron ``j`` of layer ``l`` is the largest
+``|z|`` over the selected components and over its signals (``act`` and ``up``); it is key when the
+score exceeds the threshold. With several runs a neuron key in any run is key (OR-union), since the
+score is a max over every run's components.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from .capture import ActivationStore, capture_activations
+from .corpus import Document
+from .errors import ConfigError, RunDirError
+from .ica import CanICA
+from .mlp import mlp_summary
+from .progress import ProgressCallback, report
+
+MODES = ("per-layer", "whole-model")
+DEFAULT_THRESHOLD = 3.0
+DEFAULT_N_INIT = 10
+RUN_FORMAT = 1
+
+
+def default_protected_layers(n_layers: int) -> list[int]:
+    """The paper keeps layers 0, 1, 2 and the last two whole; small models keep the first and last."""
+    if n_layers >= 8:
+        return [0, 1, 2, n_layers - 2, n_layers - 1]
+    if n_layers >= 4:
+        return [0, n_layers - 1]
+    return []
+
+
+def neuron_grid(width: int) -> tuple[int, int]:
+    """A fixed near-square ``(rows, cols)`` grid that holds ``width`` neurons, row-major."""
+    cols = int(np.ceil(np.sqrt(width)))
+    return int(np.ceil(width / cols)), cols
+
+
+class FunctionalNetworks:
+    """The result of an analysis (all arrays numpy; no model needed).
+
+    Attributes
+    ----------
+    maps : (n_components, n_map_layers, n_signals, width) float32 z-maps. In per-layer mode each
+        component covers one layer (``n_map_layers == 1``); in whole-model mode every analysed layer.
+    component_layer : (n_components,) layer of each component, -1 in whole-model mode
+    component_index, component_run : index within its (layer, run) and its run
+    stability : (n_components,) mean matched |corr| across FastICA restarts
+    time_courses : (n_tokens, n_components) float32
+    token_text, token_doc, token_pos : per recorded token
+    documents : list of {"id", "label", "n_tokens"}
+    info : model summary, analysis parameters, corpus
+    labels : {component id: "signal" | "noise" | "unknown"}
+    """
+
+    def __init__(self, *, maps, component_layer, component_index, component_run, stability,
+                 time_courses, token_text, token_doc, token_pos, documents, info, labels=None):
+        # maps are stored as float16; round here too so a loaded run gives the very same masks
+        self.maps = np.asarray(maps, dtype=np.float16).astype(np.float32)
+        self.component_layer = np.asarray(component_layer, dtype=np.int64)
+        self.component_index = np.asarray(component_index, dtype=np.int64)
+        self.component_run = np.asarray(component_run, dtype=np.int64)
+        self.stability = np.asarray(stability, dtype=np.float32)
+        self.time_courses = np.asarray(time_courses, dtype=np.float32)
+        self.token_text = list(token_text)
+        self.token_doc = np.asarray(token_doc, dtype=np.int64)
+        self.token_pos = np.asarray(token_pos, dtype=np.int64)
+        self.documents = list(documents)
+        self.info = dict(info)
+        self.labels = {int(k): v for k, v in (labels or {}).items()}
+        self._absmax = np.abs(self.maps).max(axis=2)          # (n_comp, n_map_layers, width)
+
+    # -- shape facts -----------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self.info["mode"]
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.info["model"]["n_layers"])
+
+    @property
+    def width(self) -> int:
+        return int(self.maps.shape[-1])
+
+    @property
+    def signals(self) -> list[str]:
+        return list(self.info["signals"])
+
+    @property
+    def layers(self) -> list[int]:
+        """Analysed layers."""
+        return list(self.info["layers"])
+
+    @property
+    def n_components(self) -> int:
+        return int(self.maps.shape[0])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.info.get("threshold", DEFAULT_THRESHOLD))
+
+    @property
+    def tokens(self) -> list[str]:
+        return self.token_text
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return neuron_grid(self.width)
+
+    def map_layers(self, component: int) -> list[int]:
+        layer = int(self.component_layer[component])
+        return [layer] if layer >= 0 else self.layers
+
+    # -- selection and scores ----------------------------------------------------------------------
+    def _selected(self, networks) -> np.ndarray:
+        if networks is None:
+            return np.arange(self.n_components)
+        sel = np.unique(np.asarray(list(networks), dtype=np.int64))
+        if sel.size == 0:
+            raise ConfigError("networks: select at least one component")
+        if sel.min() < 0 or sel.max() >= self.n_components:
+            raise ConfigError(f"networks: component ids must be in 0..{self.n_components - 1}")
+        return sel
+
+    def neuron_scores(self, networks=None) -> np.ndarray:
+        """``(n_layers, width)`` largest |z| of each neuron over the selected components and signals."""
+        sel = self._selected(networks)
+        scores = np.zeros((self.n_layers, self.width), dtype=np.float32)
+        if self.mode == "whole-model":
+            scores[self.layers] = self._absmax[sel].max(axis=0)
+            return scores
+        layer_of = self.component_layer[sel]
+        for layer in np.unique(layer_of):
+            scores[layer] = self._absmax[sel[layer_of == layer], 0].max(axis=0)
+        return scores
+
+    def _prunable(self, protected_layers) -> list[int]:
+        protected = default_protected_layers(self.n_layers) if protected_layers is None else list(protected_layers)
+        for layer in protected:
+            if not isinstance(layer, int | np.integer) or not 0 <= layer < self.n_layers:
+                raise ConfigError(f"protected_layers: {layer!r} is not a layer index in 0..{self.n_layers - 1}")
+        return [l for l in self.layers if l not in set(protected)]
+
+    def _params(self) -> tuple[np.ndarray, int, int]:
+        model = self.info["model"]
+        return np.asarray(model["params_per_neuron"], dtype=np.int64), int(model["total_params"]), int(model["mlp_params"])
+
+    def threshold_for_ratio(self, target_ratio: float, networks=None, protected_layers=None) -> float:
+        """Smallest threshold whose mask removes at least ``target_ratio`` of all parameters (bisection)."""
+        _check_ratio(target_ratio)
+        scores = self.neuron_scores(networks).astype(np.float64)
+        prunable = self._prunable(protected_layers)
+        ppn, total, _ = self._params()
+        goal = target_ratio * total
+        reachable = sum(int(ppn[l]) * self.width for l in prunable)
+        if goal > reachable:
+            raise ConfigError(f"target_ratio {target_ratio:g} is not reachable: removing every neuron outside the "
+                              f"protected layers removes {reachable / total:.3f} of the parameters")
+
+        def removed(t: float) -> int:
+            return sum(int(ppn[l]) * int((scores[l] <= t).sum()) for l in prunable)
+
+        lo, hi = -1.0, float(scores[prunable].max()) + 1.0
+        for _ in range(80):
+            mid = 0.5 * (lo + hi)
+            if removed(mid) >= goal:
+                hi = mid
+            else:
+                lo = mid
+        # snap to the score that crosses the goal, so the threshold is a value users can reproduce
+        candidates = np.sort(np.concatenate([scores[l] for l in prunable]))
+        idx = min(np.searchsorted(candidates, hi, side="right"), len(candidates)) - 1
+        return float(candidates[max(idx, 0)])
+
+    def key_mask(self, threshold: float | None = None, target_ratio: float | None = None, networks=None,
+                 protected_layers=None, uniform: bool = False) -> np.ndarray:
+        """``(n_layers, width)`` bool, True = keep (key neuron, protected layer or unanalysed layer)."""
+        return self._mask_and_threshold(threshold, target_ratio, networks, protected_layers, uniform)[0]
+
+    def _mask_and_threshold(self, threshold, target_ratio, networks, protected_layers, uniform):
+        if (threshold is None) == (target_ratio is None):
+            raise ConfigError("give exactly one of threshold and target_ratio")
+        scores = self.neuron_scores(networks)
+        prunable = self._prunable(protected_layers)
+        if threshold is None:
+            threshold = self.threshold_for_ratio(target_ratio, networks, protected_layers)
+        elif not np.isfinite(threshold) or threshold < 0:
+            raise ConfigError(f"threshold must be a finite number ≥ 0, got {threshold!r}")
+        keep = np.ones((self.n_layers, self.width), dtype=bool)
+        for l in prunable:
+            keep[l] = scores[l].astype(np.float64) > threshold
+        if uniform and prunable:
+            ppn, total, _ = self._params()
+            if target_ratio is not None:
+                per_neuron = sum(int(ppn[l]) for l in prunable)
+                width = self.width - int(np.ceil(target_ratio * total / per_neuron))
+            else:
+                width = int(round(np.mean([keep[l].sum() for l in prunable])))
+            if width < 1:
+                raise ConfigError("uniform widths would remove every MLP neuron of the pruned layers; lower the ratio")
+            for l in prunable:
+                order = np.argsort(-scores[l], kind="stable")
+                keep[l] = False
+                keep[l, order[:width]] = True
+        empty = [l for l in prunable if not keep[l].any()]
+        if empty:
+            raise ConfigError(f"this threshold/target would remove every MLP neuron of layer(s) {empty[:5]}; "
+                              "lower the target, select networks in those layers or protect them")
+        return keep, float(threshold)
+
+    def plan(self, threshold: float | None = None, target_ratio: float | None = None, networks=None,
+             protected_layers=None, uniform: bool = False) -> dict:
+        """Projected per-layer widths and parameter counts of pruning with this mask (no model needed)."""
+        keep, threshold = self._mask_and_threshold(threshold, target_ratio, networks, protected_layers, uniform)
+        ppn, total, mlp = self._params()
+        widths = keep.sum(axis=1)
+        original = np.asarray(self.info["model"]["widths"], dtype=np.int64)
+        removed = int(((original - widths) * ppn).sum())
+        protected = sorted(set(range(self.n_layers)) - set(self._prunable(protected_layers)))
+        return {
+            "threshold": threshold, "target_ratio": target_ratio, "uniform": bool(uniform),
+            "networks": None if networks is None else [int(x) for x in self._selected(networks)],
+            "widths": [int(w) for w in widths], "original_widths": [int(w) for w in original],
+            "protected_layers": protected, "removed_neurons": int((original - widths).sum()),
+            "removed_params": removed, "total_params": total, "mlp_params": mlp,
+            "ratio_total": removed / total, "ratio_mlp": removed / mlp,
+            "size_bytes": int((total - removed) * 4),
+        }
+
+    # -- per-component statistics ----------------------------------------------------------------
+    def _genre_profile(self, component: int) -> dict:
+        tc = self.time_courses[:, component]
+        tc = (tc - tc.mean()) / (tc.std() + 1e-12)
+        labels = np.asarray([d.get("label") or "unlabelled" for d in self.documents])[self.token_doc]
+        return {str(g): float(tc[labels == g].mean()) for g in sorted(set(labels.tolist()))}
+
+    def component_table(self, threshold: float | None = None) -> list[dict]:
+        threshold = self.threshold if threshold is None else float(threshold)
+        n_key = (self._absmax > threshold).sum(axis=(1, 2))
+        peak = self._absmax.max(axis=(1, 2))
+        rows = []
+        for c in range(self.n_components):
+            profile = self._genre_profile(c)
+            values = np.asarray(list(profile.values()))
+            top = max(profile, key=profile.get) if profile else None
+            layer = int(self.component_layer[c])
+            if layer < 0:  # whole-model: the layer where it peaks
+                layer_pos = int(self._absmax[c].max(axis=1).argmax())
+                layer = self.layers[layer_pos]
+            rows.append({
+                "id": c, "layer": layer, "index": int(self.component_index[c]), "run": int(self.component_run[c]),
+                "n_key": int(n_key[c]), "peak_z": float(peak[c]), "stability": float(self.stability[c]),
+                "top_genre": top,
+                "genre_selectivity": float(values.max() - values.mean()) if values.size > 1 else 0.0,
+                "label": self.labels.get(c, "unknown"),
+            })
+        return rows
+
+    def component_detail(self, component: int, n_top: int = 10, context: int = 8) -> dict:
+        if not 0 <= int(component) < self.n_components:
+            raise ConfigError(f"component {component} does not exist (0..{self.n_components - 1})")
+        c = int(component)
+        tc = self.time_courses[:, c]
+        top = np.argsort(-tc, kind="stable")[:n_top]
+        top_tokens = []
+        for i in top.tolist():
+            doc = int(self.token_doc[i])
+            lo = i
+            while lo > 0 and i - lo < context and self.token_doc[lo - 1] == doc:
+                lo -= 1
+            hi = i
+            while hi + 1 < len(tc) and hi - i < context and self.token_doc[hi + 1] == doc:
+                hi += 1
+            top_tokens.append({"token": self.token_text[i], "value": float(tc[i]), "doc": doc, "position": int(self.token_pos[i]),
+                               "label": self.documents[doc].get("label"),
+                               "left": "".join(self.token_text[lo:i]), "right": "".join(self.token_text[i + 1:hi + 1])})
+        return {
+            "id": c, "layer": int(self.component_layer[c]), "index": int(self.component_index[c]),
+            "run": int(self.component_run[c]), "label": self.labels.get(c, "unknown"),
+            "stability": float(self.stability[c]), "map": self.maps[c], "map_layers": self.map_layers(c),
+            "signals": self.signals, "time_course": tc, "top_tokens": top_tokens,
+            "genre_profile": self._genre_profile(c),
+        }
+
+    def overview(self, threshold: float | None = None) -> dict:
+        """Key-neuron density (components in which a neuron is key) and max |z|, both (n_layers, width)."""
+        threshold = self.threshold if threshold is None else float(threshold)
+        density = np.zeros((self.n_layers, self.width), dtype=np.int32)
+        key = self._absmax > threshold
+        if self.mode == "whole-model":
+            density[self.layers] = key.sum(axis=0)
+        else:
+            for layer in np.unique(self.component_layer):
+                density[layer] = key[self.component_layer == layer, 0].sum(axis=0)
+        return {"threshold": threshold, "density": density, "max_z": self.neuron_scores()}
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, run_dir: str | Path) -> Path:
+        """Write the run directory atomically (safetensors + JSON, no pickle)."""
+        run_dir = Path(run_dir)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=run_dir.name + ".", suffix=".partial", dir=run_dir.parent))
+        try:
+            save_file({
+                "maps": self.maps.astype(np.float16), "component_layer": self.component_layer,
+                "component_index": self.component_index, "component_run": self.component_run,
+                "stability": self.stability, "time_courses": self.time_courses.astype(np.float16),
+                "token_doc": self.token_doc, "token_pos": self.token_pos,
+            }, str(partial / "networks.safetensors"))
+            (partial / "tokens.json").write_text(json.dumps(self.token_text))
+            (partial / "documents.json").write_text(json.dumps(self.documents))
+            (partial / "labels.json").write_text(json.dumps({str(k): v for k, v in self.labels.items()}))
+            (partial / "run.json").write_text(json.dumps({"format": RUN_FORMAT, **self.info}, indent=1))
+            if run_dir.exists():
+                old = run_dir.with_name(run_dir.name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(run_dir, old)
+                os.replace(partial, run_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(partial, run_dir)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return run_dir
+
+    def save_labels(self, run_dir: str | Path) -> None:
+        from .io import atomic_write_text
+
+        atomic_write_text(Path(run_dir) / "labels.json", json.dumps({str(k): v for k, v in self.labels.items()}))
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> FunctionalNetworks:
+        run_dir = Path(run_dir)
+        needed = ["run.json", "networks.safetensors", "tokens.json", "documents.json"]
+        missing = [n for n in needed if not (run_dir / n).exists()]
+        if not run_dir.is_dir() or missing:
+            raise RunDirError(f"{run_dir} is not an fnprune run directory (missing {', '.join(missing) or 'directory'})")
+        try:
+            info = json.loads((run_dir / "run.json").read_text())
+            arrays = load_file(str(run_dir / "networks.safetensors"))
+            labels_file = run_dir / "labels.json"
+            labels = json.loads(labels_file.read_text()) if labels_file.exists() else {}
+            tokens = json.loads((run_dir / "tokens.json").read_text())
+            documents = json.loads((run_dir / "documents.json").read_text())
+        except (ValueError, OSError) as exc:
+            raise RunDirError(f"{run_dir}: damaged run directory ({exc})") from exc
+        info.pop("format", None)
+        return cls(maps=arrays["maps"], component_layer=arrays["component_layer"],
+                   component_index=arrays["component_index"], component_run=arrays["component_run"],
+                   stability=arrays["stability"], time_courses=arrays["time_courses"], token_text=tokens,
+                   token_doc=arrays["token_doc"], token_pos=arrays["token_pos"], documents=documents,
+                   info=info, labels=labels)
+
+
+def _check_ratio(target_ratio) -> None:
+    if not isinstance(target_ratio, int | float) or not np.isfinite(target_ratio) or not 0 < target_ratio < 1:
+        raise ConfigError(f"target_ratio must be between 0 and 1 (exclusive), got {target_ratio!r}")
+
+
+def _run_slices(store: ActivationStore, n_runs: int) -> list[slice]:
+    """Contiguous token-row ranges of ``n_runs`` disjoint, near-equal groups of documents."""
+    counts = [d["n_tokens"] for d in store.documents]
+    n_docs = len(counts)
+    if n_runs > n_docs:
+        raise ConfigError(f"n_runs={n_runs} is larger than the number of documents ({n_docs})")
+    bounds = np.linspace(0, n_docs, n_runs + 1).round().astype(int)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    return [slice(int(starts[a]), int(starts[b])) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, mode: str = "per-layer",
+            n_runs: int = 1, n_init: int = DEFAULT_N_INIT, max_tokens: int = 512,
+            signals: tuple[str, ...] = ("act", "up"), layers: list[int] | None = None, random_state: int = 0,
+            work_dir: str | Path | None = None, batch_size: int = 4, device: str = "auto",
+            threshold: float = DEFAULT_THRESHOLD, model_spec: str | None = None, corpus_spec: str | None = None,
+            progress: ProgressCallback | None = None) -> FunctionalNetworks:
+    """Capture activations of ``docs`` and decompose them into functional networks.
+
+    ``mode="per-layer"`` runs CanICA on each layer's ``(tokens, n_signals * width)`` matrix (the
+    paper's pruning mode); ``"whole-model"`` on all analysed layers at once. ``n_runs`` disjoint
+    batches of documents are analysed separately and their components pooled (OR-union of masks).
+    The activation store lives in ``work_dir`` (a temporary directory when None) and is deleted
+    at the end unless ``work_dir`` is given.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+    for name, value in (("n_components", n_components), ("n_runs", n_runs), ("n_init", n_init)):
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    summary = mlp_summary(model)
+    if len(set(summary["widths"])) != 1:
+        raise ConfigError("the model's layers have different MLP widths (already pruned?); analyse the dense model")
+    tmp = None
+    if work_dir is None:
+        tmp = tempfile.mkdtemp(prefix="fnprune-")
+        work_dir = tmp
+    try:
+        store = capture_activations(model, tokenizer, docs, Path(work_dir) / "activations", max_tokens=max_tokens,
+                                    batch_size=batch_size, layers=layers, signals=signals, progress=progress)
+        runs = _run_slices(store, n_runs)
+        for r, rows in enumerate(runs):
+            if rows.stop - rows.start <= n_components:
+                raise ConfigError(f"run {r} has {rows.stop - rows.start} tokens, not more than n_components="
+                                  f"{n_components}; use fewer runs or components, or more text")
+        maps, layer_of, index_of, run_of, stability, time_courses = [], [], [], [], [], []
+        units = [(r, l) for r in range(len(runs)) for l in store.layers] if mode == "per-layer" \
+            else [(r, None) for r in range(len(runs))]
+        for u, (r, layer) in enumerate(units):
+            rows = runs[r]
+            seed = int(random_state) * 1_000_003 + r * 1009 + (0 if layer is None else layer)
+            ica = CanICA(n_components, n_init=n_init, random_state=seed, device=device)
+            if layer is None:
+                blocks = [store.layer_matrix(l) for l in store.layers]
+                ica.fit([b[rows] for b in blocks])
+                time_courses.append(ica.transform(blocks))
+                comp = ica.components_.reshape(n_components, len(store.layers), len(signals), store.width)
+                layer_of.append(np.full(n_components, -1))
+            else:
+                matrix = store.layer_matrix(layer)
+                ica.fit(matrix[rows])
+                time_courses.append(ica.transform(matrix))
+                comp = ica.components_.reshape(n_components, 1, len(signals), store.width)
+                layer_of.append(np.full(n_components, layer))
+            maps.append(comp)
+            index_of.append(np.arange(n_components))
+            run_of.append(np.full(n_components, r))
+            stability.append(ica.stability_)
+            report(progress, "ica", (u + 1) / len(units),
+                   f"run {r + 1}/{len(runs)}" + ("" if layer is None else f", layer {layer}"))
+        info = {
+            "mode": mode, "signals": list(signals), "layers": store.layers, "threshold": float(threshold),
+            "n_components": n_components, "n_runs": n_runs, "n_init": n_init, "max_tokens": max_tokens,
+            "random_state": int(random_state), "n_tokens": store.n_tokens, "n_documents": len(docs),
+            "model_spec": model_spec, "corpus_spec": corpus_spec,
+            "model": {k: summary[k] for k in ("family", "n_layers", "widths", "hidden_size", "params_per_neuron",
+                                              "mlp_params", "total_params")}
+                     | {"class": type(model).__name__, "config_class": type(model.config).__name__},
+        }
+        return FunctionalNetworks(
+            maps=np.concatenate(maps), component_layer=np.concatenate(layer_of),
+            component_index=np.concatenate(index_of), component_run=np.concatenate(run_of),
+            stability=np.concatenate(stability), time_courses=np.concatenate(time_courses, axis=1),
+            token_text=store.token_text, token_doc=store.token_doc, token_pos=store.token_pos,
+            documents=store.documents, info=info)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
