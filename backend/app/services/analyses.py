@@ -68,7 +68,7 @@ def run_analysis(settings: Settings, job_id: str, params: dict[str, Any], progre
         report(progress, "load", 0.0, f"loading model {req.model}")
         model_spec = catalog.resolve_model(req.model, settings)
         model, tokenizer = load_model(model_spec, device=settings.DEVICE, trust_remote_code=settings.TRUST_REMOTE_CODE,
-                                      allowed_dirs=settings.MODEL_DIRS or None)
+                                      allowed_dirs=settings.MODEL_DIRS)
         report(progress, "load", 0.5, f"loading corpus {req.corpus}")
         corpus_spec = catalog.resolve_corpus(req.corpus, settings)
         limit = math.ceil(req.n_texts * 10 / 9) + 1
@@ -80,7 +80,7 @@ def run_analysis(settings: Settings, job_id: str, params: dict[str, Any], progre
         report(progress, "load", 1.0, f"{len(docs)} documents")
         networks = analyze(model, tokenizer, docs, n_components=req.n_components, mode=req.mode, n_runs=req.n_runs,
                            max_tokens=req.max_tokens, random_state=req.seed, work_dir=work_dir,
-                           progress=progress, device=settings.DEVICE)
+                           progress=progress, device=settings.DEVICE, model_spec=req.model, corpus_spec=req.corpus)
         report(progress, "save", 0.0, "saving the networks")
         shutil.rmtree(tmp_run, ignore_errors=True)
         networks.save(tmp_run)
@@ -208,7 +208,7 @@ def component_map(settings: Settings, store: JobStore, job_id: str, k: int, thre
     tc = np.asarray(detail["time_course"], dtype=np.float32)  # (n_tokens,)
     idx = encoding.subsample_indices(len(tc), points)
     tokens = networks.tokens
-    token_docs = np.asarray(networks.token_docs)
+    token_docs = np.asarray(networks.token_doc)
     labels = get_labels(settings, job_id)
     encoded = encoding.int8_array(zmap)
     encoded.update({"layers": [int(x) for x in detail["map_layers"]], "signals": list(networks.signals),
@@ -249,9 +249,17 @@ def _check_choice(networks, networks_ids: list[int] | None, protected: list[int]
 def preview(settings: Settings, store: JobStore, job_id: str, req: PreviewRequest) -> dict[str, Any]:
     networks = load_networks(settings, store, job_id)
     _check_choice(networks, req.networks, req.protected_layers)
-    plan = networks.plan(threshold=req.threshold, target_ratio=req.target_ratio, networks=req.networks,
+    threshold, target_ratio = default_choice(networks, req.threshold, req.target_ratio)
+    plan = networks.plan(threshold=threshold, target_ratio=target_ratio, networks=req.networks,
                          protected_layers=req.protected_layers, uniform=req.uniform)
     return _plain(plan)
+
+
+def default_choice(networks, threshold: float | None, target_ratio: float | None) -> tuple[float | None, float | None]:
+    """Neither threshold nor target ratio means the analysis' own threshold."""
+    if threshold is None and target_ratio is None:
+        return float(networks.threshold), None
+    return threshold, target_ratio
 
 
 # -- downloads ---------------------------------------------------------------------------------------
@@ -293,6 +301,7 @@ def artifact(settings: Settings, store: JobStore, job_id: str, name: str, thresh
     if name == "maps" and path.exists():
         return path, media, f"fnprune-{job_id}-{path.name}"
     if name == "masks":
+        threshold, target_ratio = default_choice(networks, threshold, target_ratio)
         mask = networks.key_mask(threshold=threshold, target_ratio=target_ratio)
         plan = networks.plan(threshold=threshold, target_ratio=target_ratio)
         fio.export_mask_json(mask, tmp, _plain({"analysis_id": job_id, **plan}))
@@ -301,7 +310,7 @@ def artifact(settings: Settings, store: JobStore, job_id: str, name: str, thresh
     elif name == "labels":
         labels = get_labels(settings, job_id)
         n = len(networks.component_table())
-        fio.export_fix_labels({k: labels.get(str(k), "unknown") for k in range(n)}, tmp)
+        fio.export_fix_labels({k: labels.get(str(k), "unknown") for k in range(n)}, tmp, n)
     else:
         _write_report(tmp, job, networks_table(settings, store, job_id, None))
     os.replace(tmp, path)

@@ -33,7 +33,8 @@ def create(req: PruningRequest, settings: Settings, store: JobStore, enqueue) ->
     networks = analyses.load_networks(settings, store, req.analysis_id)
     analyses._check_choice(networks, req.networks, req.protected_layers)
     # Fails early (422) when the target cannot be reached, before a job is queued.
-    networks.plan(threshold=req.threshold, target_ratio=req.target_ratio, networks=req.networks,
+    threshold, target_ratio = analyses.default_choice(networks, req.threshold, req.target_ratio)
+    networks.plan(threshold=threshold, target_ratio=target_ratio, networks=req.networks,
                   protected_layers=req.protected_layers, uniform=req.uniform)
     job = store.create("pruning", req.model_dump())
     enqueue(job["id"])
@@ -70,7 +71,8 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
 
     report(progress, "load", 0.0, "loading the networks")
     networks = FunctionalNetworks.load(settings.job_dir("analysis", req.analysis_id) / "run")
-    choice = {"threshold": req.threshold, "target_ratio": req.target_ratio, "networks": req.networks,
+    threshold, target_ratio = analyses.default_choice(networks, req.threshold, req.target_ratio)
+    choice = {"threshold": threshold, "target_ratio": target_ratio, "networks": req.networks,
               "protected_layers": req.protected_layers, "uniform": req.uniform}
     plan = analyses._plain(networks.plan(**choice))
     keep = networks.key_mask(**choice)  # (n_layers, width) bool, True = key neuron = kept

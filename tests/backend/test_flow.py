@@ -1,0 +1,168 @@
+"""End to end through a real worker process: analysis -> networks -> preview -> prune -> model zip."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from backend_helpers import WorkerProcess, wait_for
+from fastapi.testclient import TestClient
+
+from backend.app.main import create_app
+from backend.app.services import encoding
+from backend.app.services.jobs import WORKER_STOPPED
+
+ANALYSIS = {"model": "tiny-llama", "corpus": "pydoc", "n_texts": 12, "max_tokens": 64, "n_components": 6,
+            "mode": "per-layer", "n_runs": 1, "seed": 0}
+
+
+def sse_events(client: TestClient, url: str) -> list[dict]:
+    with client.stream("GET", url) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return [json.loads(line[len("data: "):]) for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
+    assert client.get("/api/health").json()["workers"] >= 1
+    created = client.post("/api/analyses", json=ANALYSIS)
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+
+    events = sse_events(client, f"/api/analyses/{job_id}/events")
+    assert events[-1]["status"] == "succeeded", events[-1]
+    assert any(e["status"] == "running" for e in events)
+    assert len({(e["stage"], e["progress"]) for e in events}) >= 3  # progress was reported along the way
+    job = client.get(f"/api/analyses/{job_id}").json()
+    assert job["result"]["n_layers"] == 4 and job["result"]["width"] == 64
+    assert job["started_at"] and job["finished_at"] and job["error"] is None
+
+    # -- networks, one map, overview --------------------------------------------------------------
+    table = client.get(f"/api/analyses/{job_id}/networks").json()
+    assert table["n_layers"] == 4 and table["width"] == 64 and table["components"]
+    first = table["components"][0]
+    assert {"id", "layer", "n_key", "peak_z", "stability", "label"} <= set(first)
+    k = first["id"]
+    all_ids = [c["id"] for c in table["components"]]
+    detail = client.get(f"/api/analyses/{job_id}/networks/{k}", params={"threshold": 2.5}).json()
+    assert detail["threshold"] == 2.5 and detail["label"] == "unknown"
+    zmap = encoding.decode(detail["map"])
+    assert zmap.shape == (len(detail["map"]["layers"]), len(detail["map"]["signals"]), 64)
+    assert np.abs(zmap).max() > 0
+    assert detail["map"]["grid"] == [8, 8]
+    tc = detail["time_course"]
+    assert len(tc["values"]) == len(tc["tokens"]) == len(tc["docs"]) > 0
+    assert sum(detail["histogram"]["counts"]) == zmap.size
+    assert client.get(f"/api/analyses/{job_id}/networks/999").status_code == 404
+    overview = client.get(f"/api/analyses/{job_id}/overview").json()
+    assert encoding.decode(overview["density"]).shape == (4, 64)
+    assert encoding.decode(overview["max_z"]).shape == (4, 64)
+
+    # -- preview and bad previews on a finished analysis --------------------------------------------
+    preview = client.post(f"/api/analyses/{job_id}/preview", json={"target_ratio": 0.05}).json()
+    assert len(preview["widths"]) == 4 and preview["removed_params"] > 0
+    assert 0 < preview["ratio_total"] < 1
+    by_threshold = client.post(f"/api/analyses/{job_id}/preview", json={"threshold": 2.0, "networks": all_ids})
+    assert by_threshold.status_code == 200, by_threshold.text
+    for bad, field in [({"networks": [999]}, "networks"), ({"protected_layers": [17]}, "protected_layers"),
+                       ({"target_ratio": 0.99}, None)]:
+        response = client.post(f"/api/analyses/{job_id}/preview", json=bad)
+        assert 400 <= response.status_code < 500 and response.json()["detail"], (bad, response.text)
+        if field:
+            assert response.json()["field"] == field
+
+    # -- labels and downloads ---------------------------------------------------------------------------
+    labels = client.put(f"/api/analyses/{job_id}/labels", json={"labels": {str(k): "signal"}})
+    assert labels.status_code == 200 and labels.json()["labels"] == {str(k): "signal"}
+    assert client.put(f"/api/analyses/{job_id}/labels", json={"labels": {"999": "noise"}}).status_code == 422
+    assert client.get(f"/api/analyses/{job_id}/networks").json()["components"][0]["label"] == "signal"
+    masks = client.get(f"/api/analyses/{job_id}/download/masks", params={"target_ratio": 0.05})
+    assert masks.status_code == 200 and masks.json()["format"] == "fnprune-mask-1"
+    nifti = client.get(f"/api/analyses/{job_id}/download/maps")
+    assert nifti.status_code == 200 and gzip.decompress(nifti.content)[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c")
+    fix = client.get(f"/api/analyses/{job_id}/download/labels")
+    assert fix.status_code == 200 and "signal" in fix.text.lower()
+    report = client.get(f"/api/analyses/{job_id}/download/report")
+    assert report.status_code == 200 and "<table>" in report.text
+    assert client.get(f"/api/analyses/{job_id}/download/..%2Fjobs.db").status_code == 404
+
+    # -- prune -----------------------------------------------------------------------------------------
+    pruning = client.post("/api/prunings", json={"analysis_id": job_id, "target_ratio": 0.05, "bias": True,
+                                                 "baselines": ["magnitude"], "n_heldout": 2})
+    assert pruning.status_code == 202, pruning.text
+    p_id = pruning.json()["id"]
+    p_events = sse_events(client, f"/api/prunings/{p_id}/events")
+    done = p_events[-1]
+    assert done["status"] == "succeeded", done
+    result = done["result"]
+    assert result["dense"]["ppl"] > 0 and result["pruned"]["ppl"] > 0
+    assert result["pruned"]["params"] < result["dense"]["params"]
+    assert [b["method"] for b in result["baselines"]] == ["magnitude", "magnitude"]
+    assert result["generations"] and "from_pretrained" in result["load_snippet"]
+    assert client.delete(f"/api/prunings/{p_id}").status_code == 409  # finished
+
+    archive = client.get(f"/api/prunings/{p_id}/download/model")
+    assert archive.status_code == 200 and archive.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
+        assert "model/config.json" in zf.namelist()
+        zf.extractall(tmp_path / "unzipped")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "unzipped" / "model",
+                                                 trust_remote_code=result["architecture"] == "per-layer")
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([[5, 6, 7]])).logits
+    assert logits.shape[:2] == (1, 3) and torch.isfinite(logits).all()
+    assert client.get(f"/api/prunings/{p_id}/download/report").status_code == 200
+    assert client.get(f"/api/prunings/{p_id}/download/masks").status_code == 200
+    assert client.get(f"/api/prunings/{p_id}/download/weights").status_code == 404
+
+    # -- a new API instance on the same data dir sees the history ------------------------------------------
+    with TestClient(create_app(settings)) as restarted:
+        assert job_id in [j["id"] for j in restarted.get("/api/analyses").json()]
+        assert [j["id"] for j in restarted.get("/api/prunings").json()] == [p_id]
+        assert restarted.get(f"/api/analyses/{job_id}/networks/{k}").status_code == 200
+        assert restarted.get(f"/api/prunings/{p_id}").json()["status"] == "succeeded"
+
+
+def test_cancel_running_job_and_keep_serving(client, settings, worker):
+    job = client.post("/api/analyses", json={**ANALYSIS, "n_texts": 40, "max_tokens": 256}).json()
+    wait_for(client, f"/api/analyses/{job['id']}", statuses=("running", "succeeded", "failed"))
+    cancelled = client.delete(f"/api/analyses/{job['id']}")
+    if cancelled.status_code == 409:  # it finished before we could cancel: nothing to check
+        pytest.skip("the analysis finished before the cancel arrived")
+    assert cancelled.json()["status"] == "cancelled"
+    time.sleep(1.0)
+    assert client.get(f"/api/analyses/{job['id']}").json()["status"] == "cancelled"
+    # the worker is still alive and runs the next job
+    follow = client.post("/api/analyses", json=ANALYSIS).json()
+    assert wait_for(client, f"/api/analyses/{follow['id']}")["status"] == "succeeded"
+    assert not (settings.job_dir("analysis", job["id"]) / "run").exists()
+
+
+def test_killed_worker_fails_the_job(client, settings, tmp_path):
+    settings.ensure_dirs()
+    proc = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        job = client.post("/api/analyses", json={**ANALYSIS, "n_texts": 40, "max_tokens": 256}).json()
+        running = wait_for(client, f"/api/analyses/{job['id']}", statuses=("running", "succeeded", "failed"))
+        assert running["status"] == "running"
+        proc.kill()
+        failed = client.get(f"/api/analyses/{job['id']}").json()
+        assert failed["status"] == "failed" and failed["error"] == WORKER_STOPPED
+        assert client.get("/api/health").status_code == 200
+        assert not (settings.job_dir("analysis", job["id"]) / "run").exists()  # no half-written run dir
+        # a new worker takes queued work again
+        queued = client.post("/api/analyses", json=ANALYSIS).json()
+        proc = WorkerProcess(settings, tmp_path / "worker2.log").start()
+        assert wait_for(client, f"/api/analyses/{queued['id']}")["status"] == "succeeded"
+        assert client.get(f"/api/analyses/{job['id']}").json()["status"] == "failed"
+    finally:
+        proc.stop()
