@@ -112,33 +112,34 @@ class FakeNetworks:
                                                                protected_layers=protected_layers)]}
 
 
-def reload_isolated(model_dir: Path, ids: torch.Tensor, expected: torch.Tensor, work: Path,
-                    trust_remote_code: bool) -> str:
-    """Load ``model_dir`` with AutoModelForCausalLM in a fresh interpreter where fnprune cannot be
-    imported, run ``ids`` and compare with ``expected`` (atol 1e-5). Returns the loaded class name."""
+def reload_isolated(cases: list[tuple[Path, torch.Tensor, torch.Tensor, bool]], work: Path) -> list[str]:
+    """Load each ``(model_dir, ids, expected_logits, trust_remote_code)`` with AutoModelForCausalLM in
+    one fresh interpreter where fnprune cannot be imported; assert the logits match (atol 1e-5).
+    Returns the loaded class names."""
     work.mkdir(parents=True, exist_ok=True)
-    torch.save({"ids": ids, "expected": expected}, work / "check.pt")
+    torch.save([{"dir": str(d), "ids": i, "expected": e, "trust": t} for d, i, e, t in cases], work / "check.pt")
     repo = str(Path(__file__).resolve().parents[2])
     code = textwrap.dedent(f"""
-        import importlib.util, json, sys
-        sys.path = [p for p in sys.path if p and not p.startswith({repo!r})]
+        import importlib.util, json, os, sys
+        sys.path = [p for p in sys.path if p and os.path.abspath(p) != {repo!r}]
         sys.modules["fnprune"] = None  # block an editable install too
-        assert importlib.util.find_spec("fnprune") is None or sys.modules["fnprune"] is None
         import torch
         from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained({str(model_dir)!r}, trust_remote_code={trust_remote_code!r}).eval()
-        data = torch.load({str(work / "check.pt")!r})
-        with torch.no_grad():
-            logits = model(data["ids"]).logits
-        ok = torch.allclose(logits, data["expected"], atol=1e-5)
-        print(json.dumps({{"class": type(model).__name__, "ok": bool(ok),
-                           "max_diff": float((logits - data["expected"]).abs().max())}}))
+        results = []
+        for case in torch.load({str(work / "check.pt")!r}):
+            model = AutoModelForCausalLM.from_pretrained(case["dir"], trust_remote_code=case["trust"]).eval()
+            with torch.no_grad():
+                logits = model(case["ids"]).logits
+            results.append({{"class": type(model).__name__,
+                             "ok": bool(torch.allclose(logits, case["expected"], atol=1e-5)),
+                             "max_diff": float((logits - case["expected"]).abs().max())}})
+        print(json.dumps(results))
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(work / "hf_modules"))
     proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["ok"], result
-    return result["class"]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(r["ok"] for r in results), results
+    return [r["class"] for r in results]
