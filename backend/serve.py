@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                     log_level=args.log_level)
     finally:
         if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGINT)
+            worker.send_signal(signal.SIGTERM)  # stop now; a running job is marked failed
             try:
                 worker.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -121,6 +121,24 @@ def execute(settings: Settings, job_id: str) -> None:
         _running_jobs.discard(job_id)
 
 
+def remove_leftovers(settings: Settings, store: JobStore) -> None:
+    """Delete scratch dirs (activation stores, temporary outputs) of jobs that are no longer running."""
+    import shutil
+
+    for kind_dir in (settings.data_dir / "analyses", settings.data_dir / "prunings"):
+        for job_dir in kind_dir.glob("*") if kind_dir.is_dir() else []:
+            row = store.raw(job_dir.name)
+            if row is not None and row["status"] in ("queued", "running"):
+                continue
+            for leftover in [job_dir / "work", *job_dir.glob(".tmp-*"), *job_dir.glob("*.partial"),
+                             *job_dir.glob(".model.tmp-*")]:
+                log.info("removing leftover %s", leftover)
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+
+
 def _heartbeat_loop(store: JobStore, stop: threading.Event) -> None:
     started = time.time()
     while not stop.is_set():
@@ -140,6 +158,7 @@ def main() -> None:
     store = job_store(settings)
     for job_id in store.reap_dead():
         log.warning("job %s was left running by a stopped worker: marked failed", job_id)
+    remove_leftovers(settings, store)
     huey, _ = get_queue(settings)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat_loop, args=(store, stop), daemon=True)

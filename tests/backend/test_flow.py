@@ -164,5 +164,7 @@ def test_killed_worker_fails_the_job(client, settings, tmp_path):
         proc = WorkerProcess(settings, tmp_path / "worker2.log").start()
         assert wait_for(client, f"/api/analyses/{queued['id']}")["status"] == "succeeded"
         assert client.get(f"/api/analyses/{job['id']}").json()["status"] == "failed"
+        leftovers = list(settings.job_dir("analysis", job["id"]).glob("*"))
+        assert leftovers == [], leftovers  # the new worker removed the dead job's scratch files
     finally:
         proc.stop()
