@@ -134,7 +134,9 @@ export function drawMosaic(el, values, opts) {
     borderpad: 1,
   }));
   const plotWidth = containerWidth - 110;
-  const height = opts.height || Math.max(220, Math.min(1400, (plotWidth * m.H) / m.W + 80));
+  // Square cells, at most 22 px each, so a map with few slices does not fill the screen.
+  const cell = Math.min(22, plotWidth / m.W);
+  const height = opts.height || Math.max(200, Math.min(1400, cell * m.H + (title ? 48 : 16)));
   const trace = {
     type: "heatmap",
     z: m.z,

@@ -108,7 +108,7 @@ export function analysisTabs(id, active, job) {
     el(
       "div.analysis-title",
       el("h1", { text: `Analysis ${id}` }),
-      job ? el("p.muted", { text: [p.model, p.corpus, p.n_components && `${p.n_components} components`, p.mode].filter(Boolean).join(" · ") }) : null,
+      job ? el("p.muted", { text: [p.model, p.corpus, p.n_components && `${p.n_components} components${p.mode === "per-layer" ? " per layer" : ""}`, p.mode].filter(Boolean).join(" · ") }) : null,
     ),
     el(
       "nav.tabs",
@@ -157,9 +157,11 @@ export function downloadButton(path, filename, label) {
     const old = button.textContent;
     button.textContent = `${old} …`;
     try {
-      if (!getToken() && filename.endsWith(".zip")) {
-        // Big streamed file: let the browser stream it to disk.
-        const a = el("a", { href: path, download: filename });
+      if (filename.endsWith(".zip")) {
+        // Big streamed file: let the browser stream it to disk (the API takes ?token= for links).
+        const token = getToken();
+        const href = token ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : path;
+        const a = el("a", { href, download: filename });
         document.body.append(a);
         a.click();
         a.remove();

@@ -65,6 +65,8 @@ export async function render(root, { id, k }, ctx) {
     el("option", { value: "max", text: "strongest signal per neuron" }),
   );
   const mosaic = el("div.plot.mosaic#network-mosaic");
+  const timePlot = el("div.plot#time-course");
+  const histPlot = el("div.plot#histogram");
   const aboveCount = el("p.muted.small#above-count");
 
   const drawMap = () => {
@@ -85,6 +87,7 @@ export async function render(root, { id, k }, ctx) {
     let above = 0;
     for (const v of slices) if (Math.abs(v) >= thr) above++;
     const vmax = Math.max(thr, maxAbs()) || 1;
+    if (histPlot.isConnected) drawHistogram(histPlot, detail.histogram, thr).catch(() => {});
     aboveCount.textContent = `${fmtInt(above)} of ${fmtInt(slices.length)} neuron-signal cells at |z| ≥ ${thr.toFixed(1)}; below the threshold shown white, grey between slices. Blue: negative z, orange: positive z.`;
     return drawMosaic(mosaic, slices, {
       sliceLabels: labels,
@@ -121,8 +124,6 @@ export async function render(root, { id, k }, ctx) {
   signalSelect.addEventListener("change", () => drawMap().catch(showError));
 
   // ---- time course, histogram, tokens, genres ---------------------------------------------
-  const timePlot = el("div.plot#time-course");
-  const histPlot = el("div.plot#histogram");
   const genrePlot = el("div.plot#genre-profile");
   const topTokens = topTokensList(detail.top_tokens || []);
 
@@ -136,7 +137,7 @@ export async function render(root, { id, k }, ctx) {
       mosaic,
       aboveCount,
     ),
-    el("section.card", el("h3", { text: "Time course over calibration tokens" }), el("p.muted.small", { text: "The network's activity at each token (hover for the token). Vertical grid lines mark document starts." }), timePlot),
+    el("section.card", el("h3", { text: "Time course over calibration tokens" }), el("p.muted.small", { text: `The network's activity at each token (hover for the token); vertical lines mark document starts.${detail.time_course?.n_tokens > (detail.time_course?.values?.length || 0) ? ` ${detail.time_course.values.length} of ${fmtInt(detail.time_course.n_tokens)} tokens shown, evenly subsampled.` : ""}` }), timePlot),
     el("div.grid-2",
       el("section.card", el("h3", { text: "Distribution of z over neurons" }), histPlot),
       el("section.card", el("h3", { text: "Mean activity per genre" }), genrePlot)),
@@ -144,7 +145,14 @@ export async function render(root, { id, k }, ctx) {
   );
 
   await drawMap();
-  await Promise.all([drawTimeCourse(timePlot, detail.time_course), drawHistogram(histPlot, detail.histogram, loadedThreshold), drawGenres(genrePlot, detail.genre_profile)]);
+  await Promise.all([drawTimeCourse(timePlot, detail.time_course), drawHistogram(histPlot, detail.histogram, Number(slider.value)), drawGenres(genrePlot, detail.genre_profile)]);
+}
+
+/** Make whitespace visible in a token / its context (newlines as ⏎, a blank token as ␣). */
+function visible(text, isToken = false) {
+  let out = String(text ?? "").replace(/\r?\n/g, "⏎").replace(/\t/g, "⇥");
+  if (isToken && !out.trim()) out = out.replace(/ /g, "␣") || "∅";
+  return out;
 }
 
 function topTokensList(items) {
@@ -155,7 +163,7 @@ function topTokensList(items) {
       el(
         "li",
         el("span.tt-value", { text: fmtNum(t.value) }),
-        el("span.tt-context", el("span.ctx", { text: t.left || "" }), el("mark", { text: t.token }), el("span.ctx", { text: t.right || "" })),
+        el("span.tt-context", el("span.ctx", { text: visible(t.left) }), el("mark", { text: visible(t.token, true) }), el("span.ctx", { text: visible(t.right) })),
         el("span.tt-meta.muted.small", { text: [t.label, t.doc !== undefined && t.doc !== null ? `doc ${t.doc}` : null].filter(Boolean).join(" · ") }),
       ),
     ),
@@ -170,12 +178,12 @@ function drawTimeCourse(el_, tc) {
   const x = tc.values.map((_, i) => i);
   const tokens = tc.tokens || [];
   const docs = tc.docs || [];
-  const customdata = tc.values.map((_, i) => [JSON.stringify(tokens[i] ?? ""), docs[i] ?? "?"]);
+  const customdata = tc.values.map((_, i) => [visible(tokens[i], true), docs[i] ?? "?"]);
   const starts = [];
   for (let i = 1; i < docs.length; i++) if (docs[i] !== docs[i - 1]) starts.push(i);
   return react(
     el_,
-    [{ type: "scatter", mode: "lines", x, y: tc.values, customdata, line: { color: OKABE_ITO[0], width: 1.2 }, hovertemplate: "token %{x}: %{customdata[0]} (doc %{customdata[1]})<br>activity %{y:.2f}<extra></extra>" }],
+    [{ type: "scatter", mode: "lines", x, y: tc.values, customdata, line: { color: OKABE_ITO[0], width: 1.2 }, hovertemplate: "token %{x}: “%{customdata[0]}” (doc %{customdata[1]})<br>activity %{y:.2f}<extra></extra>" }],
     baseLayout({
       height: 260,
       xaxis: { title: { text: "token" }, zeroline: false },

@@ -140,7 +140,7 @@ export async function render(root, _params, ctx) {
       "div.grid-3",
       field("n_texts", "Texts", nTexts),
       field("max_tokens", "Max tokens per text", maxTokens),
-      field("n_components", "Components", nComponents),
+      field("n_components", "Components", nComponents, "per layer in per-layer mode; in total in whole-model mode"),
       field("n_runs", "ICA runs (stability)", nRuns),
       field("seed", "Seed", seed),
       modeBox,

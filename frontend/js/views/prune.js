@@ -2,7 +2,7 @@
 // per-layer widths and size live (POST /preview, debounced), then start a pruning.
 import { api } from "../api.js";
 import { baseLayout, OKABE_ITO, react } from "../charts.js";
-import { debounce, el, fmtBytes, fmtNum, fmtParams, fmtPct, fmtTime, showError } from "../dom.js";
+import { clearError, debounce, el, fmtBytes, fmtNum, fmtParams, fmtPct, fmtTime, showError } from "../dom.js";
 import { getNetworks } from "../store.js";
 import { analysisTabs, statusBadge } from "./common.js";
 import { waitForJob } from "./overview.js";
@@ -118,6 +118,7 @@ export async function render(root, { id }, ctx) {
   });
 
   let seq = 0;
+  let previewFailed = false;
   async function preview() {
     const mySeq = ++seq;
     let body;
@@ -135,6 +136,8 @@ export async function render(root, { id }, ctx) {
     try {
       const p = await api(`/api/analyses/${id}/preview`, { method: "POST", body });
       if (mySeq !== seq || !ctx.alive()) return;
+      if (previewFailed) clearError(); // the settings that failed are gone
+      previewFailed = false;
       previewState.textContent = `Preview for ${body.networks ? body.networks.length : comps.length} networks at |z| ≥ ${fmtNum(p.threshold, 2)}.`;
       previewStats.replaceChildren(
         el("div", el("dt", { text: "Threshold" }), el("dd#pv-threshold", { text: `|z| ≥ ${fmtNum(p.threshold, 2)}` })),
@@ -156,8 +159,9 @@ export async function render(root, { id }, ctx) {
       );
     } catch (err) {
       if (mySeq === seq && ctx.alive()) {
-        previewState.textContent = "Preview failed.";
-        showError(err);
+        previewState.textContent = "Preview failed: change the networks or the target.";
+        previewFailed = true;
+        showError(`Preview: ${err.message}`);
       }
     }
   }
@@ -174,7 +178,8 @@ export async function render(root, { id }, ctx) {
 
   // ---- prune options and start ------------------------------------------------------------
   const bias = el("input#opt-bias", { type: "checkbox" });
-  const heads = el("input#opt-heads", { type: "checkbox" });
+  const heads = el("input#opt-heads", { type: "checkbox", disabled: true, "aria-describedby": "heads-hint" });
+  const evaluate = el("input#opt-evaluate", { type: "checkbox", checked: true });
   const baselineBoxes = BASELINES.map(([value, label]) => el("label.check", el("input", { type: "checkbox", name: "baseline", value }), ` ${label}`));
   const startButton = el("button.btn.btn-primary#start-pruning", { type: "button", text: "Prune the model" });
   startButton.addEventListener("click", async () => {
@@ -197,6 +202,7 @@ export async function render(root, { id }, ctx) {
       bias: bias.checked,
       uniform: body.uniform,
       heads: heads.checked,
+      evaluate: evaluate.checked,
       baselines: [...document.querySelectorAll('input[name="baseline"]:checked')].map((b) => b.value),
     };
     if (body.protected_layers) payload.protected_layers = body.protected_layers;
@@ -215,7 +221,8 @@ export async function render(root, { id }, ctx) {
     el("h2", { text: "Prune" }),
     el("div.options",
       el("label.check", { for: "opt-bias" }, bias, " bias compensation ", el("span.muted.small", { text: "(fold the mean of removed neurons into the output bias)" })),
-      el("label.check", { for: "opt-heads" }, heads, " also prune attention heads")),
+      el("label.check", { for: "opt-heads" }, heads, " also prune attention heads ", el("span.muted.small#heads-hint", { text: "(not supported by this server yet)" })),
+      el("label.check", { for: "opt-evaluate" }, evaluate, " evaluate: perplexity, speed and generations of dense and pruned models ", el("span.muted.small", { text: "(slower)" }))),
     el("fieldset.baselines", el("legend", { text: "Compare with baselines at the same ratio" }), el("div.checks", baselineBoxes)),
     el("div.actions", startButton),
   );
@@ -232,7 +239,7 @@ export async function render(root, { id }, ctx) {
   );
   const form = root.querySelector(".prune-layout");
   form.addEventListener("change", (e) => {
-    if (e.target.name !== "baseline" && e.target !== bias && e.target !== heads) changed();
+    if (e.target.name !== "baseline" && e.target !== bias && e.target !== heads && e.target !== evaluate) changed();
   });
   thrSlider.addEventListener("input", changed);
   ratioSlider.addEventListener("input", changed);

@@ -42,10 +42,14 @@ function renderResults(root, id, job, ctx) {
     ["Perplexity (held-out)", "ppl", (v) => fmtNum(v, 2)],
     ["Perplexity (128-token windows)", "ppl_128", (v) => fmtNum(v, 2)],
     ["Parameters", "params", fmtParams],
+    ["MLP parameters", "mlp_params", fmtParams],
     ["Size", "size_bytes", fmtBytes],
-    ["Speed (tokens/s)", "tokens_per_s", (v) => fmtNum(v, 1)],
-  ];
-  const compare = el(
+    ["Decoding speed (tokens/s, batch 1)", "tokens_per_s", (v) => fmtNum(v, 1)],
+    ["Prefill time (ms)", "prefill_ms", (v) => fmtNum(v, 1)],
+    ["Peak memory (RSS)", "peak_rss_bytes", fmtBytes],
+  ].filter(([, key]) => d[key] !== undefined || q[key] !== undefined);
+  const evaluated = Object.keys(d).length > 0 || Object.keys(q).length > 0;
+  const compare = !evaluated ? el("p.muted#compare-table", { text: "The models were not evaluated (evaluation was switched off for this pruning)." }) : el(
     "table.table.compare#compare-table",
     el("thead", el("tr", ["", "Dense", "Pruned", "Pruned / dense"].map((h) => el("th", { scope: "col", text: h })))),
     el("tbody", rowsSpec.map(([label, key, f]) => el("tr", { dataset: { metric: key } }, el("th", { scope: "row", text: label }), el("td.num", { text: f(d[key]) }), el("td.num", { text: f(q[key]) }), el("td.num", { text: ratio(d[key], q[key]) })))),
@@ -53,6 +57,8 @@ function renderResults(root, id, job, ctx) {
   const headline = el(
     "dl.stats.headline",
     el("div", el("dt", { text: "Parameters removed" }), el("dd#ratio-total", { text: fmtPct(r.ratio_total) })),
+    r.removed_params !== undefined ? el("div", el("dt", { text: "Removed" }), el("dd", { text: `${fmtParams(r.removed_params)} params` })) : null,
+    r.ratio_mlp !== undefined ? el("div", el("dt", { text: "Of the MLPs" }), el("dd", { text: fmtPct(r.ratio_mlp) })) : null,
     el("div", el("dt", { text: "Dense PPL" }), el("dd#dense-ppl", { text: fmtNum(d.ppl, 2) })),
     el("div", el("dt", { text: "Pruned PPL" }), el("dd#pruned-ppl", { text: fmtNum(q.ppl, 2) })),
     el("div", el("dt", { text: "Size" }), el("dd", { text: `${fmtBytes(d.size_bytes)} → ${fmtBytes(q.size_bytes)}` })),
