@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
 
     worker = None
     if not args.api_only:
-        worker = subprocess.Popen([sys.executable, "-m", "backend.worker"], env=os.environ.copy())
+        # The worker watches this pid and stops when the server is gone (uvicorn re-raises SIGTERM after
+        # its shutdown, so the finally below does not always run).
+        env = os.environ | {"FNPRUNE_WORKER_PARENT_PID": str(os.getpid())}
+        worker = subprocess.Popen([sys.executable, "-m", "backend.worker"], env=env)
     host = f"[{args.host}]" if ":" in args.host else args.host
     workers = f"worker pid {worker.pid}" if worker else "no worker"
     print(f"fnprune: serving on http://{host}:{args.port}/  (data in {settings.data_dir}, "

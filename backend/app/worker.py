@@ -141,7 +141,12 @@ def remove_leftovers(settings: Settings, store: JobStore) -> None:
 
 def _heartbeat_loop(store: JobStore, stop: threading.Event) -> None:
     started = time.time()
+    parent = int(os.environ.get("FNPRUNE_WORKER_PARENT_PID", "0") or 0)
     while not stop.is_set():
+        if parent and os.getppid() != parent:
+            log.warning("the server (pid %d) is gone: stopping", parent)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         try:
             store.worker_beat(started)
             for job_id in list(_running_jobs):

@@ -1,6 +1,7 @@
 """`python -m backend.serve` on a free port: real HTTP, a worker process, SSE arriving while the job runs."""
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -8,6 +9,8 @@ import time
 
 import httpx
 from backend_helpers import REPO, worker_env
+
+from backend.app.services.jobs import pid_alive
 
 
 def free_port() -> int:
@@ -53,3 +56,10 @@ def test_serve_runs_api_and_worker(settings, tmp_path):
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
+    # the worker does not outlive the server
+    text = (tmp_path / "serve.log").read_text()
+    worker_pid = int(re.search(r"worker pid (\d+)", text).group(1))
+    deadline = time.time() + 15
+    while pid_alive(worker_pid):
+        assert time.time() < deadline, "the worker outlived the server"
+        time.sleep(0.2)
