@@ -1,0 +1,170 @@
+"""Evaluation (perplexity, counts, speed, generations), the comparison report, ablation, CLI parsing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from prune_helpers import VOCAB, FakeNetworks, documents, tiny_model, tokenizer
+
+from fnprune.cli_prune import add_subcommands
+from fnprune.compare import METHODS, ablate_networks, compare, parse_methods, parse_ratios
+from fnprune.errors import ConfigError, RunDirError
+from fnprune.evaluate import (
+    concatenated_ids,
+    evaluate_model,
+    generations,
+    lm_eval_tasks,
+    memory_usage,
+    parameter_counts,
+    perplexity,
+    size_on_disk,
+    speed,
+)
+from fnprune.mlp import find_mlps
+
+
+def _uniform_model():
+    """lm_head all zeros: every next token has probability 1/VOCAB, so PPL == VOCAB exactly."""
+    model = tiny_model("gpt2")
+    model.config.tie_word_embeddings = False
+    model.lm_head = torch.nn.Linear(16, VOCAB, bias=False)
+    torch.nn.init.zeros_(model.lm_head.weight)
+    return model
+
+
+def test_perplexity_of_uniform_predictions_is_vocab_size():
+    model, tok = _uniform_model(), tokenizer()
+    result = perplexity(model, tok, documents(6), window=32)
+    assert math.isclose(result["ppl"], VOCAB, rel_tol=1e-5)
+    n_ids = len(concatenated_ids(tok, documents(6)))
+    assert result["n_windows"] == n_ids // 32 and result["n_tokens"] == result["n_windows"] * 31
+
+
+def test_perplexity_windows_are_consistent():
+    model, tok = tiny_model("llama"), tokenizer()
+    ids = concatenated_ids(tok, documents(8))
+    full = perplexity(model, tok, None, window=64, ids=ids, batch_size=8)
+    batched = perplexity(model, tok, None, window=64, ids=ids, batch_size=1)
+    assert math.isclose(full["ppl"], batched["ppl"], rel_tol=1e-4)
+    assert 1 < full["ppl"] < 10 * VOCAB
+
+
+def test_counts_size_memory(tmp_path):
+    model = tiny_model("llama")
+    counts = parameter_counts(model)
+    assert counts["total_params"] == sum(p.numel() for p in model.parameters())
+    assert counts["mlp_params"] == 4 * 3 * 16 * 24 and counts["widths"] == [24] * 4
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_bytes(b"x" * 5)
+    assert size_on_disk(tmp_path) == 15 and size_on_disk(tmp_path / "a") == 10
+    mem = memory_usage()
+    assert mem["peak_rss_bytes"] >= mem["rss_bytes"] > 0 or mem["peak_rss_bytes"] > 0
+
+
+def test_speed_and_generations():
+    model, tok = tiny_model("llama"), tokenizer()
+    result = speed(model, batch_sizes=(1, 2), prompt_tokens=8, new_tokens=4, repeats=1)
+    assert result["batch_1"]["tokens_per_s"] > 0 and result["batch_2"]["decode_tokens_per_s"] > 0
+    gens = generations(model, tok, ["Hello"], max_new_tokens=5)
+    assert gens[0]["prompt"] == "Hello" and isinstance(gens[0]["completion"], str)
+
+
+def test_evaluate_model_is_json_ready(tmp_path):
+    model, tok = tiny_model("opt"), tokenizer()
+    result = evaluate_model(model, tok, documents(4), windows=(32, 16), batch_sizes=(1,), prompts=["Hi"],
+                            model_dir=tmp_path)
+    json.dumps(result)
+    assert set(result["perplexity"]) == {"32", "16"} and "speed" in result and "memory" in result
+
+
+def test_lm_eval_absent_returns_none():
+    pytest.importorskip("torch")
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        assert lm_eval_tasks(None, None) is None
+
+
+def _fake_fn(model, seed=0):
+    adapters = find_mlps(model)
+    return FakeNetworks(len(adapters), adapters[0].width, adapters[0].params_per_neuron,
+                        sum(p.numel() for p in model.parameters()), seed=seed, protected=(0,))
+
+
+def test_compare_writes_report(tmp_path):
+    model, tok = tiny_model("llama", n_layers=4, width=48), tokenizer()
+    result = compare("tiny", "test", "0.05,0.1", METHODS, tmp_path / "report", model=model, tokenizer=tok,
+                     docs=documents(30), fn=_fake_fn(model), protected_layers=[0], max_tokens=64,
+                     windows=(32,))
+    rows = result["rows"]
+    assert rows[0]["method"] == "dense"
+    done = [(r["method"], r["allocation"], r["ratio"]) for r in rows[1:] if "error" not in r]
+    assert len(done) == 2 * (3 + 4 * 2), [r for r in rows if "error" in r]
+    for r in rows[1:]:
+        assert r["removed_fraction"] >= r["ratio"] - 0.005  # added down biases cost a few parameters
+        assert r["widths"][0] == 48
+    fn_rows = [r for r in rows if r["allocation"] == "fn" and r["ratio"] == 0.1]
+    assert len({tuple(r["widths"]) for r in fn_rows}) == 1  # every method uses the networks' widths
+    for name in ("results.json", "report.md", "ppl_vs_ratio.html"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    assert "| 0.10 | fn-flap | fn | yes |" in (tmp_path / "report" / "report.md").read_text()
+    assert model is not None and [a.width for a in find_mlps(model)] == [48] * 4  # original untouched
+
+
+def test_compare_rejects_bad_arguments(tmp_path):
+    model, tok = tiny_model("llama"), tokenizer()
+    with pytest.raises(ConfigError, match="target ratio"):
+        parse_ratios("0.2,1.0")
+    with pytest.raises(ConfigError, match="numbers"):
+        parse_ratios("a,b")
+    with pytest.raises(ConfigError, match="unknown method"):
+        parse_methods("fn,sparsegpt")
+    other = FakeNetworks(4, 30, 48, 1)
+    with pytest.raises(RunDirError, match="another model"):
+        compare("tiny", "test", [0.1], ["fn"], None, model=model, tokenizer=tok, docs=documents(20), fn=other)
+
+
+def test_ablation_zeroes_without_removing():
+    model, tok = tiny_model("llama"), tokenizer()
+    fn = _fake_fn(model)
+    result = ablate_networks(model, tok, documents(4), fn, top_k=1, threshold=3.0, window=32)
+    assert result["n_neurons"] == sum(result["neurons_per_layer"]) > 0
+    assert result["network_ppl"] != result["dense_ppl"] and result["random_ppl"] > 0
+    assert [a.width for a in find_mlps(model)] == [24] * 4
+    assert perplexity(model, tok, documents(4), window=32)["ppl"] == pytest.approx(result["dense_ppl"])
+    peaks = [fn.neuron_scores(networks=[k]).max() for k in range(fn.n_components_)]
+    assert result["networks"] == [int(np.argmax(peaks))]
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="fnprune")
+    add_subcommands(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_cli_parses_subcommands():
+    parser = _parser()
+    args = parser.parse_args(["prune", "run", "--target-ratio", "0.3", "--networks", "1,5,9", "--bias",
+                              "--uniform", "--out", "m"])
+    assert args.func.__name__ == "cmd_prune" and args.networks == "1,5,9" and args.bias and args.uniform
+    args = parser.parse_args(["evaluate", "m", "--json"])
+    assert args.func.__name__ == "cmd_evaluate" and args.corpus == "brown"
+    args = parser.parse_args(["compare", "--ratios", "0.1,0.2", "--out", "r"])
+    assert args.model == "smollm2-135m" and args.func.__name__ == "cmd_compare"
+
+
+def test_cli_prune_errors(tmp_path):
+    parser = _parser()
+    args = parser.parse_args(["prune", str(tmp_path / "missing"), "--out", str(tmp_path / "m")])
+    with pytest.raises(RunDirError, match="does not exist"):
+        args.func(args)
+    args = parser.parse_args(["prune", str(tmp_path), "--target-ratio", "1.2", "--out", str(tmp_path / "m")])
+    with pytest.raises(ConfigError, match="target ratio"):
+        args.func(args)
+    assert not (tmp_path / "m").exists()
