@@ -71,6 +71,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         keep_from_scores,
         params_to_remove,
         prune_model,
+        resolve_layers,
         widths_summary,
     )
     from .pruned_io import save_pruned
@@ -81,8 +82,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.threshold is None:
         check_target_ratio(args.target_ratio)
     networks = _int_list(args.networks, "--networks")
-    protected = _int_list(args.protected, "--protected")
     fn = FunctionalNetworks.load(run_dir)
+    protected = resolve_layers(_int_list(args.protected, "--protected"), fn.n_layers)
     spec = args.model or _run_model_spec(fn, run_dir)
     if spec is None:
         raise RunDirError(f"{run_dir} does not name the model it was computed on; pass --model")

@@ -40,6 +40,7 @@ from .prune import (
     keep_from_scores,
     plan_keep,
     prune_model,
+    resolve_layers,
     total_parameters,
 )
 
@@ -129,6 +130,7 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
         docs = load_corpus(corpus or "brown")
     from .corpus import split_heldout
 
+    protected_layers = resolve_layers(protected_layers, len(find_mlps(model)))
     calib, heldout = split_heldout(list(docs))
     calib, heldout = calib[:n_calib], heldout[:n_heldout]
 

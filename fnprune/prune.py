@@ -35,8 +35,20 @@ BASELINES = ("random", "magnitude", "wanda-sp", "flap")
 
 # -- layers and budgets -------------------------------------------------------------------------
 def default_protected_layers(n_layers: int) -> list[int]:
-    """The paper's protected layers: the first three and the last two (METHOD §1.7)."""
-    return sorted({i for i in (0, 1, 2, n_layers - 2, n_layers - 1) if 0 <= i < n_layers})
+    """The paper's protected layers: the first three and the last two (METHOD §1.7); models with
+    fewer than 8 layers keep the first and the last, fewer than 4 none (as fnprune.networks does)."""
+    if n_layers >= 8:
+        return [0, 1, 2, n_layers - 2, n_layers - 1]
+    if n_layers >= 4:
+        return [0, n_layers - 1]
+    return []
+
+
+def resolve_layers(layers: Sequence[int] | None, n_layers: int) -> list[int] | None:
+    """Layer indices with negatives counted from the end (``-1`` = last); None stays None."""
+    if layers is None:
+        return None
+    return sorted(_protected(layers, n_layers))
 
 
 def _protected(protected_layers: Sequence[int] | None, n_layers: int) -> set[int]:

@@ -174,6 +174,7 @@ def test_keep_from_scores_global_protected_and_widths():
 
 def test_default_protected_layers():
     assert default_protected_layers(30) == [0, 1, 2, 28, 29]
+    assert default_protected_layers(6) == [0, 5] and default_protected_layers(3) == []
 
 
 @pytest.mark.parametrize("method", ["random", "magnitude", "wanda-sp", "flap"])
@@ -205,7 +206,7 @@ def test_bad_target_ratio(ratio):
 def test_ratio_that_would_empty_layers():
     model = tiny_model("llama", n_layers=6)
     with pytest.raises(ConfigError, match="emptying a layer|lower the target"):
-        plan_keep(model, "random", 0.5)  # only layer 3 is unprotected
+        plan_keep(model, "random", 0.5, protected_layers=[0, 1, 2, -2, -1])  # only layer 3 is free
     with pytest.raises(ConfigError, match="lower the target ratio"):
         plan_keep(model, "random", 0.9, uniform=True)
 
