@@ -27,6 +27,13 @@ export function getNetwork(id, k, threshold = null) {
   return cached(`${id}:network:${k}:${threshold ?? ""}`, () => api(`/api/analyses/${id}/networks/${k}${q}`));
 }
 
+/** Just the map of a component (a short time course): for thumbnails and neuron look-ups. */
+export function getNetworkMap(id, k) {
+  const full = `${id}:network:${k}:`;
+  if (cache.has(full)) return cache.get(full);
+  return cached(`${id}:map:${k}`, () => api(`/api/analyses/${id}/networks/${k}?points=10`));
+}
+
 /** Run `fn` over `items` with at most `limit` in flight; results in order. */
 export async function mapLimit(items, limit, fn) {
   const results = new Array(items.length);

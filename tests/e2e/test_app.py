@@ -308,3 +308,20 @@ def test_missing_analysis_is_reported(server, page):
     sync_api.expect(banner).to_be_visible()
     assert "doesnotexist" in banner.inner_text() or "no analysis" in banner.inner_text().lower()
     shot(page, "11-missing-analysis")
+
+
+def test_cancel_analysis(server, page):
+    page.goto(f"{server}/#/new")
+    page.select_option("#model", "tiny-llama")
+    page.select_option("#corpus", "pydoc")
+    page.get_by_role("button", name="Paper").click()  # 40 texts x 512 tokens: long enough to cancel
+    page.fill("#n_runs", "5")
+    page.get_by_role("button", name="Start analysis").click()
+    progress = page.get_by_test_id("job-progress")
+    expect = sync_api.expect
+    expect(progress).to_be_visible()
+    progress.get_by_role("button", name="Cancel").click()
+    expect(progress).to_contain_text("Cancelled.", timeout=60_000)
+    expect(progress.locator(".badge")).to_have_text("cancelled")
+    expect(page.get_by_role("alert")).to_be_hidden()
+    shot(page, "12-cancelled")

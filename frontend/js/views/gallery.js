@@ -4,7 +4,7 @@ import { api } from "../api.js";
 import { combineSignals, defaultGrid, drawMosaicCanvas } from "../charts.js";
 import { decodeArray } from "../decode.js";
 import { el, fmtNum, showError } from "../dom.js";
-import { getNetwork, getNetworks, mapLimit } from "../store.js";
+import { getNetworkMap, getNetworks } from "../store.js";
 import { analysisTabs, labelSelect, LABELS } from "./common.js";
 import { waitForJob } from "./overview.js";
 
@@ -52,14 +52,17 @@ export async function render(root, { id }, ctx) {
     el("div.field", el("label", { for: "filter-selectivity", text: "Min. genre selectivity" }), el("div.range", minSel, minSelOut)),
   );
 
-  // ---- cards ------------------------------------------------------------------------------
+  // ---- cards (built when first shown; thumbnails fetched for shown cards only) -------------
+  const PAGE = 60;
+  let limit = PAGE;
   const cards = new Map();
-  for (const c of comps) {
+  const getCard = (c) => {
+    if (cards.has(c.id)) return cards.get(c.id);
     const canvas = el("canvas.thumb", { width: 1, height: 1, role: "img", "aria-label": `Map of network ${c.id}` });
     const card = el(
       "article.net-card",
       { dataset: { id: String(c.id) }, "data-testid": "network-card" },
-      el("a.thumb-link", { href: `#/analysis/${id}/network/${c.id}`, "aria-label": `Open network ${c.id}` }, canvas),
+      el("a.thumb-link", { href: `#/analysis/${id}/network/${c.id}`, "aria-label": `Open network ${c.id}`, tabindex: "-1" }, canvas),
       el("div.net-card-body",
         el("h3", el("a", { href: `#/analysis/${id}/network/${c.id}`, text: `Network ${c.id}` }), el("span.muted", { text: c.layer !== null && c.layer !== undefined ? ` · L${c.layer}` : " · all layers" })),
         el("p.net-stats",
@@ -71,9 +74,52 @@ export async function render(root, { id }, ctx) {
         labelSelect(id, c, () => apply()),
       ),
     );
-    cards.set(c.id, { card, canvas, c, drawn: false });
-  }
+    const entry = { card, canvas, c, state: "new" };
+    cards.set(c.id, entry);
+    return entry;
+  };
   const gridEl = el("div.gallery#gallery", { "aria-label": "Networks" });
+  const more = el("button.btn.btn-secondary#gallery-more", { type: "button", hidden: true });
+  more.addEventListener("click", () => {
+    limit += PAGE;
+    apply();
+  });
+
+  let shownEntries = [];
+  async function drawOne(entry) {
+    entry.state = "loading";
+    try {
+      const detail = await getNetworkMap(id, entry.c.id);
+      if (!ctx.alive()) return;
+      const map = detail.map;
+      const values = decodeArray(map);
+      const nL = map.layers.length;
+      const combined = combineSignals(values, nL, map.signals.length, map.width);
+      drawMosaicCanvas(entry.canvas, combined, nL, map.width, map.grid || defaultGrid(map.width), { threshold: detail.threshold ?? table.threshold });
+      entry.state = "drawn";
+      entry.card.dataset.drawn = "true";
+    } catch (err) {
+      entry.state = "failed";
+      if (ctx.alive()) showError(`Map of network ${entry.c.id} could not be loaded: ${err.message}`);
+    }
+  }
+  const queue = [];
+  let running = 0;
+  function pump() {
+    while (running < 6 && queue.length) {
+      const entry = queue.shift();
+      if (entry.state !== "queued") continue;
+      running++;
+      drawOne(entry).finally(() => {
+        running--;
+        markComplete();
+        pump();
+      });
+    }
+  }
+  function markComplete() {
+    gridEl.dataset.complete = String(shownEntries.every((e) => e.state === "drawn" || e.state === "failed"));
+  }
 
   function apply() {
     const layer = layerSelect.value;
@@ -92,34 +138,28 @@ export async function render(root, { id }, ctx) {
         && (c.stability ?? 1) >= stab
         && (c.genre_selectivity ?? 0) >= sel)
       .sort(SORTS[sortSelect.value][1]);
-    gridEl.replaceChildren(...shown.map((c) => cards.get(c.id).card));
-    count.textContent = `${shown.length} of ${comps.length} networks shown · maps at |z| ≥ ${fmtNum(table.threshold, 1)} (blue negative, orange positive)`;
-  }
-  controls.addEventListener("input", apply);
-  controls.addEventListener("change", apply);
-  apply();
-
-  root.append(el("section.card", el("h2", { text: "Network gallery" }), controls, count, gridEl));
-
-  // Draw thumbnails as their maps arrive (a few requests in flight at once).
-  const order = [...comps].sort((a, b) => a.id - b.id);
-  mapLimit(order, 6, async (c) => {
-    if (!ctx.alive()) return;
-    try {
-      const detail = await getNetwork(id, c.id);
-      if (!ctx.alive()) return;
-      const map = detail.map;
-      const values = decodeArray(map);
-      const nL = map.layers.length;
-      const combined = combineSignals(values, nL, map.signals.length, map.width);
-      const entry = cards.get(c.id);
-      drawMosaicCanvas(entry.canvas, combined, nL, map.width, map.grid || defaultGrid(map.width), { threshold: detail.threshold ?? table.threshold });
-      entry.drawn = true;
-      entry.card.dataset.drawn = "true";
-    } catch (err) {
-      if (ctx.alive()) showError(`Map of network ${c.id} could not be loaded: ${err.message}`);
+    shownEntries = shown.slice(0, limit).map(getCard);
+    gridEl.replaceChildren(...shownEntries.map((e) => e.card));
+    for (const e of shownEntries) {
+      if (e.state === "new") {
+        e.state = "queued";
+        queue.push(e);
+      }
     }
-  }).then(() => {
-    if (ctx.alive()) gridEl.dataset.complete = "true";
-  });
+    const left = shown.length - shownEntries.length;
+    more.hidden = left <= 0;
+    more.textContent = `Show ${Math.min(PAGE, left)} more (${left} not shown)`;
+    count.textContent = `${shown.length} of ${comps.length} networks shown${left > 0 ? ` (first ${shownEntries.length} drawn)` : ""} · maps at |z| ≥ ${fmtNum(table.threshold, 1)} (blue negative, orange positive)`;
+    markComplete();
+    pump();
+  }
+  const refilter = () => {
+    limit = PAGE;
+    apply();
+  };
+  controls.addEventListener("input", refilter);
+  controls.addEventListener("change", refilter);
+
+  root.append(el("section.card", el("h2", { text: "Network gallery" }), controls, count, gridEl, el("div.actions", more)));
+  apply();
 }

@@ -4,7 +4,7 @@ import { api } from "../api.js";
 import { defaultGrid, drawMosaic, SEQUENTIAL } from "../charts.js";
 import { decodeArray } from "../decode.js";
 import { el, fmtInt, fmtNum, showError } from "../dom.js";
-import { getNetwork, getNetworks, getOverview, mapLimit } from "../store.js";
+import { getNetworkMap, getNetworks, getOverview, mapLimit } from "../store.js";
 import { analysisDownloads, analysisTabs, jobProgress } from "./common.js";
 
 export async function render(root, { id }, ctx) {
@@ -95,7 +95,7 @@ async function renderOverview(root, id, ctx) {
     probeResult.replaceChildren(el("p.muted", { text: `Looking up the networks of layer ${layer}, neuron ${neuron}…` }));
     try {
       const candidates = table.components.filter((c) => c.layer === null || c.layer === undefined || c.layer === layer);
-      const details = await mapLimit(candidates, 6, (c) => getNetwork(id, c.id));
+      const details = await mapLimit(candidates, 6, (c) => getNetworkMap(id, c.id));
       if (!ctx.alive()) return;
       const hits = [];
       details.forEach((d, i) => {
