@@ -78,6 +78,12 @@ def parse_ratios(ratios: str | Sequence[float]) -> list[float]:
 def check_networks_match(fn, model: nn.Module) -> None:
     """Raise :class:`RunDirError` when the networks were computed on a model of another shape."""
     widths = [a.width for a in find_mlps(model)]
+    info = getattr(fn, "info", None)
+    recorded = info.get("model", {}).get("config_class") if isinstance(info, dict) else None
+    config_class = type(getattr(model, "config", None)).__name__
+    if recorded and recorded != config_class:
+        raise RunDirError(f"the functional networks were computed on a {recorded} model, this is a {config_class} "
+                          "model: run directory from another model?")
     shape = tuple(np.asarray(fn.neuron_scores()).shape)
     if shape != (len(widths), max(widths)) or len(set(widths)) != 1:
         raise RunDirError(f"the functional networks are for {shape[0]} layers x {shape[1]} neurons, the model has "
@@ -143,7 +149,8 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
         elif any(m in FN_METHODS for m in methods):
             from .networks import analyze
 
-            kwargs = {"max_tokens": max_tokens, "random_state": seed, **(analyze_kwargs or {})}
+            kwargs = {"max_tokens": max_tokens, "random_state": seed, "model_spec": model_spec,
+                      "corpus_spec": corpus, **(analyze_kwargs or {})}
             if out_dir is not None:
                 kwargs.setdefault("work_dir", out_dir / "networks")
             fn = analyze(model, tokenizer, calib, progress=progress, **kwargs)

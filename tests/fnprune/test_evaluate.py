@@ -168,3 +168,51 @@ def test_cli_prune_errors(tmp_path):
     with pytest.raises(ConfigError, match="target ratio"):
         args.func(args)
     assert not (tmp_path / "m").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A real run directory: fnprune.networks.analyze on the seeded tiny LLaMA (few components)."""
+    from fnprune.models import load_model
+    from fnprune.networks import analyze
+
+    model, tok = load_model("tiny-llama", device="cpu")
+    fn = analyze(model, tok, documents(40), n_components=8, n_init=2, max_tokens=64, model_spec="tiny-llama",
+                 corpus_spec="test", device="cpu")
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    fn.save(run_dir)
+    return run_dir, fn
+
+
+def test_cli_prune_end_to_end(tiny_run, tmp_path, monkeypatch):
+    import fnprune.cli_prune as cli_prune
+    from fnprune.pruned_io import load_pruned, read_pruning_info
+
+    run_dir, fn = tiny_run
+    monkeypatch.setattr(cli_prune, "_calibration", lambda corpus, n: (documents(20), documents(5)))
+    parser = _parser()
+    for extra, stock in [([], True), (["--bias"], False), (["--method", "fn-flap", "--networks", "0,8,16,24"], False),
+                         (["--uniform"], True)]:
+        out = tmp_path / f"m{len(extra)}{'u' if '--uniform' in extra else ''}"
+        args = parser.parse_args(["prune", str(run_dir), "--target-ratio", "0.1", "--out", str(out), "--quiet",
+                                  "--max-tokens", "64"] + extra)
+        assert args.func(args) == 0
+        info = read_pruning_info(out)
+        assert info["source_model"] == "tiny-llama" and info["removed_fraction"] >= 0.095
+        assert info["architecture"] == ("stock" if stock else "per-layer") or "--uniform" not in extra
+        model, tok = load_pruned(out)
+        assert [a.width for a in find_mlps(model)] == info["widths"]
+        if "--uniform" in extra:
+            assert len(set(info["widths"])) == 1
+        elif not extra:
+            assert info["widths"] == fn.plan(target_ratio=0.1)["widths"]
+
+
+def test_real_run_dir_from_another_model(tiny_run):
+    from fnprune.compare import check_networks_match
+
+    _, fn = tiny_run
+    with pytest.raises(RunDirError, match="another model"):
+        check_networks_match(fn, tiny_model("llama"))
+    with pytest.raises(RunDirError, match="another model"):
+        check_networks_match(fn, tiny_model("gpt2", width=64))
