@@ -5,11 +5,11 @@ The store is a directory::
     meta.json            n_tokens, layers, width, signals, dtype, documents (id, label, n_tokens)
     tokens.npz           per token: doc index, position, token id (int32 arrays)
     token_text.json      per token: its decoded text
-    layer_NNN.npy        (n_tokens, n_signals * width) float16/float32, columns [signal0 | signal1 | ...]
+    layer_NNN_SIGNAL.npy (n_tokens, width) float16/float32, one file per layer and signal
 
 Memory does not grow with the number of tokens: the token count is known after tokenisation, the
-layer files are pre-allocated memmaps, and each forward hook writes its batch's real (non-padded)
-positions straight into them. Special tokens (BOS and the like) are fed to the model but not
+layer files are pre-allocated, and each forward hook writes its batch's real (non-padded) positions
+straight into them as one contiguous block (``os.pwrite``; no memory map is held while capturing). Special tokens (BOS and the like) are fed to the model but not
 recorded: their massive activations would otherwise dominate every decomposition.
 """
 
@@ -83,11 +83,39 @@ class ActivationStore:
         labels = [d["label"] for d in self.documents]
         return [labels[i] for i in self.token_doc]
 
-    def layer_matrix(self, layer: int) -> np.ndarray:
-        """Read-only memmap ``(n_tokens, n_signals * width)`` of decoder layer ``layer``."""
+    def layer_matrix(self, layer: int) -> LayerMatrix:
+        """``(n_tokens, n_signals * width)`` view of decoder layer ``layer`` (rows read on demand)."""
         if layer not in self.layers:
             raise ConfigError(f"layer {layer} was not captured (captured: {self.layers})")
-        return np.load(self.path / f"layer_{layer:03d}.npy", mmap_mode="r")
+        return LayerMatrix([self.path / f"layer_{layer:03d}_{s}.npy" for s in self.signals])
+
+
+class LayerMatrix:
+    """The signals of one layer side by side, ``(n_tokens, n_signals * width)``, read lazily.
+
+    Supports ``.shape``, ``.ndim``, ``.dtype``, row slicing (``m[a:b]`` returns a view over those
+    rows, ``m[a:b][c:d]`` too) and ``np.asarray(m)``; columns are ``[signal0 | signal1 | ...]``.
+    """
+
+    def __init__(self, files: list[Path], rows: slice = slice(None)):
+        self.files = files
+        first = np.load(files[0], mmap_mode="r")
+        start, stop, _ = rows.indices(first.shape[0])
+        self.rows = slice(start, max(start, stop))
+        self.shape = (self.rows.stop - self.rows.start, first.shape[1] * len(files))
+        self.dtype = first.dtype
+        self.ndim = 2
+
+    def __getitem__(self, key) -> LayerMatrix | np.ndarray:
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(self.shape[0])
+            return LayerMatrix(self.files, slice(self.rows.start + start, self.rows.start + max(start, stop)))
+        return np.asarray(self)[key]
+
+    def __array__(self, dtype=None, copy=None):
+        parts = [np.load(f, mmap_mode="r")[self.rows] for f in self.files]
+        out = np.hstack(parts)
+        return out if dtype is None else out.astype(dtype)
 
 
 def tokenize_documents(tokenizer, docs: list[Document], max_tokens: int) -> list[list[int]]:
@@ -139,10 +167,15 @@ def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | P
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    n_sig = len(signals)
-    stores = {l: np.lib.format.open_memmap(partial / f"layer_{l:03d}.npy", mode="w+",
-                                           dtype=_DTYPES[dtype], shape=(n_tokens, n_sig * width))
-              for l in layers}
+    itemsize = np.dtype(_DTYPES[dtype]).itemsize
+    stores = {}  # (layer, signal) -> (file descriptor, offset of the data)
+    for l in layers:
+        for sig in signals:
+            path = partial / f"layer_{l:03d}_{sig}.npy"
+            header = np.lib.format.open_memmap(path, mode="w+", dtype=_DTYPES[dtype], shape=(n_tokens, width))
+            offset = header.offset
+            del header
+            stores[(l, sig)] = (os.open(path, os.O_WRONLY), offset)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -150,8 +183,6 @@ def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | P
     state: dict = {}
 
     def make_sink(layer: int):
-        store = stores[layer]
-
         def sink(signal: str, tensor: torch.Tensor) -> None:
             flat = tensor.reshape(-1, tensor.shape[-1])
             values = flat.index_select(0, state["flat_idx"]).float()
@@ -161,8 +192,9 @@ def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | P
                                    "the model produces them on this text (try float32 weights)")
             if dtype == "float16":
                 values = values.clamp_(-_F16_MAX, _F16_MAX)
-            col = signals.index(signal) * width
-            store[state["row0"]:state["row1"], col:col + width] = values.cpu().numpy()
+            fd, offset = stores[(layer, signal)]
+            block = values.cpu().numpy().astype(_DTYPES[dtype], copy=False)
+            os.pwrite(fd, block.tobytes(), offset + state["row0"] * width * itemsize)
 
         return sink
 
@@ -191,16 +223,13 @@ def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | P
             row += n_rec
             report(progress, "capture", (b + 1) / n_batches, f"{row}/{n_tokens} tokens")
     except BaseException:
-        for h in handles:
-            h.remove()
-        stores.clear()
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    for h in handles:
-        h.remove()
-    for store in stores.values():
-        store.flush()
-    stores.clear()
+    finally:
+        for h in handles:
+            h.remove()
+        for fd, _ in stores.values():
+            os.close(fd)
 
     doc_idx = np.concatenate([np.full(len(r), i, dtype=np.int32) for i, r in enumerate(recorded)])
     pos = np.concatenate([np.asarray(r, dtype=np.int32) for r in recorded])

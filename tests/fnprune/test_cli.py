@@ -1,0 +1,51 @@
+"""The fnprune command end to end on the tiny model; errors are one line, no traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fnprune.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["analyze", "--model", "tiny-llama", "--corpus", "pydoc", "--texts", "6", "--max-tokens", "64",
+                 "--components", "4", "--n-init", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_analyze_networks_mask_export(run_dir, tmp_path, capsys):
+    assert (run_dir / "run.json").exists()
+    capsys.readouterr()
+    assert main(["networks", str(run_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 16
+    assert main(["mask", str(run_dir), "--target-ratio", "0.1", "--json", "--out", str(tmp_path / "m.json")]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["ratio_total"] >= 0.1 and (tmp_path / "m.json").exists()
+    assert main(["mask", str(run_dir), "--target-ratio", "0.1", "--networks", "4,5,6,7,8,9,10,11", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["networks"] == list(range(4, 12))
+    assert main(["export", str(run_dir), "--nifti", str(tmp_path / "maps.nii.gz"), "--labels",
+                 str(tmp_path / "l.txt")]) == 0
+    assert (tmp_path / "maps.nii.gz").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["mask", "RUN", "--target-ratio", "1.5"], "target_ratio must be between 0 and 1"),
+    (["mask", "RUN", "--networks", "1,x"], "comma-separated integers"),
+    (["mask", "/nonexistent/run"], "not an fnprune run directory"),
+    (["analyze", "--model", "/no/such/model", "--corpus", "pydoc", "--out", "OUT"], "does not exist"),
+    (["analyze", "--model", "tiny-llama", "--corpus", "nonsense", "--out", "OUT"], "unknown corpus"),
+    (["analyze", "--model", "tiny-llama", "--corpus", "pydoc", "--texts", "2", "--max-tokens", "16",
+      "--components", "500", "--out", "OUT"], "n_components"),
+])
+def test_errors_are_one_line(run_dir, tmp_path, argv, message):
+    argv = [str(run_dir) if a == "RUN" else str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "fnprune", *argv], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
