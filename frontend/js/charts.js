@@ -164,7 +164,7 @@ export function drawMosaic(el, values, opts) {
 
 /**
  * Draw a small mosaic on a <canvas>, one pixel per neuron (CSS scales it up, pixelated).
- * `values` (nSlices * width); below |threshold| is drawn white; gaps grey.
+ * `values` (nSlices * width); below |threshold| is drawn faded; gaps grey.
  */
 export function drawMosaicCanvas(canvas, values, nSlices, width, grid, { vmax, threshold = 0 } = {}) {
   const [rows, cols] = grid;
@@ -193,7 +193,9 @@ export function drawMosaicCanvas(canvas, values, nSlices, width, grid, { vmax, t
     const x0 = (s % nCols) * (cols + 1);
     for (let i = 0; i < width && i < rows * cols; i++) {
       const v = values[s * width + i];
-      const rgb = Math.abs(v) >= threshold ? divergingRgb(v, vmax) : [255, 255, 255];
+      // Sub-threshold neurons are drawn faded (70 % white) so the key neurons stand out.
+      let rgb = divergingRgb(v, vmax);
+      if (Math.abs(v) < threshold) rgb = rgb.map((c) => Math.round(c + (255 - c) * 0.7));
       const p = (y0 + Math.floor(i / cols)) * W + x0 + (i % cols);
       img.data[4 * p] = rgb[0];
       img.data[4 * p + 1] = rgb[1];

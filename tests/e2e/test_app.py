@@ -189,9 +189,10 @@ def test_full_workflow(server, page, tmp_path):
     expect(page.locator("#notice")).to_contain_text(f"Network {first_id} labelled signal")
     labels = {c["id"]: c["label"] for c in _get_json(f"{server}/api/analyses/{analysis_id}/networks")["components"]}
     assert labels[first_id] == "signal"
+    shot(page, "04-gallery")
     page.select_option("#filter-label", "signal")
     expect(page.get_by_test_id("network-card")).to_have_count(1)
-    shot(page, "04-gallery")
+    expect(page.locator("#gallery-more")).to_be_hidden()
 
     # 4. Network detail --------------------------------------------------------------------------
     first_card.locator("h3 a").click()

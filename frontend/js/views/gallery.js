@@ -149,7 +149,7 @@ export async function render(root, { id }, ctx) {
     const left = shown.length - shownEntries.length;
     more.hidden = left <= 0;
     more.textContent = `Show ${Math.min(PAGE, left)} more (${left} not shown)`;
-    count.textContent = `${shown.length} of ${comps.length} networks shown${left > 0 ? ` (first ${shownEntries.length} drawn)` : ""} · maps at |z| ≥ ${fmtNum(table.threshold, 1)} (blue negative, orange positive)`;
+    count.textContent = `${shown.length} of ${comps.length} networks shown${left > 0 ? ` (first ${shownEntries.length} drawn)` : ""} · key neurons (|z| ≥ ${fmtNum(table.threshold, 1)}) in full colour, the rest faded; blue negative, orange positive`;
     markComplete();
     pump();
   }

@@ -88,7 +88,7 @@ export async function render(root, { id }, ctx) {
       el("legend", { text: "What to keep" }),
       el("div.target-row", el("label.check", { for: "target-threshold" }, modeThreshold, " key neurons at threshold"), el("div.range", thrSlider, thrOut)),
       el("div.target-row", el("label.check", { for: "target-ratio" }, modeRatio, " target pruning ratio (MLP parameters removed)"), el("div.range", ratioSlider, ratioOut))),
-    el("div.field", el("label", { for: "protected-layers", text: "Protected layers (never pruned)" }), protectedInput, el("p.hint#protected-hint", { text: "Comma-separated layer numbers; leave empty for none." })),
+    el("div.field", el("label", { for: "protected-layers", text: "Protected layers (never pruned)" }), protectedInput, el("p.hint#protected-hint", { text: "Comma-separated layer numbers; empty = the server's default (listed in the preview)." })),
     el("label.check", { for: "uniform" }, uniform, " same width in every layer (uniform allocation)"),
   );
 
@@ -142,18 +142,22 @@ export async function render(root, { id }, ctx) {
       previewStats.replaceChildren(
         el("div", el("dt", { text: "Threshold" }), el("dd#pv-threshold", { text: `|z| ≥ ${fmtNum(p.threshold, 2)}` })),
         el("div", el("dt", { text: "Parameters removed" }), el("dd#pv-removed", { text: fmtParams(p.removed_params) })),
-        el("div", el("dt", { text: "Total parameters" }), el("dd#pv-total", { text: `${fmtParams(p.total_params - p.removed_params)} of ${fmtParams(p.total_params)}` })),
+        el("div", el("dt", { text: "Parameters kept" }), el("dd#pv-total", { text: `${fmtParams(p.total_params - p.removed_params)} of ${fmtParams(p.total_params)}` })),
         el("div", el("dt", { text: "Pruning ratio (total)" }), el("dd#pv-ratio", { text: fmtPct(p.ratio_total) })),
         el("div", el("dt", { text: "Pruning ratio (MLP)" }), el("dd#pv-ratio-mlp", { text: fmtPct(p.ratio_mlp) })),
         el("div", el("dt", { text: "Size (float32)" }), el("dd#pv-size", { text: fmtBytes(p.size_bytes) })),
+        el("div", el("dt", { text: "Protected layers" }), el("dd#pv-protected", { text: (p.protected_layers || []).length ? p.protected_layers.join(", ") : "none" })),
       );
+      previewStats.classList.remove("stale");
+      widthPlot.classList.remove("stale");
       const layers = p.widths.map((_, l) => `L${l}`);
       const prot = new Set(p.protected_layers || []);
       await react(
         widthPlot,
         [
           { type: "bar", name: "original", x: layers, y: p.original_widths, marker: { color: "#cbd2d9" }, hovertemplate: "%{x}: %{y} neurons originally<extra></extra>" },
-          { type: "bar", name: "kept", x: layers, y: p.widths, marker: { color: layers.map((_, l) => (prot.has(l) ? OKABE_ITO[2] : OKABE_ITO[0])) }, hovertemplate: "%{x}: %{y} neurons kept<extra></extra>" },
+          { type: "bar", name: "kept", x: layers, y: p.widths.map((w, l) => (prot.has(l) ? null : w)), marker: { color: OKABE_ITO[0] }, hovertemplate: "%{x}: %{y} neurons kept<extra></extra>" },
+          { type: "bar", name: "protected (not pruned)", x: layers, y: p.widths.map((w, l) => (prot.has(l) ? w : null)), marker: { color: OKABE_ITO[2] }, hovertemplate: "%{x}: protected, %{y} neurons<extra></extra>", showlegend: prot.size > 0 },
         ],
         baseLayout({ height: 300, barmode: "overlay", title: { text: "Projected MLP width per layer", x: 0, xanchor: "left", font: { size: 14 } }, yaxis: { title: { text: "neurons" } }, legend: { orientation: "h", y: -0.2 } }),
       );
@@ -161,6 +165,8 @@ export async function render(root, { id }, ctx) {
       if (mySeq === seq && ctx.alive()) {
         previewState.textContent = "Preview failed: change the networks or the target.";
         previewFailed = true;
+        previewStats.classList.add("stale");
+        widthPlot.classList.add("stale");
         showError(`Preview: ${err.message}`);
       }
     }
