@@ -63,6 +63,17 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
     assert encoding.decode(overview["density"]).shape == (4, 64)
     assert encoding.decode(overview["max_z"]).shape == (4, 64)
 
+    sparse = client.get(f"/api/analyses/{job_id}/maps", params={"threshold": 2.0}).json()
+    offsets, index = encoding.decode(sparse["offsets"]), encoding.decode(sparse["index"])
+    values = encoding.decode(sparse["values"])
+    assert sparse["n_components"] == len(table["components"]) and len(offsets) == sparse["n_components"] + 1
+    mine = slice(int(offsets[k]), int(offsets[k + 1]))
+    strongest = np.abs(zmap).max(axis=1).reshape(-1)  # (n_map_layers * width,)
+    assert set(index[mine].tolist()) == set(np.flatnonzero(strongest > 2.0 + 0.05).tolist()) | \
+        (set(index[mine].tolist()) & set(np.flatnonzero(np.abs(strongest - 2.0) <= 0.05).tolist()))
+    assert np.allclose(np.abs(values[mine]), strongest[index[mine]], atol=2 * detail["map"]["scale"] + 0.02)
+    assert client.get(f"/api/analyses/{job_id}/maps", params={"threshold": 0.5}).status_code == 422
+
     # -- preview and bad previews on a finished analysis --------------------------------------------
     preview = client.post(f"/api/analyses/{job_id}/preview", json={"target_ratio": 0.05}).json()
     assert len(preview["widths"]) == 4 and preview["removed_params"] > 0

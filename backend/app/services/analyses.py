@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import threading
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def run_analysis(settings: Settings, job_id: str, params: dict[str, Any], progre
 def summary(networks, n_documents: int | None = None) -> dict[str, Any]:
     out = {"n_layers": int(networks.n_layers), "width": int(networks.width), "signals": list(networks.signals),
            "mode": networks.mode, "threshold": float(networks.threshold),
-           "n_components": len(networks.component_table()), "n_tokens": len(networks.tokens)}
+           "n_components": int(networks.n_components), "n_tokens": len(networks.tokens)}
     if n_documents is not None:
         out["n_documents"] = n_documents
     return out
@@ -154,7 +155,7 @@ def get_labels(settings: Settings, job_id: str) -> dict[str, str]:
 
 def put_labels(settings: Settings, store: JobStore, job_id: str, labels: dict[str, str]) -> dict[str, str]:
     networks = load_networks(settings, store, job_id)
-    n = len(networks.component_table())
+    n = int(networks.n_components)
     merged = get_labels(settings, job_id)
     for key, value in labels.items():
         if not key.lstrip("-").isdigit() or not 0 <= int(key) < n:
@@ -182,18 +183,36 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_map_sets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _table(networks, threshold: float) -> list[dict[str, Any]]:
+    """``component_table`` is O(components x tokens); keep it per loaded run and threshold."""
+    with _cache_lock:
+        per_run = _tables.setdefault(networks, OrderedDict())
+        key = round(threshold, 6)
+        if key in per_run:
+            return per_run[key]
+    rows = _plain(networks.component_table(threshold=threshold))
+    with _cache_lock:
+        per_run[key] = rows
+        while len(per_run) > 8:
+            per_run.popitem(last=False)
+    return rows
+
+
 def networks_table(settings: Settings, store: JobStore, job_id: str, threshold: float | None) -> dict[str, Any]:
     networks = load_networks(settings, store, job_id)
     thr = _threshold(networks, threshold)
     labels = get_labels(settings, job_id)
-    components = [dict(_plain(row), label=labels.get(str(row["id"]), "unknown"))
-                  for row in networks.component_table(threshold=thr)]
+    components = [dict(row, label=labels.get(str(row["id"]), "unknown")) for row in _table(networks, thr)]
     return {"threshold": thr, "n_layers": int(networks.n_layers), "width": int(networks.width),
             "signals": list(networks.signals), "mode": networks.mode, "components": components}
 
 
 def _component(networks, k: int):
-    n = len(networks.component_table())
+    n = int(networks.n_components)
     if not 0 <= k < n:
         raise ApiError(404, f"no component {k} (ids are 0..{n - 1})", "k")
     return networks.component_detail(k)
@@ -235,8 +254,45 @@ def overview(settings: Settings, store: JobStore, job_id: str, threshold: float 
             "max_z": encoding.uint8_array(np.asarray(ov["max_z"]), quantise=True)}
 
 
+def map_set(settings: Settings, store: JobStore, job_id: str, threshold: float | None) -> dict[str, Any]:
+    """Every component's map in one sparse payload (for galleries): the neurons with |z| > threshold.
+
+    Per neuron the signal with the larger |z| is kept, signed. Component ``c``'s entries are
+    ``index[offsets[c]:offsets[c+1]]`` (flat ``map_layer_position * width + neuron``) and
+    ``values[...] * scale``.
+    """
+    networks = load_networks(settings, store, job_id)
+    thr = _threshold(networks, threshold)
+    with _cache_lock:
+        cached = _map_sets.get(networks, {}).get(thr)
+    if cached is not None:
+        return cached
+    maps = np.asarray(networks.maps, dtype=np.float32)  # (n_comp, n_map_layers, n_signals, width)
+    signed = maps[:, :, 0, :]
+    for s in range(1, maps.shape[2]):
+        other = maps[:, :, s, :]
+        signed = np.where(np.abs(other) > np.abs(signed), other, signed)
+    signed = signed.reshape(maps.shape[0], -1)  # (n_comp, n_map_layers * width)
+    comp, flat = np.nonzero(np.abs(signed) > thr)  # row-major: grouped by component, sorted
+    offsets = np.searchsorted(comp, np.arange(maps.shape[0] + 1)).astype(np.uint32)
+    values = encoding.int8_array(signed[comp, flat])
+    layers = np.asarray(networks.component_layer)
+    out = {"threshold": thr, "mode": networks.mode, "n_components": int(maps.shape[0]), "width": int(networks.width),
+            "grid": encoding.grid_shape(int(networks.width)), "n_map_layers": int(maps.shape[1]),
+            "map_layers": None if networks.mode == "per-layer" else [int(x) for x in networks.layers],
+            "component_layer": [int(x) for x in layers],
+            "offsets": encoding.raw_array(offsets), "index": encoding.raw_array(flat.astype(np.uint32)),
+            "values": values}
+    with _cache_lock:
+        per_run = _map_sets.setdefault(networks, {})
+        if len(per_run) > 4:
+            per_run.clear()
+        per_run[thr] = out
+    return out
+
+
 def _check_choice(networks, networks_ids: list[int] | None, protected: list[int] | None) -> None:
-    n = len(networks.component_table())
+    n = int(networks.n_components)
     for k in networks_ids or []:
         if not 0 <= k < n:
             raise ApiError(422, f"networks: no component {k} (ids are 0..{n - 1})", "networks")
@@ -309,7 +365,7 @@ def artifact(settings: Settings, store: JobStore, job_id: str, name: str, thresh
         fio.export_nifti(networks, tmp)
     elif name == "labels":
         labels = get_labels(settings, job_id)
-        n = len(networks.component_table())
+        n = int(networks.n_components)
         fio.export_fix_labels({k: labels.get(str(k), "unknown") for k in range(n)}, tmp, n)
     else:
         _write_report(tmp, job, networks_table(settings, store, job_id, None))

@@ -40,11 +40,20 @@ def uint8_array(values: np.ndarray, *, quantise: bool) -> dict[str, Any]:
     return out
 
 
+def raw_array(values: np.ndarray) -> dict[str, Any]:
+    """An integer array as is (little-endian), base64."""
+    values = np.ascontiguousarray(values)
+    return {"dtype": values.dtype.name, "shape": list(values.shape),
+            "data": base64.b64encode(values.astype(values.dtype.newbyteorder("<")).tobytes()).decode("ascii")}
+
+
 def decode(encoded: dict[str, Any]) -> np.ndarray:
     """Inverse of :func:`int8_array` / :func:`uint8_array` (for tests and clients in Python)."""
     data = np.frombuffer(base64.b64decode(encoded["data"]), dtype=np.dtype(encoded["dtype"]))
-    data = data.reshape(encoded["shape"]).astype(np.float32)
-    return data * encoded.get("scale", 1.0)
+    data = data.reshape(encoded["shape"])
+    if "scale" not in encoded:
+        return data.copy()
+    return data.astype(np.float32) * encoded["scale"]
 
 
 def histogram(values: np.ndarray, bins: int = 60) -> dict[str, list]:

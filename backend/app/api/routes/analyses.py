@@ -68,6 +68,14 @@ def network(job_id: str, k: int, settings: SettingsDep, store: StoreDep, thresho
     return analyses.component_map(settings, store, job_id, k, threshold, points)
 
 
+@router.get("/{job_id}/maps")
+def map_set(job_id: str, settings: SettingsDep, store: StoreDep,
+            threshold: float | None = Query(default=None, ge=2, le=100,
+                                            description="|z| threshold (at least 2, to keep the payload small)")) -> dict:
+    """All maps at once, sparse (|z| > threshold only), for the gallery."""
+    return analyses.map_set(settings, store, job_id, threshold)
+
+
 @router.get("/{job_id}/overview")
 def overview(job_id: str, settings: SettingsDep, store: StoreDep, threshold: float | None = ThresholdQ) -> dict:
     return analyses.overview(settings, store, job_id, threshold)
