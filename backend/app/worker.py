@@ -36,6 +36,7 @@ def _queue_for(data_dir: str, redis_url: str | None, immediate: bool) -> tuple[H
     if redis_url:
         huey: Huey = RedisHuey("fnprune", url=redis_url, immediate=immediate, results=False)
     else:
+        os.makedirs(data_dir, exist_ok=True)
         huey = SqliteHuey("fnprune", filename=os.path.join(data_dir, "queue.db"), immediate=immediate,
                           results=False)
 
