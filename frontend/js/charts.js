@@ -38,11 +38,21 @@ export function divergingRgb(v, vmax) {
   return DIVERGING_RGB[DIVERGING_RGB.length - 1][1];
 }
 
-export function requirePlotly() {
-  if (!window.Plotly) {
-    throw new Error("The chart library did not load (/vendor/plotly.min.js); charts cannot be drawn.");
+let plotlyPromise = null;
+
+/** Resolves with window.Plotly once the async classic script has run; rejects in words if it failed. */
+export function plotlyReady() {
+  if (window.Plotly) return Promise.resolve(window.Plotly);
+  if (!plotlyPromise) {
+    plotlyPromise = new Promise((resolve, reject) => {
+      const script = document.getElementById("plotly-script");
+      const fail = () => reject(new Error("The chart library did not load (/vendor/plotly.min.js); charts cannot be drawn."));
+      if (!script || script.dataset.failed) return fail();
+      script.addEventListener("load", () => (window.Plotly ? resolve(window.Plotly) : fail()));
+      script.addEventListener("error", fail);
+    });
   }
-  return window.Plotly;
+  return plotlyPromise;
 }
 
 export const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d"] };
@@ -58,9 +68,10 @@ export function baseLayout(extra = {}) {
   };
 }
 
-/** Plotly.react with the app's config. */
-export function react(el, data, layout, config = {}) {
-  return requirePlotly().react(el, data, layout, { ...PLOT_CONFIG, ...config });
+/** Plotly.react with the app's config (waits for plotly.js). */
+export async function react(el, data, layout, config = {}) {
+  const Plotly = await plotlyReady();
+  return Plotly.react(el, data, layout, { ...PLOT_CONFIG, ...config });
 }
 
 /** Number of slice columns so the mosaic is roughly as wide as `aspect` times its height. */

@@ -240,6 +240,9 @@ def test_full_workflow(server, page, tmp_path):
     page.get_by_role("button", name="Prune the model").click()
     page.wait_for_url(re.compile(r"#/pruning/[\w-]+$"))
     pruning_id = page.url.rsplit("/", 1)[1]
+    progress = page.get_by_test_id("job-progress")
+    expect(progress.locator(".badge")).to_have_text("running", timeout=60_000)
+    expect(progress.locator(".stage")).not_to_have_text("Connecting…")
     shot(page, "07-pruning-progress")
     page.wait_for_selector("#compare-table", timeout=PRUNING_TIMEOUT_MS)
     page.wait_for_selector("#ppl-plot .main-svg")

@@ -33,7 +33,7 @@ export function statusBadge(status) {
  * A live progress panel for a job. Calls onDone(job) once when it succeeds.
  * Returns {node, stop}.
  */
-export function jobProgress(kind, id, { onDone, title } = {}) {
+export function jobProgress(kind, id, { onDone, onStatus, title } = {}) {
   const bar = el("div.progress-fill");
   const track = el("div.progress-track", { role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": "0", "aria-label": "Progress" }, bar);
   const stage = el("strong.stage", { text: "Connecting…" });
@@ -54,6 +54,7 @@ export function jobProgress(kind, id, { onDone, title } = {}) {
     el("div.actions", cancel),
   );
   let finished = false;
+  let lastStatus = null;
   cancel.addEventListener("click", async () => {
     cancel.disabled = true;
     try {
@@ -76,6 +77,10 @@ export function jobProgress(kind, id, { onDone, title } = {}) {
       eta.textContent = job.eta_s !== null && job.eta_s !== undefined && job.status === "running" ? `about ${fmtDuration(job.eta_s)} left` : "";
       message.textContent = job.message || "";
       status.replaceChildren(statusBadge(job.status));
+      if (job.status !== lastStatus) {
+        lastStatus = job.status;
+        onStatus?.(job);
+      }
       if (TERMINAL.has(job.status)) {
         cancel.hidden = true;
         if (job.status === "failed") {
@@ -121,6 +126,11 @@ export function analysisTabs(id, active, job) {
 }
 
 export const LABELS = ["unknown", "signal", "noise"];
+
+/** A component's own layer, or null when it spans all layers (whole-model mode sends -1 or null). */
+export function ownLayer(c) {
+  return c && Number.isInteger(c.layer) && c.layer >= 0 ? c.layer : null;
+}
 
 /** <select> to label a component; PUTs the change. */
 export function labelSelect(analysisId, component, onChange) {

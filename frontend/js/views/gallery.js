@@ -5,7 +5,7 @@ import { combineSignals, defaultGrid, drawMosaicCanvas } from "../charts.js";
 import { decodeArray } from "../decode.js";
 import { el, fmtNum, showError } from "../dom.js";
 import { getNetworkMap, getNetworks } from "../store.js";
-import { analysisTabs, labelSelect, LABELS } from "./common.js";
+import { analysisTabs, labelSelect, LABELS, ownLayer } from "./common.js";
 import { waitForJob } from "./overview.js";
 
 const SORTS = {
@@ -14,7 +14,7 @@ const SORTS = {
   stability: ["Stability", (a, b) => (b.stability ?? 0) - (a.stability ?? 0) || a.id - b.id],
   genre_selectivity: ["Genre selectivity", (a, b) => (b.genre_selectivity ?? 0) - (a.genre_selectivity ?? 0) || a.id - b.id],
   peak_z: ["Peak |z|", (a, b) => (b.peak_z ?? 0) - (a.peak_z ?? 0) || a.id - b.id],
-  layer: ["Layer", (a, b) => (a.layer ?? -1) - (b.layer ?? -1) || a.id - b.id],
+  layer: ["Layer", (a, b) => (ownLayer(a) ?? -1) - (ownLayer(b) ?? -1) || a.id - b.id],
 };
 
 export async function render(root, { id }, ctx) {
@@ -26,7 +26,7 @@ export async function render(root, { id }, ctx) {
   const table = await getNetworks(id);
   if (!ctx.alive()) return;
   const comps = table.components;
-  const layers = [...new Set(comps.map((c) => c.layer).filter((l) => l !== null && l !== undefined))].sort((a, b) => a - b);
+  const layers = [...new Set(comps.map(ownLayer).filter((l) => l !== null))].sort((a, b) => a - b);
   const genres = [...new Set(comps.map((c) => c.top_genre).filter(Boolean))].sort();
 
   // ---- controls ---------------------------------------------------------------------------
@@ -64,7 +64,7 @@ export async function render(root, { id }, ctx) {
       { dataset: { id: String(c.id) }, "data-testid": "network-card" },
       el("a.thumb-link", { href: `#/analysis/${id}/network/${c.id}`, "aria-label": `Open network ${c.id}`, tabindex: "-1" }, canvas),
       el("div.net-card-body",
-        el("h3", el("a", { href: `#/analysis/${id}/network/${c.id}`, text: `Network ${c.id}` }), el("span.muted", { text: c.layer !== null && c.layer !== undefined ? ` · L${c.layer}` : " · all layers" })),
+        el("h3", el("a", { href: `#/analysis/${id}/network/${c.id}`, text: `Network ${c.id}` }), el("span.muted", { text: ownLayer(c) !== null ? ` · L${c.layer}` : " · all layers" })),
         el("p.net-stats",
           el("span", { title: "Key neurons", text: `${c.n_key} key` }),
           el("span", { title: "Stability across ICA runs", text: `stab ${fmtNum(c.stability)}` }),
@@ -131,7 +131,7 @@ export async function render(root, { id }, ctx) {
     minStabOut.textContent = stab.toFixed(2);
     minSelOut.textContent = sel.toFixed(2);
     const shown = comps
-      .filter((c) => (layer === "" || String(c.layer) === layer)
+      .filter((c) => (layer === "" || String(ownLayer(c)) === layer)
         && (label === "" || (c.label || "unknown") === label)
         && (genre === "" || c.top_genre === genre)
         && (c.n_key || 0) >= size

@@ -5,7 +5,7 @@ import { baseLayout, combineSignals, defaultGrid, DIVERGING, drawMosaic, OKABE_I
 import { decodeArray } from "../decode.js";
 import { debounce, el, fmtInt, fmtNum, showError } from "../dom.js";
 import { getNetwork, getNetworks } from "../store.js";
-import { analysisTabs, labelSelect } from "./common.js";
+import { analysisTabs, labelSelect, ownLayer } from "./common.js";
 import { waitForJob } from "./overview.js";
 
 export async function render(root, { id, k }, ctx) {
@@ -38,7 +38,7 @@ export async function render(root, { id, k }, ctx) {
     el(
       "div.net-head-row",
       el("h2#network-title", { text: `Network ${k}` }),
-      el("span.muted", { text: detail.layer !== null && detail.layer !== undefined ? `layer ${detail.layer}` : "all layers" }),
+      el("span.muted", { text: ownLayer(detail) !== null ? `layer ${detail.layer}` : "spans all layers" }),
       el("span.spacer"),
       el("label.inline-label", { text: "Label " }, labelSelect(id, comp, (v) => (detail.label = v))),
       el("nav.pager", { "aria-label": "Other networks" },
@@ -55,7 +55,7 @@ export async function render(root, { id, k }, ctx) {
   );
 
   // ---- mosaic with threshold --------------------------------------------------------------
-  const sliderMax = Math.max(1, Math.ceil(peak * 10) / 10);
+  const sliderMax = Math.max(1, Math.ceil(Math.max(peak, loadedThreshold) * 10) / 10);
   const thr0 = Math.min(loadedThreshold, sliderMax);
   const slider = el("input#z-threshold", { type: "range", min: "0", max: String(sliderMax), step: "0.1", value: String(thr0), "aria-describedby": "z-threshold-out" });
   const sliderOut = el("output#z-threshold-out", { for: "z-threshold", text: `|z| ≥ ${thr0.toFixed(1)}` });

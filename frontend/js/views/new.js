@@ -168,6 +168,7 @@ export async function render(root, _params, ctx) {
       const job = await api("/api/analyses", { method: "POST", body });
       const progress = jobProgress("analyses", job.id, {
         title: `Analysis ${job.id}`,
+        onStatus: () => refreshLists(),
         onDone: () => {
           if (ctx.alive()) location.hash = `#/analysis/${job.id}/overview`;
         },

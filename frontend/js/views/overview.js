@@ -5,7 +5,7 @@ import { defaultGrid, drawMosaic, SEQUENTIAL } from "../charts.js";
 import { decodeArray } from "../decode.js";
 import { el, fmtInt, fmtNum, showError } from "../dom.js";
 import { getNetworkMap, getNetworks, getOverview, mapLimit } from "../store.js";
-import { analysisDownloads, analysisTabs, jobProgress } from "./common.js";
+import { analysisDownloads, analysisTabs, jobProgress, ownLayer } from "./common.js";
 
 export async function render(root, { id }, ctx) {
   const job = await api(`/api/analyses/${id}`);
@@ -94,7 +94,7 @@ async function renderOverview(root, id, ctx) {
     neuronInput.value = String(neuron);
     probeResult.replaceChildren(el("p.muted", { text: `Looking up the networks of layer ${layer}, neuron ${neuron}…` }));
     try {
-      const candidates = table.components.filter((c) => c.layer === null || c.layer === undefined || c.layer === layer);
+      const candidates = table.components.filter((c) => ownLayer(c) === null || c.layer === layer);
       const details = await mapLimit(candidates, 6, (c) => getNetworkMap(id, c.id));
       if (!ctx.alive()) return;
       const hits = [];
@@ -121,7 +121,7 @@ async function renderOverview(root, id, ctx) {
       probeResult.replaceChildren(
         el("h3", { text: `Layer ${layer}, neuron ${neuron}: ${hits.length ? `key in ${hits.length} network${hits.length > 1 ? "s" : ""}` : `in no network at |z| ≥ ${thrText}`}` }),
         hits.length
-          ? el("ul.hits", hits.map((h) => el("li", el("a", { href: `#/analysis/${id}/network/${h.c.id}`, text: `Network ${h.c.id}` }), ` — z = ${fmtNum(h.z)} (${h.signal}), layer ${h.c.layer ?? "all"}, ${h.c.label || "unknown"}`)))
+          ? el("ul.hits", hits.map((h) => el("li", el("a", { href: `#/analysis/${id}/network/${h.c.id}`, text: `Network ${h.c.id}` }), ` — z = ${fmtNum(h.z)} (${h.signal}), ${ownLayer(h.c) !== null ? `layer ${h.c.layer}` : "all layers"}, ${h.c.label || "unknown"}`)))
           : "",
       );
     } catch (err) {

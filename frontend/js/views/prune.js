@@ -4,7 +4,7 @@ import { api } from "../api.js";
 import { baseLayout, OKABE_ITO, react } from "../charts.js";
 import { clearError, debounce, el, fmtBytes, fmtNum, fmtParams, fmtPct, fmtTime, showError } from "../dom.js";
 import { getNetworks } from "../store.js";
-import { analysisTabs, statusBadge } from "./common.js";
+import { analysisTabs, ownLayer, statusBadge } from "./common.js";
 import { waitForJob } from "./overview.js";
 
 const BASELINES = [
@@ -32,7 +32,7 @@ export async function render(root, { id }, ctx) {
       "tr",
       el("td", box),
       el("td", el("label", { for: `keep-${c.id}` }, el("a", { href: `#/analysis/${id}/network/${c.id}`, text: `Network ${c.id}` }))),
-      el("td", { text: c.layer ?? "all" }),
+      el("td", { text: ownLayer(c) ?? "all" }),
       el("td.num", { text: String(c.n_key) }),
       el("td.num", { text: fmtNum(c.stability) }),
       el("td", el(`span.badge.label-${c.label || "unknown"}`, { text: c.label || "unknown" })),

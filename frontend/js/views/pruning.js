@@ -12,7 +12,7 @@ export async function render(root, { id }, ctx) {
     el("div.analysis-head",
       el("div.analysis-title",
         el("h1", { text: `Pruning ${id}` }),
-        el("p.muted", p.analysis_id ? el("a", { href: `#/analysis/${p.analysis_id}/prune`, text: `from analysis ${p.analysis_id}` }) : null, " ", statusBadge(job.status))),
+        el("p.muted", p.analysis_id ? el("a", { href: `#/analysis/${p.analysis_id}/prune`, text: `from analysis ${p.analysis_id}` }) : null, " ", describe(p), " ", job.status === "succeeded" ? statusBadge(job.status) : null)),
     ),
   );
   if (job.status === "succeeded") return renderResults(root, id, job, ctx);
@@ -23,13 +23,20 @@ export async function render(root, { id }, ctx) {
     return;
   }
   const progress = jobProgress("prunings", id, {
-    title: `Pruning ${id}`,
+    title: "Progress",
     onDone: () => {
       if (ctx.alive()) window.dispatchEvent(new HashChangeEvent("hashchange"));
     },
   });
   root.append(progress.node);
   return progress.stop;
+}
+
+function describe(p) {
+  const target = p.target_ratio != null ? `target ratio ${fmtPct(p.target_ratio, 0)}` : p.threshold != null ? `|z| ≥ ${p.threshold}` : "default threshold";
+  const nets = p.networks ? `${p.networks.length} networks kept` : "all networks kept";
+  const opts = [p.bias && "bias compensation", p.uniform && "uniform widths"].filter(Boolean);
+  return `· ${target} · ${nets}${opts.length ? ` · ${opts.join(", ")}` : ""}`;
 }
 
 function renderResults(root, id, job, ctx) {
