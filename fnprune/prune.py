@@ -80,7 +80,7 @@ def params_to_remove(model: nn.Module, target_ratio: float) -> int:
 
 
 # -- keep indices -------------------------------------------------------------------------------
-def normalize_keep(keep, widths: Sequence[int]) -> list[torch.Tensor]:
+def normalize_keep(keep, widths: Sequence[int], unit: str = "MLP neuron") -> list[torch.Tensor]:
     """Per-layer sorted LongTensor of kept neuron indices.
 
     ``keep``: a bool mask ``(n_layers, I)`` (True = keep), or a list with one entry per layer, each a
@@ -101,6 +101,8 @@ def normalize_keep(keep, widths: Sequence[int]) -> list[torch.Tensor]:
     out = []
     for layer, (entry, width) in enumerate(zip(keep, widths, strict=True)):
         arr = torch.as_tensor(np.asarray(entry.cpu() if isinstance(entry, torch.Tensor) else entry))
+        if arr.numel() == 0:
+            arr = arr.long().flatten()
         if arr.ndim != 1:
             raise ConfigError(f"layer {layer}: keep entry must be 1-D, got shape {tuple(arr.shape)}")
         if arr.dtype == torch.bool:
@@ -114,7 +116,7 @@ def normalize_keep(keep, widths: Sequence[int]) -> list[torch.Tensor]:
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= width):
                 raise ConfigError(f"layer {layer}: neuron index out of range [0, {width})")
         if idx.numel() == 0:
-            raise ConfigError(f"layer {layer}: pruning would remove every MLP neuron of the layer")
+            raise ConfigError(f"layer {layer}: pruning would remove every {unit} of the layer")
         out.append(idx)
     return out
 
@@ -462,3 +464,186 @@ def widths_summary(model: nn.Module) -> dict:
     return {"widths": [a.width for a in adapters],
             "mlp_params": sum(a.n_params for a in adapters),
             "total_params": total_parameters(model)}
+
+
+# -- attention heads (whole GQA groups) ------------------------------------------------------------
+@dataclass
+class AttentionAdapter:
+    """One layer's LLaMA-style attention (``q_proj``/``k_proj``/``v_proj``/``o_proj``).
+
+    The prunable unit is a KV group: one key/value head with its ``groups`` query heads, i.e.
+    rows of ``k_proj``/``v_proj`` (``head_dim`` each), rows of ``q_proj`` and columns of ``o_proj``
+    (``groups * head_dim`` each).
+    """
+
+    layer: int
+    module: nn.Module
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.module.head_dim)
+
+    @property
+    def groups(self) -> int:
+        return int(self.module.num_key_value_groups)
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.module.k_proj.weight.shape[0] // self.head_dim
+
+    def q_channels(self, kv_heads: torch.Tensor) -> torch.Tensor:
+        """Indices of the q_proj rows / o_proj columns of KV groups ``kv_heads``."""
+        per_group = self.groups * self.head_dim
+        return (kv_heads[:, None] * per_group + torch.arange(per_group)[None, :]).flatten()
+
+    def kv_channels(self, kv_heads: torch.Tensor) -> torch.Tensor:
+        return (kv_heads[:, None] * self.head_dim + torch.arange(self.head_dim)[None, :]).flatten()
+
+
+def find_attentions(model: nn.Module) -> list[AttentionAdapter]:
+    """One :class:`AttentionAdapter` per decoder layer (LLaMA-family models only)."""
+    from .errors import UnsupportedArchitectureError
+    from .mlp import decoder_layers
+
+    out = []
+    for i, block in enumerate(decoder_layers(model)):
+        found = None
+        for owner in [block] + [m for _, m in block.named_modules() if m is not block]:
+            if ({"q_proj", "k_proj", "v_proj", "o_proj"} <= set(dict(owner.named_children()))
+                    and hasattr(owner, "head_dim") and hasattr(owner, "num_key_value_groups")):
+                found = owner
+                break
+        if found is None:
+            raise UnsupportedArchitectureError(
+                f"{type(model).__name__}: layer {i} has no LLaMA-style attention (q/k/v/o_proj with head_dim "
+                "and num_key_value_groups); attention-head pruning supports the LLaMA family only")
+        out.append(AttentionAdapter(i, found))
+    return out
+
+
+@dataclass
+class AttentionInputStats:
+    """Per-layer mean and variance over real tokens of ``o_proj``'s input channels ``(n_heads*head_dim,)``."""
+
+    mean: list[torch.Tensor]
+    var: list[torch.Tensor]
+    n_tokens: int
+
+
+@torch.no_grad()
+def collect_attention_stats(model: nn.Module, tokenizer, docs, max_tokens: int = 512, batch_size: int = 4,
+                            progress: ProgressCallback | None = None) -> AttentionInputStats:
+    """Mean / variance of every layer's ``o_proj`` input channel over real (non-padding) tokens."""
+    from .errors import CorpusError
+
+    attentions = find_attentions(model)
+    sequences = encode_documents(tokenizer, docs, max_tokens)
+    if not sequences:
+        raise CorpusError("no calibration document has at least 2 tokens")
+    sums: dict[int, torch.Tensor] = {}
+    sumsq: dict[int, torch.Tensor] = {}
+    state: dict = {"mask": None, "n": 0}
+
+    def hook_for(layer: int):
+        def hook(module, inputs):
+            x = inputs[0].reshape(-1, inputs[0].shape[-1])[state["mask"].to(inputs[0].device)].double()
+            sums[layer] = sums.get(layer, 0) + x.sum(0).cpu()
+            sumsq[layer] = sumsq.get(layer, 0) + (x * x).sum(0).cpu()
+        return hook
+
+    handles = [a.module.o_proj.register_forward_pre_hook(hook_for(a.layer)) for a in attentions]
+    device = model_device(model)
+    try:
+        n_batches = math.ceil(len(sequences) / batch_size)
+        for b, (ids, mask) in enumerate(padded_batches(sequences, batch_size)):
+            state["mask"] = mask.reshape(-1).bool()
+            state["n"] += int(mask.sum())
+            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            report(progress, "attention stats", (b + 1) / n_batches, f"batch {b + 1}/{n_batches}")
+    finally:
+        for h in handles:
+            h.remove()
+    n = state["n"]
+    means = [sums[a.layer] / n for a in attentions]
+    var = [(sumsq[a.layer] / n - m * m).clamp_min(0.0) for a, m in zip(attentions, means, strict=True)]
+    return AttentionInputStats(mean=means, var=var, n_tokens=n)
+
+
+@torch.no_grad()
+def head_group_scores(model: nn.Module, stats: AttentionInputStats) -> list[np.ndarray]:
+    """FLAP fluctuation of each KV group: ``Σ_c Var(x_c) · ‖W_o[:, c]‖²`` over the group's channels."""
+    out = []
+    for a in find_attentions(model):
+        per_channel = stats.var[a.layer] * a.module.o_proj.weight.double().pow(2).sum(0).cpu()
+        out.append(per_channel.reshape(a.n_kv_heads, -1).sum(1).numpy())
+    return out
+
+
+def keep_heads_from_scores(scores: Sequence[np.ndarray], fraction: float,
+                           protected_layers: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Per-layer kept KV groups: drop ``round(fraction * n_kv)`` lowest-scored groups of each
+    unprotected layer (always keeping at least one)."""
+    if not 0.0 < float(fraction) < 1.0:
+        raise ConfigError(f"head fraction must be strictly between 0 and 1, got {fraction}")
+    protected = _protected(protected_layers, len(scores))
+    out = []
+    for layer, s in enumerate(scores):
+        n_remove = 0 if layer in protected else min(int(round(fraction * len(s))), len(s) - 1)
+        order = np.argsort(-np.asarray(s), kind="stable")
+        out.append(np.sort(order[:len(s) - n_remove]))
+    return out
+
+
+def _slice_rows(proj: nn.Linear, idx: torch.Tensor) -> None:
+    idx = idx.to(proj.weight.device)
+    proj.weight = nn.Parameter(proj.weight.index_select(0, idx).contiguous())
+    proj.out_features = idx.numel()
+    if proj.bias is not None:
+        proj.bias = nn.Parameter(proj.bias.index_select(0, idx).contiguous())
+
+
+@torch.no_grad()
+def prune_heads(model: nn.Module, keep_kv_heads: Sequence, *, bias: AttentionInputStats | None = None) -> nn.Module:
+    """Keep only the KV groups ``keep_kv_heads[l]`` (indices) of each layer, in place.
+
+    A KV group goes with all its query heads. ``bias``: statistics of ``o_proj``'s input for
+    FLAP-style compensation (``o_proj`` gets ``W_o[:, pruned] @ mean(x[pruned])``). The config gets
+    ``num_key_value_heads`` / ``num_attention_heads`` / ``head_dim`` when every layer keeps the same
+    number of groups, else ``config.fnprune_num_key_value_heads`` (per-layer list).
+    """
+    attentions = find_attentions(model)
+    keep = normalize_keep(list(keep_kv_heads), [a.n_kv_heads for a in attentions], unit="KV head")
+    added = False
+    for a, kv in zip(attentions, keep, strict=True):
+        if kv.numel() == a.n_kv_heads:
+            continue
+        o = a.module.o_proj
+        q_keep = a.q_channels(kv)
+        if bias is not None:
+            pruned = torch.ones(o.weight.shape[1], dtype=torch.bool)
+            pruned[q_keep] = False
+            delta = o.weight[:, pruned.to(o.weight.device)].double() @ bias.mean[a.layer].to(o.weight.device)[pruned]
+            added |= o.bias is None
+            o.bias = nn.Parameter((delta if o.bias is None else o.bias.double() + delta).to(o.weight.dtype))
+        _slice_rows(a.module.q_proj, q_keep)
+        _slice_rows(a.module.k_proj, a.kv_channels(kv))
+        _slice_rows(a.module.v_proj, a.kv_channels(kv))
+        o.weight = nn.Parameter(o.weight.index_select(1, q_keep.to(o.weight.device)).contiguous())
+        o.in_features = q_keep.numel()
+    if added:
+        for a in attentions:
+            o = a.module.o_proj
+            if o.bias is None:
+                o.bias = nn.Parameter(torch.zeros(o.weight.shape[0], dtype=o.weight.dtype, device=o.weight.device))
+        model.config.fnprune_o_bias = True
+    counts = [a.n_kv_heads for a in attentions]
+    config = model.config
+    if not hasattr(config, "head_dim") or config.head_dim is None:
+        config.head_dim = attentions[0].head_dim
+    if len(set(counts)) == 1:
+        config.num_key_value_heads = counts[0]
+        config.num_attention_heads = counts[0] * attentions[0].groups
+        config.fnprune_num_key_value_heads = None
+    else:
+        config.fnprune_num_key_value_heads = counts
+    return model

@@ -55,7 +55,8 @@ def _stock_class(model_or_config) -> type:
 
 
 def _needs_remote_code(config) -> bool:
-    return bool(getattr(config, "fnprune_intermediate_sizes", None)) or bool(getattr(config, "fnprune_down_bias", False))
+    return any(bool(getattr(config, key, None)) for key in ("fnprune_intermediate_sizes", "fnprune_down_bias",
+                                                             "fnprune_num_key_value_heads", "fnprune_o_bias"))
 
 
 @torch.no_grad()
@@ -123,6 +124,8 @@ def save_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, info: d
             "mlp_params": summary["mlp_params"],
             "total_params": summary["total_params"],
             "down_bias_added": bool(getattr(export.config, "fnprune_down_bias", False)),
+            "kv_heads": getattr(export.config, "fnprune_num_key_value_heads", None)
+            or getattr(export.config, "num_key_value_heads", None),
             "architecture": "per-layer" if remote else "stock",
             "load": ("AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True) or fnprune.load_pruned(dir)"
                      if class_name else "fnprune.load_pruned(dir)" if remote

@@ -13,7 +13,10 @@ model and then replaces every layer's MLP projections by ones of the stored widt
 
 - ``config.fnprune_intermediate_sizes``: list of per-layer MLP widths (None: the config's width);
 - ``config.fnprune_down_bias``: True when the down projection carries a bias the stock
-  architecture lacks (bias compensation of pruned neurons).
+  architecture lacks (bias compensation of pruned neurons);
+- ``config.fnprune_num_key_value_heads``: per-layer number of kept key/value heads (attention-head
+  pruning removes whole GQA groups: a KV head with all its query heads), None: unchanged;
+- ``config.fnprune_o_bias``: True when the attention output projection carries an added bias.
 """
 
 from __future__ import annotations
@@ -108,12 +111,42 @@ def reslice_mlps(model: nn.Module, widths: list[int] | None, down_bias: bool = F
                     setattr(owner, attr, width)
 
 
+def find_attention(block: nn.Module) -> nn.Module | None:
+    """The module holding ``q_proj``/``k_proj``/``v_proj``/``o_proj`` (LLaMA-style attention), or None."""
+    for owner in [block] + [m for _, m in block.named_modules() if m is not block]:
+        if {"q_proj", "k_proj", "v_proj", "o_proj"} <= set(dict(owner.named_children())):
+            return owner
+    return None
+
+
+def reslice_attention(model: nn.Module, kv_heads: list[int] | None, o_bias: bool = False) -> None:
+    """Replace each layer's q/k/v/o projections by ones for ``kv_heads[layer]`` KV groups (uninitialised)."""
+    for i, block in enumerate(decoder_layers(model)):
+        attn = find_attention(block)
+        if attn is None:
+            raise ValueError(f"layer {i}: no q_proj/k_proj/v_proj/o_proj attention found")
+        head_dim = int(attn.head_dim)
+        if kv_heads is not None:
+            n_kv = int(kv_heads[i])
+            n_q = n_kv * int(attn.num_key_value_groups)
+            attn.q_proj = _resized(attn.q_proj, None, n_q * head_dim, None)
+            attn.k_proj = _resized(attn.k_proj, None, n_kv * head_dim, None)
+            attn.v_proj = _resized(attn.v_proj, None, n_kv * head_dim, None)
+            attn.o_proj = _resized(attn.o_proj, n_q * head_dim, None, True if o_bias else None)
+        elif o_bias and attn.o_proj.bias is None:
+            attn.o_proj = _resized(attn.o_proj, None, None, True)
+
+
 def _pruned_init(self, config, *args, **kwargs):
     self._fnprune_base.__init__(self, config, *args, **kwargs)
     widths = getattr(config, "fnprune_intermediate_sizes", None)
     down_bias = bool(getattr(config, "fnprune_down_bias", False))
     if widths is not None or down_bias:
         reslice_mlps(self, widths, down_bias)
+    kv_heads = getattr(config, "fnprune_num_key_value_heads", None)
+    o_bias = bool(getattr(config, "fnprune_o_bias", False))
+    if kv_heads is not None or o_bias:
+        reslice_attention(self, kv_heads, o_bias)
 
 
 def make_pruned_class(base: type, name: str | None = None) -> type:

@@ -240,3 +240,73 @@ def test_stats_from_another_model_rejected():
 def test_normalize_keep_accepts_tensors():
     idx = normalize_keep([torch.tensor([2, 0]), torch.ones(3, dtype=torch.bool)], [3, 3])
     assert [i.tolist() for i in idx] == [[0, 2], [0, 1, 2]]
+
+
+# -- attention heads ------------------------------------------------------------------------------
+def test_head_pruning_removes_whole_kv_groups():
+    from fnprune.prune import find_attentions, prune_heads
+
+    model = tiny_model("llama", num_attention_heads=4, num_key_value_heads=2)  # 2 groups of 2 query heads
+    model.config.head_dim = 8
+    prune_heads(model, [[0, 1], [1], [0], [0, 1]])
+    atts = find_attentions(model)
+    assert [a.n_kv_heads for a in atts] == [2, 1, 1, 2]
+    assert atts[1].module.q_proj.weight.shape == (2 * 8, 16) and atts[1].module.o_proj.weight.shape == (16, 16)
+    assert model.config.fnprune_num_key_value_heads == [2, 1, 1, 2]
+    assert _logits(model, sample_ids()).shape == (2, 9, 258)
+    with pytest.raises(ConfigError, match="every KV head"):
+        prune_heads(model, [[0], [], [0], [0]])
+
+
+def test_head_pruning_dead_group_keeps_outputs():
+    """A KV group whose o_proj columns are zero contributes nothing: removing it changes no logit."""
+    from fnprune.prune import find_attentions, prune_heads
+
+    model = tiny_model("qwen2", num_attention_heads=4, num_key_value_heads=2)
+    atts = find_attentions(model)
+    with torch.no_grad():
+        for a in atts:
+            a.module.o_proj.weight[:, a.q_channels(torch.tensor([1]))] = 0
+    ids = sample_ids()
+    before = _logits(model, ids)
+    prune_heads(model, [[0]] * 4)
+    assert model.config.num_key_value_heads == 1 and model.config.num_attention_heads == 2
+    assert torch.allclose(_logits(model, ids), before, atol=1e-5)
+
+
+def test_head_bias_compensation_exact_for_constant_values():
+    """With v_proj rows of a group constant, the group's output is constant: compensation is exact."""
+    from fnprune.prune import collect_attention_stats, find_attentions, head_group_scores, prune_heads
+
+    model = tiny_model("llama", num_attention_heads=4, num_key_value_heads=2, attention_bias=True)
+    with torch.no_grad():
+        for a in find_attentions(model):
+            ch = a.kv_channels(torch.tensor([0]))
+            a.module.v_proj.weight[ch] = 0
+            a.module.v_proj.bias[ch] = torch.linspace(-1, 1, len(ch))
+    stats = collect_attention_stats(model, tokenizer(), documents(4), max_tokens=32)
+    scores = head_group_scores(model, stats)
+    assert all(s[0] < 1e-8 < s[1] for s in scores)  # constant group: zero fluctuation
+    ids = sample_ids()
+    before = _logits(model, ids)
+    prune_heads(model, [[1]] * 4, bias=stats)
+    assert torch.allclose(_logits(model, ids), before, atol=1e-5)
+
+
+def test_keep_heads_from_scores():
+    from fnprune.prune import keep_heads_from_scores
+
+    scores = [np.array([3.0, 1.0, 2.0])] * 4
+    keep = keep_heads_from_scores(scores, 0.34, protected_layers=[0])
+    assert [k.tolist() for k in keep] == [[0, 1, 2], [0, 2], [0, 2], [0, 2]]
+    assert [len(k) for k in keep_heads_from_scores(scores, 0.99, protected_layers=[])] == [1] * 4
+    with pytest.raises(ConfigError, match="head fraction"):
+        keep_heads_from_scores(scores, 1.0)
+
+
+def test_head_pruning_unsupported_family():
+    from fnprune.errors import UnsupportedArchitectureError
+    from fnprune.prune import find_attentions
+
+    with pytest.raises(UnsupportedArchitectureError, match="LLaMA"):
+        find_attentions(tiny_model("gpt2"))

@@ -32,8 +32,15 @@ def _logits(model, ids):
         return model(ids).logits
 
 
-def _pruned(family, per_layer=True, bias=True):
-    model, tok = tiny_model(family), tokenizer()
+def _pruned(family, per_layer=True, bias=True, heads=None):
+    """A tiny model with MLP neurons pruned; ``heads``: per-layer kept KV groups (of 2) too."""
+    from fnprune.prune import collect_attention_stats, prune_heads
+
+    kwargs = {"num_attention_heads": 4, "num_key_value_heads": 2} if heads is not None else {}
+    model, tok = tiny_model(family, **kwargs), tokenizer()
+    if heads is not None:
+        att_stats = collect_attention_stats(model, tok, documents(4), max_tokens=32) if bias else None
+        prune_heads(model, heads, bias=att_stats)
     stats = collect_down_input_stats(model, tok, documents(4), max_tokens=32) if bias else None
     if per_layer:
         keep = PER_LAYER
@@ -60,15 +67,20 @@ def test_reload_without_fnprune(tmp_path):
     are a stock architecture that plain from_pretrained loads -- all in a process without fnprune."""
     ids = sample_ids()
     cases, kinds = [], []
-    for family, per_layer, bias in [("llama", True, True), ("qwen2", True, True), ("opt", True, True),
-                                    ("gpt2", True, False), ("llama", False, False), ("gpt2", False, True)]:
-        model, tok = _pruned(family, per_layer=per_layer, bias=bias)
-        out = save_pruned(model, tok, tmp_path / f"{family}-{per_layer}-{bias}", {"method": "test"})
+    mixed, one = [[0, 1], [1], [0], [0, 1]], [[1]] * 4
+    for n, (family, per_layer, bias, heads) in enumerate([
+            ("llama", True, True, None), ("qwen2", True, True, None), ("opt", True, True, None),
+            ("gpt2", True, False, None), ("llama", False, False, None), ("gpt2", False, True, None),
+            ("llama", False, True, mixed), ("qwen2", False, False, one)]):
+        model, tok = _pruned(family, per_layer=per_layer, bias=bias, heads=heads)
+        out = save_pruned(model, tok, tmp_path / f"m{n}", {"method": "test"})
         config = json.loads((out / "config.json").read_text())
         remote = per_layer or (bias and family in ("llama", "qwen2"))
         assert ("auto_map" in config) == remote == (out / "modeling_fnprune.py").is_file()
         assert "quantization_config" not in config
         cases.append((out, ids, _logits(model, ids), remote))
+        loaded, _ = load_pruned(out)
+        assert torch.allclose(_logits(loaded, ids), cases[-1][2], atol=1e-5)
         kinds.append(remote)
     names = reload_isolated(cases, tmp_path / "work")
     assert [n.startswith("Fnpruned") for n in names] == kinds
