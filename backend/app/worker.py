@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -120,12 +121,14 @@ def execute(settings: Settings, job_id: str) -> None:
         store.fail(job_id, f"internal error: {type(exc).__name__}: {exc}")
     finally:
         _running_jobs.discard(job_id)
+        final = store.raw(job_id)
+        if final is not None and final["status"] != "succeeded":
+            # a failed or cancelled job leaves no files behind (not even complete ones)
+            shutil.rmtree(settings.job_dir(final["kind"], job_id), ignore_errors=True)
 
 
 def remove_leftovers(settings: Settings, store: JobStore) -> None:
     """Delete scratch dirs (activation stores, temporary outputs) of jobs that are no longer running."""
-    import shutil
-
     for kind_dir in (settings.data_dir / "analyses", settings.data_dir / "prunings"):
         for job_dir in kind_dir.glob("*") if kind_dir.is_dir() else []:
             row = store.raw(job_dir.name)

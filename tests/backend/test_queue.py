@@ -17,17 +17,20 @@ def test_sqlite_by_default_redis_when_configured(settings):
 
 
 @pytest.fixture
-def inline(settings, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def inline(settings, tmp_path):
+    (tmp_path / "models" / "empty").mkdir(parents=True)
+    settings.MODEL_DIRS = [(tmp_path / "models").resolve()]
     with TestClient(create_app(settings, immediate=True)) as client:
         yield client
 
 
 @pytest.mark.parametrize("request_body, reason", [
-    ({"model": "no-such-org/no-such-model"}, "no-such-org/no-such-model"),
+    ({"model": "{models}/empty"}, "without config.json"),
     ({"model": "tiny-llama", "n_texts": 2, "max_tokens": 16, "n_components": 200}, "n_components"),
 ])
-def test_failed_job_has_a_readable_reason(inline, request_body, reason):
+def test_failed_job_has_a_readable_reason(inline, settings, request_body, reason):
+    if "model" in request_body:
+        request_body = {**request_body, "model": request_body["model"].format(models=settings.MODEL_DIRS[0])}
     job = inline.post("/api/analyses", json={"corpus": "pydoc", **request_body}).json()
     job = inline.get(f"/api/analyses/{job['id']}").json()
     assert job["status"] == "failed", job
