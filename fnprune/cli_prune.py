@@ -114,12 +114,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
         mask = fn.key_mask(threshold=args.threshold, target_ratio=None if args.threshold is not None else args.target_ratio,
                            networks=networks, protected_layers=protected)
         keep = [np.flatnonzero(row) for row in np.asarray(mask)]
+    if args.heads is not None:
+        from .prune import collect_attention_stats, head_group_scores, keep_heads_from_scores, prune_heads
+
+        calib, _ = _calibration(args.corpus, args.calib_docs)
+        att_stats = collect_attention_stats(model, tokenizer, calib, args.max_tokens, args.batch_size, progress)
+        keep_heads = keep_heads_from_scores(head_group_scores(model, att_stats), args.heads,
+                                            protected if protected is not None else None)
+        prune_heads(model, keep_heads, bias=att_stats if args.bias else None)
     prune_model(model, keep, bias=stats if (args.bias or args.method == "fn-flap") else None)
     after = widths_summary(model)
     info = {"source_model": spec, "run_dir": str(run_dir.absolute()), "method": args.method,
             "networks": networks, "threshold": args.threshold,
             "target_ratio": None if args.threshold is not None else args.target_ratio,
             "uniform": bool(args.uniform), "bias": bool(args.bias or args.method == "fn-flap"),
+            "heads_fraction": args.heads,
             "protected_layers": protected if protected is not None else "default",
             "dense_total_params": before["total_params"], "dense_mlp_params": before["mlp_params"],
             "removed_fraction": 1 - after["total_params"] / before["total_params"],
@@ -195,6 +204,10 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--bias", action="store_true", help="FLAP-style bias compensation of pruned neurons")
     p.add_argument("--uniform", action="store_true",
                    help="the same width in every layer (protected layers too): a stock architecture")
+    p.add_argument("--heads", type=float, default=None, metavar="FRACTION",
+                   help="also remove this fraction of attention KV groups (a KV head with its query heads) in "
+                        "each unprotected layer, lowest FLAP fluctuation first (LLaMA family; with --bias: "
+                        "o_proj bias compensation)")
     p.add_argument("--protected", default=None, help="protected layers, e.g. 0,1,2,-2,-1 (default: paper's)")
     p.add_argument("--model", default=None, help="model spec (default: the one the run directory names)")
     p.add_argument("--corpus", default="brown", help="calibration corpus for --bias / fn-flap")

@@ -192,8 +192,8 @@ def test_cli_prune_end_to_end(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr(cli_prune, "_calibration", lambda corpus, n: (documents(20), documents(5)))
     parser = _parser()
     for extra, stock in [([], True), (["--bias"], False), (["--method", "fn-flap", "--networks", "0,8,16,24"], False),
-                         (["--uniform"], True)]:
-        out = tmp_path / f"m{len(extra)}{'u' if '--uniform' in extra else ''}"
+                         (["--uniform"], True), (["--heads", "0.5", "--bias"], False)]:
+        out = tmp_path / ("m" + "".join(extra).replace("-", "").replace(",", ""))
         args = parser.parse_args(["prune", str(run_dir), "--target-ratio", "0.1", "--out", str(out), "--quiet",
                                   "--max-tokens", "64"] + extra)
         assert args.func(args) == 0
@@ -202,6 +202,10 @@ def test_cli_prune_end_to_end(tiny_run, tmp_path, monkeypatch):
         assert info["architecture"] == ("stock" if stock else "per-layer") or "--uniform" not in extra
         model, tok = load_pruned(out)
         assert [a.width for a in find_mlps(model)] == info["widths"]
+        if "--heads" in extra:
+            assert info["kv_heads"] == [2, 1, 1, 2] and info["heads_fraction"] == 0.5
+            tokens = torch.tensor([[5, 6, 7, 8]])
+            assert model(tokens).logits.shape == (1, 4, 258)
         if "--uniform" in extra:
             assert len(set(info["widths"])) == 1
         elif not extra:
