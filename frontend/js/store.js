@@ -19,33 +19,17 @@ export function invalidate(prefix) {
 }
 
 export const getNetworks = (id) => cached(`${id}:networks`, () => api(`/api/analyses/${id}/networks`));
+/** Every component's map, sparse (|z| > threshold), from GET /maps. */
+export function getMaps(id, threshold = null) {
+  const q = threshold === null || threshold === undefined ? "" : `?threshold=${encodeURIComponent(threshold)}`;
+  return cached(`${id}:maps:${threshold ?? ""}`, () => api(`/api/analyses/${id}/maps${q}`));
+}
 export const getOverview = (id) => cached(`${id}:overview`, () => api(`/api/analyses/${id}/overview`));
 
 /** One component's detail; threshold null = the analysis' own threshold. */
 export function getNetwork(id, k, threshold = null) {
   const q = threshold === null || threshold === undefined ? "" : `?threshold=${encodeURIComponent(threshold)}`;
   return cached(`${id}:network:${k}:${threshold ?? ""}`, () => api(`/api/analyses/${id}/networks/${k}${q}`));
-}
-
-/** Just the map of a component (a short time course): for thumbnails and neuron look-ups. */
-export function getNetworkMap(id, k) {
-  const full = `${id}:network:${k}:`;
-  if (cache.has(full)) return cache.get(full);
-  return cached(`${id}:map:${k}`, () => api(`/api/analyses/${id}/networks/${k}?points=10`));
-}
-
-/** Run `fn` over `items` with at most `limit` in flight; results in order. */
-export async function mapLimit(items, limit, fn) {
-  const results = new Array(items.length);
-  let next = 0;
-  async function worker() {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i], i);
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
 }
 
 /** Update the cached component table after a label change. */

@@ -189,6 +189,10 @@ def test_full_workflow(server, page, tmp_path):
     expect(page.locator("#notice")).to_contain_text(f"Network {first_id} labelled signal")
     labels = {c["id"]: c["label"] for c in _get_json(f"{server}/api/analyses/{analysis_id}/networks")["components"]}
     assert labels[first_id] == "signal"
+    page.fill("#map-threshold", "2")
+    page.locator("#map-threshold").dispatch_event("change")
+    expect(page.locator("#gallery-count")).to_contain_text("maps at |z| > 2.0")
+    expect(page.locator("#gallery")).to_have_attribute("data-complete", "true")
     shot(page, "04-gallery")
     page.select_option("#filter-label", "signal")
     expect(page.get_by_test_id("network-card")).to_have_count(1)

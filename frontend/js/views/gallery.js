@@ -2,9 +2,9 @@
 // with a signal / noise / unknown label per network.
 import { api } from "../api.js";
 import { combineSignals, defaultGrid, drawMosaicCanvas } from "../charts.js";
-import { decodeArray } from "../decode.js";
+import { decodeSparseMaps } from "../decode.js";
 import { el, fmtNum, showError } from "../dom.js";
-import { getNetworkMap, getNetworks } from "../store.js";
+import { getMaps, getNetworks } from "../store.js";
 import { analysisTabs, labelSelect, LABELS, ownLayer } from "./common.js";
 import { waitForJob } from "./overview.js";
 
@@ -52,7 +52,13 @@ export async function render(root, { id }, ctx) {
     el("div.field", el("label", { for: "filter-selectivity", text: "Min. genre selectivity" }), el("div.range", minSel, minSelOut)),
   );
 
-  // ---- cards (built when first shown; thumbnails fetched for shown cards only) -------------
+  // Thumbnails come from one request (GET /maps: every map, sparse, above a |z| threshold).
+  const defaultThr = Math.max(2, table.threshold ?? 3);
+  const mapThr = el("input#map-threshold", { type: "number", min: "2", max: "50", step: "0.5", value: String(defaultThr), "aria-describedby": "gallery-count" });
+  let sparse = null; // decoded maps at the current threshold
+  let sparseThr = defaultThr;
+
+  // ---- cards (built when first shown) ------------------------------------------------------
   const PAGE = 60;
   let limit = PAGE;
   const cards = new Map();
@@ -74,7 +80,7 @@ export async function render(root, { id }, ctx) {
         labelSelect(id, c, () => apply()),
       ),
     );
-    const entry = { card, canvas, c, state: "new" };
+    const entry = { card, canvas, c, drawnAt: null };
     cards.set(c.id, entry);
     return entry;
   };
@@ -86,41 +92,47 @@ export async function render(root, { id }, ctx) {
   });
 
   let shownEntries = [];
-  async function drawOne(entry) {
-    entry.state = "loading";
-    try {
-      const detail = await getNetworkMap(id, entry.c.id);
-      if (!ctx.alive()) return;
-      const map = detail.map;
-      const values = decodeArray(map);
-      const nL = map.layers.length;
-      const combined = combineSignals(values, nL, map.signals.length, map.width);
-      drawMosaicCanvas(entry.canvas, combined, nL, map.width, map.grid || defaultGrid(map.width), { threshold: detail.threshold ?? table.threshold });
-      entry.state = "drawn";
-      entry.card.dataset.drawn = "true";
-    } catch (err) {
-      entry.state = "failed";
-      if (ctx.alive()) showError(`Map of network ${entry.c.id} could not be loaded: ${err.message}`);
-    }
+  function draw(entry) {
+    if (!sparse || entry.drawnAt === sparseThr) return;
+    const { maps } = sparse;
+    const position = table.components.indexOf(entry.c); // /maps is in component order
+    const k = maps.n_components === comps.length ? position : entry.c.id;
+    drawMosaicCanvas(entry.canvas, sparse.dense(k), maps.n_map_layers, maps.width, maps.grid || defaultGrid(maps.width), { threshold: 0 });
+    entry.drawnAt = sparseThr;
+    entry.card.dataset.drawn = "true";
   }
-  const queue = [];
-  let running = 0;
-  function pump() {
-    while (running < 6 && queue.length) {
-      const entry = queue.shift();
-      if (entry.state !== "queued") continue;
-      running++;
-      drawOne(entry).finally(() => {
-        running--;
-        markComplete();
-        pump();
-      });
-    }
-  }
-  function markComplete() {
-    gridEl.dataset.complete = String(shownEntries.every((e) => e.state === "drawn" || e.state === "failed"));
+  function drawShown() {
+    for (const e of shownEntries) draw(e);
+    gridEl.dataset.complete = String(Boolean(sparse));
   }
 
+  async function loadMaps(thr) {
+    gridEl.dataset.complete = "false";
+    try {
+      const maps = await getMaps(id, thr === table.threshold ? null : thr);
+      if (!ctx.alive()) return;
+      sparse = { maps, ...decodeSparseMaps(maps) };
+      sparseThr = thr;
+      drawShown();
+      updateCount();
+    } catch (err) {
+      if (ctx.alive()) showError(`The network maps could not be loaded: ${err.message}`);
+    }
+  }
+  mapThr.addEventListener("change", () => {
+    const t = Number(mapThr.value);
+    if (!(t >= 2)) {
+      showError("The map threshold must be a number of at least 2.");
+      return;
+    }
+    loadMaps(t);
+  });
+
+  let lastShown = [];
+  function updateCount() {
+    const left = lastShown.length - shownEntries.length;
+    count.textContent = `${lastShown.length} of ${comps.length} networks shown${left > 0 ? ` (first ${shownEntries.length} on this page)` : ""} · maps at |z| > ${fmtNum(sparseThr, 1)}; blue negative, orange positive`;
+  }
   function apply() {
     const layer = layerSelect.value;
     const label = labelFilter.value;
@@ -130,7 +142,7 @@ export async function render(root, { id }, ctx) {
     const sel = Number(minSel.value);
     minStabOut.textContent = stab.toFixed(2);
     minSelOut.textContent = sel.toFixed(2);
-    const shown = comps
+    lastShown = comps
       .filter((c) => (layer === "" || String(ownLayer(c)) === layer)
         && (label === "" || (c.label || "unknown") === label)
         && (genre === "" || c.top_genre === genre)
@@ -138,20 +150,13 @@ export async function render(root, { id }, ctx) {
         && (c.stability ?? 1) >= stab
         && (c.genre_selectivity ?? 0) >= sel)
       .sort(SORTS[sortSelect.value][1]);
-    shownEntries = shown.slice(0, limit).map(getCard);
+    shownEntries = lastShown.slice(0, limit).map(getCard);
     gridEl.replaceChildren(...shownEntries.map((e) => e.card));
-    for (const e of shownEntries) {
-      if (e.state === "new") {
-        e.state = "queued";
-        queue.push(e);
-      }
-    }
-    const left = shown.length - shownEntries.length;
+    const left = lastShown.length - shownEntries.length;
     more.hidden = left <= 0;
     more.textContent = `Show ${Math.min(PAGE, left)} more (${left} not shown)`;
-    count.textContent = `${shown.length} of ${comps.length} networks shown${left > 0 ? ` (first ${shownEntries.length} drawn)` : ""} · key neurons (|z| ≥ ${fmtNum(table.threshold, 1)}) in full colour, the rest faded; blue negative, orange positive`;
-    markComplete();
-    pump();
+    updateCount();
+    drawShown();
   }
   const refilter = () => {
     limit = PAGE;
@@ -160,6 +165,11 @@ export async function render(root, { id }, ctx) {
   controls.addEventListener("input", refilter);
   controls.addEventListener("change", refilter);
 
-  root.append(el("section.card", el("h2", { text: "Network gallery" }), controls, count, gridEl, el("div.actions", more)));
+  root.append(el("section.card",
+    el("h2", { text: "Network gallery" }),
+    controls,
+    el("div.field.inline.map-thr", el("label", { for: "map-threshold", text: "Show map values with |z| above" }), mapThr),
+    count, gridEl, el("div.actions", more)));
   apply();
+  await loadMaps(defaultThr);
 }

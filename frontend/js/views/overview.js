@@ -2,9 +2,9 @@
 // key-neuron density (how many networks a neuron is key in) or max |z| over all networks.
 import { api } from "../api.js";
 import { defaultGrid, drawMosaic, SEQUENTIAL } from "../charts.js";
-import { decodeArray } from "../decode.js";
+import { decodeArray, decodeSparseMaps } from "../decode.js";
 import { el, fmtInt, fmtNum, showError } from "../dom.js";
-import { getNetworkMap, getNetworks, getOverview, mapLimit } from "../store.js";
+import { getMaps, getNetworks, getOverview } from "../store.js";
 import { analysisDownloads, analysisTabs, jobProgress, ownLayer } from "./common.js";
 
 export async function render(root, { id }, ctx) {
@@ -94,34 +94,31 @@ async function renderOverview(root, id, ctx) {
     neuronInput.value = String(neuron);
     probeResult.replaceChildren(el("p.muted", { text: `Looking up the networks of layer ${layer}, neuron ${neuron}…` }));
     try {
-      const candidates = table.components.filter((c) => ownLayer(c) === null || c.layer === layer);
-      const details = await mapLimit(candidates, 6, (c) => getNetworkMap(id, c.id));
+      // One request for every map (sparse: only |z| above the analysis threshold).
+      const maps = await getMaps(id);
       if (!ctx.alive()) return;
+      const { offsets, index, values } = decodeSparseMaps(maps);
       const hits = [];
-      details.forEach((d, i) => {
-        const map = d.map;
-        const li = map.layers.indexOf(layer);
-        if (li < 0) return;
-        const values = decodeArray(map);
-        const nS = map.signals.length;
-        let best = 0;
-        let bestSignal = map.signals[0];
-        for (let s = 0; s < nS; s++) {
-          const v = values[(li * nS + s) * map.width + neuron];
-          if (Math.abs(v) > Math.abs(best)) {
-            best = v;
-            bestSignal = map.signals[s];
+      table.components.forEach((c, position) => {
+        const k = maps.n_components === table.components.length ? position : c.id;
+        let slot;
+        if (maps.map_layers) slot = maps.map_layers.indexOf(layer); // whole-model: every layer in each map
+        else slot = (maps.component_layer?.[k] ?? c.layer) === layer ? 0 : -1; // per-layer: one slice
+        if (slot < 0) return;
+        const target = slot * maps.width + neuron;
+        for (let e = offsets[k]; e < offsets[k + 1]; e++) {
+          if (index[e] === target) {
+            hits.push({ c, z: values[e] });
+            break;
           }
         }
-        const thr = d.threshold ?? table.threshold;
-        if (Math.abs(best) >= thr) hits.push({ c: candidates[i], z: best, signal: bestSignal });
       });
       hits.sort((a, b) => Math.abs(b.z) - Math.abs(a.z));
       const thrText = fmtNum(table.threshold, 1);
       probeResult.replaceChildren(
         el("h3", { text: `Layer ${layer}, neuron ${neuron}: ${hits.length ? `key in ${hits.length} network${hits.length > 1 ? "s" : ""}` : `in no network at |z| ≥ ${thrText}`}` }),
         hits.length
-          ? el("ul.hits", hits.map((h) => el("li", el("a", { href: `#/analysis/${id}/network/${h.c.id}`, text: `Network ${h.c.id}` }), ` — z = ${fmtNum(h.z)} (${h.signal}), ${ownLayer(h.c) !== null ? `layer ${h.c.layer}` : "all layers"}, ${h.c.label || "unknown"}`)))
+          ? el("ul.hits", hits.map((h) => el("li", el("a", { href: `#/analysis/${id}/network/${h.c.id}`, text: `Network ${h.c.id}` }), ` — z = ${fmtNum(h.z)}, ${ownLayer(h.c) !== null ? `layer ${h.c.layer}` : "all layers"}, ${h.c.label || "unknown"}`)))
           : "",
       );
     } catch (err) {
