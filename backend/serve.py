@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     warning = settings.check_bind(args.host)
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
-    settings.ensure_dirs()
+    try:
+        settings.ensure_dirs()
+    except OSError as exc:
+        print(f"fnprune serve: cannot use the data dir {settings.data_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
     worker = None
     if not args.api_only:

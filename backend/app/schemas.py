@@ -88,7 +88,13 @@ class PreviewRequest(ThresholdChoice):
     uniform: bool = False
 
 
-class PreviewResult(BaseModel):
+class Flexible(BaseModel):
+    """A response whose extra keys (from the library) are passed through."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class PreviewResult(Flexible):
     threshold: float | None
     widths: list[int]
     original_widths: list[int]
@@ -114,6 +120,102 @@ class PruningRequest(ThresholdChoice):
     baselines: list[Literal["random", "magnitude", "wanda-sp", "flap"]] = Field(default_factory=list)
     evaluate: bool = True
     n_heldout: int = Field(default=20, ge=1, le=500)
+
+
+class EncodedArray(Flexible):
+    """``data`` = base64 of a C-order array of ``dtype`` and ``shape``; real value = ``data * scale`` when
+    ``scale`` is given (little-endian integers otherwise)."""
+
+    dtype: Literal["int8", "uint8", "uint32"]
+    shape: list[int]
+    data: str
+    scale: float | None = None
+
+
+class MapArray(EncodedArray):
+    layers: list[int]
+    signals: list[str]
+    width: int
+    grid: list[int]
+
+
+class ComponentRow(Flexible):
+    id: int
+    layer: int
+    index: int
+    n_key: int
+    peak_z: float
+    stability: float
+    top_genre: str | None = None
+    genre_selectivity: float | None = None
+    label: str
+
+
+class NetworksTable(BaseModel):
+    threshold: float
+    n_layers: int
+    width: int
+    signals: list[str]
+    mode: str
+    components: list[ComponentRow]
+
+
+class Histogram(BaseModel):
+    edges: list[float]
+    counts: list[int]
+
+
+class TimeCourse(BaseModel):
+    values: list[float]
+    tokens: list[str]
+    docs: list[int]
+    n_tokens: int
+
+
+class TopToken(Flexible):
+    token: str
+    value: float
+    doc: int
+    label: str | None = None
+    left: str
+    right: str
+
+
+class ComponentDetail(BaseModel):
+    id: int
+    layer: int
+    index: int
+    label: str
+    stability: float
+    threshold: float
+    map: MapArray
+    histogram: Histogram
+    time_course: TimeCourse
+    top_tokens: list[TopToken]
+    genre_profile: dict[str, float]
+
+
+class Overview(BaseModel):
+    n_layers: int
+    width: int
+    grid: list[int]
+    threshold: float
+    density: EncodedArray
+    max_z: EncodedArray
+
+
+class MapSet(BaseModel):
+    threshold: float
+    mode: str
+    n_components: int
+    width: int
+    grid: list[int]
+    n_map_layers: int
+    map_layers: list[int] | None
+    component_layer: list[int]
+    offsets: EncodedArray
+    index: EncodedArray
+    values: EncodedArray
 
 
 class ErrorBody(BaseModel):

@@ -162,8 +162,18 @@ def _heartbeat_loop(store: JobStore, stop: threading.Event) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
-    settings = get_settings()
-    settings.ensure_dirs()
+    from pydantic import ValidationError
+
+    try:
+        settings = get_settings()
+        settings.ensure_dirs()
+    except ValidationError as exc:
+        for err in exc.errors():
+            log.error("FNPRUNE_%s: %s", ".".join(map(str, err["loc"])), err["msg"])
+        raise SystemExit(2) from None
+    except OSError as exc:
+        log.error("cannot use the data dir: %s", exc)
+        raise SystemExit(2) from None
     store = job_store(settings)
     for job_id in store.reap_dead():
         log.warning("job %s was left running by a stopped worker: marked failed", job_id)

@@ -50,3 +50,11 @@ def test_serve_help_runs():
     with pytest.raises(SystemExit) as exc:
         serve.main(["--help"])
     assert exc.value.code == 0
+
+
+def test_serve_refuses_bad_settings(monkeypatch, capsys):
+    from backend import serve
+
+    monkeypatch.setenv("FNPRUNE_TOKEN", "short")
+    assert serve.main(["--api-only"]) == 2
+    assert "FNPRUNE_TOKEN" in capsys.readouterr().err

@@ -51,7 +51,7 @@ def decode(encoded: dict[str, Any]) -> np.ndarray:
     """Inverse of :func:`int8_array` / :func:`uint8_array` (for tests and clients in Python)."""
     data = np.frombuffer(base64.b64decode(encoded["data"]), dtype=np.dtype(encoded["dtype"]))
     data = data.reshape(encoded["shape"])
-    if "scale" not in encoded:
+    if encoded.get("scale") is None:
         return data.copy()
     return data.astype(np.float32) * encoded["scale"]
 

@@ -2,7 +2,17 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, StreamingResponse
 
 from ...core.errors import ApiError, not_found
-from ...schemas import AnalysisRequest, Job, Labels, PreviewRequest, PreviewResult
+from ...schemas import (
+    AnalysisRequest,
+    ComponentDetail,
+    Job,
+    Labels,
+    MapSet,
+    NetworksTable,
+    Overview,
+    PreviewRequest,
+    PreviewResult,
+)
 from ...services import analyses
 from ...services.events import job_events
 from ..deps import EnqueueDep, SettingsDep, StoreDep
@@ -56,19 +66,19 @@ def events(store, settings, job_id: str, kind: str) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.get("/{job_id}/networks")
+@router.get("/{job_id}/networks", response_model=NetworksTable)
 def networks(job_id: str, settings: SettingsDep, store: StoreDep, threshold: float | None = ThresholdQ) -> dict:
     return analyses.networks_table(settings, store, job_id, threshold)
 
 
-@router.get("/{job_id}/networks/{k}")
+@router.get("/{job_id}/networks/{k}", response_model=ComponentDetail)
 def network(job_id: str, k: int, settings: SettingsDep, store: StoreDep, threshold: float | None = ThresholdQ,
             points: int = Query(default=analyses.TIME_COURSE_POINTS, ge=10, le=200_000,
                                 description="time-course points (subsampled evenly)")) -> dict:
     return analyses.component_map(settings, store, job_id, k, threshold, points)
 
 
-@router.get("/{job_id}/maps")
+@router.get("/{job_id}/maps", response_model=MapSet)
 def map_set(job_id: str, settings: SettingsDep, store: StoreDep,
             threshold: float | None = Query(default=None, ge=2, le=100,
                                             description="|z| threshold (at least 2, to keep the payload small)")) -> dict:
@@ -76,7 +86,7 @@ def map_set(job_id: str, settings: SettingsDep, store: StoreDep,
     return analyses.map_set(settings, store, job_id, threshold)
 
 
-@router.get("/{job_id}/overview")
+@router.get("/{job_id}/overview", response_model=Overview)
 def overview(job_id: str, settings: SettingsDep, store: StoreDep, threshold: float | None = ThresholdQ) -> dict:
     return analyses.overview(settings, store, job_id, threshold)
 
