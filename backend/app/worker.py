@@ -175,7 +175,7 @@ def main() -> None:
         log.error("cannot use the data dir: %s", exc)
         raise SystemExit(2) from None
     store = job_store(settings)
-    for job_id in store.reap_dead():
+    for job_id in store.reap_own_pid() + store.reap_dead():
         log.warning("job %s was left running by a stopped worker: marked failed", job_id)
     remove_leftovers(settings, store)
     huey, _ = get_queue(settings)

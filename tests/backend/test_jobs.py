@@ -60,3 +60,12 @@ def test_eta_from_stage_rate(tmp_path):
         db.execute("UPDATE jobs SET stage_started_at=? WHERE id=?", (time.time() - 10, job["id"]))
     store.update_progress(job["id"], "ica", 0.5, "")
     assert 8 < store.get(job["id"])["eta_s"] < 12
+
+
+def test_worker_start_reaps_jobs_under_its_own_pid(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    job = store.create("analysis", {})
+    store.start(job["id"])  # recorded under this pid, as a previous process with the same pid would
+    assert store.get(job["id"])["status"] == "running"  # looks alive from outside
+    assert store.reap_own_pid() == [job["id"]]
+    assert store.get(job["id"])["error"] == WORKER_STOPPED

@@ -33,7 +33,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FNPRUNE_", extra="ignore", case_sensitive=False)
 
-    HOME: Path = Field(default_factory=lambda: Path.home() / ".fnprune")
+    # Same default as fnprune.corpus.fnprune_home() (corpora live under it too).
+    HOME: Path = Field(default_factory=lambda: Path.home() / ".cache" / "fnprune")
     DATA_DIR: Path | None = None
     REDIS_URL: str | None = None
     TOKEN: str | None = None

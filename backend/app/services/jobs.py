@@ -197,6 +197,16 @@ class JobStore:
             db.execute("UPDATE jobs SET status='failed', eta_s=NULL, error=?, message='failed', finished_at=?"
                        " WHERE id=? AND status='running'", (WORKER_STOPPED, time.time(), job_id))
 
+    def reap_own_pid(self) -> list[str]:
+        """At worker start: jobs recorded under this very pid and host belong to a previous process
+        (a restarted container reuses pids), so they are orphans."""
+        with self._connect() as db:
+            rows = db.execute("SELECT id FROM jobs WHERE status='running' AND worker_pid=? AND worker_host=?",
+                              (os.getpid(), HOST)).fetchall()
+        for row in rows:
+            self.fail_orphan(row["id"])
+        return [row["id"] for row in rows]
+
     def reap_dead(self) -> list[str]:
         """Fail every running job whose worker is gone; return their ids."""
         with self._connect() as db:
