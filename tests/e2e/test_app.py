@@ -29,8 +29,14 @@ sync_api = pytest.importorskip("playwright.sync_api")
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
 CHROMIUM = os.environ.get("FNPRUNE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ANALYSIS_TIMEOUT_MS = 150_000
 PRUNING_TIMEOUT_MS = 180_000
 
@@ -57,9 +63,24 @@ def server(tmp_path_factory):
     env.update(FNPRUNE_HOME=str(home), FNPRUNE_DATA_DIR=str(home / "data"), PYTHONUNBUFFERED="1")
     log_path = home / "server.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "backend.serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "backend.serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -119,7 +140,8 @@ def banner_text(page) -> str:
 
 def set_range(page, selector: str, value: float) -> None:
     page.locator(selector).evaluate(
-        "(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input', {bubbles: true})); }", value)
+        "(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input', {bubbles: true})); }", value
+    )
 
 
 def test_full_workflow(server, page, tmp_path):
@@ -170,7 +192,8 @@ def test_full_workflow(server, page, tmp_path):
         expect(page.locator("#neuron-networks li").first).to_contain_text("Network")
     else:
         expect(page.locator("#neuron-networks h3")).to_have_text(
-            f"Layer {layer}, neuron {neuron}: in no network at |z| ≥ {overview['threshold']:.1f}")
+            f"Layer {layer}, neuron {neuron}: in no network at |z| ≥ {overview['threshold']:.1f}"
+        )
     shot(page, "03-overview")
 
     # 3. Gallery ---------------------------------------------------------------------------------
@@ -187,7 +210,9 @@ def test_full_workflow(server, page, tmp_path):
     assert first_id == best["id"]
     first_card.locator("select.label-select").select_option("signal")
     expect(page.locator("#notice")).to_contain_text(f"Network {first_id} labelled signal")
-    labels = {c["id"]: c["label"] for c in _get_json(f"{server}/api/analyses/{analysis_id}/networks")["components"]}
+    labels = {
+        c["id"]: c["label"] for c in _get_json(f"{server}/api/analyses/{analysis_id}/networks")["components"]
+    }
     assert labels[first_id] == "signal"
     page.fill("#map-threshold", "2")
     page.locator("#map-threshold").dispatch_event("change")
@@ -221,9 +246,16 @@ def test_full_workflow(server, page, tmp_path):
     expect(page.locator("#preview-state")).to_contain_text(f"Preview for {n} networks", timeout=30_000)
     page.wait_for_selector("#width-plot .main-svg")
     expect(page.get_by_role("alert")).to_be_hidden()
-    preview = page.request.post(f"{server}/api/analyses/{analysis_id}/preview",
-                                data={"networks": None, "threshold": None, "target_ratio": 0.1,
-                                      "protected_layers": None, "uniform": False}).json()
+    preview = page.request.post(
+        f"{server}/api/analyses/{analysis_id}/preview",
+        data={
+            "networks": None,
+            "threshold": None,
+            "target_ratio": 0.1,
+            "protected_layers": None,
+            "uniform": False,
+        },
+    ).json()
     expect(page.locator("#pv-ratio-mlp")).to_have_text(f"{100 * preview['ratio_mlp']:.1f} %")
     expect(page.locator("#pv-ratio")).to_have_text(f"{100 * preview['ratio_total']:.1f} %")
     page.fill("#top-n", "2")
@@ -292,10 +324,13 @@ def _a_key_neuron(overview) -> tuple[int, int] | None:
     return None
 
 
-@pytest.mark.parametrize(("name", "content", "words"), [
-    ("empty.txt", b"", "empty"),
-    ("binary.txt", bytes(range(256)) * 4, "binary"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("empty.txt", b"", "empty"),
+        ("binary.txt", bytes(range(256)) * 4, "binary"),
+    ],
+)
 def test_upload_error_is_shown(server, page, name, content, words):
     page.goto(f"{server}/#/new")
     page.wait_for_selector("#upload")
