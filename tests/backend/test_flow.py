@@ -103,6 +103,13 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
     assert client.get(f"/api/analyses/{job_id}/download/..%2Fjobs.db").status_code == 404
 
     # -- prune -----------------------------------------------------------------------------------------
+    for bad, status, field in [({"target_ratio": 0.99}, 422, None), ({"heads": True}, 422, "heads"),
+                               ({"networks": [999]}, 422, "networks"), ({"protected_layers": [-1]}, 422, None)]:
+        response = client.post("/api/prunings", json={"analysis_id": job_id, **bad})
+        assert response.status_code == status and response.json()["detail"], (bad, response.text)
+        if field:
+            assert response.json()["field"] == field
+    assert client.get("/api/prunings").json() == []  # nothing was queued by the bad requests
     pruning = client.post("/api/prunings", json={"analysis_id": job_id, "target_ratio": 0.05, "bias": True,
                                                  "baselines": ["magnitude"], "n_heldout": 2})
     assert pruning.status_code == 202, pruning.text

@@ -90,6 +90,8 @@ def test_model_paths_only_inside_model_dirs(client, settings, tmp_path):
 def test_cancel_queued_then_409(client):
     job = client.post("/api/analyses", json={"model": "tiny-llama", "corpus": "pydoc"}).json()
     assert job["status"] == "queued"
+    early = client.post("/api/prunings", json={"analysis_id": job["id"], "target_ratio": 0.1})
+    assert early.status_code == 409 and "queued" in early.json()["detail"]
     cancelled = client.delete(f"/api/analyses/{job['id']}")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     again = client.delete(f"/api/analyses/{job['id']}")
