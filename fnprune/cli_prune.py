@@ -179,7 +179,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      networks=_int_list(args.networks, "--networks"),
                      protected_layers=_int_list(args.protected, "--protected"),
                      n_calib=args.calib_docs, n_heldout=args.heldout_docs, max_tokens=args.max_tokens,
-                     batch_size=args.batch_size, seed=args.seed,
+                     batch_size=args.batch_size, seed=args.seed, per_document=args.per_document,
                      progress=None if args.quiet else tqdm_progress())
     print((Path(args.out) / "report.md").read_text() if args.out else json.dumps(result, indent=2))
     return 0
@@ -238,6 +238,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--calib-docs", type=int, default=40)
     p.add_argument("--heldout-docs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-document", action="store_true",
+                   help="score each held-out document alone on its first 512 tokens (METHOD §2's table)")
     p.add_argument("--out", required=True, metavar="REPORT_DIR")
     _common(p)
     p.set_defaults(func=cmd_compare)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, RunDirError
-from .evaluate import concatenated_ids, perplexity
+from .evaluate import concatenated_ids, per_document_perplexity, perplexity
 from .mlp import find_mlps
 from .progress import ProgressCallback, report
 from .prune import (
@@ -105,7 +105,8 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
             out_dir: str | os.PathLike | None = None, *, run_dir: str | os.PathLike | None = None,
             networks: Sequence[int] | None = None, protected_layers: Sequence[int] | None = None,
             n_calib: int = 40, n_heldout: int = 20, max_tokens: int = 512, batch_size: int = 4,
-            windows: Sequence[int] = (512, 128), seed: int = 0, analyze_kwargs: dict | None = None,
+            windows: Sequence[int] = (512, 128), per_document: bool = False, seed: int = 0,
+            analyze_kwargs: dict | None = None,
             model: nn.Module | None = None, tokenizer=None, docs=None, fn=None,
             progress: ProgressCallback | None = None) -> dict:
     """Prune with every method at every ratio and measure held-out perplexity.
@@ -113,7 +114,9 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
     ``model``/``tokenizer``/``docs``/``fn`` may be given directly (tests, the web app); otherwise
     they are loaded from ``model_spec`` and ``corpus``, and the networks from ``run_dir`` or, when
     none is given, computed with ``fnprune.networks.analyze`` on the calibration documents.
-    ``ratios``: fractions of all parameters to remove. Returns the results dict (also written to
+    ``ratios``: fractions of all parameters to remove. ``per_document``: score each held-out
+    document alone on its first ``window`` tokens (METHOD §2's table) instead of windows of the
+    concatenated text (METHOD §3). Returns the results dict (also written to
     ``out_dir`` as JSON, Markdown and a Plotly chart when ``out_dir`` is given).
     """
     ratios = parse_ratios(ratios)
@@ -162,6 +165,9 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
     ids = concatenated_ids(tokenizer, heldout, max_tokens)
 
     def measure(m: nn.Module) -> dict:
+        if per_document:
+            return {str(w): per_document_perplexity(m, tokenizer, heldout, window=w, batch_size=batch_size)["ppl"]
+                    for w in windows}
         return {str(w): perplexity(m, tokenizer, None, window=w, batch_size=batch_size, ids=ids)["ppl"]
                 for w in windows}
 
@@ -207,6 +213,7 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
               "networks": list(networks) if networks is not None else None,
               "protected_layers": list(protected_layers) if protected_layers is not None else "default",
               "n_calib_docs": len(calib), "n_heldout_docs": len(heldout), "max_tokens": max_tokens,
+              "ppl_protocol": "per-document" if per_document else "concatenated windows",
               "heldout_tokens": int(len(ids)), "total_params": total, "rows": rows}
     if out_dir is not None:
         _atomic_write(out_dir / "results.json", json.dumps(result, indent=2) + "\n")
@@ -219,7 +226,7 @@ def markdown_report(result: dict) -> str:
     windows = list(result["rows"][0]["ppl"])
     lines = [f"# Pruning comparison: {result.get('model')} on {result.get('corpus')}", "",
              f"Calibration: {result['n_calib_docs']} documents; held-out: {result['n_heldout_docs']} documents "
-             f"({result['heldout_tokens']} tokens). Ratio = fraction of all {result['total_params']:,} parameters "
+             f"({result['heldout_tokens']} tokens), perplexity over {result.get('ppl_protocol', 'windows')}. Ratio = fraction of all {result['total_params']:,} parameters "
              "removed (MLP neurons only).", "",
              "| ratio | method | allocation | bias | removed (all) | removed (MLP) | "
              + " | ".join(f"PPL@{w}" for w in windows) + " |",

@@ -42,6 +42,34 @@ def concatenated_ids(tokenizer, docs, max_tokens_per_doc: int | None = None) -> 
 
 
 @torch.no_grad()
+def per_document_perplexity(model: nn.Module, tokenizer, docs, *, window: int = 512, batch_size: int = 4) -> dict:
+    """Perplexity with every document scored separately on its first ``window`` tokens (padding
+    masked) -- the protocol of METHOD §2's measured table. Same keys as :func:`perplexity`."""
+    from .prune import padded_batches
+
+    sequences = encode_documents(tokenizer, docs, window)
+    if not sequences:
+        raise CorpusError("no held-out document has at least 2 tokens")
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    try:
+        for ids, mask in padded_batches(sequences, batch_size):
+            ids, mask = ids.to(device), mask.to(device)
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+            real = mask[:, 1:].bool()  # (b, len-1): the predicted token is a real one
+            total_nll += float(nll[real].sum())
+            total_tokens += int(real.sum())
+    finally:
+        model.train(was_training)
+    mean_nll = total_nll / total_tokens
+    return {"ppl": math.exp(mean_nll), "nll": mean_nll, "n_tokens": total_tokens,
+            "n_windows": len(sequences), "window": window}
+
+
+@torch.no_grad()
 def perplexity(model: nn.Module, tokenizer, docs, *, window: int = 512, batch_size: int = 4,
                max_tokens_per_doc: int | None = None, max_windows: int | None = None,
                ids: torch.Tensor | None = None, progress: ProgressCallback | None = None) -> dict:

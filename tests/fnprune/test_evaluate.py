@@ -54,6 +54,18 @@ def test_perplexity_windows_are_consistent():
     assert 1 < full["ppl"] < 10 * VOCAB
 
 
+def test_per_document_perplexity_ignores_padding():
+    from fnprune.evaluate import per_document_perplexity
+
+    model, tok = tiny_model("llama"), tokenizer()
+    docs = documents(5)
+    one = per_document_perplexity(model, tok, docs, window=40, batch_size=1)
+    padded = per_document_perplexity(model, tok, docs, window=40, batch_size=5)
+    assert math.isclose(one["ppl"], padded["ppl"], rel_tol=1e-4) and one["n_tokens"] == padded["n_tokens"]
+    uniform = per_document_perplexity(_uniform_model(), tok, docs, window=40)
+    assert math.isclose(uniform["ppl"], VOCAB, rel_tol=1e-5)
+
+
 def test_counts_size_memory(tmp_path):
     model = tiny_model("llama")
     counts = parameter_counts(model)
@@ -114,6 +126,9 @@ def test_compare_writes_report(tmp_path):
     for name in ("results.json", "report.md", "ppl_vs_ratio.html"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     assert "| 0.10 | fn-flap | fn | yes |" in (tmp_path / "report" / "report.md").read_text()
+    per_doc = compare("tiny", "test", [0.1], ["flap"], None, model=model, tokenizer=tok, docs=documents(30),
+                      protected_layers=[0], max_tokens=64, windows=(32,), per_document=True)
+    assert per_doc["ppl_protocol"] == "per-document" and len(per_doc["rows"]) == 2
     assert model is not None and [a.width for a in find_mlps(model)] == [48] * 4  # original untouched
 
 
