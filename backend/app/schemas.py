@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+DEFAULT_HEADS_FRACTION = 0.25
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -116,10 +117,25 @@ class PruningRequest(ThresholdChoice):
     protected_layers: list[int] | None = Field(default=None, max_length=1024)
     bias: bool = False
     uniform: bool = False
-    heads: bool = False
+    # Attention: false = keep every head; a fraction in (0, 1) = remove that fraction of the KV groups
+    # (a key/value head with its query heads) of every unprotected layer; true = 0.25.
+    heads: bool | float = False
     baselines: list[Literal["random", "magnitude", "wanda-sp", "flap"]] = Field(default_factory=list)
     evaluate: bool = True
     n_heldout: int = Field(default=20, ge=1, le=500)
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_fraction(cls, value: bool | float) -> bool | float:
+        if not isinstance(value, bool) and value != 0 and not 0 < value < 1:
+            raise ValueError("give false, true (0.25) or a fraction of KV groups between 0 and 1")
+        return value
+
+    @property
+    def heads_fraction(self) -> float | None:
+        if self.heads is True:
+            return DEFAULT_HEADS_FRACTION
+        return None if not self.heads else float(self.heads)
 
 
 class EncodedArray(Flexible):

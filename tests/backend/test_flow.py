@@ -103,7 +103,7 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
     assert client.get(f"/api/analyses/{job_id}/download/..%2Fjobs.db").status_code == 404
 
     # -- prune -----------------------------------------------------------------------------------------
-    for bad, status, field in [({"target_ratio": 0.99}, 422, None), ({"heads": True}, 422, "heads"),
+    for bad, status, field in [({"target_ratio": 0.99}, 422, None), ({"heads": 1.5}, 422, "heads"),
                                ({"networks": [999]}, 422, "networks"), ({"protected_layers": [-1]}, 422, None)]:
         response = client.post("/api/prunings", json={"analysis_id": job_id, **bad})
         assert response.status_code == status and response.json()["detail"], (bad, response.text)
@@ -111,7 +111,7 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
             assert response.json()["field"] == field
     assert client.get("/api/prunings").json() == []  # nothing was queued by the bad requests
     pruning = client.post("/api/prunings", json={"analysis_id": job_id, "target_ratio": 0.05, "bias": True,
-                                                 "baselines": ["magnitude"], "n_heldout": 2})
+                                                 "heads": 0.5, "baselines": ["magnitude"], "n_heldout": 2})
     assert pruning.status_code == 202, pruning.text
     p_id = pruning.json()["id"]
     p_events = sse_events(client, f"/api/prunings/{p_id}/events")
@@ -120,6 +120,7 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
     result = done["result"]
     assert result["dense"]["ppl"] > 0 and result["pruned"]["ppl"] > 0
     assert result["pruned"]["params"] < result["dense"]["params"]
+    assert result["kv_heads"] == [2, 1, 1, 2]  # tiny-llama: 2 KV groups, layers 0 and 3 protected
     assert [b["method"] for b in result["baselines"]] == ["magnitude", "magnitude"]
     assert result["generations"] and "from_pretrained" in result["load_snippet"]
     assert client.delete(f"/api/prunings/{p_id}").status_code == 409  # finished

@@ -28,8 +28,6 @@ ARTIFACTS = ("model", "report", "masks")
 def create(req: PruningRequest, settings: Settings, store: JobStore, enqueue) -> dict[str, Any]:
     if store.get(req.analysis_id, "analysis") is None:
         raise ApiError(404, f"analysis_id: no analysis with id {req.analysis_id!r}", "analysis_id")
-    if req.heads:
-        raise ApiError(422, "heads: attention-head pruning is not supported; prune MLP neurons only", "heads")
     networks = analyses.load_networks(settings, store, req.analysis_id)
     analyses._check_choice(networks, req.networks, req.protected_layers)
     # Fails early (422) when the target cannot be reached, before a job is queued.
@@ -91,18 +89,42 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         stats = collect_down_input_stats(model, tokenizer, calibration, max_tokens=a_req.max_tokens,
                                          progress=_stage(progress, "calibrate"))
 
-    report(progress, "prune", 0.0, "pruning")
-    pruned = prune_model(copy.deepcopy(model), keep, bias=stats if req.bias else None)
+    pruned = copy.deepcopy(model)
+    kv_heads = None
+    if req.heads_fraction:
+        from fnprune.prune import (
+            collect_attention_stats,
+            head_group_scores,
+            keep_heads_from_scores,
+            prune_heads,
+        )
+
+        att_stats = collect_attention_stats(model, tokenizer, calibration, a_req.max_tokens,
+                                            progress=_stage(progress, "calibrate heads"))
+        keep_heads = keep_heads_from_scores(head_group_scores(model, att_stats), req.heads_fraction,
+                                            plan["protected_layers"])
+        report(progress, "prune", 0.0, "pruning attention heads")
+        prune_heads(pruned, keep_heads, bias=att_stats if req.bias else None)
+        kv_heads = [len(k) for k in keep_heads]
+    report(progress, "prune", 0.2, "pruning MLP neurons")
+    pruned = prune_model(pruned, keep, bias=stats if req.bias else None)
     report(progress, "prune", 0.5, "saving the pruned model")
     model_dir = save_pruned(pruned, tokenizer, job_dir / "model", info={
         "source_model": a_req.model, "analysis_id": req.analysis_id, "pruning_id": job_id, **choice,
-        "bias": req.bias, "threshold_used": plan.get("threshold")}, overwrite=True)
+        "bias": req.bias, "threshold_used": plan.get("threshold"), "heads_fraction": req.heads_fraction},
+        overwrite=True)
     _write_masks(job_dir / "masks.json", keep, {"analysis_id": req.analysis_id, "pruning_id": job_id, **plan})
     report(progress, "prune", 1.0, "saved")
 
     result: dict[str, Any] = {"widths": plan["widths"], "ratio_total": plan["ratio_total"],
                               "ratio_mlp": plan["ratio_mlp"], "removed_params": plan["removed_params"],
                               "protected_layers": plan["protected_layers"]}
+    if kv_heads is not None:
+        # the plan counts MLP neurons only; with heads the saved model is the truth
+        total_after = total_parameters(pruned)
+        result.update({"heads_fraction": req.heads_fraction, "kv_heads": kv_heads,
+                       "ratio_total": 1 - total_after / plan["total_params"],
+                       "removed_params": plan["total_params"] - total_after})
     info = json.loads((model_dir / "pruning.json").read_text())
     result["architecture"] = info.get("architecture")
     result["load_snippet"] = _load_snippet(info)
