@@ -45,10 +45,8 @@ async function errorFrom(response) {
   } catch {
     /* not JSON */
   }
-  if (!detail) {
-    detail = `${response.status} ${response.statusText || "error"}`;
-    if (response.status === 401) detail += ": this server needs an API token (set it with the Token button)";
-  }
+  if (!detail) detail = `${response.status} ${response.statusText || "error"}`;
+  if (response.status === 401) detail += " — this server needs an API token: set it with the Token button at the top right.";
   return new ApiError(detail, { status: response.status, field });
 }
 

@@ -76,6 +76,7 @@ function setupToken() {
     if (dialog.returnValue === "save") {
       setToken(input.value.trim());
       route();
+      serverInfo();
     }
   });
 }
@@ -83,7 +84,12 @@ function setupToken() {
 async function serverInfo() {
   try {
     const health = await api("/api/health");
-    document.getElementById("server-info").textContent = `v${health.version} · ${health.device}`;
+    const info = document.getElementById("server-info");
+    info.textContent = `v${health.version} · ${health.device}`;
+    if (health.workers === 0) {
+      info.append(" · ", Object.assign(document.createElement("strong"), { className: "warn", textContent: "no worker running" }));
+      info.title = "Jobs will wait in the queue until a worker runs: start the app with `python -m backend.serve` (or `python -m backend.worker`).";
+    }
   } catch {
     /* the page itself reports API errors */
   }

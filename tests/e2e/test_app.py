@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,63 +48,59 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
+def _get_json(url: str, token: str | None = None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
         return json.load(response)
+
+
+@contextmanager
+def _serve(home: Path, *, token: str | None = None, api_only: bool = False):
+    """``python -m backend.serve`` on a free port with its data under ``home``; yields the base URL."""
+    if not (ROOT / "backend" / "serve.py").is_file():
+        pytest.skip("backend/serve.py is not there yet")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "FNPRUNE_TOKEN"}
+    env.update(FNPRUNE_HOME=str(home), FNPRUNE_DATA_DIR=str(home / "data"), PYTHONUNBUFFERED="1")
+    if token:
+        env["FNPRUNE_TOKEN"] = token
+    command = [sys.executable, "-m", "backend.serve", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--log-level", "warning"] + (["--api-only"] if api_only else [])
+    log_path = home / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if _get_json(f"{url}/api/health", token)["status"] == "ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the server did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)  # serve stops its worker on the way out
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log_path, ARTIFACTS / f"{home.name}.log")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The real server and worker on a free port, with their data in a temporary directory."""
-    if not (ROOT / "backend" / "serve.py").is_file():
-        pytest.skip("backend/serve.py is not there yet")
-    home = tmp_path_factory.mktemp("fnprune-home")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "FNPRUNE_TOKEN"}
-    env.update(FNPRUNE_HOME=str(home), FNPRUNE_DATA_DIR=str(home / "data"), PYTHONUNBUFFERED="1")
-    log_path = home / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "backend.serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if _get_json(f"{url}/api/health")["status"] == "ok":
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log.close()
-            pytest.fail(f"the server did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.3)
-    yield url
-    proc.send_signal(signal.SIGINT)  # serve stops its worker on the way out
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(log_path, ARTIFACTS / "server.log")
+    with _serve(tmp_path_factory.mktemp("server")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +135,19 @@ def banner_text(page) -> str:
     return banner.inner_text() if banner.is_visible() else ""
 
 
+JOB_ERROR = "[data-testid=job-progress] .job-error:not([hidden])"
+
+
+def wait_for_job(page, done_js: str, what: str, timeout_ms: int) -> None:
+    """Wait until `done_js` is true, failing at once with the page's own words if the job fails."""
+    page.wait_for_function(
+        f"() => ({done_js}) || document.querySelector({JOB_ERROR!r}) !== null", timeout=timeout_ms
+    )
+    if page.locator(JOB_ERROR).count():
+        shot(page, f"failed-{what}")
+        pytest.fail(f"the {what} did not succeed; the page says: {page.locator(JOB_ERROR).inner_text()}")
+
+
 def set_range(page, selector: str, value: float) -> None:
     page.locator(selector).evaluate(
         "(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input', {bubbles: true})); }", value
@@ -163,7 +173,7 @@ def test_full_workflow(server, page, tmp_path):
     expect(progress).to_be_visible()
     expect(progress.get_by_role("progressbar")).to_be_visible()
     shot(page, "02-progress")
-    page.wait_for_url(re.compile(r"#/analysis/[\w-]+/overview$"), timeout=ANALYSIS_TIMEOUT_MS)
+    wait_for_job(page, "location.hash.endsWith('/overview')", "analysis", ANALYSIS_TIMEOUT_MS)
     analysis_id = re.search(r"#/analysis/([\w-]+)/", page.url).group(1)
     assert banner_text(page) == ""
 
@@ -280,7 +290,7 @@ def test_full_workflow(server, page, tmp_path):
     expect(progress.locator(".badge")).to_have_text("running", timeout=60_000)
     expect(progress.locator(".stage")).not_to_have_text("Connecting…")
     shot(page, "07-pruning-progress")
-    page.wait_for_selector("#compare-table", timeout=PRUNING_TIMEOUT_MS)
+    wait_for_job(page, "document.querySelector('#compare-table') !== null", "pruning", PRUNING_TIMEOUT_MS)
     page.wait_for_selector("#ppl-plot .main-svg")
     result = _get_json(f"{server}/api/prunings/{pruning_id}")["result"]
     expect(page.locator("#dense-ppl")).to_have_text(f"{result['dense']['ppl']:.2f}")
@@ -368,3 +378,18 @@ def test_cancel_analysis(server, page):
     expect(progress.locator(".badge")).to_have_text("cancelled")
     expect(page.get_by_role("alert")).to_be_hidden()
     shot(page, "12-cancelled")
+
+
+def test_token_is_asked_for_and_sent(tmp_path, page):
+    token = "e2e-secret-token"
+    with _serve(tmp_path, token=token, api_only=True) as url:
+        page.goto(f"{url}/#/new")
+        banner = page.get_by_role("alert")
+        sync_api.expect(banner).to_contain_text("Token button")
+        page.get_by_role("button", name="Token").click()
+        page.fill("#token-input", token)
+        page.get_by_role("button", name="Save").click()
+        sync_api.expect(page.locator("#model option[value='tiny-llama']")).to_have_count(1)
+        sync_api.expect(banner).to_be_hidden()
+        sync_api.expect(page.locator("#server-info")).to_contain_text("no worker running")
+        shot(page, "13-token")

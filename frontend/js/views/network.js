@@ -16,15 +16,15 @@ export async function render(root, { id, k }, ctx) {
 
   const [table, first] = await Promise.all([getNetworks(id), getNetwork(id, k)]);
   if (!ctx.alive()) return;
-  let detail = first;
+  const detail = first;
   const comp = table.components.find((c) => c.id === k) || { id: k, label: detail.label, layer: detail.layer };
   const ids = table.components.map((c) => c.id).sort((a, b) => a - b);
   const pos = ids.indexOf(k);
   const prev = pos > 0 ? ids[pos - 1] : null;
   const next = pos >= 0 && pos < ids.length - 1 ? ids[pos + 1] : null;
 
-  let values = decodeArray(detail.map);
-  let loadedThreshold = detail.threshold ?? table.threshold;
+  const values = decodeArray(detail.map);
+  const loadedThreshold = detail.threshold ?? table.threshold;
   const maxAbs = () => {
     let m = 0;
     for (const v of values) m = Math.max(m, Math.abs(v));
@@ -101,25 +101,10 @@ export async function render(root, { id, k }, ctx) {
       map: (v) => (Math.abs(v) >= thr ? v : 0),
     });
   };
-  const refetch = debounce(async (thr) => {
-    // The server may leave sub-threshold values out of the map: reload when going lower.
-    if (thr >= loadedThreshold) return;
-    try {
-      const d = await getNetwork(id, k, thr);
-      if (!ctx.alive()) return;
-      detail = d;
-      values = decodeArray(d.map);
-      loadedThreshold = Math.min(thr, d.threshold ?? thr);
-      await drawMap();
-    } catch (err) {
-      showError(err);
-    }
-  }, 400);
   const redraw = debounce(() => drawMap().catch(showError), 40);
   slider.addEventListener("input", () => {
     sliderOut.textContent = `|z| ≥ ${Number(slider.value).toFixed(1)}`;
-    redraw();
-    refetch(Number(slider.value));
+    redraw(); // the map holds every neuron's z, so thresholding is done here
   });
   signalSelect.addEventListener("change", () => drawMap().catch(showError));
 

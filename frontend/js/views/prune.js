@@ -184,7 +184,9 @@ export async function render(root, { id }, ctx) {
 
   // ---- prune options and start ------------------------------------------------------------
   const bias = el("input#opt-bias", { type: "checkbox" });
-  const heads = el("input#opt-heads", { type: "checkbox", disabled: true, "aria-describedby": "heads-hint" });
+  const heads = el("input#opt-heads", { type: "checkbox" });
+  const headsFraction = el("input#opt-heads-fraction", { type: "number", min: "0.05", max: "0.95", step: "0.05", value: "0.25", disabled: true, "aria-label": "Fraction of KV head groups to remove" });
+  heads.addEventListener("change", () => (headsFraction.disabled = !heads.checked));
   const evaluate = el("input#opt-evaluate", { type: "checkbox", checked: true });
   const baselineBoxes = BASELINES.map(([value, label]) => el("label.check", el("input", { type: "checkbox", name: "baseline", value }), ` ${label}`));
   const startButton = el("button.btn.btn-primary#start-pruning", { type: "button", text: "Prune the model" });
@@ -207,7 +209,7 @@ export async function render(root, { id }, ctx) {
       target_ratio: body.target_ratio,
       bias: bias.checked,
       uniform: body.uniform,
-      heads: heads.checked,
+      heads: heads.checked ? Number(headsFraction.value) : false,
       evaluate: evaluate.checked,
       baselines: [...document.querySelectorAll('input[name="baseline"]:checked')].map((b) => b.value),
     };
@@ -227,7 +229,7 @@ export async function render(root, { id }, ctx) {
     el("h2", { text: "Prune" }),
     el("div.options",
       el("label.check", { for: "opt-bias" }, bias, " bias compensation ", el("span.muted.small", { text: "(fold the mean of removed neurons into the output bias)" })),
-      el("label.check", { for: "opt-heads" }, heads, " also prune attention heads ", el("span.muted.small#heads-hint", { text: "(not supported by this server yet)" })),
+      el("div.inline-row", el("label.check", { for: "opt-heads" }, heads, " also prune attention heads: remove a fraction"), headsFraction, el("span.muted.small", { text: "of the KV head groups of each unprotected layer (LLaMA-style attention)" })),
       el("label.check", { for: "opt-evaluate" }, evaluate, " evaluate: perplexity, speed and generations of dense and pruned models ", el("span.muted.small", { text: "(slower)" }))),
     el("fieldset.baselines", el("legend", { text: "Compare with baselines at the same ratio" }), el("div.checks", baselineBoxes)),
     el("div.actions", startButton),
@@ -245,7 +247,7 @@ export async function render(root, { id }, ctx) {
   );
   const form = root.querySelector(".prune-layout");
   form.addEventListener("change", (e) => {
-    if (e.target.name !== "baseline" && e.target !== bias && e.target !== heads && e.target !== evaluate) changed();
+    if (e.target.name !== "baseline" && e.target !== bias && e.target !== heads && e.target !== headsFraction && e.target !== evaluate) changed();
   });
   thrSlider.addEventListener("input", changed);
   ratioSlider.addEventListener("input", changed);

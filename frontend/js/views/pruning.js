@@ -35,7 +35,7 @@ export async function render(root, { id }, ctx) {
 function describe(p) {
   const target = p.target_ratio != null ? `target ratio ${fmtPct(p.target_ratio, 0)}` : p.threshold != null ? `|z| ≥ ${p.threshold}` : "default threshold";
   const nets = p.networks ? `${p.networks.length} networks kept` : "all networks kept";
-  const opts = [p.bias && "bias compensation", p.uniform && "uniform widths"].filter(Boolean);
+  const opts = [p.bias && "bias compensation", p.uniform && "uniform widths", p.heads && `heads ${p.heads === true ? "25 %" : fmtPct(p.heads, 0)}`].filter(Boolean);
   return `· ${target} · ${nets}${opts.length ? ` · ${opts.join(", ")}` : ""}`;
 }
 
@@ -66,6 +66,7 @@ function renderResults(root, id, job, ctx) {
     el("div", el("dt", { text: "Parameters removed" }), el("dd#ratio-total", { text: fmtPct(r.ratio_total) })),
     r.removed_params !== undefined ? el("div", el("dt", { text: "Removed" }), el("dd", { text: `${fmtParams(r.removed_params)} params` })) : null,
     r.ratio_mlp !== undefined ? el("div", el("dt", { text: "Of the MLPs" }), el("dd", { text: fmtPct(r.ratio_mlp) })) : null,
+    r.heads_fraction ? el("div", el("dt", { text: "Heads removed" }), el("dd", { text: `${fmtPct(r.heads_fraction, 0)} of KV groups` })) : null,
     el("div", el("dt", { text: "Dense PPL" }), el("dd#dense-ppl", { text: fmtNum(d.ppl, 2) })),
     el("div", el("dt", { text: "Pruned PPL" }), el("dd#pruned-ppl", { text: fmtNum(q.ppl, 2) })),
     el("div", el("dt", { text: "Size" }), el("dd", { text: `${fmtBytes(d.size_bytes)} → ${fmtBytes(q.size_bytes)}` })),
@@ -117,7 +118,8 @@ function renderResults(root, id, job, ctx) {
     el("section.card", el("h2", { text: "Dense vs pruned" }), headline, compare),
     el("div.grid-2",
       el("section.card", el("h2", { text: "Perplexity" }), pplPlot),
-      el("section.card", el("h2", { text: "MLP width per layer" }), widthPlot)),
+      el("section.card", el("h2", { text: "MLP width per layer" }), widthPlot,
+        r.kv_heads ? el("p.muted.small#kv-heads", { text: `KV head groups kept per layer: ${r.kv_heads.join(", ")}` }) : null)),
     el("section.card", el("h2", { text: "Baselines" }), baselineTable),
     el("section.card", el("h2", { text: "Generations side by side" }), generations),
     el("section.card#downloads", el("h2", { text: "Downloads" }), downloads, analysisId ? el("h3", { text: `From analysis ${analysisId}` }) : null, analysisId ? analysisDownloads(analysisId) : null),
