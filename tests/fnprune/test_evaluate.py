@@ -89,10 +89,10 @@ def test_speed_and_generations():
 
 def test_evaluate_model_is_json_ready(tmp_path):
     model, tok = tiny_model("opt"), tokenizer()
-    result = evaluate_model(model, tok, documents(4), windows=(32, 16), batch_sizes=(1,), prompts=["Hi"],
+    result = evaluate_model(model, tok, documents(4), windows=(32, 16), with_speed=False, prompts=["Hi"],
                             model_dir=tmp_path)
     json.dumps(result)
-    assert set(result["perplexity"]) == {"32", "16"} and "speed" in result and "memory" in result
+    assert set(result["perplexity"]) == {"32", "16"} and "memory" in result and len(result["generations"]) == 1
 
 
 def test_lm_eval_absent_returns_none():
@@ -192,7 +192,7 @@ def tiny_run(tmp_path_factory):
     from fnprune.networks import analyze
 
     model, tok = load_model("tiny-llama", device="cpu")
-    fn = analyze(model, tok, documents(40), n_components=8, n_init=2, max_tokens=64, model_spec="tiny-llama",
+    fn = analyze(model, tok, documents(24), n_components=8, n_init=1, max_tokens=48, model_spec="tiny-llama",
                  corpus_spec="test", device="cpu")
     run_dir = tmp_path_factory.mktemp("run") / "run"
     fn.save(run_dir)
