@@ -88,12 +88,14 @@ def normalize_keep(keep, widths: Sequence[int], unit: str = "MLP neuron") -> lis
     shape, an out-of-range index or a layer left with no neuron.
     """
     n_layers = len(widths)
-    if isinstance(keep, (np.ndarray, torch.Tensor)) and keep.ndim == 2:
+    if isinstance(keep, (np.ndarray, torch.Tensor)) and keep.ndim == 2 and keep.dtype in (np.bool_, torch.bool):
         if tuple(keep.shape) != (n_layers, max(widths)) or len(set(widths)) != 1:
             raise ConfigError(f"keep mask has shape {tuple(keep.shape)}, the model needs "
                               f"({n_layers}, {widths[0]})" if len(set(widths)) == 1 else
                               f"keep mask has shape {tuple(keep.shape)}; the model's layers have different "
                               f"widths {list(widths)}: pass one array per layer")
+        keep = list(keep)
+    elif isinstance(keep, (np.ndarray, torch.Tensor)) and keep.ndim == 2:  # (n_layers, k) indices
         keep = list(keep)
     if not isinstance(keep, (list, tuple)) or len(keep) != n_layers:
         got = len(keep) if isinstance(keep, (list, tuple)) else type(keep).__name__

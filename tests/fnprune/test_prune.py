@@ -240,6 +240,10 @@ def test_stats_from_another_model_rejected():
 def test_normalize_keep_accepts_tensors():
     idx = normalize_keep([torch.tensor([2, 0]), torch.ones(3, dtype=torch.bool)], [3, 3])
     assert [i.tolist() for i in idx] == [[0, 2], [0, 1, 2]]
+    idx = normalize_keep(np.array([[2, 0], [1, 1]]), [3, 3])  # (n_layers, k) indices
+    assert [i.tolist() for i in idx] == [[0, 2], [1]]
+    with pytest.raises(ConfigError, match="shape"):
+        normalize_keep(torch.ones((2, 4), dtype=torch.bool), [3, 3])
 
 
 # -- attention heads ------------------------------------------------------------------------------
