@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--analysis needs --url")
     if args.url:
         return bench(args, args.url.rstrip("/"))
+    # SIGTERM (e.g. from `timeout`) must still stop the server this script started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with own_server() as url:
         return bench(args, url)
 
