@@ -55,6 +55,17 @@ export function jobProgress(kind, id, { onDone, onStatus, title } = {}) {
   );
   let finished = false;
   let lastStatus = null;
+  let lastJob = null;
+  // ETA of the stage when the server gives one; always the time the job has been running.
+  const tick = () => {
+    const job = lastJob;
+    if (!job) return;
+    const parts = [];
+    if (job.status === "running" && job.eta_s !== null && job.eta_s !== undefined) parts.push(`about ${fmtDuration(job.eta_s)} left in this stage`);
+    if (job.started_at && !TERMINAL.has(job.status)) parts.push(`running for ${fmtDuration((Date.now() - Date.parse(job.started_at)) / 1000)}`);
+    eta.textContent = parts.join(" · ");
+  };
+  const ticker = setInterval(tick, 1000);
   cancel.addEventListener("click", async () => {
     cancel.disabled = true;
     try {
@@ -74,7 +85,8 @@ export function jobProgress(kind, id, { onDone, onStatus, title } = {}) {
       track.setAttribute("aria-valuenow", String(Math.round(100 * p)));
       stage.textContent = job.status === "queued" ? stageName("queued") : stageName(job.stage);
       pct.textContent = fmtPct(p, 0);
-      eta.textContent = job.eta_s !== null && job.eta_s !== undefined && job.status === "running" ? `about ${fmtDuration(job.eta_s)} left` : "";
+      lastJob = job;
+      tick();
       message.textContent = job.message || "";
       status.replaceChildren(statusBadge(job.status));
       if (job.status !== lastStatus) {
@@ -98,7 +110,13 @@ export function jobProgress(kind, id, { onDone, onStatus, title } = {}) {
     },
     (err) => showError(err),
   );
-  return { node, stop };
+  return {
+    node,
+    stop: () => {
+      clearInterval(ticker);
+      stop();
+    },
+  };
 }
 
 export function analysisTabs(id, active, job) {
