@@ -14,6 +14,14 @@ CanICA treats neurons as voxels and tokens as time points: ``X`` is ``(n_tokens,
    (Hungarian, |correlation|) to one component of every other restart, the sign-aligned z-maps are
    averaged, and the mean matched |correlation| is its ``stability_``. A component found in every
    restart keeps its z-scale; an unstable one shrinks toward 0 and so protects fewer neurons.
+6. a seed-robust key score (``key_score_``). With a flat spectrum most of the ``k`` directions are
+   not identifiable: each restart rotates them differently, so a neuron's max |z| over them is an
+   accident of the seed (METHOD.md §1.6). The components that every restart finds (stability ≥
+   ``stable_threshold``) are kept as they are; for the rest we use the expectation of the max |z|
+   over a random rotation of their subspace, which is ``m(d) · r_j``: ``r_j`` the norm of neuron
+   ``j``'s loading in that ``d``-dimensional subspace (rotation-invariant: the whitened loading's
+   squared norm minus its squared stable z's) and ``m(d) = E max_i |g_i| / ||g||`` for Gaussian
+   ``g`` in ``d`` dimensions. ``key_score_ = max(max over stable maps |z|, m(d) · r)``.
 """
 
 from __future__ import annotations
@@ -95,10 +103,12 @@ def fastica(X: torch.Tensor, n_init: int = 1, *, max_iter: int = 300, tol: float
     W = _sym_decorrelation(W)
     n_iter = np.full(n_init, max_iter)
     active = torch.ones(n_init, dtype=torch.bool, device=X.device)
+    R = n_init
     for it in range(1, max_iter + 1):
-        S = torch.matmul(Xw, W.transpose(-1, -2))                  # (R, n, k)
-        W_new = torch.matmul((S ** 3).transpose(-1, -2), Xw) / n    # (R, k, k): E[g(wᵀx) x]
-        W_new -= 3.0 * (S ** 2).mean(1).unsqueeze(-1) * W           # - E[g'(wᵀx)] w
+        # all restarts in one GEMM: sources (n, R*k)
+        S = Xw @ W.reshape(R * k, k).T
+        W_new = ((S * S * S).T @ Xw).reshape(R, k, k) / n          # E[g(wᵀx) x], g(u) = u³
+        W_new -= 3.0 * (S * S).mean(0).reshape(R, k, 1) * W        # - E[g'(wᵀx)] w
         W_new = _sym_decorrelation(W_new)
         lim = (torch.diagonal(W_new @ W.transpose(-1, -2), dim1=-2, dim2=-1).abs() - 1).abs().amax(-1)
         W = torch.where(active[:, None, None], W_new, W)
@@ -110,7 +120,7 @@ def fastica(X: torch.Tensor, n_init: int = 1, *, max_iter: int = 300, tol: float
     if bool(active.any()):
         warnings.warn(f"FastICA: {int(active.sum())} of {n_init} restarts did not converge in {max_iter} "
                       "iterations; their maps are used as they are", RuntimeWarning, stacklevel=2)
-    return torch.matmul(Xw, W.transpose(-1, -2)), n_iter
+    return (Xw @ W.reshape(R * k, k).T).reshape(n, R, k).permute(1, 0, 2), n_iter
 
 
 def zscore_maps(maps: torch.Tensor) -> torch.Tensor:
@@ -118,6 +128,14 @@ def zscore_maps(maps: torch.Tensor) -> torch.Tensor:
     z = (maps - maps.mean(-1, keepdim=True)) / maps.std(-1, keepdim=True).clamp_min(1e-12)
     skew_sign = torch.sign((z ** 3).sum(-1, keepdim=True))
     return z * torch.where(skew_sign == 0, torch.ones_like(skew_sign), skew_sign)
+
+
+def expected_max_fraction(d: int, n_samples: int = 4000) -> float:
+    """``E[max_i |g_i| / ||g||]`` for ``g ~ N(0, I_d)`` (a constant, estimated with a fixed seed)."""
+    if d <= 0:
+        return 0.0
+    g = np.random.default_rng(12345).standard_normal((n_samples, d))
+    return float((np.abs(g).max(1) / np.linalg.norm(g, axis=1)).mean())
 
 
 def consensus(maps: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:
@@ -172,6 +190,9 @@ class CanICA:
     --------------------------
     components_ : (k, n_neurons) float32 consensus z-maps, ordered by decreasing stability·kurtosis
     stability_ : (k,) mean matched |correlation| across restarts (1.0 when ``n_init == 1``)
+    stable_ : (k,) bool, stability ≥ ``stable_threshold``
+    key_score_ : (n_neurons,) seed-robust key score (module docstring, step 6)
+    residual_score_ : (n_neurons,) its part from the unstable subspace, ``m(d) · r``
     explained_variance_ : (k,) variance of the standardised data along each subspace direction
     mean_, scale_ : (n_neurons,) standardisation
     n_iter_ : (n_init,) FastICA iterations per restart
@@ -182,8 +203,9 @@ class CanICA:
 
     def __init__(self, n_components: int = 128, *, n_init: int = 10, subspace: str = "auto",
                  max_iter: int = 300, tol: float = 1e-4, n_power_iter: int = 6, chunk_size: int = 4096,
-                 random_state: int = 0, device: str = "auto"):
+                 stable_threshold: float = 0.9, random_state: int = 0, device: str = "auto"):
         self.n_components = n_components
+        self.stable_threshold = stable_threshold
         self.n_init = n_init
         self.subspace = subspace
         self.max_iter = max_iter
@@ -336,6 +358,15 @@ class CanICA:
         order = np.lexsort((np.arange(len(kurtosis)), -(stability * kurtosis)))
         self.components_ = np.ascontiguousarray(components[order], dtype=np.float32)
         self.stability_ = stability[order].astype(np.float32)
+        # seed-robust key score (step 6)
+        energy = (maps.double() ** 2).sum(1).mean(0).cpu().numpy()          # (n,) rotation-invariant
+        self.stable_ = self.stability_ >= self.stable_threshold if self.n_init > 1 else np.ones(len(order), bool)
+        stable_maps = self.components_[self.stable_].astype(np.float64)
+        residual = np.sqrt(np.clip(energy - (stable_maps ** 2).sum(0), 0, None))
+        n_unstable = int((~self.stable_).sum())
+        self.residual_score_ = (expected_max_fraction(n_unstable) * residual).astype(np.float32)
+        stable_max = np.abs(stable_maps).max(0) if len(stable_maps) else np.zeros(residual.shape)
+        self.key_score_ = np.maximum(stable_max, self.residual_score_).astype(np.float32)
         report(progress, "ica", 1.0, "done")
         return self
 

@@ -10,6 +10,12 @@ Neuron scores (METHOD.md §1.5, §1.11): the score of neuron ``j`` of layer ``l`
 ``|z|`` over the selected components and over its signals (``act`` and ``up``); it is key when the
 score exceeds the threshold. With several runs a neuron key in any run is key (OR-union), since the
 score is a max over every run's components.
+
+Seed robustness: each decomposition ("unit": one layer of one run, or one run in whole-model mode)
+splits its components into *stable* ones (found by every FastICA restart) and the rest, whose
+rotation is an accident of the seed. When every unstable component of a unit is selected, their
+contribution to the score is the seed-free expectation ``residual`` computed by CanICA
+(``CanICA.residual_score_``) instead of their individual maps; see ``fnprune/ica.py`` step 6.
 """
 
 from __future__ import annotations
@@ -69,7 +75,8 @@ class FunctionalNetworks:
     """
 
     def __init__(self, *, maps, component_layer, component_index, component_run, stability,
-                 time_courses, token_text, token_doc, token_pos, documents, info, labels=None):
+                 time_courses, token_text, token_doc, token_pos, documents, info, labels=None,
+                 stable=None, component_unit=None, unit_residual=None):
         # maps are stored as float16; round here too so a loaded run gives the very same masks
         self.maps = np.asarray(maps, dtype=np.float16).astype(np.float32)
         self.component_layer = np.asarray(component_layer, dtype=np.int64)
@@ -84,6 +91,13 @@ class FunctionalNetworks:
         self.info = dict(info)
         self.labels = {int(k): v for k, v in (labels or {}).items()}
         self._absmax = np.abs(self.maps).max(axis=2)          # (n_comp, n_map_layers, width)
+        n = self.maps.shape[0]
+        self.stable = np.ones(n, bool) if stable is None else np.asarray(stable, dtype=bool)
+        self.component_unit = np.zeros(n, np.int64) if component_unit is None else np.asarray(component_unit, np.int64)
+        # (n_units, n_map_layers, width): seed-free expected max |z| over each unit's unstable components
+        self.unit_residual = (np.zeros((int(self.component_unit.max()) + 1,) + self._absmax.shape[1:], np.float32)
+                              if unit_residual is None else
+                              np.asarray(unit_residual, np.float16).astype(np.float32))
 
     # -- shape facts -----------------------------------------------------------------------------
     @property
@@ -141,13 +155,24 @@ class FunctionalNetworks:
     def neuron_scores(self, networks=None) -> np.ndarray:
         """``(n_layers, width)`` largest |z| of each neuron over the selected components and signals."""
         sel = self._selected(networks)
+        chosen = np.zeros(self.n_components, dtype=bool)
+        chosen[sel] = True
         scores = np.zeros((self.n_layers, self.width), dtype=np.float32)
-        if self.mode == "whole-model":
-            scores[self.layers] = self._absmax[sel].max(axis=0)
-            return scores
-        layer_of = self.component_layer[sel]
-        for layer in np.unique(layer_of):
-            scores[layer] = self._absmax[sel[layer_of == layer], 0].max(axis=0)
+        for unit in np.unique(self.component_unit[sel]):
+            in_unit = self.component_unit == unit
+            unstable = in_unit & ~self.stable
+            if unstable.any() and not (unstable & ~chosen).any():
+                # every unstable component chosen: their seed-free expectation replaces their maps
+                parts = [self.unit_residual[unit]]
+                use = in_unit & chosen & self.stable
+            else:
+                parts = []
+                use = in_unit & chosen
+            if use.any():
+                parts.append(self._absmax[use].max(axis=0))
+            unit_score = np.max(parts, axis=0)                      # (n_map_layers, width)
+            rows = self.layers if self.mode == "whole-model" else [int(self.component_layer[in_unit][0])]
+            scores[rows] = np.maximum(scores[rows], unit_score)
         return scores
 
     def _prunable(self, protected_layers) -> list[int]:
@@ -244,21 +269,33 @@ class FunctionalNetworks:
         }
 
     # -- per-component statistics ----------------------------------------------------------------
+    def genre_profiles(self) -> tuple[list[str], np.ndarray]:
+        """``(labels, (n_labels, n_components))``: mean z-scored time course per document label."""
+        if getattr(self, "_genres", None) is None:
+            doc_labels = [d.get("label") or "unlabelled" for d in self.documents]
+            names = sorted(set(doc_labels))
+            token_label = np.asarray([names.index(x) for x in doc_labels], dtype=np.int64)[self.token_doc]
+            onehot = np.zeros((len(names), len(token_label)), dtype=np.float32)
+            onehot[token_label, np.arange(len(token_label))] = 1.0
+            onehot /= onehot.sum(1, keepdims=True)
+            tc = self.time_courses
+            mean, std = tc.mean(0), tc.std(0) + 1e-12
+            self._genres = (names, (onehot @ tc - mean) / std)
+        return self._genres
+
     def _genre_profile(self, component: int) -> dict:
-        tc = self.time_courses[:, component]
-        tc = (tc - tc.mean()) / (tc.std() + 1e-12)
-        labels = np.asarray([d.get("label") or "unlabelled" for d in self.documents])[self.token_doc]
-        return {str(g): float(tc[labels == g].mean()) for g in sorted(set(labels.tolist()))}
+        names, profiles = self.genre_profiles()
+        return {g: float(v) for g, v in zip(names, profiles[:, component], strict=True)}
 
     def component_table(self, threshold: float | None = None) -> list[dict]:
         threshold = self.threshold if threshold is None else float(threshold)
         n_key = (self._absmax > threshold).sum(axis=(1, 2))
         peak = self._absmax.max(axis=(1, 2))
+        names, profiles = self.genre_profiles()
         rows = []
         for c in range(self.n_components):
-            profile = self._genre_profile(c)
-            values = np.asarray(list(profile.values()))
-            top = max(profile, key=profile.get) if profile else None
+            values = profiles[:, c]
+            top = names[int(values.argmax())] if len(names) else None
             layer = int(self.component_layer[c])
             if layer < 0:  # whole-model: the layer where it peaks
                 layer_pos = int(self._absmax[c].max(axis=1).argmax())
@@ -266,6 +303,7 @@ class FunctionalNetworks:
             rows.append({
                 "id": c, "layer": layer, "index": int(self.component_index[c]), "run": int(self.component_run[c]),
                 "n_key": int(n_key[c]), "peak_z": float(peak[c]), "stability": float(self.stability[c]),
+                "stable": bool(self.stable[c]),
                 "top_genre": top,
                 "genre_selectivity": float(values.max() - values.mean()) if values.size > 1 else 0.0,
                 "label": self.labels.get(c, "unknown"),
@@ -318,6 +356,8 @@ class FunctionalNetworks:
         partial = Path(tempfile.mkdtemp(prefix=run_dir.name + ".", suffix=".partial", dir=run_dir.parent))
         try:
             save_file({
+                "stable": self.stable.astype(np.uint8), "component_unit": self.component_unit,
+                "unit_residual": self.unit_residual.astype(np.float16),
                 "maps": self.maps.astype(np.float16), "component_layer": self.component_layer,
                 "component_index": self.component_index, "component_run": self.component_run,
                 "stability": self.stability, "time_courses": self.time_courses.astype(np.float16),
@@ -366,7 +406,8 @@ class FunctionalNetworks:
                    component_index=arrays["component_index"], component_run=arrays["component_run"],
                    stability=arrays["stability"], time_courses=arrays["time_courses"], token_text=tokens,
                    token_doc=arrays["token_doc"], token_pos=arrays["token_pos"], documents=documents,
-                   info=info, labels=labels)
+                   info=info, labels=labels, stable=arrays["stable"].astype(bool),
+                   component_unit=arrays["component_unit"], unit_residual=arrays["unit_residual"])
 
 
 def _check_ratio(target_ratio) -> None:
@@ -420,6 +461,7 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, 
                 raise ConfigError(f"run {r} has {rows.stop - rows.start} tokens, not more than n_components="
                                   f"{n_components}; use fewer runs or components, or more text")
         maps, layer_of, index_of, run_of, stability, time_courses = [], [], [], [], [], []
+        stable, unit_of, residuals = [], [], []
         units = [(r, l) for r in range(len(runs)) for l in store.layers] if mode == "per-layer" \
             else [(r, None) for r in range(len(runs))]
         for u, (r, layer) in enumerate(units):
@@ -430,18 +472,23 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, 
                 blocks = [store.layer_matrix(l) for l in store.layers]
                 ica.fit([b[rows] for b in blocks])
                 time_courses.append(ica.transform(blocks))
-                comp = ica.components_.reshape(n_components, len(store.layers), len(signals), store.width)
+                shape = (len(store.layers), len(signals), store.width)
+                comp = ica.components_.reshape(n_components, *shape)
                 layer_of.append(np.full(n_components, -1))
             else:
                 matrix = store.layer_matrix(layer)
                 ica.fit(matrix[rows])
                 time_courses.append(ica.transform(matrix))
-                comp = ica.components_.reshape(n_components, 1, len(signals), store.width)
+                shape = (1, len(signals), store.width)
+                comp = ica.components_.reshape(n_components, *shape)
                 layer_of.append(np.full(n_components, layer))
             maps.append(comp)
             index_of.append(np.arange(n_components))
             run_of.append(np.full(n_components, r))
             stability.append(ica.stability_)
+            stable.append(ica.stable_)
+            unit_of.append(np.full(n_components, u))
+            residuals.append(ica.residual_score_.reshape(shape).max(axis=1))
             report(progress, "ica", (u + 1) / len(units),
                    f"run {r + 1}/{len(runs)}" + ("" if layer is None else f", layer {layer}"))
         info = {
@@ -458,7 +505,8 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, 
             component_index=np.concatenate(index_of), component_run=np.concatenate(run_of),
             stability=np.concatenate(stability), time_courses=np.concatenate(time_courses, axis=1),
             token_text=store.token_text, token_doc=store.token_doc, token_pos=store.token_pos,
-            documents=store.documents, info=info)
+            documents=store.documents, info=info, stable=np.concatenate(stable),
+            component_unit=np.concatenate(unit_of), unit_residual=np.stack(residuals))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

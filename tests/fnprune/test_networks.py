@@ -34,7 +34,14 @@ def test_neuron_scores_and_selection(networks):
     scores = networks.neuron_scores()
     assert scores.shape == (4, 64)
     layer1 = [r["id"] for r in networks.component_table() if r["layer"] == 1]
-    np.testing.assert_allclose(scores[1], np.abs(networks.maps[layer1]).max(axis=(0, 1, 2)))
+    stable = [c for c in layer1 if networks.stable[c]]
+    unit = networks.component_unit[layer1[0]]
+    expected = networks.unit_residual[unit, 0]
+    if stable:
+        expected = np.maximum(expected, np.abs(networks.maps[stable]).max(axis=(0, 1, 2)))
+    if all(networks.stable[layer1]):
+        expected = np.abs(networks.maps[layer1]).max(axis=(0, 1, 2))
+    np.testing.assert_allclose(scores[1], expected)
     only = networks.neuron_scores(networks=[layer1[0]])
     assert (only[[0, 2, 3]] == 0).all()
     np.testing.assert_allclose(only[1], np.abs(networks.maps[layer1[0], 0]).max(0))
@@ -144,3 +151,15 @@ def test_same_seed_same_masks():
     b = analyze(model, tok, docs, n_components=4, max_tokens=64, n_init=2, random_state=7)
     np.testing.assert_array_equal(a.maps, b.maps)
     assert (a.key_mask(target_ratio=0.1) == b.key_mask(target_ratio=0.1)).all()
+
+
+def test_residual_replaces_unstable_maps_only_when_all_are_chosen(networks):
+    layer1 = [c for c in range(networks.n_components) if networks.component_layer[c] == 1]
+    unstable = [c for c in layer1 if not networks.stable[c]]
+    if not unstable:
+        pytest.skip("every component stable on this tiny model")
+    unit = networks.component_unit[unstable[0]]
+    np.testing.assert_allclose(networks.neuron_scores(unstable)[1], networks.unit_residual[unit, 0])
+    if len(unstable) > 1:  # a strict subset: the chosen maps themselves count
+        partial = networks.neuron_scores(unstable[:1])[1]
+        np.testing.assert_allclose(partial, np.abs(networks.maps[unstable[0], 0]).max(0))
