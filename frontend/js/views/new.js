@@ -83,7 +83,10 @@ export async function render(root, _params, ctx) {
       showNotice(`Corpus ${created.name} added.`);
     } catch (err) {
       uploadStatus.textContent = `Upload of ${file.name} failed.`;
-      showError(`Upload failed: ${err.message}`);
+      // "file: is empty" -> "notes.txt is empty"
+      let reason = err.message;
+      if (err.field && reason.startsWith(`${err.field}: `)) reason = reason.slice(err.field.length + 2);
+      showError(`Upload failed: ${/^(is|looks|has|contains|was) /.test(reason) ? `${file.name} ${reason}` : reason}`);
     } finally {
       upload.value = "";
     }
