@@ -153,7 +153,7 @@ def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | P
     if not layers or set(layers) - set(all_layers):
         raise ConfigError(f"layers must be a non-empty subset of 0..{len(adapters) - 1}, got {layers}")
     width = adapters[layers[0]].width
-    if any(adapters[l].width != width for l in layers):
+    if any(adapters[lyr].width != width for lyr in layers):
         raise ConfigError("captured layers have different MLP widths; capture them separately")
 
     token_ids = tokenize_documents(tokenizer, docs, max_tokens)
@@ -169,13 +169,13 @@ def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | P
     partial.mkdir(parents=True)
     itemsize = np.dtype(_DTYPES[dtype]).itemsize
     stores = {}  # (layer, signal) -> (file descriptor, offset of the data)
-    for l in layers:
+    for lyr in layers:
         for sig in signals:
-            path = partial / f"layer_{l:03d}_{sig}.npy"
+            path = partial / f"layer_{lyr:03d}_{sig}.npy"
             header = np.lib.format.open_memmap(path, mode="w+", dtype=_DTYPES[dtype], shape=(n_tokens, width))
             offset = header.offset
             del header
-            stores[(l, sig)] = (os.open(path, os.O_WRONLY), offset)
+            stores[(lyr, sig)] = (os.open(path, os.O_WRONLY), offset)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -200,8 +200,8 @@ def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | P
 
     handles = []
     try:
-        for l in layers:
-            handles += adapters[l].register_signal_hooks(signals, make_sink(l))
+        for lyr in layers:
+            handles += adapters[lyr].register_signal_hooks(signals, make_sink(lyr))
         row = 0
         n_batches = (len(docs) + batch_size - 1) // batch_size
         for b in range(n_batches):

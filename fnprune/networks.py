@@ -6,7 +6,7 @@ at once (whole-model mode), over ``n_runs`` disjoint batches of documents, and r
 model: component tables and details, neuron scores, key-neuron masks for a threshold or a target
 fraction of parameters removed, and projected per-layer widths.
 
-Neuron scores (METHOD.md §1.5, §1.11): the score of neuron ``j`` of layer ``l`` is the largest
+Neuron scores (METHOD.md §1.5, §1.11): the score of neuron ``j`` of layer ``lyr`` is the largest
 ``|z|`` over the selected components and over its signals (``act`` and ``up``); it is key when the
 score exceeds the threshold. With several runs a neuron key in any run is key (OR-union), since the
 score is a max over every run's components.
@@ -180,7 +180,7 @@ class FunctionalNetworks:
         for layer in protected:
             if not isinstance(layer, int | np.integer) or not 0 <= layer < self.n_layers:
                 raise ConfigError(f"protected_layers: {layer!r} is not a layer index in 0..{self.n_layers - 1}")
-        return [l for l in self.layers if l not in set(protected)]
+        return [lyr for lyr in self.layers if lyr not in set(protected)]
 
     def _params(self) -> tuple[np.ndarray, int, int]:
         model = self.info["model"]
@@ -193,13 +193,13 @@ class FunctionalNetworks:
         prunable = self._prunable(protected_layers)
         ppn, total, _ = self._params()
         goal = target_ratio * total
-        reachable = sum(int(ppn[l]) * self.width for l in prunable)
+        reachable = sum(int(ppn[lyr]) * self.width for lyr in prunable)
         if goal > reachable:
             raise ConfigError(f"target_ratio {target_ratio:g} is not reachable: removing every neuron outside the "
                               f"protected layers removes {reachable / total:.3f} of the parameters")
 
         def removed(t: float) -> int:
-            return sum(int(ppn[l]) * int((scores[l] <= t).sum()) for l in prunable)
+            return sum(int(ppn[lyr]) * int((scores[lyr] <= t).sum()) for lyr in prunable)
 
         lo, hi = -1.0, float(scores[prunable].max()) + 1.0
         for _ in range(80):
@@ -209,7 +209,7 @@ class FunctionalNetworks:
             else:
                 lo = mid
         # snap to the score that crosses the goal, so the threshold is a value users can reproduce
-        candidates = np.sort(np.concatenate([scores[l] for l in prunable]))
+        candidates = np.sort(np.concatenate([scores[lyr] for lyr in prunable]))
         idx = min(np.searchsorted(candidates, hi, side="right"), len(candidates)) - 1
         return float(candidates[max(idx, 0)])
 
@@ -228,22 +228,22 @@ class FunctionalNetworks:
         elif not np.isfinite(threshold) or threshold < 0:
             raise ConfigError(f"threshold must be a finite number ≥ 0, got {threshold!r}")
         keep = np.ones((self.n_layers, self.width), dtype=bool)
-        for l in prunable:
-            keep[l] = scores[l].astype(np.float64) > threshold
+        for lyr in prunable:
+            keep[lyr] = scores[lyr].astype(np.float64) > threshold
         if uniform and prunable:
             ppn, total, _ = self._params()
             if target_ratio is not None:
-                per_neuron = sum(int(ppn[l]) for l in prunable)
+                per_neuron = sum(int(ppn[lyr]) for lyr in prunable)
                 width = self.width - int(np.ceil(target_ratio * total / per_neuron))
             else:
-                width = int(round(np.mean([keep[l].sum() for l in prunable])))
+                width = int(round(np.mean([keep[lyr].sum() for lyr in prunable])))
             if width < 1:
                 raise ConfigError("uniform widths would remove every MLP neuron of the pruned layers; lower the ratio")
-            for l in prunable:
-                order = np.argsort(-scores[l], kind="stable")
-                keep[l] = False
-                keep[l, order[:width]] = True
-        empty = [l for l in prunable if not keep[l].any()]
+            for lyr in prunable:
+                order = np.argsort(-scores[lyr], kind="stable")
+                keep[lyr] = False
+                keep[lyr, order[:width]] = True
+        empty = [lyr for lyr in prunable if not keep[lyr].any()]
         if empty:
             raise ConfigError(f"this threshold/target would remove every MLP neuron of layer(s) {empty[:5]}; "
                               "lower the target, select networks in those layers or protect them")
@@ -462,14 +462,14 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, 
                                   f"{n_components}; use fewer runs or components, or more text")
         maps, layer_of, index_of, run_of, stability, time_courses = [], [], [], [], [], []
         stable, unit_of, residuals = [], [], []
-        units = [(r, l) for r in range(len(runs)) for l in store.layers] if mode == "per-layer" \
+        units = [(r, lyr) for r in range(len(runs)) for lyr in store.layers] if mode == "per-layer" \
             else [(r, None) for r in range(len(runs))]
         for u, (r, layer) in enumerate(units):
             rows = runs[r]
             seed = int(random_state) * 1_000_003 + r * 1009 + (0 if layer is None else layer)
             ica = CanICA(n_components, n_init=n_init, random_state=seed, device=device)
             if layer is None:
-                blocks = [store.layer_matrix(l) for l in store.layers]
+                blocks = [store.layer_matrix(lyr) for lyr in store.layers]
                 ica.fit([b[rows] for b in blocks])
                 time_courses.append(ica.transform(blocks))
                 shape = (len(store.layers), len(signals), store.width)
