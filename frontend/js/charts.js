@@ -158,7 +158,7 @@ export function drawMosaic(el, values, opts) {
     hoverongaps: false,
     xgap: 0,
     ygap: 0,
-    colorbar: { title: { text: valueLabel, side: "right" }, thickness: 14, len: 0.9 },
+    colorbar: { title: { text: valueLabel, side: "right" }, thickness: 14, len: 0.9, ...(opts.colorbar || {}) },
     hovertemplate: `%{customdata[0]} · neuron %{customdata[1]}<br>${valueLabel}: %{z:.2f}<extra></extra>`,
   };
   const layout = baseLayout({

@@ -69,6 +69,7 @@ async function renderOverview(root, id, ctx) {
       zmin: 0,
       zmax: vmax || 1,
       valueLabel: m === "density" ? "networks" : "max |z|",
+      colorbar: m === "density" && vmax <= 12 ? { dtick: 1, tick0: 0 } : {}, // counts: whole ticks
       title,
     });
   };
