@@ -93,7 +93,10 @@ class FunctionalNetworks:
         self._absmax = np.abs(self.maps).max(axis=2)          # (n_comp, n_map_layers, width)
         n = self.maps.shape[0]
         self.stable = np.ones(n, bool) if stable is None else np.asarray(stable, dtype=bool)
-        self.component_unit = np.zeros(n, np.int64) if component_unit is None else np.asarray(component_unit, np.int64)
+        if component_unit is None:  # one decomposition per (run, layer)
+            component_unit = np.unique(np.stack([self.component_run, self.component_layer]), axis=1,
+                                       return_inverse=True)[1].reshape(-1)
+        self.component_unit = np.asarray(component_unit, np.int64)
         # (n_units, n_map_layers, width): seed-free expected max |z| over each unit's unstable components
         self.unit_residual = (np.zeros((int(self.component_unit.max()) + 1,) + self._absmax.shape[1:], np.float32)
                               if unit_residual is None else
@@ -406,8 +409,10 @@ class FunctionalNetworks:
                    component_index=arrays["component_index"], component_run=arrays["component_run"],
                    stability=arrays["stability"], time_courses=arrays["time_courses"], token_text=tokens,
                    token_doc=arrays["token_doc"], token_pos=arrays["token_pos"], documents=documents,
-                   info=info, labels=labels, stable=arrays["stable"].astype(bool),
-                   component_unit=arrays["component_unit"], unit_residual=arrays["unit_residual"])
+                   info=info, labels=labels,
+                   # run dirs written before the seed-robust score lack these three: plain max |z| then
+                   stable=arrays["stable"].astype(bool) if "stable" in arrays else None,
+                   component_unit=arrays.get("component_unit"), unit_residual=arrays.get("unit_residual"))
 
 
 def _check_ratio(target_ratio) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
 import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .api.main import api_router
@@ -27,6 +29,11 @@ def plotly_js() -> Path | None:
         return None
     path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     return path if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=2)
+def _gzipped(path: str) -> bytes:
+    return gzip.compress(Path(path).read_bytes(), compresslevel=6)
 
 
 def create_app(settings: Settings | None = None, *, immediate: bool = False) -> FastAPI:
@@ -60,9 +67,13 @@ def create_app(settings: Settings | None = None, *, immediate: bool = False) -> 
     plotly_path = plotly_js()
     if plotly_path is not None:
         @app.get("/vendor/plotly.min.js", include_in_schema=False)
-        def plotly_bundle() -> FileResponse:
-            return FileResponse(plotly_path, media_type="text/javascript",
-                                headers={"Cache-Control": "public, max-age=86400"})
+        def plotly_bundle(request: Request) -> Response:
+            headers = {"Cache-Control": "public, max-age=86400", "Vary": "Accept-Encoding"}
+            if "gzip" in request.headers.get("accept-encoding", ""):
+                # compressed once per process; the gzip middleware leaves encoded responses alone
+                return Response(_gzipped(str(plotly_path)), media_type="text/javascript",
+                                headers={**headers, "Content-Encoding": "gzip"})
+            return FileResponse(plotly_path, media_type="text/javascript", headers=headers)
 
     if (FRONTEND_DIR / "index.html").is_file():
         # html=True serves index.html at / ; js/ and css/ by path.
