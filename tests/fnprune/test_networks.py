@@ -154,12 +154,20 @@ def test_same_seed_same_masks():
 
 
 def test_residual_replaces_unstable_maps_only_when_all_are_chosen(networks):
-    layer1 = [c for c in range(networks.n_components) if networks.component_layer[c] == 1]
-    unstable = [c for c in layer1 if not networks.stable[c]]
-    if not unstable:
-        pytest.skip("every component stable on this tiny model")
-    unit = networks.component_unit[unstable[0]]
-    np.testing.assert_allclose(networks.neuron_scores(unstable)[1], networks.unit_residual[unit, 0])
-    if len(unstable) > 1:  # a strict subset: the chosen maps themselves count
-        partial = networks.neuron_scores(unstable[:1])[1]
-        np.testing.assert_allclose(partial, np.abs(networks.maps[unstable[0], 0]).max(0))
+    import copy
+
+    fn = copy.copy(networks)
+    layer1 = [c for c in range(fn.n_components) if fn.component_layer[c] == 1]
+    fn.stable = networks.stable.copy()
+    fn.stable[layer1] = [True, True] + [False] * (len(layer1) - 2)
+    unit = fn.component_unit[layer1[0]]
+    fn.unit_residual = networks.unit_residual.copy()
+    fn.unit_residual[unit, 0] = np.linspace(0, 9, fn.width)
+    unstable, stable = layer1[2:], layer1[:2]
+    # all unstable chosen: the residual stands in for their maps
+    np.testing.assert_allclose(fn.neuron_scores(unstable)[1], fn.unit_residual[unit, 0])
+    # with the stable ones too: the max of both
+    np.testing.assert_allclose(fn.neuron_scores(layer1)[1], np.maximum(
+        fn.unit_residual[unit, 0], np.abs(fn.maps[stable, 0]).max(axis=(0, 1))))
+    # a strict subset of the unstable ones: their own maps count
+    np.testing.assert_allclose(fn.neuron_scores(unstable[:1])[1], np.abs(fn.maps[unstable[0], 0]).max(0))
