@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from fnprune.cli import main
@@ -49,3 +50,23 @@ def test_errors_are_one_line(run_dir, tmp_path, argv, message):
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
+
+
+@pytest.mark.slow
+def test_default_model_analyze_is_reproducible(tmp_path):
+    """The real default model on Brown (pydoc when the corpus is absent); same seed, same masks."""
+    from fnprune.corpus import brown_dir
+    from fnprune.networks import FunctionalNetworks
+
+    corpus = "brown" if (brown_dir() / "cats.txt").exists() else "pydoc"
+    args = ["analyze", "--model", "smollm2-135m", "--corpus", corpus, "--texts", "3", "--max-tokens", "96",
+            "--components", "12", "--n-init", "3", "--layers", "4,5", "--seed", "5"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    a, b = FunctionalNetworks.load(tmp_path / "a"), FunctionalNetworks.load(tmp_path / "b")
+    assert a.maps.shape == (24, 1, 2, 1536) and a.layers == [4, 5]
+    np.testing.assert_array_equal(a.maps, b.maps)
+    protected = [0, 1, 2, 3, 6] + list(range(7, 30))
+    mask_a = a.key_mask(target_ratio=0.02, protected_layers=protected)
+    assert (mask_a == b.key_mask(target_ratio=0.02, protected_layers=protected)).all()
+    assert mask_a[4:6].sum() < 2 * 1536 and mask_a[[0, 29]].all()
