@@ -67,7 +67,7 @@ class FunctionalNetworks:
     component_layer : (n_components,) layer of each component, -1 in whole-model mode
     component_index, component_run : index within its (layer, run) and its run
     stability : (n_components,) mean matched |corr| across FastICA restarts
-    time_courses : (n_tokens, n_components) float32
+    time_courses : (n_tokens, n_components) float16
     token_text, token_doc, token_pos : per recorded token
     documents : list of {"id", "label", "n_tokens"}
     info : model summary, analysis parameters, corpus
@@ -83,7 +83,7 @@ class FunctionalNetworks:
         self.component_index = np.asarray(component_index, dtype=np.int64)
         self.component_run = np.asarray(component_run, dtype=np.int64)
         self.stability = np.asarray(stability, dtype=np.float32)
-        self.time_courses = np.asarray(time_courses, dtype=np.float32)
+        self.time_courses = np.asarray(time_courses, dtype=np.float16)   # float16: 2 bytes per token x component
         self.token_text = list(token_text)
         self.token_doc = np.asarray(token_doc, dtype=np.int64)
         self.token_pos = np.asarray(token_pos, dtype=np.int64)
@@ -281,9 +281,11 @@ class FunctionalNetworks:
             onehot = np.zeros((len(names), len(token_label)), dtype=np.float32)
             onehot[token_label, np.arange(len(token_label))] = 1.0
             onehot /= onehot.sum(1, keepdims=True)
-            tc = self.time_courses
-            mean, std = tc.mean(0), tc.std(0) + 1e-12
-            self._genres = (names, (onehot @ tc - mean) / std)
+            profiles = np.zeros((len(names), self.n_components), dtype=np.float32)
+            for c0 in range(0, self.n_components, 256):  # float32 blocks: never the whole matrix at once
+                tc = self.time_courses[:, c0:c0 + 256].astype(np.float32)
+                profiles[:, c0:c0 + 256] = (onehot @ tc - tc.mean(0)) / (tc.std(0) + 1e-12)
+            self._genres = (names, profiles)
         return self._genres
 
     def _genre_profile(self, component: int) -> dict:
@@ -317,7 +319,7 @@ class FunctionalNetworks:
         if not 0 <= int(component) < self.n_components:
             raise ConfigError(f"component {component} does not exist (0..{self.n_components - 1})")
         c = int(component)
-        tc = self.time_courses[:, c]
+        tc = self.time_courses[:, c].astype(np.float32)
         top = np.argsort(-tc, kind="stable")[:n_top]
         top_tokens = []
         for i in top.tolist():
@@ -363,7 +365,7 @@ class FunctionalNetworks:
                 "unit_residual": self.unit_residual.astype(np.float16),
                 "maps": self.maps.astype(np.float16), "component_layer": self.component_layer,
                 "component_index": self.component_index, "component_run": self.component_run,
-                "stability": self.stability, "time_courses": self.time_courses.astype(np.float16),
+                "stability": self.stability, "time_courses": self.time_courses,
                 "token_doc": self.token_doc, "token_pos": self.token_pos,
             }, str(partial / "networks.safetensors"))
             (partial / "tokens.json").write_text(json.dumps(self.token_text))
@@ -476,14 +478,14 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, 
             if layer is None:
                 blocks = [store.layer_matrix(lyr) for lyr in store.layers]
                 ica.fit([b[rows] for b in blocks])
-                time_courses.append(ica.transform(blocks))
+                time_courses.append(ica.transform(blocks).astype(np.float16))
                 shape = (len(store.layers), len(signals), store.width)
                 comp = ica.components_.reshape(n_components, *shape)
                 layer_of.append(np.full(n_components, -1))
             else:
                 matrix = store.layer_matrix(layer)
                 ica.fit(matrix[rows])
-                time_courses.append(ica.transform(matrix))
+                time_courses.append(ica.transform(matrix).astype(np.float16))
                 shape = (1, len(signals), store.width)
                 comp = ica.components_.reshape(n_components, *shape)
                 layer_of.append(np.full(n_components, layer))
