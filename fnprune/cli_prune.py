@@ -180,6 +180,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      protected_layers=_int_list(args.protected, "--protected"),
                      n_calib=args.calib_docs, n_heldout=args.heldout_docs, max_tokens=args.max_tokens,
                      batch_size=args.batch_size, seed=args.seed, per_document=args.per_document,
+                     windows=tuple(_int_list(args.windows, "--windows") or (512, 128)),
                      progress=None if args.quiet else tqdm_progress())
     print((Path(args.out) / "report.md").read_text() if args.out else json.dumps(result, indent=2))
     return 0
@@ -238,6 +239,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--calib-docs", type=int, default=40)
     p.add_argument("--heldout-docs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--windows", default="512,128", help="perplexity window lengths (default 512,128)")
     p.add_argument("--per-document", action="store_true",
                    help="score each held-out document alone on its first 512 tokens (METHOD §2's table)")
     p.add_argument("--out", required=True, metavar="REPORT_DIR")
