@@ -112,9 +112,8 @@ lint: setup
 	@$(VENV)/bin/ruff check .
 
 bench: setup
-	@shopt -s nullglob; scripts=(bench/*.py); \
-	if [ $${#scripts[@]} -eq 0 ]; then echo "fnprune: no benchmark scripts in bench/ yet"; exit 0; fi; \
-	for s in "$${scripts[@]}"; do echo "==> $$s"; $(PY) "$$s" || exit $$?; done
+	@echo "==> benchmarks (about 1.5 h on 2 cores); results in bench/results, quoted in BENCHMARKS.md"
+	@bash bench/run_all.sh bench/results
 
 # ---------------------------------------------------------------------------------------------
 # clean

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+REGISTERED: str | None = None
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -58,10 +59,35 @@ def _api(url: str, path: str, token: str | None, body: dict | None = None):
         raise SystemExit(f"bench_frontend: {path}: HTTP {exc.code}: {detail}") from None
 
 
+def register_run(data_dir: Path, run_dir: Path) -> str:
+    """Enter an existing run directory as a succeeded analysis in ``data_dir``; returns its id."""
+    sys.path.insert(0, str(ROOT))
+    from backend.app.core.config import Settings
+    from backend.app.services.jobs import JobStore
+
+    settings = Settings(HOME=data_dir.parent, DATA_DIR=data_dir, DEVICE="cpu")
+    settings.ensure_dirs()
+    store = JobStore(settings.jobs_path)
+    job = store.create("analysis", {"model": "smollm2-135m", "corpus": "brown", "run_dir": str(run_dir)})
+    store.start(job["id"])
+    store.succeed(job["id"], {})
+    job_dir = settings.job_dir("analysis", job["id"])
+    job_dir.mkdir(parents=True)
+    (job_dir / "run").symlink_to(run_dir.resolve(), target_is_directory=True)
+    return job["id"]
+
+
 @contextmanager
-def own_server():
-    """``python -m backend.serve`` (API + worker) on a free port, data in a temporary directory."""
+def own_server(run_dir: Path | None = None):
+    """``python -m backend.serve`` (API + worker) on a free port, data in a temporary directory.
+
+    With ``run_dir``, that analysis is registered first; the server's ``analysis_id`` attribute is
+    set on the yielded URL string's owner via the module global ``REGISTERED``.
+    """
+    global REGISTERED
     with tempfile.TemporaryDirectory(prefix="fnprune-bench-") as home, socket.socket() as s:
+        if run_dir is not None:
+            REGISTERED = register_run(Path(home) / "data", run_dir)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()
@@ -185,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chromium", default=os.environ.get("FNPRUNE_CHROMIUM", "/usr/bin/chromium"))
     parser.add_argument("--timeout", type=float, default=300, help="seconds per step")
     parser.add_argument("--json", type=Path, help="also write the raw timings here")
+    parser.add_argument("--run-dir", type=Path, help="serve this saved run directory (fnprune analyze --out) "
+                        "as the analysis to time, on a server this script starts")
     args = parser.parse_args(argv)
 
     try:
@@ -198,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         return bench(args, args.url.rstrip("/"))
     # SIGTERM (e.g. from `timeout`) must still stop the server this script started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with own_server() as url:
+    with own_server(args.run_dir) as url:
+        if args.run_dir is not None:
+            args.analysis = REGISTERED
         return bench(args, url)
 
 

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every benchmark quoted in BENCHMARKS.md, in order (about 1.5 h on a 2-core CPU). Outputs in $OUT.
+# Needs the default model and the Brown corpus (make setup). Usage: bash bench/run_all.sh [OUT]
+set -euo pipefail
+OUT="${1:-bench/results}"
+mkdir -p "$OUT"
+PY="${PY:-.venv/bin/python}"
+FN="${FN:-.venv/bin/fnprune}"
+T="/usr/bin/time -v"
+command -v /usr/bin/time >/dev/null || T=""
+# 1. the whole analysis (capture + CanICA, paper settings), wall time and peak RSS
+$T "$FN" analyze --model smollm2-135m --corpus brown --texts 40 --max-tokens 512 --components 128 \
+    --mode per-layer --runs 1 --seed 0 --out "$OUT/run_seed0" 2>&1 | tail -30 > "$OUT/analyze.log"
+# 2. fnprune's CanICA vs the faithful algorithm on the same activations; seed stability
+"$PY" bench/capture_default.py "$OUT/acts40" > "$OUT/capture.log" 2>&1
+"$PY" bench/bench_canica.py "$OUT/acts40" --layers 5,10,15,20,25 --out "$OUT/canica.json" > "$OUT/canica.log" 2>&1
+# 3. pruning methods at three budgets
+$T "$FN" compare --model smollm2-135m --corpus brown --ratios 0.1,0.2,0.3 \
+    --methods fn,fn-bias,fn-flap,random,magnitude,wanda-sp,flap --run-dir "$OUT/run_seed0" \
+    --heldout-docs 10 --windows 512 --out "$OUT/compare" > "$OUT/compare.log" 2>&1
+# 4. the map endpoint and the browser on that analysis
+"$PY" bench/bench_api.py "$OUT/run_seed0" --json "$OUT/api.json" > "$OUT/api.log" 2>&1
+"$PY" bench/bench_frontend.py --run-dir "$OUT/run_seed0" --json "$OUT/frontend.json" > "$OUT/frontend.log" 2>&1
+echo "results in $OUT"
