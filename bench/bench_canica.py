@@ -9,7 +9,8 @@ one seed, maps z-scored, key = |z| > threshold in any component and either signa
 
 For each layer and method, two seeds give two key-neuron sets *at the same budget*: the number of
 neurons the faithful seed-0 run marks key at ``--threshold`` (so both methods are compared at the
-paper's own budget); each method's set is its top-N neurons by score. Reported: wall time per layer,
+paper's own budget); each method's set is its top-N neurons by score (fnprune: ``CanICA.key_score_``,
+what its masks use; also reported: the plain max |z| of the consensus maps). Reported: wall time per layer,
 the peak RSS of this process, and the Jaccard index between seeds, and between methods.
 """
 
@@ -92,17 +93,23 @@ def main() -> None:
                                                           set(np.flatnonzero(s1 > args.threshold))))
         else:
             budget = None
-        fn_scores, times = [], []
+        fn_scores, consensus_scores, n_stable, times = [], [], [], []
         for seed in seeds:
             t0 = time.perf_counter()
             ica = CanICA(args.components, n_init=n_init, random_state=seed).fit(X)
             times.append(time.perf_counter() - t0)
-            fn_scores.append(neuron_scores(ica.components_, store.width))
+            # what fnprune's masks use: stable maps' |z| and the seed-free expectation for the rest
+            fn_scores.append(ica.key_score_.reshape(-1, store.width).max(0))
+            consensus_scores.append(neuron_scores(ica.components_, store.width))
+            n_stable.append(int(ica.stable_.sum()))
         if budget is None:
             budget = int((fn_scores[0] > args.threshold).sum())
             row["budget"] = budget
         n0, n1 = top_set(fn_scores[0], budget), top_set(fn_scores[1], budget)
-        row.update(fnprune_s=float(np.mean(times)), fnprune_jaccard_seeds=jaccard(n0, n1), n_init=n_init)
+        row.update(fnprune_s=float(np.mean(times)), fnprune_jaccard_seeds=jaccard(n0, n1), n_init=n_init,
+                   consensus_maps_jaccard_seeds=jaccard(top_set(consensus_scores[0], budget),
+                                                        top_set(consensus_scores[1], budget)),
+                   n_stable_components=n_stable)
         if not args.skip_faithful:
             row["jaccard_fnprune_vs_faithful"] = jaccard(n0, f0)
         print(json.dumps(row), flush=True)
