@@ -115,6 +115,9 @@ class Labels(Strict):
 class PruningRequest(ThresholdChoice):
     analysis_id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-zA-Z_-]+$")
     protected_layers: list[int] | None = Field(default=None, max_length=1024)
+    # fn-flap (recommended): the networks' per-layer widths, FLAP's score inside each layer, bias
+    # compensation; fn: the paper's rule, keep every key neuron (|z| above the threshold)
+    method: Literal["fn-flap", "fn"] = "fn-flap"
     bias: bool = False
     uniform: bool = False
     # Attention: false = keep every head; a fraction in (0, 1) = remove that fraction of the KV groups

@@ -206,8 +206,11 @@ def test_cli_prune_end_to_end(tiny_run, tmp_path, monkeypatch):
     run_dir, fn = tiny_run
     monkeypatch.setattr(cli_prune, "_calibration", lambda corpus, n: (documents(20), documents(5)))
     parser = _parser()
-    for extra, stock in [([], True), (["--bias"], False), (["--method", "fn-flap", "--networks", "0,8,16,24"], False),
-                         (["--uniform"], True), (["--heads", "0.5", "--bias"], False)]:
+    # the default method is fn-flap (bias compensation, so per-layer modelling code); the paper's fn
+    # without bias gives a stock architecture
+    for extra, stock in [([], False), (["--method", "fn"], True), (["--method", "fn", "--bias"], False),
+                         (["--method", "fn-flap", "--networks", "0,8,16,24"], False),
+                         (["--method", "fn", "--uniform"], True), (["--heads", "0.5", "--bias"], False)]:
         out = tmp_path / ("m" + "".join(extra).replace("-", "").replace(",", ""))
         args = parser.parse_args(["prune", str(run_dir), "--target-ratio", "0.1", "--out", str(out), "--quiet",
                                   "--max-tokens", "64"] + extra)

@@ -53,7 +53,14 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     from fnprune.corpus import load_corpus, split_heldout
     from fnprune.models import load_model
     from fnprune.networks import FunctionalNetworks
-    from fnprune.prune import collect_down_input_stats, prune_baseline, prune_model, total_parameters
+    from fnprune.prune import (
+        collect_down_input_stats,
+        flap_scores,
+        keep_from_scores,
+        prune_baseline,
+        prune_model,
+        total_parameters,
+    )
     from fnprune.pruned_io import save_pruned
 
     req = PruningRequest(**params)
@@ -84,8 +91,10 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     calibration, heldout = calibration[: a_req.n_texts], heldout[: req.n_heldout]
     report(progress, "load", 1.0, f"{len(calibration)} calibration, {len(heldout)} held-out documents")
 
+    use_flap = req.method == "fn-flap"
+    bias = req.bias or use_flap
     stats = None
-    if req.bias or {"wanda-sp", "flap"} & set(req.baselines):
+    if bias or {"wanda-sp", "flap"} & set(req.baselines):
         stats = collect_down_input_stats(model, tokenizer, calibration, max_tokens=a_req.max_tokens,
                                          progress=_stage(progress, "calibrate"))
 
@@ -106,12 +115,23 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         report(progress, "prune", 0.0, "pruning attention heads")
         prune_heads(pruned, keep_heads, bias=att_stats if req.bias else None)
         kv_heads = [len(k) for k in keep_heads]
+    if use_flap:  # the networks' per-layer widths, FLAP's fluctuation score within each layer
+        import numpy as np
+
+        from fnprune.mlp import find_mlps
+
+        ppn = [a.params_per_neuron for a in find_mlps(model)]
+        chosen = keep_from_scores(flap_scores(model, stats), ppn, widths=plan["widths"])
+        keep = np.zeros_like(keep)
+        for layer, idx in enumerate(chosen):
+            keep[layer, np.asarray(idx, dtype=np.int64)] = True
     report(progress, "prune", 0.2, "pruning MLP neurons")
-    pruned = prune_model(pruned, keep, bias=stats if req.bias else None)
+    pruned = prune_model(pruned, keep, bias=stats if bias else None)
     report(progress, "prune", 0.5, "saving the pruned model")
     model_dir = save_pruned(pruned, tokenizer, job_dir / "model", info={
         "source_model": a_req.model, "analysis_id": req.analysis_id, "pruning_id": job_id, **choice,
-        "bias": req.bias, "threshold_used": plan.get("threshold"), "heads_fraction": req.heads_fraction},
+        "method": req.method, "bias": bias, "threshold_used": plan.get("threshold"),
+        "heads_fraction": req.heads_fraction},
         overwrite=True)
     _write_masks(job_dir / "masks.json", keep, {"analysis_id": req.analysis_id, "pruning_id": job_id, **plan})
     report(progress, "prune", 1.0, "saved")

@@ -183,6 +183,9 @@ export async function render(root, { id }, ctx) {
   }
 
   // ---- prune options and start ------------------------------------------------------------
+  const method = el("select#opt-method",
+    el("option", { value: "fn-flap", text: "fn-flap (recommended): the networks' per-layer widths, FLAP score within each layer, bias compensation" }),
+    el("option", { value: "fn", text: "fn (paper): keep every key neuron of the chosen networks" }));
   const bias = el("input#opt-bias", { type: "checkbox" });
   const heads = el("input#opt-heads", { type: "checkbox" });
   const headsFraction = el("input#opt-heads-fraction", { type: "number", min: "0.05", max: "0.95", step: "0.05", value: "0.25", disabled: true, "aria-label": "Fraction of KV head groups to remove" });
@@ -207,6 +210,7 @@ export async function render(root, { id }, ctx) {
       networks: body.networks,
       threshold: body.threshold,
       target_ratio: body.target_ratio,
+      method: method.value,
       bias: bias.checked,
       uniform: body.uniform,
       heads: heads.checked ? Number(headsFraction.value) : false,
@@ -228,6 +232,7 @@ export async function render(root, { id }, ctx) {
     "section.card",
     el("h2", { text: "Prune" }),
     el("div.options",
+      el("label", { for: "opt-method" }, "Method ", method),
       el("label.check", { for: "opt-bias" }, bias, " bias compensation ", el("span.muted.small", { text: "(fold the mean of removed neurons into the output bias)" })),
       el("div.inline-row", el("label.check", { for: "opt-heads" }, heads, " also prune attention heads: remove a fraction"), headsFraction, el("span.muted.small", { text: "of the KV head groups of each unprotected layer (LLaMA-style attention)" })),
       el("label.check", { for: "opt-evaluate" }, evaluate, " evaluate: perplexity, speed and generations of dense and pruned models ", el("span.muted.small", { text: "(slower)" }))),
