@@ -148,6 +148,16 @@ class MLPAdapter:
                 setattr(self.module, attr, keep.numel())
 
 
+def default_protected_layers(n_layers: int) -> list[int]:
+    """Layers kept whole by default: the paper's first three and last two (METHOD.md §1.7); models with
+    fewer than 8 layers keep the first and the last, fewer than 4 none."""
+    if n_layers >= 8:
+        return [0, 1, 2, n_layers - 2, n_layers - 1]
+    if n_layers >= 4:
+        return [0, n_layers - 1]
+    return []
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The model's list of decoder blocks, found as the longest ``nn.ModuleList`` of blocks."""
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)

@@ -33,22 +33,13 @@ from .capture import ActivationStore, capture_activations
 from .corpus import Document
 from .errors import ConfigError, RunDirError
 from .ica import CanICA
-from .mlp import mlp_summary
+from .mlp import default_protected_layers, mlp_summary
 from .progress import ProgressCallback, report
 
 MODES = ("per-layer", "whole-model")
 DEFAULT_THRESHOLD = 3.0
 DEFAULT_N_INIT = 10
 RUN_FORMAT = 1
-
-
-def default_protected_layers(n_layers: int) -> list[int]:
-    """The paper keeps layers 0, 1, 2 and the last two whole; small models keep the first and last."""
-    if n_layers >= 8:
-        return [0, 1, 2, n_layers - 2, n_layers - 1]
-    if n_layers >= 4:
-        return [0, n_layers - 1]
-    return []
 
 
 def neuron_grid(width: int) -> tuple[int, int]:

@@ -27,23 +27,13 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .mlp import MLPAdapter, _is_conv1d, find_mlps
+from .mlp import MLPAdapter, _is_conv1d, default_protected_layers, find_mlps
 from .progress import ProgressCallback, report
 
 BASELINES = ("random", "magnitude", "wanda-sp", "flap")
 
 
 # -- layers and budgets -------------------------------------------------------------------------
-def default_protected_layers(n_layers: int) -> list[int]:
-    """The paper's protected layers: the first three and the last two (METHOD §1.7); models with
-    fewer than 8 layers keep the first and the last, fewer than 4 none (as fnprune.networks does)."""
-    if n_layers >= 8:
-        return [0, 1, 2, n_layers - 2, n_layers - 1]
-    if n_layers >= 4:
-        return [0, n_layers - 1]
-    return []
-
-
 def resolve_layers(layers: Sequence[int] | None, n_layers: int) -> list[int] | None:
     """Layer indices with negatives counted from the end (``-1`` = last); None stays None."""
     if layers is None:
