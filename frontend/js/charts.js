@@ -38,6 +38,26 @@ export function divergingRgb(v, vmax) {
   return DIVERGING_RGB[DIVERGING_RGB.length - 1][1];
 }
 
+// Viridis stops (as Plotly's "Viridis"), for canvas drawings of sequential values.
+const VIRIDIS_RGB = [[0, "#440154"], [0.06, "#48186a"], [0.11, "#472d7b"], [0.17, "#424086"], [0.22, "#3b528b"],
+  [0.28, "#33638d"], [0.33, "#2c728e"], [0.39, "#26828e"], [0.44, "#21918c"], [0.5, "#1fa088"], [0.56, "#28ae80"],
+  [0.61, "#3fbc73"], [0.67, "#5ec962"], [0.72, "#84d44b"], [0.78, "#addc30"], [0.83, "#d8e219"], [0.89, "#fde725"],
+  [1, "#fde725"]].map(([p, c]) => [p, hexToRgb(c)]);
+
+/** RGB of viridis for value v in [0, vmax]. */
+export function sequentialRgb(v, vmax) {
+  const t = Math.min(1, Math.max(0, vmax > 0 ? v / vmax : 0));
+  for (let i = 1; i < VIRIDIS_RGB.length; i++) {
+    const [p1, c1] = VIRIDIS_RGB[i];
+    if (t <= p1) {
+      const [p0, c0] = VIRIDIS_RGB[i - 1];
+      const f = (t - p0) / (p1 - p0 || 1);
+      return [0, 1, 2].map((j) => Math.round(c0[j] + f * (c1[j] - c0[j])));
+    }
+  }
+  return VIRIDIS_RGB[VIRIDIS_RGB.length - 1][1];
+}
+
 let plotlyPromise = null;
 
 /** Resolves with window.Plotly once the async classic script has run; rejects in words if it failed. */
@@ -45,9 +65,17 @@ export function plotlyReady() {
   if (window.Plotly) return Promise.resolve(window.Plotly);
   if (!plotlyPromise) {
     plotlyPromise = new Promise((resolve, reject) => {
-      const script = document.getElementById("plotly-script");
+      let script = document.getElementById("plotly-script");
       const fail = () => reject(new Error("The chart library did not load (/vendor/plotly.min.js); charts cannot be drawn."));
-      if (!script || script.dataset.failed) return fail();
+      if (!script) {
+        script = document.createElement("script");
+        script.id = "plotly-script";
+        script.src = "/vendor/plotly.min.js";
+        script.async = true;
+        // load only after the current frame is painted, so what is already drawn shows first
+        requestAnimationFrame(() => setTimeout(() => document.head.append(script), 0));
+      }
+      if (script.dataset.failed) return fail();
       script.addEventListener("load", () => (window.Plotly ? resolve(window.Plotly) : fail()));
       script.addEventListener("error", fail);
     });
@@ -177,9 +205,9 @@ export function drawMosaic(el, values, opts) {
  * Draw a small mosaic on a <canvas>, one pixel per neuron (CSS scales it up, pixelated).
  * `values` (nSlices * width); below |threshold| is drawn faded; gaps grey.
  */
-export function drawMosaicCanvas(canvas, values, nSlices, width, grid, { vmax, threshold = 0 } = {}) {
+export function drawMosaicCanvas(canvas, values, nSlices, width, grid, { vmax, threshold = 0, rgbOf = divergingRgb, aspect = 1.4 } = {}) {
   const [rows, cols] = grid;
-  const nCols = mosaicColumns(nSlices, grid, 1.4);
+  const nCols = mosaicColumns(nSlices, grid, aspect);
   const nRows = Math.ceil(nSlices / nCols);
   const H = nRows * (rows + 1) - 1;
   const W = nCols * (cols + 1) - 1;
@@ -205,7 +233,7 @@ export function drawMosaicCanvas(canvas, values, nSlices, width, grid, { vmax, t
     for (let i = 0; i < width && i < rows * cols; i++) {
       const v = values[s * width + i];
       // Sub-threshold neurons are drawn faded (70 % white) so the key neurons stand out.
-      let rgb = divergingRgb(v, vmax);
+      let rgb = rgbOf(v, vmax);
       if (Math.abs(v) < threshold) rgb = rgb.map((c) => Math.round(c + (255 - c) * 0.7));
       const p = (y0 + Math.floor(i / cols)) * W + x0 + (i % cols);
       img.data[4 * p] = rgb[0];

@@ -1,7 +1,7 @@
 // Screen 2: the "digital brain" — one slice per layer, neurons on a fixed grid, coloured by
 // key-neuron density (how many networks a neuron is key in) or max |z| over all networks.
 import { api } from "../api.js";
-import { defaultGrid, drawMosaic, SEQUENTIAL } from "../charts.js";
+import { defaultGrid, drawMosaic, drawMosaicCanvas, SEQUENTIAL, sequentialRgb } from "../charts.js";
 import { decodeArray, decodeSparseMaps } from "../decode.js";
 import { el, fmtInt, fmtNum, showError } from "../dom.js";
 import { getMaps, getNetworks, getOverview } from "../store.js";
@@ -143,7 +143,22 @@ async function renderOverview(root, id, ctx) {
     el("section.card", el("h2", { text: "Which networks is a neuron in?" }), el("p.muted", { text: "Click a neuron in the mosaic, or type its layer and index." }), probeForm, probeResult),
     el("section.card", el("h2", { text: "Downloads" }), analysisDownloads(id)),
   );
-  await draw();
+  // plotly.js takes a second or two to compile in a cold browser: show the mosaic at once on a
+  // <canvas> (same layout and colours), then swap in the interactive Plotly chart when it is ready.
+  if (!window.Plotly) {
+    const preview = el("canvas.mosaic-preview#overview-preview", { role: "img", "aria-label": "Mosaic of all layers (loading the interactive chart)" });
+    let vmax = 1;
+    for (const v of density) vmax = Math.max(vmax, v);
+    drawMosaicCanvas(preview, density, nLayers, width, grid, { vmax, rgbOf: sequentialRgb, aspect: 3 });
+    plot.before(preview);
+    try {
+      await draw();
+    } finally {
+      preview.remove();
+    }
+  } else {
+    await draw();
+  }
   plot.on?.("plotly_click", (data) => {
     const cd = data?.points?.[0]?.customdata;
     if (cd) probe(Number(cd[2]), Number(cd[1]));
