@@ -97,20 +97,18 @@ def tiny_llama(seed: int = 0, n_layers: int = 4, width: int = 64):
 
 
 def _strip_quantization(model):
-    """Rebuild a GGUF-loaded model without its ``quantization_config`` so it can be saved."""
-    config = model.config
-    if getattr(config, "quantization_config", None) is None:
+    """Drop the GGUF ``quantization_config`` (the weights are already dequantized to float) so the
+    model can be saved. Done in place: rebuilding the model would hold two copies of the weights."""
+    if getattr(model.config, "quantization_config", None) is None and getattr(model, "hf_quantizer", None) is None:
         return model
-    from transformers import AutoModelForCausalLM
-
-    config_dict = config.to_dict()
-    config_dict.pop("quantization_config", None)
-    clean_config = type(config).from_dict(config_dict)
-    rebuilt = AutoModelForCausalLM.from_config(clean_config, dtype=model.dtype)
-    rebuilt.load_state_dict(model.state_dict(), strict=False)
-    if getattr(rebuilt.config, "tie_word_embeddings", False):
-        rebuilt.tie_weights()
-    return rebuilt.eval()
+    try:
+        del model.config.quantization_config
+    except AttributeError:
+        model.config.quantization_config = None
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    return model.eval()
 
 
 def _within(path: Path, allowed_dirs) -> bool:
