@@ -23,19 +23,23 @@ function hexToRgb(hex) {
 }
 const DIVERGING_RGB = DIVERGING.map(([p, c]) => [p, hexToRgb(c)]);
 
-/** RGB of the diverging map for value v in [-vmax, vmax]. */
-export function divergingRgb(v, vmax) {
-  let t = vmax > 0 ? 0.5 + v / (2 * vmax) : 0.5;
+/** RGB at position t in [0, 1] of a colour scale given as [position, rgb] stops. */
+function interpolateStops(stops, t) {
   t = Math.min(1, Math.max(0, t));
-  for (let i = 1; i < DIVERGING_RGB.length; i++) {
-    const [p1, c1] = DIVERGING_RGB[i];
+  for (let i = 1; i < stops.length; i++) {
+    const [p1, c1] = stops[i];
     if (t <= p1) {
-      const [p0, c0] = DIVERGING_RGB[i - 1];
+      const [p0, c0] = stops[i - 1];
       const f = (t - p0) / (p1 - p0 || 1);
       return [0, 1, 2].map((j) => Math.round(c0[j] + f * (c1[j] - c0[j])));
     }
   }
-  return DIVERGING_RGB[DIVERGING_RGB.length - 1][1];
+  return stops[stops.length - 1][1];
+}
+
+/** RGB of the diverging map for value v in [-vmax, vmax]. */
+export function divergingRgb(v, vmax) {
+  return interpolateStops(DIVERGING_RGB, vmax > 0 ? 0.5 + v / (2 * vmax) : 0.5);
 }
 
 // Viridis stops (as Plotly's "Viridis"), for canvas drawings of sequential values.
@@ -46,16 +50,7 @@ const VIRIDIS_RGB = [[0, "#440154"], [0.06, "#48186a"], [0.11, "#472d7b"], [0.17
 
 /** RGB of viridis for value v in [0, vmax]. */
 export function sequentialRgb(v, vmax) {
-  const t = Math.min(1, Math.max(0, vmax > 0 ? v / vmax : 0));
-  for (let i = 1; i < VIRIDIS_RGB.length; i++) {
-    const [p1, c1] = VIRIDIS_RGB[i];
-    if (t <= p1) {
-      const [p0, c0] = VIRIDIS_RGB[i - 1];
-      const f = (t - p0) / (p1 - p0 || 1);
-      return [0, 1, 2].map((j) => Math.round(c0[j] + f * (c1[j] - c0[j])));
-    }
-  }
-  return VIRIDIS_RGB[VIRIDIS_RGB.length - 1][1];
+  return interpolateStops(VIRIDIS_RGB, vmax > 0 ? v / vmax : 0);
 }
 
 let plotlyPromise = null;
