@@ -165,6 +165,18 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _forward_masked(model: nn.Module, sequences: list[list[int]], batch_size: int, state: dict, device,
+                    progress: ProgressCallback | None, stage: str) -> None:
+    """Run padded batches through ``model``; before each, ``state["mask"]`` is the flat (batch*seq,)
+    real-token mask the hooks read and ``state["n"]`` counts the real tokens so far."""
+    n_batches = math.ceil(len(sequences) / batch_size)
+    for b, (ids, mask) in enumerate(padded_batches(sequences, batch_size)):
+        state["mask"] = mask.reshape(-1).bool()
+        state["n"] += int(mask.sum())
+        model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        report(progress, stage, (b + 1) / n_batches, f"batch {b + 1}/{n_batches}")
+
+
 @torch.no_grad()
 def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int = 512, batch_size: int = 4,
                              progress: ProgressCallback | None = None) -> DownInputStats:
@@ -199,12 +211,7 @@ def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int 
     try:
         for adapter in adapters:
             handles += adapter.register_signal_hooks(("down_in",), sink_for(adapter.layer))
-        n_batches = math.ceil(len(sequences) / batch_size)
-        for b, (ids, mask) in enumerate(padded_batches(sequences, batch_size)):
-            state["mask"] = mask.reshape(-1).bool()
-            state["n"] += int(mask.sum())
-            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-            report(progress, "stats", (b + 1) / n_batches, f"batch {b + 1}/{n_batches}")
+        _forward_masked(model, sequences, batch_size, state, device, progress, "stats")
     finally:
         for h in handles:
             h.remove()
@@ -546,12 +553,7 @@ def collect_attention_stats(model: nn.Module, tokenizer, docs, max_tokens: int =
     handles = [a.module.o_proj.register_forward_pre_hook(hook_for(a.layer)) for a in attentions]
     device = model_device(model)
     try:
-        n_batches = math.ceil(len(sequences) / batch_size)
-        for b, (ids, mask) in enumerate(padded_batches(sequences, batch_size)):
-            state["mask"] = mask.reshape(-1).bool()
-            state["n"] += int(mask.sum())
-            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-            report(progress, "attention stats", (b + 1) / n_batches, f"batch {b + 1}/{n_batches}")
+        _forward_masked(model, sequences, batch_size, state, device, progress, "attention stats")
     finally:
         for h in handles:
             h.remove()
