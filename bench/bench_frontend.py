@@ -82,8 +82,8 @@ def register_run(data_dir: Path, run_dir: Path) -> str:
 def own_server(run_dir: Path | None = None):
     """``python -m backend.serve`` (API + worker) on a free port, data in a temporary directory.
 
-    With ``run_dir``, that analysis is registered first; the server's ``analysis_id`` attribute is
-    set on the yielded URL string's owner via the module global ``REGISTERED``.
+    With ``run_dir``, that run is registered first as a succeeded analysis; its id is left in the
+    module global ``REGISTERED``.
     """
     global REGISTERED
     with tempfile.TemporaryDirectory(prefix="fnprune-bench-") as home, socket.socket() as s:
