@@ -16,6 +16,7 @@ recorded: their massive activations would otherwise dominate every decomposition
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 
 from .corpus import Document
 from .errors import ConfigError, CorpusError, FnpruneError, RunDirError
-from .mlp import SIGNALS, find_mlps
+from .mlp import SIGNALS, backbone, find_mlps
 from .models import resolve_device
 from .progress import ProgressCallback, report
 
@@ -112,6 +113,16 @@ class LayerMatrix:
             return LayerMatrix(self.files, slice(self.rows.start + start, self.rows.start + max(start, stop)))
         return np.asarray(self)[key]
 
+    def to_tensor(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """These rows as a new ``dtype`` tensor, each file's rows converted straight into place."""
+        out = torch.empty(self.shape, dtype=dtype)
+        c0 = 0
+        for f in self.files:
+            part = np.array(np.load(f, mmap_mode="r")[self.rows])      # one contiguous read
+            out[:, c0:c0 + part.shape[1]] = torch.from_numpy(part)
+            c0 += part.shape[1]
+        return out
+
     def __array__(self, dtype=None, copy=None):
         parts = [np.load(f, mmap_mode="r")[self.rows] for f in self.files]
         out = np.hstack(parts)
@@ -125,6 +136,18 @@ def tokenize_documents(tokenizer, docs: list[Document], max_tokens: int) -> list
         ids = tokenizer(doc.text, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]
         out.append(list(ids))
     return out
+
+
+class _StopForward(Exception):
+    """Raised by a hook after the last captured layer: the rest of the forward pass is skipped."""
+
+
+def _pwrite_all(fd: int, block: np.ndarray, offset: int) -> None:
+    """Write a contiguous array at ``offset`` (no intermediate bytes copy; loops on short writes)."""
+    view = memoryview(block).cast("B")
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 @torch.inference_mode()
@@ -183,25 +206,36 @@ def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | P
     state: dict = {}
 
     def make_sink(layer: int):
-        def sink(signal: str, tensor: torch.Tensor) -> None:
+        def sink(signal: str, tensor: torch.Tensor, post=None) -> None:
             flat = tensor.reshape(-1, tensor.shape[-1])
-            values = flat.index_select(0, state["flat_idx"]).float()
-            if not torch.isfinite(values).all():
+            values = flat if state["dense"] else flat.index_select(0, state["flat_idx"])
+            if post is not None:
+                values = post(values)
+            lo, hi = (float(v) for v in torch.aminmax(values))     # NaN propagates; one pass, no copy
+            if not (math.isfinite(lo) and math.isfinite(hi)):
                 bad = int((~torch.isfinite(values)).sum())
                 raise FnpruneError(f"layer {layer} signal {signal}: {bad} non-finite activations (NaN/inf); "
                                    "the model produces them on this text (try float32 weights)")
-            if dtype == "float16":
-                values = values.clamp_(-_F16_MAX, _F16_MAX)
+            if dtype == "float16" and max(-lo, hi) > _F16_MAX:
+                values = values.clamp(-_F16_MAX, _F16_MAX)
+            block = values.to(torch.float16 if dtype == "float16" else torch.float32).cpu().contiguous().numpy()
             fd, offset = stores[(layer, signal)]
-            block = values.cpu().numpy().astype(_DTYPES[dtype], copy=False)
-            os.pwrite(fd, block.tobytes(), offset + state["row0"] * width * itemsize)
+            _pwrite_all(fd, block, offset + state["row0"] * width * itemsize)
 
         return sink
+
+    # stop the forward pass after the last captured layer (nothing later is needed)
+    last_layer = adapters[layers[-1]].module
+
+    def stop(module, inputs, output):
+        raise _StopForward
 
     handles = []
     try:
         for lyr in layers:
             handles += adapters[lyr].register_signal_hooks(signals, make_sink(lyr))
+        handles.append(last_layer.register_forward_hook(stop))
+        forward = backbone(model)
         row = 0
         n_batches = (len(docs) + batch_size - 1) // batch_size
         for b in range(n_batches):
@@ -217,9 +251,12 @@ def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | P
                 flat_idx += [i * seq + p for p in rec]
             n_rec = len(flat_idx)
             state.update(flat_idx=torch.tensor(flat_idx, dtype=torch.long, device=device),
-                         row0=row, row1=row + n_rec)
+                         dense=n_rec == len(batch_ids) * seq, row0=row, row1=row + n_rec)
             if n_rec:
-                model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
+                try:
+                    forward(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
+                except _StopForward:
+                    pass
             row += n_rec
             report(progress, "capture", (b + 1) / n_batches, f"{row}/{n_tokens} tokens")
     except BaseException:

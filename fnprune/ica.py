@@ -66,15 +66,13 @@ def _chunk(block: ArrayLike, r0: int, r1: int, device, dtype=torch.float32) -> t
     part = block[r0:r1]
     if isinstance(part, torch.Tensor):
         return part.to(device=device, dtype=dtype)
+    if hasattr(part, "to_tensor"):                  # a capture LayerMatrix: read and convert in one go
+        return part.to_tensor(dtype).to(device)
     return torch.from_numpy(np.array(part, copy=True)).to(device=device, dtype=dtype)
 
 
-def _top_eigh(M: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Largest ``k`` eigenpairs of a symmetric float64 matrix, descending: (values (k,), vectors (n, k)).
-
-    On CPU LAPACK's MRRR driver computes only the wanted pairs (several times faster than a full
-    decomposition for k << n); on CUDA the full ``torch.linalg.eigh``.
-    """
+def _top_eigh_exact(M: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest ``k`` eigenpairs by a dense solver (MRRR on CPU: only the wanted pairs)."""
     n = M.shape[0]
     if M.device.type == "cpu":
         import scipy.linalg
@@ -87,6 +85,41 @@ def _top_eigh(M: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return vals.flip(-1), vecs.flip(-1)
 
 
+def _top_eigh(M: torch.Tensor, k: int, *, random_state: int = 0, tol: float = 1e-3,
+              max_depth: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest ``k`` eigenpairs of a symmetric positive semi-definite matrix, descending.
+
+    Block Krylov with Rayleigh-Ritz (block ``b = k + k/4``, seeded start): the basis
+    ``[M Ω, M² Ω, ...]`` grows one block at a time until every Ritz pair has relative residual
+    ``‖M u − θ u‖ / θ ≤ tol`` (four or five blocks on the default model: principal angles to the
+    dense solver's eigenvectors below 1e-3 rad, for a third of its time). Small matrices, and a
+    basis that would grow past half of ``n``, use the dense solver.
+    """
+    n = M.shape[0]
+    b = k + max(16, k // 4)
+    if 4 * b > n:
+        return _top_eigh_exact(M, k)
+    gen = torch.Generator(device="cpu").manual_seed(int(random_state))
+    Y = torch.randn((n, b), generator=gen, dtype=M.dtype).to(M.device)
+    blocks = []
+    for depth in range(1, max_depth + 1):
+        Y, _ = torch.linalg.qr(M @ Y)
+        blocks.append(Y)
+        if depth < 3:
+            continue
+        if (depth + 1) * b > n // 2:
+            break
+        Q, _ = torch.linalg.qr(torch.cat(blocks, 1))
+        theta, V = torch.linalg.eigh(Q.T @ M @ Q)
+        theta, U = theta[-k:].flip(-1), (Q @ V[:, -k:]).flip(-1)
+        if float(theta[-1]) <= 0:
+            break
+        residual = torch.linalg.vector_norm(M @ U - U * theta, dim=0) / theta
+        if float(residual.max()) <= tol:
+            return theta, U
+    return _top_eigh_exact(M, k)
+
+
 # -- FastICA ---------------------------------------------------------------------------------------
 def _sym_decorrelation(W: torch.Tensor) -> torch.Tensor:
     """``(W Wᵀ)^(-1/2) W`` for a batch of square matrices ``(R, k, k)``."""
@@ -96,17 +129,23 @@ def _sym_decorrelation(W: torch.Tensor) -> torch.Tensor:
 
 
 def fastica(X: torch.Tensor, n_init: int = 1, *, max_iter: int = 300, tol: float = 1e-4,
-            random_state: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+            random_state: int = 0, warn: bool = True) -> tuple[torch.Tensor, np.ndarray]:
     """Symmetric FastICA with the ``cube`` nonlinearity, ``n_init`` seeded restarts run as a batch.
 
     Parameters
     ----------
-    X : (n_samples, n_features) tensor; whitened internally.
+    X : (n_samples, n_features) tensor; whitened internally (in its own dtype).
+    warn : warn when a restart stops at ``max_iter`` before converging
 
     Returns
     -------
     sources : (n_init, n_samples, n_features) tensor, unit variance per source
     n_iter : (n_init,) iterations each restart ran (``max_iter`` means not converged)
+
+    The products with the data run in float32 (twice as fast on CPU, with the sources laid out
+    ``(restarts * k, n)``, BLAS's fast layout); the unmixing matrices and their symmetric
+    decorrelation stay float64 (the FastICA update is a difference of nearly equal terms for
+    near-Gaussian directions, which float32 decorrelation can turn singular).
     """
     n, k = X.shape
     Xc = X - X.mean(0, keepdim=True)
@@ -116,21 +155,22 @@ def fastica(X: torch.Tensor, n_init: int = 1, *, max_iter: int = 300, tol: float
         raise ConfigError("FastICA input is rank-deficient: fewer independent directions than components "
                           "(lower n_components or add data)")
     Xw = Xc @ (E * d.rsqrt())  # (n, k), identity covariance
-    # The big products run in float32 (twice as fast on CPU); W and its decorrelation stay float64.
     Xw32 = Xw.float()
+    Xw32t = Xw32.T.contiguous()
     gen = torch.Generator(device="cpu").manual_seed(int(random_state))
-    W = torch.randn((n_init, k, k), generator=gen, dtype=torch.float64).to(X.device, X.dtype)
+    W = torch.randn((n_init, k, k), generator=gen, dtype=torch.float64).to(X.device)
     W = _sym_decorrelation(W)
     n_iter = np.full(n_init, max_iter)
     active = np.arange(n_init)                      # restarts still iterating
     for it in range(1, max_iter + 1):
         Wa = W[active]
         R = len(active)
-        # every active restart in one GEMM: sources (n, R*k)
-        S = Xw32 @ Wa.reshape(R * k, k).T.float()
-        W_new = ((S * S * S).T @ Xw32).reshape(R, k, k).double() / n          # E[g(wᵀx) x], g(u) = u³
-        W_new -= 3.0 * (S * S).mean(0).reshape(R, k, 1).double() * Wa        # - E[g'(wᵀx)] w
-        W_new = _sym_decorrelation(W_new)
+        # every active restart in one GEMM: sources, transposed (R*k, n) (the fast layout for BLAS)
+        St = Wa.reshape(R * k, k).float() @ Xw32t
+        S2 = St * St
+        g_prime = S2.mean(1).reshape(R, k, 1).double()                         # E[g'(wᵀx)] / 3
+        W_new = (S2.mul_(St) @ Xw32).reshape(R, k, k).double() / n             # E[g(wᵀx) x], g(u) = u³
+        W_new = _sym_decorrelation(W_new - 3.0 * g_prime * Wa)
         lim = (torch.diagonal(W_new @ Wa.transpose(-1, -2), dim1=-2, dim2=-1).abs() - 1).abs().amax(-1)
         W[active] = W_new
         done = (lim < tol).cpu().numpy()
@@ -138,7 +178,7 @@ def fastica(X: torch.Tensor, n_init: int = 1, *, max_iter: int = 300, tol: float
         active = active[~done]
         if len(active) == 0:
             break
-    if len(active):
+    if len(active) and warn:
         warnings.warn(f"FastICA: {len(active)} of {n_init} restarts did not converge in {max_iter} "
                       "iterations; their maps are used as they are", RuntimeWarning, stacklevel=2)
     R = n_init
@@ -202,7 +242,11 @@ class CanICA:
     n_components : number of spatial maps k
     n_init : FastICA restarts combined by consensus (1 = the paper's single run)
     subspace : "auto" | "covariance" | "gram" | "randomized"
-    max_iter, tol : FastICA stopping rule
+    max_iter, tol : FastICA stopping rule. ``max_iter=None``: 300 for a single run (the paper's), 50
+        per restart when ``n_init > 1``. In a flat spectrum the symmetric iteration never converges as
+        a whole: the components every restart finds converge within a few tens of iterations, the
+        rest keep rotating in their subspace, which step 6 replaces by a seed-free expectation
+        anyway (BENCHMARKS.md §2 measures 50 against 300).
     n_power_iter : power iterations of the randomized subspace
     chunk_size : rows streamed at a time
     random_state : seed of every random step
@@ -223,8 +267,8 @@ class CanICA:
 
     _SUBSPACES = ("auto", "covariance", "gram", "randomized")
 
-    def __init__(self, n_components: int = 128, *, n_init: int = 10, subspace: str = "auto",
-                 max_iter: int = 300, tol: float = 1e-4, n_power_iter: int = 6, chunk_size: int = 4096,
+    def __init__(self, n_components: int = 128, *, n_init: int = 8, subspace: str = "auto",
+                 max_iter: int | None = None, tol: float = 1e-4, n_power_iter: int = 6, chunk_size: int = 4096,
                  stable_threshold: float = 0.9, random_state: int = 0, device: str = "auto"):
         self.n_components = n_components
         self.stable_threshold = stable_threshold
@@ -244,6 +288,8 @@ class CanICA:
             raise ConfigError(f"n_components must be a positive integer, got {k!r}")
         if not isinstance(self.n_init, int | np.integer) or self.n_init < 1:
             raise ConfigError(f"n_init must be a positive integer, got {self.n_init!r}")
+        if self.max_iter is not None and (not isinstance(self.max_iter, int | np.integer) or self.max_iter < 1):
+            raise ConfigError(f"max_iter must be None or a positive integer, got {self.max_iter!r}")
         if self.subspace not in self._SUBSPACES:
             raise ConfigError(f"subspace must be one of {self._SUBSPACES}, got {self.subspace!r}")
         if data.n_rows < 3:
@@ -270,28 +316,76 @@ class CanICA:
                 mean[c0:c1] += x.sum(0)
                 sq[c0:c1] += (x * x).sum(0)
         mean /= n
-        var = (sq / n - mean * mean).clamp_min(0)
-        std = var.sqrt()
-        self.n_constant_ = int((std <= 1e-8 * (1 + mean.abs())).sum())
-        std[std <= 1e-8 * (1 + mean.abs())] = 1.0
-        self._mean_t, self._scale_t = mean, std
-        self.mean_, self.scale_ = mean.cpu().numpy(), std.cpu().numpy()
+        self._set_scale(mean, (sq / n - mean * mean).clamp_min(0))
 
     def _std_chunk(self, data: _Blocks, b: int, r0: int, r1: int, device) -> torch.Tensor:
         c0, c1 = data.offsets[b], data.offsets[b + 1]
         x = _chunk(data.blocks[b], r0, r1, device)
         return (x - self._mean_t[c0:c1].float()) / self._scale_t[c0:c1].float()
 
+    def _covariance_pass(self, data: _Blocks, device) -> torch.Tensor:
+        """One streamed pass: column means and scales (``mean_``, ``scale_``) and the correlation
+        matrix of the standardised data ``(n_cols, n_cols)`` float32, times ``n_tokens``.
+
+        Each float32 chunk is shifted by the first chunk's column means (so large means do not cancel
+        the variance) and its cross-product accumulated in float32 (column sums in float64); on CPU
+        the cross-product is a BLAS ``syrk`` updating the accumulator in place (half a GEMM's flops).
+        """
+        n, p = data.n_rows, data.n_cols
+        cpu = torch.device(device).type == "cpu"
+        # float32 accumulator; on CPU a Fortran-ordered array that ssyrk updates in place
+        C = np.zeros((p, p), np.float32, order="F") if cpu else torch.zeros((p, p), device=device)
+        sums = torch.zeros(p, dtype=torch.float64, device=device)
+        shift = None
+        for r0 in range(0, n, self.chunk_size):
+            r1 = min(n, r0 + self.chunk_size)
+            x = torch.cat([_chunk(b, r0, r1, device) for b in data.blocks], 1) if len(data.blocks) > 1 \
+                else _chunk(data.blocks[0], r0, r1, device)
+            if shift is None:
+                shift = x.mean(0)
+                shift[~torch.isfinite(shift)] = 0
+            x -= shift
+            col = x.sum(0)
+            if not bool(torch.isfinite(col).all()):     # NaN/inf anywhere in the chunk shows in its sums
+                bad = int((~torch.isfinite(x)).sum())
+                raise ConfigError(f"activations contain {bad} non-finite values (NaN/inf) in rows "
+                                  f"{r0}..{r1}; CanICA needs finite data")
+            sums += col.double()
+            if cpu:
+                from scipy.linalg.blas import ssyrk
+
+                C = ssyrk(1.0, x.numpy().T, beta=1.0, c=C, trans=0, lower=0, overwrite_c=1)
+            else:
+                C += x.T @ x
+        C = torch.from_numpy(C) if cpu else C.triu()
+        C += C.triu(1).T                                 # mirror the upper triangle into the lower
+        mean_y = sums / n
+        mean = shift.double() + mean_y
+        var = (torch.diagonal(C).double() / n - mean_y * mean_y).clamp_min(0)
+        self._set_scale(mean, var)
+        # correlation of the standardised data times n: (C - n m mᵀ) / (s sᵀ), in place
+        m = mean_y.float()
+        inv = (1.0 / self._scale_t).float()
+        C.addr_(m, m, alpha=-float(n))
+        C.mul_(inv[:, None]).mul_(inv[None, :])
+        return C
+
+    def _set_scale(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        std = var.sqrt()
+        constant = std <= 1e-8 * (1 + mean.abs())
+        self.n_constant_ = int(constant.sum())
+        std[constant] = 1.0
+        self._mean_t, self._scale_t = mean, std
+        self.mean_, self.scale_ = mean.cpu().numpy(), std.cpu().numpy()
+
     def _subspace_exact(self, data: _Blocks, device, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-        n, p, k = data.n_rows, data.n_cols, self.n_components
+        n, k = data.n_rows, self.n_components
         if method == "covariance":
-            C = torch.zeros((p, p), dtype=torch.float64, device=device)
-            for r0 in range(0, n, self.chunk_size):
-                r1 = min(n, r0 + self.chunk_size)
-                xs = torch.cat([self._std_chunk(data, b, r0, r1, device) for b in range(len(data.blocks))], 1)
-                C += (xs.T @ xs).double()
-            evals, evecs = _top_eigh(C, k)
-            return evecs, evals / n
+            C = self._covariance_pass(data, device)
+            # float32 eigenpairs: only the span of the top k matters downstream
+            evals, evecs = _top_eigh(C, k, random_state=self.random_state)
+            return evecs.double(), evals.double() / n
+        self._standardise(data, device)
         # gram: (n_tokens, n_tokens)
         G = torch.zeros((n, n), dtype=torch.float64, device=device)
         for b in range(len(data.blocks)):
@@ -305,7 +399,7 @@ class CanICA:
                     G[r0:r1, s0:s1] += block
                     if s0 != r0:
                         G[s0:s1, r0:r1] += block.T
-        lam, V = _top_eigh(G, k)
+        lam, V = _top_eigh(G, k, random_state=self.random_state)
         lam = lam.clamp_min(1e-12)
         U = self._xt_times(data, V, device) / lam.sqrt()
         return U, lam / n
@@ -361,18 +455,24 @@ class CanICA:
         data = _Blocks(X)
         self._validate(data)
         device = resolve_device(self.device)
-        report(progress, "ica", 0.0, "standardising")
-        self._standardise(data, device)
         self.subspace_ = self._choose_subspace(data)
-        report(progress, "ica", 0.1, f"{self.subspace_} subspace")
+        report(progress, "ica", 0.0, f"{self.subspace_} subspace")
         if self.subspace_ == "randomized":
+            self._standardise(data, device)
             U, explained = self._subspace_randomized(data, device, progress)
         else:
             U, explained = self._subspace_exact(data, device, self.subspace_)
         self.explained_variance_ = explained.float().cpu().numpy()
         report(progress, "ica", 0.7, f"FastICA x{self.n_init}")
-        sources, self.n_iter_ = fastica(U, self.n_init, max_iter=self.max_iter, tol=self.tol,
-                                        random_state=self.random_state)
+        self._decompose(U)
+        report(progress, "ica", 1.0, "done")
+        return self
+
+    def _decompose(self, U: torch.Tensor) -> None:
+        """Steps 3-6 on the subspace ``U (n_neurons, k)``: FastICA restarts, consensus, key score."""
+        max_iter = self.max_iter if self.max_iter is not None else (300 if self.n_init == 1 else 50)
+        sources, self.n_iter_ = fastica(U, self.n_init, max_iter=max_iter, tol=self.tol,
+                                        random_state=self.random_state, warn=self.n_init == 1)
         maps = zscore_maps(sources.transpose(-1, -2))    # (R, k, n)
         components, stability, self.reference_restart_ = consensus(maps)
         kurtosis = (components.astype(np.float64) ** 4).mean(1)
@@ -388,8 +488,6 @@ class CanICA:
         self.residual_score_ = (expected_max_fraction(n_unstable) * residual).astype(np.float32)
         stable_max = np.abs(stable_maps).max(0) if len(stable_maps) else np.zeros(residual.shape)
         self.key_score_ = np.maximum(stable_max, self.residual_score_).astype(np.float32)
-        report(progress, "ica", 1.0, "done")
-        return self
 
     def transform(self, X: ArrayLike | Sequence[ArrayLike]) -> np.ndarray:
         """Time courses ``(n_tokens, k)``: least-squares regression of the standardised data on the maps."""
@@ -401,4 +499,17 @@ class CanICA:
         device = resolve_device(self.device)
         M = torch.from_numpy(self.components_).to(device, torch.float64)          # (k, n)
         proj = torch.linalg.solve(M @ M.T, M).T                                    # (n, k) pseudo-inverse
-        return self._x_times(data, proj, device).float().cpu().numpy()
+        # ((X - mean) / scale) @ proj = X @ (proj / scale) - (mean / scale) @ proj: raw chunks only
+        scale = torch.from_numpy(self.scale_).to(device, torch.float64)
+        mean = torch.from_numpy(self.mean_).to(device, torch.float64)
+        P = (proj / scale[:, None]).float()
+        offset = ((mean / scale) @ proj).float()
+        out = torch.empty((data.n_rows, P.shape[1]), dtype=torch.float32, device=device)
+        for r0 in range(0, data.n_rows, self.chunk_size):
+            r1 = min(data.n_rows, r0 + self.chunk_size)
+            acc = offset.neg().expand(r1 - r0, -1).clone()
+            for b, block in enumerate(data.blocks):
+                c0, c1 = data.offsets[b], data.offsets[b + 1]
+                acc += _chunk(block, r0, r1, device) @ P[c0:c1]
+            out[r0:r1] = acc
+        return out.cpu().numpy()

@@ -90,8 +90,11 @@ class MLPAdapter:
 
     # -- signals ---------------------------------------------------------------------------
     def register_signal_hooks(self, signals: tuple[str, ...],
-                              sink: Callable[[str, torch.Tensor], None]) -> list:
-        """Register hooks that call ``sink(signal, tensor (batch, seq, I))`` on each forward.
+                              sink: Callable[[str, torch.Tensor, Callable | None], None]) -> list:
+        """Register hooks that call ``sink(signal, tensor (batch, seq, I), post)`` on each forward.
+
+        ``post`` is None or an element-wise function the sink must apply to the rows it keeps (the
+        gated MLP's activation on the gate projection, so padded rows are never activated).
 
         Returns the hook handles (call ``.remove()`` on each when done).
         """
@@ -101,18 +104,18 @@ class MLPAdapter:
         handles = []
         first = self.in_projs[0]
         if self.family == "gated":
-            if "act" in signals:
+            if "act" in signals:  # the sink applies act_fn to the rows it keeps only
                 handles.append(first.register_forward_hook(
-                    lambda m, i, o: sink("act", self.act_fn(o))))
+                    lambda m, i, o: sink("act", o, self.act_fn)))
             if "up" in signals:
-                handles.append(self.in_projs[1].register_forward_hook(lambda m, i, o: sink("up", o)))
+                handles.append(self.in_projs[1].register_forward_hook(lambda m, i, o: sink("up", o, None)))
         else:
             if "up" in signals:
-                handles.append(first.register_forward_hook(lambda m, i, o: sink("up", o)))
+                handles.append(first.register_forward_hook(lambda m, i, o: sink("up", o, None)))
             if "act" in signals:
-                handles.append(self.down.register_forward_pre_hook(lambda m, i: sink("act", i[0])))
+                handles.append(self.down.register_forward_pre_hook(lambda m, i: sink("act", i[0], None)))
         if "down_in" in signals:
-            handles.append(self.down.register_forward_pre_hook(lambda m, i: sink("down_in", i[0])))
+            handles.append(self.down.register_forward_pre_hook(lambda m, i: sink("down_in", i[0], None)))
         return handles
 
     # -- pruning ---------------------------------------------------------------------------
@@ -156,6 +159,16 @@ def default_protected_layers(n_layers: int) -> list[int]:
     if n_layers >= 4:
         return [0, n_layers - 1]
     return []
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The decoder stack without the language-model head (``model.base_model`` when there is one).
+
+    Capture and calibration passes run this: the MLP hooks fire the same, and the
+    ``(tokens, vocab)`` logits are neither computed nor held.
+    """
+    base = getattr(model, "base_model", None)
+    return base if isinstance(base, nn.Module) else model
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

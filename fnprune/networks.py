@@ -38,7 +38,7 @@ from .progress import ProgressCallback, report
 
 MODES = ("per-layer", "whole-model")
 DEFAULT_THRESHOLD = 3.0
-DEFAULT_N_INIT = 10
+DEFAULT_N_INIT = 8
 RUN_FORMAT = 1
 
 

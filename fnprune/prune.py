@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .mlp import MLPAdapter, _is_conv1d, default_protected_layers, find_mlps
+from .mlp import MLPAdapter, _is_conv1d, backbone, default_protected_layers, find_mlps
 from .progress import ProgressCallback, report
 
 BASELINES = ("random", "magnitude", "wanda-sp", "flap")
@@ -173,7 +173,7 @@ def _forward_masked(model: nn.Module, sequences: list[list[int]], batch_size: in
     for b, (ids, mask) in enumerate(padded_batches(sequences, batch_size)):
         state["mask"] = mask.reshape(-1).bool()
         state["n"] += int(mask.sum())
-        model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        backbone(model)(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         report(progress, stage, (b + 1) / n_batches, f"batch {b + 1}/{n_batches}")
 
 
@@ -197,7 +197,7 @@ def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int 
     state: dict = {"mask": None, "n": 0}
 
     def sink_for(layer: int):
-        def sink(signal: str, x: torch.Tensor) -> None:
+        def sink(signal: str, x: torch.Tensor, post=None) -> None:  # down_in: post is always None
             x = x.reshape(-1, x.shape[-1])  # (batch*seq, I)
             x = x[state["mask"].to(x.device)].double()  # (real tokens, I)
             sums[layer] += x.sum(0).cpu()

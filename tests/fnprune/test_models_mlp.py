@@ -47,7 +47,8 @@ def test_adapter_found_and_signals_match_manual_computation(name):
     handles = []
     for a in adapters:
         handles += a.register_signal_hooks(("act", "up", "down_in"),
-                                           lambda s, t, lyr=a.layer: got.__setitem__((lyr, s), t.reshape(-1, t.shape[-1])))
+                                           lambda s, t, post, lyr=a.layer: got.__setitem__(
+                                               (lyr, s), (post(t) if post else t).reshape(-1, t.shape[-1])))
     model(torch.arange(6).unsqueeze(0))
     for h in handles:
         h.remove()
