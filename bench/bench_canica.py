@@ -7,16 +7,19 @@ Faithful (METHOD.md §1.4): all activations of a layer in memory as float64, z-s
 U = top-k right singular vectors, scikit-learn FastICA (parallel, cube, tol 1e-4, max_iter 300) with
 one seed, maps z-scored, key = |z| > threshold in any component and either signal.
 
-For each layer and method, two seeds give two key-neuron sets *at the same budget*: the number of
-neurons the faithful seed-0 run marks key at ``--threshold`` (so both methods are compared at the
-paper's own budget); each method's set is its top-N neurons by score (fnprune: ``CanICA.key_score_``,
-what its masks use; also reported: the plain max |z| of the consensus maps). Reported: wall time per layer,
-the peak RSS of this process, and the Jaccard index between seeds, and between methods.
+For each layer and method, every seed gives a key-neuron set *at the same budget*: the number of
+neurons the faithful first-seed run marks key at ``--threshold`` (so both methods are compared at
+the paper's own budget); each method's set is its top-N neurons by score (fnprune:
+``CanICA.key_score_``, what its masks use; also reported: the plain max |z| of the consensus maps).
+Reported: wall time per layer, the peak RSS of this process, the Jaccard index over every pair of
+seeds (mean, min, the pair 0/1), between methods, and between fnprune's default restart budget
+and a thorough one (``--thorough``, 10 restarts x 300 iterations).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import time
@@ -60,62 +63,80 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / max(1, len(a | b))
 
 
+def pair_stats(sets: list[set]) -> dict:
+    """Jaccard over every pair of seeds: mean, min and the (0, 1) pair."""
+    js = [jaccard(a, b) for a, b in itertools.combinations(sets, 2)]
+    return {"mean": float(np.mean(js)), "min": float(np.min(js)), "pair01": js[0], "n_pairs": len(js)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("store")
     parser.add_argument("--layers", default="5,10,15,20,25")
     parser.add_argument("--components", type=int, default=128)
     parser.add_argument("--threshold", type=float, default=3.46)
-    parser.add_argument("--n-init", type=int, default=None)
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--n-init", type=int, default=None, help="fnprune restarts (default: CanICA's)")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="every pair of these seeds is compared")
+    parser.add_argument("--thorough", default="10x300",
+                        help="RESTARTSxITERATIONS of a thorough fnprune run to compare the default budget with "
+                             "(seeds 0 and 1); '' to skip")
     parser.add_argument("--skip-faithful", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    from fnprune.networks import DEFAULT_N_INIT
-
-    n_init = args.n_init or DEFAULT_N_INIT
+    n_init = args.n_init or CanICA().n_init
     store = ActivationStore.open(args.store)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if len(seeds) < 2:
+        parser.error("--seeds needs at least two seeds")
     results = []
     for layer in [int(x) for x in args.layers.split(",")]:
         X = store.layer_matrix(layer)
         row: dict = {"layer": layer}
+        budget = None
         if not args.skip_faithful:
             t0 = time.perf_counter()
-            maps0, U = faithful_maps(np.asarray(X), args.components, seeds[0])
+            maps, U = faithful_maps(np.asarray(X), args.components, seeds[0])
             row["faithful_s"] = time.perf_counter() - t0
-            maps1, _ = faithful_maps(None, args.components, seeds[1], U=U)
-            s0, s1 = neuron_scores(maps0, store.width), neuron_scores(maps1, store.width)
-            budget = int((s0 > args.threshold).sum())
-            f0, f1 = top_set(s0, budget), top_set(s1, budget)
-            row.update(budget=budget, faithful_jaccard_seeds=jaccard(f0, f1),
-                       faithful_jaccard_threshold=jaccard(set(np.flatnonzero(s0 > args.threshold)),
-                                                          set(np.flatnonzero(s1 > args.threshold))))
-        else:
-            budget = None
-        fn_scores, consensus_scores, n_stable, times = [], [], [], []
+            scores = [neuron_scores(maps, store.width)]
+            for seed in seeds[1:]:
+                scores.append(neuron_scores(faithful_maps(None, args.components, seed, U=U)[0], store.width))
+            budget = int((scores[0] > args.threshold).sum())
+            faithful_sets = [top_set(sc, budget) for sc in scores]
+            row.update(budget=budget, faithful_jaccard_seeds=pair_stats(faithful_sets))
+        fn_sets, consensus_scores, n_stable, times = [], [], [], []
         for seed in seeds:
             t0 = time.perf_counter()
             ica = CanICA(args.components, n_init=n_init, random_state=seed).fit(X)
             times.append(time.perf_counter() - t0)
             # what fnprune's masks use: stable maps' |z| and the seed-free expectation for the rest
-            fn_scores.append(ica.key_score_.reshape(-1, store.width).max(0))
+            score = ica.key_score_.reshape(-1, store.width).max(0)
+            if budget is None:
+                budget = int((score > args.threshold).sum())
+                row["budget"] = budget
+            fn_sets.append(top_set(score, budget))
             consensus_scores.append(neuron_scores(ica.components_, store.width))
             n_stable.append(int(ica.stable_.sum()))
-        if budget is None:
-            budget = int((fn_scores[0] > args.threshold).sum())
-            row["budget"] = budget
-        n0, n1 = top_set(fn_scores[0], budget), top_set(fn_scores[1], budget)
-        row.update(fnprune_s=float(np.mean(times)), fnprune_jaccard_seeds=jaccard(n0, n1), n_init=n_init,
-                   consensus_maps_jaccard_seeds=jaccard(top_set(consensus_scores[0], budget),
-                                                        top_set(consensus_scores[1], budget)),
+        row.update(fnprune_s=float(np.mean(times)), n_init=n_init, fnprune_jaccard_seeds=pair_stats(fn_sets),
+                   consensus_maps_jaccard_seeds=pair_stats([top_set(c, budget) for c in consensus_scores]),
                    n_stable_components=n_stable)
         if not args.skip_faithful:
-            row["jaccard_fnprune_vs_faithful"] = jaccard(n0, f0)
+            pairs = zip(fn_sets, faithful_sets, strict=True)     # same seed for both methods
+            row["jaccard_fnprune_vs_faithful"] = float(np.mean([jaccard(a, b) for a, b in pairs]))
+        if args.thorough:
+            restarts, iters = (int(v) for v in args.thorough.split("x"))
+            agree, stable_t = [], []
+            for i, seed in enumerate(seeds[:2]):
+                t0 = time.perf_counter()
+                ica = CanICA(args.components, n_init=restarts, max_iter=iters, random_state=seed).fit(X)
+                row.setdefault("thorough_s", []).append(time.perf_counter() - t0)
+                agree.append(jaccard(top_set(ica.key_score_.reshape(-1, store.width).max(0), budget), fn_sets[i]))
+                stable_t.append(int(ica.stable_.sum()))
+            row.update(thorough=args.thorough, jaccard_default_vs_thorough=float(np.mean(agree)),
+                       n_stable_thorough=stable_t)
         print(json.dumps(row), flush=True)
         results.append(row)
     summary = {"store": args.store, "n_tokens": store.n_tokens, "components": args.components,
-               "threshold": args.threshold, "layers": results,
+               "threshold": args.threshold, "seeds": seeds, "layers": results,
                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
     print(json.dumps({k: v for k, v in summary.items() if k != "layers"}))
     if args.out:

@@ -40,6 +40,67 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+# -- safetensors, streamed ------------------------------------------------------------------------
+_ST_DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.float64): "F64",
+              np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int16): "I16",
+              np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.bool_): "BOOL"}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+
+
+def write_safetensors(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` in the safetensors format, each array's bytes straight from its buffer.
+
+    ``safetensors.numpy.save_file`` first copies every array into a ``bytes`` object, which doubles
+    the peak memory of a run whose time courses are gigabytes; this writes the same format
+    (8-byte little-endian header size, JSON header padded to 8 bytes, contiguous data) without it.
+    """
+    header, offset, ordered = {}, 0, []
+    for name, array in arrays.items():
+        array = np.ascontiguousarray(array)
+        if array.dtype not in _ST_DTYPES:
+            raise ConfigError(f"safetensors: unsupported dtype {array.dtype} for {name!r}")
+        header[name] = {"dtype": _ST_DTYPES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+        ordered.append(array)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        for array in ordered:
+            if array.nbytes:
+                fh.write(memoryview(array.reshape(-1)).cast("B"))
+
+
+def read_safetensors(path: str | Path, mmap: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Read a safetensors file; the arrays named in ``mmap`` stay on disk as read-only memory maps."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        if size <= 0 or size > 100_000_000:
+            raise ValueError(f"{path}: not a safetensors file (header size {size})")
+        header = json.loads(fh.read(size))
+        start = 8 + size
+        out = {}
+        for name, spec in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = _ST_NAMES.get(spec["dtype"])
+            if dtype is None:
+                raise ValueError(f"{path}: unsupported dtype {spec['dtype']} for {name!r}")
+            lo, hi = spec["data_offsets"]
+            shape = tuple(spec["shape"])
+            if hi - lo != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+                raise ValueError(f"{path}: {name!r} has {hi - lo} bytes for shape {shape}")
+            if name in mmap and hi > lo:
+                out[name] = np.memmap(path, dtype=dtype, mode="r", offset=start + lo, shape=shape)
+            else:
+                fh.seek(start + lo)
+                out[name] = np.frombuffer(fh.read(hi - lo), dtype=dtype).reshape(shape).copy()
+    return out
+
+
 def _signed_neuron_maps(networks) -> np.ndarray:
     """(n_components, n_map_layers, width): per neuron the signal with the larger |z|, signed."""
     maps = networks.maps                                   # (c, m, s, w)

@@ -27,19 +27,19 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 
 from .capture import ActivationStore, capture_activations
 from .corpus import Document
 from .errors import ConfigError, RunDirError
 from .ica import CanICA
+from .io import read_safetensors, write_safetensors
 from .mlp import default_protected_layers, mlp_summary
 from .progress import ProgressCallback, report
 
 MODES = ("per-layer", "whole-model")
 DEFAULT_THRESHOLD = 3.0
 DEFAULT_N_INIT = 8
-RUN_FORMAT = 1
+RUN_FORMAT = 2  # 2: time courses stored (components, tokens) as time_courses_t
 
 
 def neuron_grid(width: int) -> tuple[int, int]:
@@ -351,14 +351,15 @@ class FunctionalNetworks:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=run_dir.name + ".", suffix=".partial", dir=run_dir.parent))
         try:
-            save_file({
+            write_safetensors(partial / "networks.safetensors", {
                 "stable": self.stable.astype(np.uint8), "component_unit": self.component_unit,
                 "unit_residual": self.unit_residual.astype(np.float16),
                 "maps": self.maps.astype(np.float16), "component_layer": self.component_layer,
                 "component_index": self.component_index, "component_run": self.component_run,
-                "stability": self.stability, "time_courses": self.time_courses,
+                # (components, tokens): one component's time course is contiguous on disk
+                "stability": self.stability, "time_courses_t": self.time_courses.T,
                 "token_doc": self.token_doc, "token_pos": self.token_pos,
-            }, str(partial / "networks.safetensors"))
+            })
             (partial / "tokens.json").write_text(json.dumps(self.token_text))
             (partial / "documents.json").write_text(json.dumps(self.documents))
             (partial / "labels.json").write_text(json.dumps({str(k): v for k, v in self.labels.items()}))
@@ -390,7 +391,8 @@ class FunctionalNetworks:
             raise RunDirError(f"{run_dir} is not an fnprune run directory (missing {', '.join(missing) or 'directory'})")
         try:
             info = json.loads((run_dir / "run.json").read_text())
-            arrays = load_file(str(run_dir / "networks.safetensors"))
+            # time courses (2 B x tokens x components, the one token-sized array) stay on disk
+            arrays = read_safetensors(run_dir / "networks.safetensors", mmap=("time_courses_t",))
             labels_file = run_dir / "labels.json"
             labels = json.loads(labels_file.read_text()) if labels_file.exists() else {}
             tokens = json.loads((run_dir / "tokens.json").read_text())
@@ -400,7 +402,8 @@ class FunctionalNetworks:
         info.pop("format", None)
         return cls(maps=arrays["maps"], component_layer=arrays["component_layer"],
                    component_index=arrays["component_index"], component_run=arrays["component_run"],
-                   stability=arrays["stability"], time_courses=arrays["time_courses"], token_text=tokens,
+                   stability=arrays["stability"], token_text=tokens,
+                   time_courses=arrays["time_courses_t"].T if "time_courses_t" in arrays else arrays["time_courses"],
                    token_doc=arrays["token_doc"], token_pos=arrays["token_pos"], documents=documents,
                    info=info, labels=labels,
                    # run dirs written before the seed-robust score lack these three: plain max |z| then
@@ -458,10 +461,12 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, 
             if rows.stop - rows.start <= n_components:
                 raise ConfigError(f"run {r} has {rows.stop - rows.start} tokens, not more than n_components="
                                   f"{n_components}; use fewer runs or components, or more text")
-        maps, layer_of, index_of, run_of, stability, time_courses = [], [], [], [], [], []
+        maps, layer_of, index_of, run_of, stability = [], [], [], [], []
         stable, unit_of, residuals = [], [], []
         units = [(r, lyr) for r in range(len(runs)) for lyr in store.layers] if mode == "per-layer" \
             else [(r, None) for r in range(len(runs))]
+        # the one token-sized result, filled in place; column-major so it is saved without a copy
+        time_courses = np.empty((store.n_tokens, len(units) * n_components), np.float16, order="F")
         for u, (r, layer) in enumerate(units):
             rows = runs[r]
             seed = int(random_state) * 1_000_003 + r * 1009 + (0 if layer is None else layer)
@@ -469,14 +474,14 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, 
             if layer is None:
                 blocks = [store.layer_matrix(lyr) for lyr in store.layers]
                 ica.fit([b[rows] for b in blocks])
-                time_courses.append(ica.transform(blocks).astype(np.float16))
+                time_courses[:, u * n_components:(u + 1) * n_components] = ica.transform(blocks)
                 shape = (len(store.layers), len(signals), store.width)
                 comp = ica.components_.reshape(n_components, *shape)
                 layer_of.append(np.full(n_components, -1))
             else:
                 matrix = store.layer_matrix(layer)
                 ica.fit(matrix[rows])
-                time_courses.append(ica.transform(matrix).astype(np.float16))
+                time_courses[:, u * n_components:(u + 1) * n_components] = ica.transform(matrix)
                 shape = (1, len(signals), store.width)
                 comp = ica.components_.reshape(n_components, *shape)
                 layer_of.append(np.full(n_components, layer))
@@ -501,7 +506,7 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, 
         return FunctionalNetworks(
             maps=np.concatenate(maps), component_layer=np.concatenate(layer_of),
             component_index=np.concatenate(index_of), component_run=np.concatenate(run_of),
-            stability=np.concatenate(stability), time_courses=np.concatenate(time_courses, axis=1),
+            stability=np.concatenate(stability), time_courses=time_courses,
             token_text=store.token_text, token_doc=store.token_doc, token_pos=store.token_pos,
             documents=store.documents, info=info, stable=np.concatenate(stable),
             component_unit=np.concatenate(unit_of), unit_residual=np.stack(residuals))

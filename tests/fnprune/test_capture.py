@@ -90,3 +90,11 @@ def test_bad_inputs_leave_nothing_behind(tiny, tmp_path):
     with pytest.raises(FnpruneError, match="non-finite"):
         capture_activations(broken, tok, DOCS, tmp_path / "e")
     assert not list(tmp_path.iterdir())
+
+
+def test_capturing_a_layer_subset_gives_the_same_values(tiny, tmp_path):
+    # the forward pass stops after the last captured layer; what it recorded must not change
+    model, tok = tiny
+    full = capture_activations(model, tok, DOCS, tmp_path / "all", dtype="float32")
+    part = capture_activations(model, tok, DOCS, tmp_path / "part", dtype="float32", layers=[1])
+    np.testing.assert_array_equal(np.asarray(part.layer_matrix(1)), np.asarray(full.layer_matrix(1)))

@@ -88,3 +88,49 @@ def test_fastica_rank_deficient_input_is_an_error():
     U = torch.cat([U, U[:, :1]], 1)  # 4 features, rank 3
     with pytest.raises(ConfigError, match="rank-deficient"):
         fastica(U)
+
+
+def test_covariance_pass_matches_float64_correlation_despite_large_means():
+    from fnprune.ica import _Blocks
+
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((3000, 40)) @ rng.standard_normal((40, 40)) + 1e3).astype(np.float32)
+    X[:, 5] = 7.0  # a constant column
+    ica = CanICA(4, chunk_size=512)
+    C = ica._covariance_pass(_Blocks(X), "cpu").numpy() / len(X)
+    Xd = X.astype(np.float64)
+    std = Xd.std(0)
+    std[5] = 1.0
+    Z = (Xd - Xd.mean(0)) / std
+    np.testing.assert_allclose(C, Z.T @ Z / len(X), atol=2e-4)
+    np.testing.assert_allclose(ica.mean_, Xd.mean(0), rtol=1e-6)
+    assert ica.n_constant_ == 1 and ica.scale_[5] == 1.0
+
+
+@pytest.mark.parametrize("n", [100, 600])  # 100: dense solver; 600: block Krylov
+def test_top_eigenpairs_match_the_dense_solver(n):
+    import torch
+
+    from fnprune.ica import _top_eigh, _top_eigh_exact
+
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((2 * n, n)) * np.linspace(3, 0.5, n)   # a slowly decaying spectrum
+    M = torch.from_numpy((A.T @ A).astype(np.float32))
+    vals, vecs = _top_eigh(M, 20, random_state=0)
+    ref_vals, ref_vecs = _top_eigh_exact(M, 20)
+    assert vecs.shape == (n, 20) and (vals[:-1] >= vals[1:]).all()
+    np.testing.assert_allclose(vals.numpy(), ref_vals.numpy(), rtol=1e-3)
+    # same subspace: every principal angle cosine ~1
+    cosines = torch.linalg.svdvals(ref_vecs.T.double() @ vecs.double())
+    assert float(cosines.min()) > 0.999
+
+
+def test_restart_budget_and_its_validation():
+    X, maps, _ = mixture()
+    single = CanICA(4, n_init=1, random_state=0).fit(X)
+    assert single.n_iter_.max() < 300          # a clean mixture converges well inside the paper's budget
+    budgeted = CanICA(4, n_init=3, random_state=0).fit(X)
+    assert budgeted.n_iter_.max() <= 50
+    assert best_match(budgeted.components_, maps).min() > 0.9
+    with pytest.raises(ConfigError, match="max_iter"):
+        CanICA(4, max_iter=0).fit(X)

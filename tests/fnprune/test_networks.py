@@ -99,6 +99,8 @@ def test_save_load_roundtrip_gives_identical_masks(networks, tmp_path):
     loaded = FunctionalNetworks.load(tmp_path / "run")
     assert loaded.labels == {3: "noise", 4: "signal"}
     assert (loaded.key_mask(target_ratio=0.1) == networks.key_mask(target_ratio=0.1)).all()
+    np.testing.assert_array_equal(loaded.time_courses, networks.time_courses)
+    assert isinstance(loaded.time_courses.base, np.memmap)   # the token-sized array stays on disk
     assert not list(tmp_path.glob("*.partial"))
     with pytest.raises(RunDirError, match="not an fnprune run directory"):
         FunctionalNetworks.load(tmp_path)
@@ -171,3 +173,23 @@ def test_residual_replaces_unstable_maps_only_when_all_are_chosen(networks):
         fn.unit_residual[unit, 0], np.abs(fn.maps[stable, 0]).max(axis=(0, 1))))
     # a strict subset of the unstable ones: their own maps count
     np.testing.assert_allclose(fn.neuron_scores(unstable[:1])[1], np.abs(fn.maps[unstable[0], 0]).max(0))
+
+
+def test_safetensors_writer_and_reader_speak_the_library_format(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from fnprune.io import read_safetensors, write_safetensors
+
+    arrays = {"a": np.arange(12, dtype=np.float16).reshape(3, 4), "b": np.array([1, -2], np.int64),
+              "c": np.zeros((0, 3), np.float32), "f": np.asfortranarray(np.ones((5, 2), np.float32)),
+              "u": np.array([1, 0, 1], np.uint8)}
+    write_safetensors(tmp_path / "ours.safetensors", arrays)
+    theirs = load_file(str(tmp_path / "ours.safetensors"))
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(theirs[name], value)
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp_path / "lib.safetensors"))
+    back = read_safetensors(tmp_path / "lib.safetensors", mmap=("a",))
+    assert isinstance(back["a"], np.memmap)
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(back[name], value)
+        assert back[name].dtype == value.dtype
