@@ -21,4 +21,8 @@ $T "$FN" compare --model smollm2-135m --corpus brown --ratios 0.1,0.2,0.3 \
 # 4. the map endpoint and the browser on that analysis
 "$PY" bench/bench_api.py "$OUT/run_seed0" --json "$OUT/api.json" > "$OUT/api.log" 2>&1
 "$PY" bench/bench_frontend.py --run-dir "$OUT/run_seed0" --json "$OUT/frontend.json" > "$OUT/frontend.log" 2>&1
+# 5. on a machine with a GPU: every CUDA path (capture, CanICA, whole-model, pruning), checked against the CPU
+if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    "$PY" bench/gpu_check.py --out "$OUT/gpu_check.json" > "$OUT/gpu_check.log" 2>&1
+fi
 echo "results in $OUT"

@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--components", type=int, default=128)
     p.add_argument("--mode", choices=["per-layer", "whole-model"], default="per-layer")
     p.add_argument("--runs", type=int, default=1, help="disjoint batches of documents (masks OR-ed)")
-    p.add_argument("--n-init", type=int, default=None, help="FastICA restarts per decomposition (consensus)")
+    p.add_argument("--n-init", type=int, default=None, help="FastICA restarts per decomposition, combined by consensus (default 8; 1 = the paper's single run)")
     p.add_argument("--layers", default=None, help="comma-separated layers to analyse (default all)")
     p.add_argument("--threshold", type=float, default=3.0, help="default |z| threshold for display")
     p.add_argument("--seed", type=int, default=0)
