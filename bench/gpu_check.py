@@ -40,19 +40,22 @@ def jaccard(a: set, b: set) -> float:
 
 
 class StageClock:
-    """Progress callback that records when each stage is first and last seen."""
+    """Progress callback that times the stages: each lasts from the previous stage's last report
+    (or the clock's creation) to its own last report."""
 
     def __init__(self):
-        self.first: dict[str, float] = {}
-        self.last: dict[str, float] = {}
+        self.start = time.perf_counter()
+        self.last: dict[str, float] = {}              # insertion order = order of the stages
 
     def __call__(self, stage: str, fraction: float, message: str = "") -> None:
-        now = time.perf_counter()
-        self.first.setdefault(stage, now)
-        self.last[stage] = now
+        self.last[stage] = time.perf_counter()
 
     def seconds(self) -> dict[str, float]:
-        return {s: round(self.last[s] - self.first[s], 2) for s in self.first}
+        out, previous = {}, self.start
+        for stage, end in self.last.items():
+            out[stage] = round(end - previous, 2)
+            previous = end
+        return out
 
 
 def main() -> int:
@@ -63,6 +66,7 @@ def main() -> int:
     parser.add_argument("--check-layers", default="5,15,25", help="layers whose CanICA runs on both devices")
     parser.add_argument("--min-jaccard", type=float, default=0.8,
                         help="GPU-vs-CPU key-neuron agreement below this fails the check")
+    parser.add_argument("--heldout-docs", type=int, default=5, help="held-out documents for the perplexity check")
     parser.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no GPU (smoke test)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -142,8 +146,8 @@ def main() -> int:
         failures.append(f"fnprune prune exited {rc}")
     else:
         pruned, ptok = load_pruned(work / "pruned", device=device)
-        dense_ppl = perplexity(model, tok, heldout[:5], window=512)["ppl"]
-        pruned_ppl = perplexity(pruned, ptok, heldout[:5], window=512)["ppl"]
+        dense_ppl = perplexity(model, tok, heldout[:args.heldout_docs], window=512)["ppl"]
+        pruned_ppl = perplexity(pruned, ptok, heldout[:args.heldout_docs], window=512)["ppl"]
         result["prune"].update(device=str(next(pruned.parameters()).device), dense_ppl=round(dense_ppl, 2),
                                pruned_ppl=round(pruned_ppl, 2))
         if not (np.isfinite(pruned_ppl) and pruned_ppl < 10 * dense_ppl):

@@ -19,7 +19,7 @@ def test_gpu_check_runs_on_cpu_as_a_smoke_test(tmp_path):
         pytest.skip("needs the Brown corpus (make setup)")
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--allow-cpu", "--texts", "4",
-                           "--max-tokens", "128", "--components", "16", "--check-layers", "5",
+                           "--max-tokens", "128", "--components", "16", "--check-layers", "5", "--heldout-docs", "1",
                            "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
