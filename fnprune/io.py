@@ -73,8 +73,9 @@ def write_safetensors(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
                 fh.write(memoryview(array.reshape(-1)).cast("B"))
 
 
-def read_safetensors(path: str | Path, mmap: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Read a safetensors file; the arrays named in ``mmap`` stay on disk as read-only memory maps."""
+def read_safetensors(path: str | Path, mmap: tuple[str, ...] = (), mmap_min_bytes: int = 0) -> dict[str, np.ndarray]:
+    """Read a safetensors file; the arrays named in ``mmap`` that hold at least ``mmap_min_bytes``
+    stay on disk as read-only memory maps (smaller ones are read: no page faults on access)."""
     path = Path(path)
     with open(path, "rb") as fh:
         size = int.from_bytes(fh.read(8), "little")
@@ -93,7 +94,7 @@ def read_safetensors(path: str | Path, mmap: tuple[str, ...] = ()) -> dict[str, 
             shape = tuple(spec["shape"])
             if hi - lo != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
                 raise ValueError(f"{path}: {name!r} has {hi - lo} bytes for shape {shape}")
-            if name in mmap and hi > lo:
+            if name in mmap and hi > lo and hi - lo >= mmap_min_bytes:
                 out[name] = np.memmap(path, dtype=dtype, mode="r", offset=start + lo, shape=shape)
             else:
                 fh.seek(start + lo)

@@ -39,6 +39,9 @@ from .progress import ProgressCallback, report
 MODES = ("per-layer", "whole-model")
 DEFAULT_THRESHOLD = 3.0
 DEFAULT_N_INIT = 8
+# time courses at least this large are memory-mapped on load (the default model's 40-document run,
+# 157 MB, is read: one component's detail then takes no page faults)
+MMAP_TIME_COURSES_BYTES = 256 * 2 ** 20
 RUN_FORMAT = 2  # 2: time courses stored (components, tokens) as time_courses_t
 
 
@@ -391,8 +394,9 @@ class FunctionalNetworks:
             raise RunDirError(f"{run_dir} is not an fnprune run directory (missing {', '.join(missing) or 'directory'})")
         try:
             info = json.loads((run_dir / "run.json").read_text())
-            # time courses (2 B x tokens x components, the one token-sized array) stay on disk
-            arrays = read_safetensors(run_dir / "networks.safetensors", mmap=("time_courses_t",))
+            # large time courses (2 B x tokens x components, the one token-sized array) stay on disk
+            arrays = read_safetensors(run_dir / "networks.safetensors", mmap=("time_courses_t",),
+                                      mmap_min_bytes=MMAP_TIME_COURSES_BYTES)
             labels_file = run_dir / "labels.json"
             labels = json.loads(labels_file.read_text()) if labels_file.exists() else {}
             tokens = json.loads((run_dir / "tokens.json").read_text())

@@ -93,14 +93,18 @@ def test_detail_and_overview(networks):
         networks.component_detail(24)
 
 
-def test_save_load_roundtrip_gives_identical_masks(networks, tmp_path):
+def test_save_load_roundtrip_gives_identical_masks(networks, tmp_path, monkeypatch):
     networks.labels = {3: "noise", 4: "signal"}
     networks.save(tmp_path / "run")
     loaded = FunctionalNetworks.load(tmp_path / "run")
     assert loaded.labels == {3: "noise", 4: "signal"}
     assert (loaded.key_mask(target_ratio=0.1) == networks.key_mask(target_ratio=0.1)).all()
     np.testing.assert_array_equal(loaded.time_courses, networks.time_courses)
-    assert isinstance(loaded.time_courses.base, np.memmap)   # the token-sized array stays on disk
+    assert not isinstance(loaded.time_courses.base, np.memmap)      # small: read into memory
+    monkeypatch.setattr("fnprune.networks.MMAP_TIME_COURSES_BYTES", 0)
+    mapped = FunctionalNetworks.load(tmp_path / "run")
+    assert isinstance(mapped.time_courses.base, np.memmap)          # large: stays on disk
+    np.testing.assert_array_equal(mapped.time_courses, networks.time_courses)
     assert not list(tmp_path.glob("*.partial"))
     with pytest.raises(RunDirError, match="not an fnprune run directory"):
         FunctionalNetworks.load(tmp_path)
