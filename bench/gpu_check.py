@@ -23,20 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_canica import jaccard, top_set  # the same key-set comparison (bench/ is on sys.path)
 
 from fnprune.capture import ActivationStore
 from fnprune.corpus import load_corpus, split_heldout
 from fnprune.ica import CanICA
 from fnprune.models import load_model
 from fnprune.networks import analyze
-
-
-def top_set(scores: np.ndarray, n: int) -> set[int]:
-    return set(np.argsort(-scores, kind="stable")[:n].tolist())
-
-
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / max(1, len(a | b))
 
 
 class StageClock:

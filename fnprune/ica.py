@@ -71,6 +71,13 @@ def _chunk(block: ArrayLike, r0: int, r1: int, device, dtype=torch.float32) -> t
     return torch.from_numpy(np.array(part, copy=True)).to(device=device, dtype=dtype)
 
 
+def _non_finite_error(x: torch.Tensor, r0: int) -> ConfigError:
+    """The error for a chunk of rows ``r0..`` that holds NaN or inf."""
+    bad = int((~torch.isfinite(x)).sum())
+    return ConfigError(f"activations contain {bad} non-finite values (NaN/inf) in rows {r0}..{r0 + x.shape[0]}; "
+                       "CanICA needs finite data")
+
+
 def _top_eigh_exact(M: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Largest ``k`` eigenpairs by a dense solver (MRRR on CPU: only the wanted pairs)."""
     n = M.shape[0]
@@ -310,9 +317,7 @@ class CanICA:
             for r0 in range(0, n, self.chunk_size):
                 x = _chunk(block, r0, min(n, r0 + self.chunk_size), device, torch.float64)
                 if not bool(torch.isfinite(x).all()):
-                    bad = int((~torch.isfinite(x)).sum())
-                    raise ConfigError(f"activations contain {bad} non-finite values (NaN/inf) in rows "
-                                      f"{r0}..{r0 + x.shape[0]}; CanICA needs finite data")
+                    raise _non_finite_error(x, r0)
                 mean[c0:c1] += x.sum(0)
                 sq[c0:c1] += (x * x).sum(0)
         mean /= n
@@ -331,6 +336,8 @@ class CanICA:
         the variance) and its cross-product accumulated in float32 (column sums in float64); on CPU
         the cross-product is a BLAS ``syrk`` updating the accumulator in place (half a GEMM's flops).
         """
+        from scipy.linalg.blas import ssyrk
+
         n, p = data.n_rows, data.n_cols
         cpu = torch.device(device).type == "cpu"
         # float32 accumulator; on CPU a Fortran-ordered array that ssyrk updates in place
@@ -347,13 +354,9 @@ class CanICA:
             x -= shift
             col = x.sum(0)
             if not bool(torch.isfinite(col).all()):     # NaN/inf anywhere in the chunk shows in its sums
-                bad = int((~torch.isfinite(x)).sum())
-                raise ConfigError(f"activations contain {bad} non-finite values (NaN/inf) in rows "
-                                  f"{r0}..{r1}; CanICA needs finite data")
+                raise _non_finite_error(x, r0)
             sums += col.double()
             if cpu:
-                from scipy.linalg.blas import ssyrk
-
                 C = ssyrk(1.0, x.numpy().T, beta=1.0, c=C, trans=0, lower=0, overwrite_c=1)
             else:
                 C += x.T @ x
