@@ -7,6 +7,7 @@ the job store. ``python -m backend.worker`` runs :func:`main`: it fails the jobs
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -29,7 +30,10 @@ from .services.jobs import JobStore
 log = logging.getLogger("fnprune.worker")
 
 HEARTBEAT_EVERY_S = 2.0
-_running_jobs: set[str] = set()
+CANCEL_POLL_S = 0.5
+# job id -> ident of the thread running it; the watchdog interrupts that thread once the job is cancelled
+_running_jobs: dict[str, int] = {}
+_interrupt_lock = threading.Lock()
 
 
 @lru_cache(maxsize=16)
@@ -102,10 +106,15 @@ def execute(settings: Settings, job_id: str) -> None:
     import json
 
     params = json.loads(row["params"])
-    _running_jobs.add(job_id)
+    with _interrupt_lock:
+        _running_jobs[job_id] = threading.get_ident()
     log.info("job %s (%s) started", job_id, row["kind"])
     try:
-        result = _runner(row["kind"])(settings, job_id, params, make_progress(store, job_id))
+        try:
+            result = _runner(row["kind"])(settings, job_id, params, make_progress(store, job_id))
+        finally:
+            with _interrupt_lock:  # from here on the watchdog leaves this thread alone
+                _running_jobs.pop(job_id, None)
         store.succeed(job_id, result)
         log.info("job %s succeeded", job_id)
     except Cancelled:
@@ -120,7 +129,8 @@ def execute(settings: Settings, job_id: str) -> None:
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
         store.fail(job_id, f"internal error: {type(exc).__name__}: {exc}")
     finally:
-        _running_jobs.discard(job_id)
+        with _interrupt_lock:
+            _running_jobs.pop(job_id, None)
         final = store.raw(job_id)
         if final is not None and final["status"] != "succeeded":
             # a failed or cancelled job leaves no files behind (not even complete ones)
@@ -141,6 +151,33 @@ def remove_leftovers(settings: Settings, store: JobStore) -> None:
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
                     leftover.unlink(missing_ok=True)
+
+
+def _interrupt_thread(ident: int) -> bool:
+    """Raise :class:`Cancelled` in thread ``ident`` at its next Python instruction."""
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(Cancelled))
+    return done == 1
+
+
+def _cancel_watchdog(store: JobStore, stop: threading.Event) -> None:
+    """Stop the work of a cancelled job within about a second, even inside a long library call that reports
+    no progress (a CanICA fit, a model load): the job's thread gets :class:`Cancelled` raised in it."""
+    interrupted: set[str] = set()
+    while not stop.wait(CANCEL_POLL_S):
+        for job_id in list(_running_jobs):
+            if job_id in interrupted:
+                continue
+            try:
+                row = store.raw(job_id)
+            except Exception:  # the store may be locked for a moment; try again next poll
+                continue
+            if row is None or row["status"] in ("cancelled", "failed"):
+                with _interrupt_lock:
+                    ident = _running_jobs.get(job_id)
+                    if ident is not None and _interrupt_thread(ident):
+                        interrupted.add(job_id)
+                        log.info("job %s was %s: interrupting its work", job_id,
+                                 "deleted" if row is None else row["status"])
 
 
 def _heartbeat_loop(store: JobStore, stop: threading.Event) -> None:
@@ -182,6 +219,7 @@ def main() -> None:
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat_loop, args=(store, stop), daemon=True)
     beat.start()
+    threading.Thread(target=_cancel_watchdog, args=(store, stop), daemon=True, name="cancel-watchdog").start()
     consumer = huey.create_consumer(workers=1, worker_type="thread", periodic=False,
                                     initial_delay=0.1, backoff=1.15, max_delay=1.0)
     # SIGTERM: stop now (huey's default for SIGTERM is an immediate shutdown of the consumer).

@@ -1,16 +1,23 @@
-"""`python -m backend.serve` on a free port: real HTTP, a worker process, SSE arriving while the job runs."""
+"""`python -m backend.serve` / `fnprune serve` on a free port: real HTTP, a worker process, SSE arriving while
+the job runs, and a stop signal that stops every process it started."""
 
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 
 import httpx
+import psutil
+import pytest
 from backend_helpers import REPO, worker_env
 
-from backend.app.services.jobs import pid_alive
+from backend.app.services.jobs import WORKER_STOPPED, JobStore, pid_alive
+
+pytestmark = pytest.mark.slow
 
 
 def free_port() -> int:
@@ -63,3 +70,69 @@ def test_serve_runs_api_and_worker(settings, tmp_path):
     while pid_alive(worker_pid):
         assert time.time() < deadline, "the worker outlived the server"
         time.sleep(0.2)
+
+
+def wait_healthy(base: str, proc: subprocess.Popen, log_path, workers: int = 1, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/api/health", timeout=2).json()["workers"] >= workers:
+                return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        assert proc.poll() is None, log_path.read_text()
+        assert time.time() < deadline, "server or worker did not come up: " + log_path.read_text()[-2000:]
+        time.sleep(0.3)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_fnprune_serve_stops_everything_on_a_signal(settings, tmp_path, signum):
+    """A supervisor's SIGTERM (or Ctrl-C) to `fnprune serve` stops the API and the worker within seconds, and
+    the job that was running ends failed instead of staying `running` or running on in an orphan."""
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "fnprune", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=REPO, env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, proc, log_path)
+        job = httpx.post(f"{base}/api/analyses", json={"model": "tiny-llama", "corpus": "pydoc", "n_texts": 200,
+                                                        "max_tokens": 512, "n_components": 8}).json()
+        deadline = time.time() + 60
+        while httpx.get(f"{base}/api/analyses/{job['id']}").json()["status"] != "running":
+            assert time.time() < deadline, "the job never started"
+            time.sleep(0.2)
+        # an open event stream must not hold the shutdown up
+        stream = subprocess.Popen([sys.executable, "-c", f"import httpx; list(httpx.stream('GET', "
+                                   f"'{base}/api/analyses/{job['id']}/events', timeout=None).__enter__().iter_lines())"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert len(family) >= 2, family  # backend.serve and backend.worker
+        started = time.monotonic()
+        proc.send_signal(signum)
+        proc.wait(timeout=20)
+        stopped_after = time.monotonic() - started
+        _, alive = psutil.wait_procs(family, timeout=5)
+        assert not alive, f"still running after {stopped_after:.1f} s: {alive}\n" + log_path.read_text()[-3000:]
+        assert stopped_after < 10, f"took {stopped_after:.1f} s"
+        assert port_is_free(port)
+        final = JobStore(settings.jobs_path).get(job["id"])
+        assert final["status"] == "failed" and final["error"] == WORKER_STOPPED, final
+        stream.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for child in psutil.Process(os.getpid()).children(recursive=True):
+            child.kill()
+        log.close()
