@@ -28,12 +28,12 @@ TORCH_SPEC := $(if $(HAVE_GPU),$(TORCH_GPU_SPEC),$(TORCH_CPU_SPEC))
 
 export FNPRUNE_HOME ?= $(HOME)/.cache/fnprune
 
-.PHONY: help setup run test lint bench clean distclean check-python e2e-deps corpus
+.PHONY: help setup run test lint bench clean distclean check-python e2e-deps redis-deps corpus
 
 help:
 	@echo "fnprune make targets:"
 	@echo "  make run      set up (first time) and start the API + worker + UI on http://$(HOST):$(PORT)"
-	@echo "  make test     set up, install Chromium for the e2e tests if missing, run the whole pytest suite"
+	@echo "  make test     set up, install Chromium (e2e tests) and redis-server (scale-out test) if missing, run the whole pytest suite"
 	@echo "  make setup    create .venv, install torch ($(if $(HAVE_GPU),GPU,CPU) build), fnprune[dev,e2e], the default model and the Brown corpus"
 	@echo "  make lint     ruff check ."
 	@echo "  make bench    run the benchmark scripts in bench/"
@@ -102,7 +102,19 @@ e2e-deps:
 	    || { echo "fnprune: 'apt-get install chromium' failed; the e2e tests need /usr/bin/chromium." >&2; exit 1; }; \
 	fi
 
-test: setup e2e-deps
+# Debian's redis-server for the scale-out test (one API, two workers, a real Redis on a free port).
+redis-deps:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "fnprune: redis-server is missing and apt-get is not available; install Redis to run the scale-out test." >&2; exit 1; \
+	  fi; \
+	  SUDO=""; if [ "$$(id -u)" != 0 ]; then SUDO="sudo"; fi; \
+	  echo "==> installing Debian redis-server for the scale-out test"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null \
+	    || { echo "fnprune: 'apt-get install redis-server' failed; the scale-out test needs it." >&2; exit 1; }; \
+	fi
+
+test: setup e2e-deps redis-deps
 	@echo "==> running the test suite"
 	@rc=0; $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "fnprune: pytest collected no tests — the suite must never be empty." >&2; fi; \
