@@ -1,6 +1,8 @@
 """FastICA in torch and the CanICA estimator (METHOD.md §1.3-1.4).
 
 CanICA treats neurons as voxels and tokens as time points: ``X`` is ``(n_tokens, n_neurons)``.
+:class:`StandardizedBlocks` holds the streamed linear algebra over ``X`` (one pass per product, row
+chunks, the caller's data never written); :class:`CanICA` is the scikit-learn estimator on top.
 
 1. z-score every column over tokens (a zero-variance column gets std 1);
 2. subspace ``U (n_neurons, k)``: the top-``k`` left singular vectors of ``Xᵀ``. Computed exactly from
@@ -26,49 +28,218 @@ CanICA treats neurons as voxels and tokens as time points: ``X`` is ``(n_tokens,
 
 from __future__ import annotations
 
+import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from sklearn.base import BaseEstimator, TransformerMixin
 
+from .devices import resolve_device
 from .errors import ConfigError
-from .models import resolve_device
 from .progress import ProgressCallback, report
 
 ArrayLike = np.ndarray | torch.Tensor
 _EXACT_LIMIT = 12288  # largest covariance / Gram side diagonalised exactly
 
 
-# -- column blocks ---------------------------------------------------------------------------------
-class _Blocks:
-    """A ``(n_rows, sum of widths)`` matrix given as column blocks with the same rows (memmaps ok)."""
+# -- the standardised data as a streamed operator --------------------------------------------------
+class StandardizedBlocks:
+    """``Xs = (X - mean) / scale`` as a linear operator, read ``chunk_size`` rows at a time.
 
-    def __init__(self, X: ArrayLike | Sequence[ArrayLike]):
-        blocks = list(X) if isinstance(X, list | tuple) else [X]
+    ``X (n_rows, n_cols)`` is given as column blocks with the same rows (numpy arrays, memmaps,
+    capture ``LayerMatrix`` objects or tensors), so it never has to fit in memory at once. Every
+    chunk is read into a new float32 (or float64) tensor on ``device``: the caller's data is never
+    written. ``mean`` and ``scale`` (float64 ``(n_cols,)`` tensors, a zero-variance column gets
+    scale 1) come from :meth:`standardize` or :meth:`correlation`, or are given for a fitted model.
+    """
+
+    def __init__(self, X: ArrayLike | Sequence[ArrayLike], *, chunk_size: int = 4096, device="cpu",
+                 mean: np.ndarray | None = None, scale: np.ndarray | None = None):
+        blocks = [_as_block(b) for b in (X if isinstance(X, list | tuple) else [X])]
         if not blocks:
             raise ConfigError("no data given to CanICA")
-        for b in blocks:
-            if getattr(b, "ndim", None) != 2:
-                raise ConfigError(f"CanICA needs 2-D data (n_tokens, n_neurons), got shape {getattr(b, 'shape', None)}")
         rows = {b.shape[0] for b in blocks}
         if len(rows) != 1:
             raise ConfigError(f"column blocks have different numbers of rows: {sorted(rows)}")
         self.blocks = blocks
-        self.n_rows = blocks[0].shape[0]
-        self.widths = [b.shape[1] for b in blocks]
+        self.n_rows = int(blocks[0].shape[0])
+        self.widths = [int(b.shape[1]) for b in blocks]
         self.offsets = np.cumsum([0] + self.widths)
         self.n_cols = int(self.offsets[-1])
+        self.chunk_size = int(chunk_size)
+        self.device = torch.device(device)
+        self.mean = self.scale = None
+        self.n_constant = 0
+        if mean is not None and scale is not None:
+            self.mean = torch.as_tensor(np.asarray(mean), dtype=torch.float64).to(self.device)
+            self.scale = torch.as_tensor(np.asarray(scale), dtype=torch.float64).to(self.device)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_rows, self.n_cols
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _row_chunks(self) -> Iterator[tuple[int, int]]:
+        for r0 in range(0, self.n_rows, self.chunk_size):
+            yield r0, min(self.n_rows, r0 + self.chunk_size)
+
+    def _cols(self, b: int) -> slice:
+        return slice(int(self.offsets[b]), int(self.offsets[b + 1]))
+
+    def read(self, b: int, r0: int, r1: int, dtype=torch.float32) -> torch.Tensor:
+        """Raw rows ``r0:r1`` of block ``b`` as a new tensor (never a view of the caller's data)."""
+        part = self.blocks[b][r0:r1]
+        if isinstance(part, torch.Tensor):
+            return part.detach().to(device=self.device, dtype=dtype, copy=True)
+        if hasattr(part, "to_tensor"):                  # a capture LayerMatrix: read and convert in one go
+            return part.to_tensor(dtype).to(self.device)
+        return torch.from_numpy(np.array(part, copy=True)).to(device=self.device, dtype=dtype)
+
+    def standardized(self, b: int, r0: int, r1: int) -> torch.Tensor:
+        """Standardised rows ``r0:r1`` of block ``b``, float32 ``(r1 - r0, width_b)``."""
+        cols = self._cols(b)
+        x = self.read(b, r0, r1)
+        return (x - self.mean[cols].float()) / self.scale[cols].float()
+
+    # -- statistics ------------------------------------------------------------------------------
+    def _set_scale(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        std = var.sqrt()
+        constant = std <= 1e-8 * (1 + mean.abs())
+        self.n_constant = int(constant.sum())
+        std[constant] = 1.0
+        self.mean, self.scale = mean, std
+
+    def standardize(self) -> None:
+        """Column means and scales in one float64 pass."""
+        mean = torch.zeros(self.n_cols, dtype=torch.float64, device=self.device)
+        sq = torch.zeros_like(mean)
+        for b in range(len(self.blocks)):
+            cols = self._cols(b)
+            for r0, r1 in self._row_chunks():
+                x = self.read(b, r0, r1, torch.float64)
+                if not bool(torch.isfinite(x).all()):
+                    raise _non_finite_error(x, r0)
+                mean[cols] += x.sum(0)
+                sq[cols] += (x * x).sum(0)
+        mean /= self.n_rows
+        self._set_scale(mean, (sq / self.n_rows - mean * mean).clamp_min(0))
+
+    def correlation(self) -> torch.Tensor:
+        """One streamed pass: ``mean``, ``scale`` and ``Xsᵀ Xs`` ``(n_cols, n_cols)`` float32 (the
+        correlation matrix times ``n_rows``).
+
+        Each float32 chunk is shifted by the first chunk's column means (so large means do not cancel
+        the variance) and its cross-product accumulated in float32 (column sums in float64); on CPU
+        the cross-product is a BLAS ``syrk`` updating the accumulator in place (half a GEMM's flops).
+        """
+        from scipy.linalg.blas import ssyrk
+
+        n, p = self.n_rows, self.n_cols
+        cpu = self.device.type == "cpu"
+        # float32 accumulator; on CPU a Fortran-ordered array that ssyrk updates in place
+        C = np.zeros((p, p), np.float32, order="F") if cpu else torch.zeros((p, p), device=self.device)
+        sums = torch.zeros(p, dtype=torch.float64, device=self.device)
+        shift = None
+        n_blocks = len(self.blocks)
+        for r0, r1 in self._row_chunks():
+            # (r1 - r0, n_cols), a fresh tensor: shifted in place below
+            x = torch.cat([self.read(b, r0, r1) for b in range(n_blocks)], 1) if n_blocks > 1 \
+                else self.read(0, r0, r1)
+            if shift is None:
+                shift = x.mean(0)
+                shift[~torch.isfinite(shift)] = 0
+            x -= shift
+            col = x.sum(0)
+            if not bool(torch.isfinite(col).all()):     # NaN/inf anywhere in the chunk shows in its sums
+                raise _non_finite_error(x, r0)
+            sums += col.double()
+            if cpu:
+                C = ssyrk(1.0, x.numpy().T, beta=1.0, c=C, trans=0, lower=0, overwrite_c=1)
+            else:
+                C += x.T @ x
+        C = torch.from_numpy(C) if cpu else C.triu()
+        C += C.triu(1).T                                 # mirror the upper triangle into the lower
+        mean_y = sums / n
+        var = (torch.diagonal(C).double() / n - mean_y * mean_y).clamp_min(0)
+        self._set_scale(shift.double() + mean_y, var)
+        # correlation of the standardised data times n: (C - n m mᵀ) / (s sᵀ), in place
+        m = mean_y.float()
+        inv = (1.0 / self.scale).float()
+        C.addr_(m, m, alpha=-float(n))
+        C.mul_(inv[:, None]).mul_(inv[None, :])
+        return C
+
+    # -- products (need mean and scale) ----------------------------------------------------------
+    def gram(self) -> torch.Tensor:
+        """``Xs Xsᵀ`` ``(n_rows, n_rows)`` float64 (float32 products, float64 accumulation)."""
+        n = self.n_rows
+        G = torch.zeros((n, n), dtype=torch.float64, device=self.device)
+        for b in range(len(self.blocks)):
+            for r0, r1 in self._row_chunks():
+                xa = self.standardized(b, r0, r1)
+                for s0 in range(r0, n, self.chunk_size):
+                    s1 = min(n, s0 + self.chunk_size)
+                    xb = xa if s0 == r0 else self.standardized(b, s0, s1)
+                    block = (xa @ xb.T).double()
+                    G[r0:r1, s0:s1] += block
+                    if s0 != r0:
+                        G[s0:s1, r0:r1] += block.T
+        return G
+
+    def rmatmul(self, V: torch.Tensor) -> torch.Tensor:
+        """``Xsᵀ V`` for ``V (n_rows, r)``: ``(n_cols, r)`` float64."""
+        out = torch.zeros((self.n_cols, V.shape[1]), dtype=torch.float64, device=self.device)
+        for b in range(len(self.blocks)):
+            cols = self._cols(b)
+            for r0, r1 in self._row_chunks():
+                out[cols] += (self.standardized(b, r0, r1).T @ V[r0:r1].float()).double()
+        return out
+
+    def matmul(self, Q: torch.Tensor) -> torch.Tensor:
+        """``Xs Q`` for ``Q (n_cols, r)``: ``(n_rows, r)`` float64."""
+        out = torch.zeros((self.n_rows, Q.shape[1]), dtype=torch.float64, device=self.device)
+        for b in range(len(self.blocks)):
+            Qb = Q[self._cols(b)].float()
+            for r0, r1 in self._row_chunks():
+                out[r0:r1] += (self.standardized(b, r0, r1) @ Qb).double()
+        return out
+
+    def project(self, P: torch.Tensor) -> torch.Tensor:
+        """``Xs P`` for ``P (n_cols, r)``: ``(n_rows, r)`` float32 in one pass over the raw chunks,
+        as ``X (P / scale) - (mean / scale) P`` (no chunk is standardised)."""
+        P = P.to(self.device, torch.float64)
+        Ps = (P / self.scale[:, None]).float()
+        offset = ((self.mean / self.scale) @ P).float()
+        out = torch.empty((self.n_rows, P.shape[1]), dtype=torch.float32, device=self.device)
+        for r0, r1 in self._row_chunks():
+            acc = offset.neg().expand(r1 - r0, -1).clone()
+            for b in range(len(self.blocks)):
+                acc += self.read(b, r0, r1) @ Ps[self._cols(b)]
+            if not bool(torch.isfinite(acc).all()):      # NaN/inf in the chunk shows in its products
+                raise _non_finite_error(acc, r0)
+            out[r0:r1] = acc
+        return out
 
 
-def _chunk(block: ArrayLike, r0: int, r1: int, device, dtype=torch.float32) -> torch.Tensor:
-    part = block[r0:r1]
-    if isinstance(part, torch.Tensor):
-        return part.to(device=device, dtype=dtype)
-    if hasattr(part, "to_tensor"):                  # a capture LayerMatrix: read and convert in one go
-        return part.to_tensor(dtype).to(device)
-    return torch.from_numpy(np.array(part, copy=True)).to(device=device, dtype=dtype)
+def _as_block(b):
+    """One column block, checked: dense, 2-D, real numbers (an object with ``__array__`` is converted)."""
+    import scipy.sparse
+
+    if scipy.sparse.issparse(b):
+        raise ConfigError("sparse input is not supported: CanICA needs dense activations")
+    if getattr(b, "ndim", None) is None and hasattr(b, "__array__"):
+        b = np.asarray(b)
+    if getattr(b, "ndim", None) != 2:
+        raise ConfigError(f"CanICA needs 2-D data (n_tokens, n_neurons), got shape {getattr(b, 'shape', None)}")
+    dtype = b.dtype
+    if dtype.is_complex if isinstance(dtype, torch.dtype) else np.issubdtype(dtype, np.complexfloating):
+        raise ConfigError("Complex data not supported: CanICA needs real activations")
+    if not isinstance(dtype, torch.dtype) and not np.issubdtype(dtype, np.number) and dtype != np.bool_:
+        raise ConfigError(f"CanICA needs numeric data, got dtype {dtype}")
+    return b
 
 
 def _non_finite_error(x: torch.Tensor, r0: int) -> ConfigError:
@@ -78,6 +249,7 @@ def _non_finite_error(x: torch.Tensor, r0: int) -> ConfigError:
                        "CanICA needs finite data")
 
 
+# -- eigenpairs ------------------------------------------------------------------------------------
 def _top_eigh_exact(M: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Largest ``k`` eigenpairs by a dense solver (MRRR on CPU: only the wanted pairs)."""
     n = M.shape[0]
@@ -240,24 +412,53 @@ def consensus(maps: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:
     return (total / R).cpu().numpy(), (stability / (R - 1)).numpy(), reference
 
 
+
+# -- parameter checks ------------------------------------------------------------------------------
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value, low: int, high: int | None = None, *, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        bound = f"an integer ≥ {low}" if high is None else f"an integer in {low}..{high}"
+        raise ConfigError(f"{name} must be {'None or ' if none_ok else ''}{bound}, got {value!r}")
+
+
+def _check_real(name: str, value, low: float, high: float | None = None, *, low_open: bool = False) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        lower = f"> {low:g}" if low_open else f"≥ {low:g}"
+        bound = f"a finite number {lower}" + ("" if high is None else f" and ≤ {high:g}")
+        raise ConfigError(f"{name} must be {bound}, got {value!r}")
+
+
 # -- CanICA ----------------------------------------------------------------------------------------
-class CanICA:
-    """Canonical ICA over neurons, scikit-learn style.
+class CanICA(TransformerMixin, BaseEstimator):
+    """Canonical ICA over neurons, a scikit-learn estimator (``clone``, ``get_params``, ``fit_transform``).
 
     Parameters
     ----------
-    n_components : number of spatial maps k
-    n_init : FastICA restarts combined by consensus (1 = the paper's single run)
+    n_components : int, number of spatial maps k
+    n_init : int, FastICA restarts combined by consensus (1 = the paper's single run)
     subspace : "auto" | "covariance" | "gram" | "randomized"
-    max_iter, tol : FastICA stopping rule. ``max_iter=None``: 300 for a single run (the paper's), 50
-        per restart when ``n_init > 1``. In a flat spectrum the symmetric iteration never converges as
+    max_iter : int or None, FastICA iterations. None: 300 for a single run (the paper's), 50 per
+        restart when ``n_init > 1``. In a flat spectrum the symmetric iteration never converges as
         a whole: the components every restart finds converge within a few tens of iterations, the
         rest keep rotating in their subspace, which step 6 replaces by a seed-free expectation
         anyway (BENCHMARKS.md §2 measures 50 against 300).
-    n_power_iter : power iterations of the randomized subspace
-    chunk_size : rows streamed at a time
-    random_state : seed of every random step
-    device : "auto" | "cpu" | "cuda"
+    tol : float > 0, FastICA stopping rule
+    n_power_iter : int ≥ 0, power iterations of the randomized subspace
+    chunk_size : int, rows streamed at a time
+    stable_threshold : float in [0, 1], stability from which a component counts as stable (step 6)
+    random_state : int, seed of every random step
+    device : "auto" | "cpu" | "cuda" | "cuda:N" | torch.device
+
+    Every parameter is validated in ``fit`` (``__init__`` only stores them); a bad one raises
+    :class:`~fnprune.errors.ConfigError`. ``fit`` never writes to ``X``.
 
     Attributes (after ``fit``)
     --------------------------
@@ -267,9 +468,9 @@ class CanICA:
     key_score_ : (n_neurons,) seed-robust key score (module docstring, step 6)
     residual_score_ : (n_neurons,) its part from the unstable subspace, ``m(d) · r``
     explained_variance_ : (k,) variance of the standardised data along each subspace direction
-    mean_, scale_ : (n_neurons,) standardisation
-    n_iter_ : (n_init,) FastICA iterations per restart
-    subspace_ : the subspace method used
+    mean_, scale_ : (n_neurons,) standardisation; n_constant_ : zero-variance columns
+    n_iter_ : (n_init,) FastICA iterations per restart; reference_restart_ : the consensus's reference
+    subspace_ : the subspace method used; n_features_in_ : number of neuron columns seen by ``fit``
     """
 
     _SUBSPACES = ("auto", "covariance", "gram", "randomized")
@@ -278,198 +479,124 @@ class CanICA:
                  max_iter: int | None = None, tol: float = 1e-4, n_power_iter: int = 6, chunk_size: int = 4096,
                  stable_threshold: float = 0.9, random_state: int = 0, device: str = "auto"):
         self.n_components = n_components
-        self.stable_threshold = stable_threshold
         self.n_init = n_init
         self.subspace = subspace
         self.max_iter = max_iter
         self.tol = tol
         self.n_power_iter = n_power_iter
         self.chunk_size = chunk_size
+        self.stable_threshold = stable_threshold
         self.random_state = random_state
         self.device = device
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]     # time courses are float32
+        return tags
+
     # -- validation ------------------------------------------------------------------------------
-    def _validate(self, data: _Blocks) -> None:
-        k = self.n_components
-        if not isinstance(k, int | np.integer) or k < 1:
-            raise ConfigError(f"n_components must be a positive integer, got {k!r}")
-        if not isinstance(self.n_init, int | np.integer) or self.n_init < 1:
-            raise ConfigError(f"n_init must be a positive integer, got {self.n_init!r}")
-        if self.max_iter is not None and (not isinstance(self.max_iter, int | np.integer) or self.max_iter < 1):
-            raise ConfigError(f"max_iter must be None or a positive integer, got {self.max_iter!r}")
-        if self.subspace not in self._SUBSPACES:
+    def _check_params(self) -> torch.device:
+        """Validate every constructor parameter; returns the resolved device."""
+        _check_int("n_components", self.n_components, 1)
+        _check_int("n_init", self.n_init, 1)
+        if not isinstance(self.subspace, str) or self.subspace not in self._SUBSPACES:
             raise ConfigError(f"subspace must be one of {self._SUBSPACES}, got {self.subspace!r}")
+        _check_int("max_iter", self.max_iter, 1, none_ok=True)
+        _check_real("tol", self.tol, 0.0, low_open=True)
+        _check_int("n_power_iter", self.n_power_iter, 0)
+        _check_int("chunk_size", self.chunk_size, 1)
+        _check_real("stable_threshold", self.stable_threshold, 0.0, 1.0)
+        _check_int("random_state", self.random_state, -2 ** 63, 2 ** 64 - 1)
+        return resolve_device(self.device)
+
+    def _check_data(self, data: StandardizedBlocks) -> None:
+        k = self.n_components
+        if data.n_rows == 0 or data.n_cols == 0:
+            which = "sample" if data.n_rows == 0 else "feature"
+            raise ConfigError(f"0 {which}(s) (shape={data.shape}) while a minimum of 1 is required: "
+                              "CanICA needs tokens and neuron signals")
         if data.n_rows < 3:
-            raise ConfigError(f"need at least 3 tokens, got {data.n_rows}")
+            raise ConfigError(f"need at least 3 tokens, got n_samples = {data.n_rows}")
+        if data.n_cols < 2:
+            raise ConfigError(f"need at least 2 neuron signals, got n_features = {data.n_cols}")
         if k >= data.n_rows:
             raise ConfigError(f"n_components={k} must be smaller than the number of tokens ({data.n_rows}); "
                               "lower n_components or capture more text")
         if k > data.n_cols:
             raise ConfigError(f"n_components={k} is larger than the number of neuron signals ({data.n_cols})")
 
-    # -- steps -----------------------------------------------------------------------------------
-    def _standardise(self, data: _Blocks, device) -> None:
-        n = data.n_rows
-        mean = torch.zeros(data.n_cols, dtype=torch.float64, device=device)
-        sq = torch.zeros_like(mean)
-        for b, block in enumerate(data.blocks):
-            c0, c1 = data.offsets[b], data.offsets[b + 1]
-            for r0 in range(0, n, self.chunk_size):
-                x = _chunk(block, r0, min(n, r0 + self.chunk_size), device, torch.float64)
-                if not bool(torch.isfinite(x).all()):
-                    raise _non_finite_error(x, r0)
-                mean[c0:c1] += x.sum(0)
-                sq[c0:c1] += (x * x).sum(0)
-        mean /= n
-        self._set_scale(mean, (sq / n - mean * mean).clamp_min(0))
-
-    def _std_chunk(self, data: _Blocks, b: int, r0: int, r1: int, device) -> torch.Tensor:
-        c0, c1 = data.offsets[b], data.offsets[b + 1]
-        x = _chunk(data.blocks[b], r0, r1, device)
-        return (x - self._mean_t[c0:c1].float()) / self._scale_t[c0:c1].float()
-
-    def _covariance_pass(self, data: _Blocks, device) -> torch.Tensor:
-        """One streamed pass: column means and scales (``mean_``, ``scale_``) and the correlation
-        matrix of the standardised data ``(n_cols, n_cols)`` float32, times ``n_tokens``.
-
-        Each float32 chunk is shifted by the first chunk's column means (so large means do not cancel
-        the variance) and its cross-product accumulated in float32 (column sums in float64); on CPU
-        the cross-product is a BLAS ``syrk`` updating the accumulator in place (half a GEMM's flops).
-        """
-        from scipy.linalg.blas import ssyrk
-
-        n, p = data.n_rows, data.n_cols
-        cpu = torch.device(device).type == "cpu"
-        # float32 accumulator; on CPU a Fortran-ordered array that ssyrk updates in place
-        C = np.zeros((p, p), np.float32, order="F") if cpu else torch.zeros((p, p), device=device)
-        sums = torch.zeros(p, dtype=torch.float64, device=device)
-        shift = None
-        for r0 in range(0, n, self.chunk_size):
-            r1 = min(n, r0 + self.chunk_size)
-            x = torch.cat([_chunk(b, r0, r1, device) for b in data.blocks], 1) if len(data.blocks) > 1 \
-                else _chunk(data.blocks[0], r0, r1, device)
-            if shift is None:
-                shift = x.mean(0)
-                shift[~torch.isfinite(shift)] = 0
-            x -= shift
-            col = x.sum(0)
-            if not bool(torch.isfinite(col).all()):     # NaN/inf anywhere in the chunk shows in its sums
-                raise _non_finite_error(x, r0)
-            sums += col.double()
-            if cpu:
-                C = ssyrk(1.0, x.numpy().T, beta=1.0, c=C, trans=0, lower=0, overwrite_c=1)
-            else:
-                C += x.T @ x
-        C = torch.from_numpy(C) if cpu else C.triu()
-        C += C.triu(1).T                                 # mirror the upper triangle into the lower
-        mean_y = sums / n
-        mean = shift.double() + mean_y
-        var = (torch.diagonal(C).double() / n - mean_y * mean_y).clamp_min(0)
-        self._set_scale(mean, var)
-        # correlation of the standardised data times n: (C - n m mᵀ) / (s sᵀ), in place
-        m = mean_y.float()
-        inv = (1.0 / self._scale_t).float()
-        C.addr_(m, m, alpha=-float(n))
-        C.mul_(inv[:, None]).mul_(inv[None, :])
-        return C
-
-    def _set_scale(self, mean: torch.Tensor, var: torch.Tensor) -> None:
-        std = var.sqrt()
-        constant = std <= 1e-8 * (1 + mean.abs())
-        self.n_constant_ = int(constant.sum())
-        std[constant] = 1.0
-        self._mean_t, self._scale_t = mean, std
-        self.mean_, self.scale_ = mean.cpu().numpy(), std.cpu().numpy()
-
-    def _subspace_exact(self, data: _Blocks, device, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-        n, k = data.n_rows, self.n_components
-        if method == "covariance":
-            C = self._covariance_pass(data, device)
-            # float32 eigenpairs: only the span of the top k matters downstream
-            evals, evecs = _top_eigh(C, k, random_state=self.random_state)
-            return evecs.double(), evals.double() / n
-        self._standardise(data, device)
-        # gram: (n_tokens, n_tokens)
-        G = torch.zeros((n, n), dtype=torch.float64, device=device)
-        for b in range(len(data.blocks)):
-            for r0 in range(0, n, self.chunk_size):
-                r1 = min(n, r0 + self.chunk_size)
-                xa = self._std_chunk(data, b, r0, r1, device)
-                for s0 in range(r0, n, self.chunk_size):
-                    s1 = min(n, s0 + self.chunk_size)
-                    xb = xa if s0 == r0 else self._std_chunk(data, b, s0, s1, device)
-                    block = (xa @ xb.T).double()
-                    G[r0:r1, s0:s1] += block
-                    if s0 != r0:
-                        G[s0:s1, r0:r1] += block.T
-        lam, V = _top_eigh(G, k, random_state=self.random_state)
-        lam = lam.clamp_min(1e-12)
-        U = self._xt_times(data, V, device) / lam.sqrt()
-        return U, lam / n
-
-    def _xt_times(self, data: _Blocks, V: torch.Tensor, device) -> torch.Tensor:
-        """``Xsᵀ V`` streamed: (n_neurons, r) float64."""
-        out = torch.zeros((data.n_cols, V.shape[1]), dtype=torch.float64, device=device)
-        for b in range(len(data.blocks)):
-            c0, c1 = data.offsets[b], data.offsets[b + 1]
-            for r0 in range(0, data.n_rows, self.chunk_size):
-                r1 = min(data.n_rows, r0 + self.chunk_size)
-                out[c0:c1] += (self._std_chunk(data, b, r0, r1, device).T @ V[r0:r1].float()).double()
-        return out
-
-    def _x_times(self, data: _Blocks, Q: torch.Tensor, device) -> torch.Tensor:
-        """``Xs Q`` streamed: (n_tokens, r) float64."""
-        out = torch.zeros((data.n_rows, Q.shape[1]), dtype=torch.float64, device=device)
-        for b in range(len(data.blocks)):
-            c0, c1 = data.offsets[b], data.offsets[b + 1]
-            Qb = Q[c0:c1].float()
-            for r0 in range(0, data.n_rows, self.chunk_size):
-                r1 = min(data.n_rows, r0 + self.chunk_size)
-                out[r0:r1] += (self._std_chunk(data, b, r0, r1, device) @ Qb).double()
-        return out
-
-    def _subspace_randomized(self, data: _Blocks, device, progress) -> tuple[torch.Tensor, torch.Tensor]:
-        k = self.n_components
-        r = min(k + max(10, k // 2), data.n_cols, data.n_rows)
-        gen = torch.Generator(device="cpu").manual_seed(int(self.random_state))
-        Q = torch.randn((data.n_cols, r), generator=gen, dtype=torch.float64).to(device)
-        Y = self._x_times(data, Q, device)
-        for it in range(self.n_power_iter):
-            Q, _ = torch.linalg.qr(Y)
-            Z, _ = torch.linalg.qr(self._xt_times(data, Q, device))
-            Y = self._x_times(data, Z, device)
-            report(progress, "ica", 0.1 + 0.5 * (it + 1) / (self.n_power_iter + 1), "randomized subspace")
-        Q, _ = torch.linalg.qr(Y)                        # (n_tokens, r) range of Xs
-        B = self._xt_times(data, Q, device).T            # (r, n_neurons) = Qᵀ Xs
-        _, s, Vh = torch.linalg.svd(B, full_matrices=False)
-        return Vh[:k].T.contiguous(), (s[:k] ** 2) / data.n_rows
-
-    def _choose_subspace(self, data: _Blocks) -> str:
+    def _choose_subspace(self, data: StandardizedBlocks) -> str:
         if self.subspace != "auto":
             return self.subspace
-        side = min(data.n_cols, data.n_rows)
-        if side > _EXACT_LIMIT:
+        if min(data.n_cols, data.n_rows) > _EXACT_LIMIT:
             return "randomized"
         return "covariance" if data.n_cols <= data.n_rows else "gram"
 
     # -- API -------------------------------------------------------------------------------------
     def fit(self, X: ArrayLike | Sequence[ArrayLike], y=None, progress: ProgressCallback | None = None) -> CanICA:
-        """Fit on ``X (n_tokens, n_neurons)`` (or a list of column blocks with the same rows)."""
-        data = _Blocks(X)
-        self._validate(data)
-        device = resolve_device(self.device)
+        """Fit on ``X (n_tokens, n_neurons)`` (or a list of column blocks with the same rows).
+
+        ``y`` is ignored (scikit-learn's signature); ``progress`` receives ``("ica", fraction, message)``.
+        """
+        device = self._check_params()
+        data = StandardizedBlocks(X, chunk_size=self.chunk_size, device=device)
+        self._check_data(data)
+        self.n_features_in_ = data.n_cols
         self.subspace_ = self._choose_subspace(data)
         report(progress, "ica", 0.0, f"{self.subspace_} subspace")
-        if self.subspace_ == "randomized":
-            self._standardise(data, device)
-            U, explained = self._subspace_randomized(data, device, progress)
-        else:
-            U, explained = self._subspace_exact(data, device, self.subspace_)
+        U, explained = self._subspace(data, progress)
+        self.mean_, self.scale_ = data.mean.cpu().numpy(), data.scale.cpu().numpy()
+        self.n_constant_ = data.n_constant
         self.explained_variance_ = explained.float().cpu().numpy()
         report(progress, "ica", 0.7, f"FastICA x{self.n_init}")
         self._decompose(U)
         report(progress, "ica", 1.0, "done")
         return self
+
+    def transform(self, X: ArrayLike | Sequence[ArrayLike]) -> np.ndarray:
+        """Time courses ``(n_tokens, k)`` float32: least-squares regression of the standardised data on the maps."""
+        if not hasattr(self, "components_"):
+            raise ConfigError("CanICA is not fitted yet; call fit first")
+        device = self._check_params()
+        data = StandardizedBlocks(X, chunk_size=self.chunk_size, device=device, mean=self.mean_, scale=self.scale_)
+        if data.n_cols != self.n_features_in_:
+            raise ConfigError(f"X has {data.n_cols} features, but CanICA is expecting {self.n_features_in_} "
+                              "features as input (the neuron signals it was fitted on)")
+        M = torch.from_numpy(self.components_).to(device, torch.float64)          # (k, n)
+        proj = torch.linalg.solve(M @ M.T, M).T                                    # (n, k) pseudo-inverse
+        return data.project(proj).cpu().numpy()
+
+    # -- steps -----------------------------------------------------------------------------------
+    def _subspace(self, data: StandardizedBlocks, progress) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 2: the top-k loadings ``U (n_neurons, k)`` float64 and their explained variance."""
+        n, k = data.n_rows, self.n_components
+        if self.subspace_ == "covariance":
+            C = data.correlation()
+            # float32 eigenpairs: only the span of the top k matters downstream
+            evals, evecs = _top_eigh(C, k, random_state=self.random_state)
+            return evecs.double(), evals.double() / n
+        data.standardize()
+        if self.subspace_ == "gram":
+            lam, V = _top_eigh(data.gram(), k, random_state=self.random_state)   # (n_tokens, n_tokens)
+            lam = lam.clamp_min(1e-12)
+            return data.rmatmul(V) / lam.sqrt(), lam / n
+        return self._subspace_randomized(data, progress)
+
+    def _subspace_randomized(self, data: StandardizedBlocks, progress) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.n_components
+        r = min(k + max(10, k // 2), data.n_cols, data.n_rows)
+        gen = torch.Generator(device="cpu").manual_seed(int(self.random_state))
+        Q = torch.randn((data.n_cols, r), generator=gen, dtype=torch.float64).to(data.device)
+        Y = data.matmul(Q)
+        for it in range(self.n_power_iter):
+            Q, _ = torch.linalg.qr(Y)
+            Z, _ = torch.linalg.qr(data.rmatmul(Q))
+            Y = data.matmul(Z)
+            report(progress, "ica", 0.1 + 0.5 * (it + 1) / (self.n_power_iter + 1), "randomized subspace")
+        Q, _ = torch.linalg.qr(Y)                        # (n_tokens, r) range of Xs
+        B = data.rmatmul(Q).T                            # (r, n_neurons) = Qᵀ Xs
+        _, s, Vh = torch.linalg.svd(B, full_matrices=False)
+        return Vh[:k].T.contiguous(), (s[:k] ** 2) / data.n_rows
 
     def _decompose(self, U: torch.Tensor) -> None:
         """Steps 3-6 on the subspace ``U (n_neurons, k)``: FastICA restarts, consensus, key score."""
@@ -491,28 +618,3 @@ class CanICA:
         self.residual_score_ = (expected_max_fraction(n_unstable) * residual).astype(np.float32)
         stable_max = np.abs(stable_maps).max(0) if len(stable_maps) else np.zeros(residual.shape)
         self.key_score_ = np.maximum(stable_max, self.residual_score_).astype(np.float32)
-
-    def transform(self, X: ArrayLike | Sequence[ArrayLike]) -> np.ndarray:
-        """Time courses ``(n_tokens, k)``: least-squares regression of the standardised data on the maps."""
-        if not hasattr(self, "components_"):
-            raise ConfigError("CanICA is not fitted yet; call fit first")
-        data = _Blocks(X)
-        if data.n_cols != self.components_.shape[1]:
-            raise ConfigError(f"X has {data.n_cols} neuron columns, the maps have {self.components_.shape[1]}")
-        device = resolve_device(self.device)
-        M = torch.from_numpy(self.components_).to(device, torch.float64)          # (k, n)
-        proj = torch.linalg.solve(M @ M.T, M).T                                    # (n, k) pseudo-inverse
-        # ((X - mean) / scale) @ proj = X @ (proj / scale) - (mean / scale) @ proj: raw chunks only
-        scale = torch.from_numpy(self.scale_).to(device, torch.float64)
-        mean = torch.from_numpy(self.mean_).to(device, torch.float64)
-        P = (proj / scale[:, None]).float()
-        offset = ((mean / scale) @ proj).float()
-        out = torch.empty((data.n_rows, P.shape[1]), dtype=torch.float32, device=device)
-        for r0 in range(0, data.n_rows, self.chunk_size):
-            r1 = min(data.n_rows, r0 + self.chunk_size)
-            acc = offset.neg().expand(r1 - r0, -1).clone()
-            for b, block in enumerate(data.blocks):
-                c0, c1 = data.offsets[b], data.offsets[b + 1]
-                acc += _chunk(block, r0, r1, device) @ P[c0:c1]
-            out[r0:r1] = acc
-        return out.cpu().numpy()

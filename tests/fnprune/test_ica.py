@@ -1,10 +1,12 @@
 """CanICA on synthetic mixtures with known sources, and its bad inputs."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from fnprune.errors import ConfigError
-from fnprune.ica import CanICA, fastica
+from fnprune.ica import CanICA, StandardizedBlocks, fastica
 
 
 def mixture(n_neurons=300, n_tokens=2000, k=4, seed=0, noise=0.2):
@@ -90,21 +92,35 @@ def test_fastica_rank_deficient_input_is_an_error():
         fastica(U)
 
 
-def test_covariance_pass_matches_float64_correlation_despite_large_means():
-    from fnprune.ica import _Blocks
-
+def test_correlation_pass_matches_float64_correlation_despite_large_means():
     rng = np.random.default_rng(0)
     X = (rng.standard_normal((3000, 40)) @ rng.standard_normal((40, 40)) + 1e3).astype(np.float32)
     X[:, 5] = 7.0  # a constant column
-    ica = CanICA(4, chunk_size=512)
-    C = ica._covariance_pass(_Blocks(X), "cpu").numpy() / len(X)
+    data = StandardizedBlocks(X, chunk_size=512)
+    C = data.correlation().numpy() / len(X)
     Xd = X.astype(np.float64)
     std = Xd.std(0)
     std[5] = 1.0
     Z = (Xd - Xd.mean(0)) / std
     np.testing.assert_allclose(C, Z.T @ Z / len(X), atol=2e-4)
-    np.testing.assert_allclose(ica.mean_, Xd.mean(0), rtol=1e-6)
-    assert ica.n_constant_ == 1 and ica.scale_[5] == 1.0
+    np.testing.assert_allclose(data.mean.numpy(), Xd.mean(0), rtol=1e-6)
+    assert data.n_constant == 1 and float(data.scale[5]) == 1.0
+
+
+def test_operator_products_match_dense_algebra():
+    """Every streamed product of the standardised blocks equals the dense product (chunks of 7 rows)."""
+    import torch
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((50, 12)) * rng.uniform(0.5, 3, 12) + rng.uniform(-4, 4, 12)
+    data = StandardizedBlocks([X[:, :5], X[:, 5:]], chunk_size=7)
+    data.standardize()
+    Z = (X - X.mean(0)) / X.std(0)
+    V, Q = rng.standard_normal((50, 3)), rng.standard_normal((12, 3))
+    np.testing.assert_allclose(data.gram().numpy(), Z @ Z.T, atol=1e-4)
+    np.testing.assert_allclose(data.rmatmul(torch.from_numpy(V)).numpy(), Z.T @ V, atol=1e-4)
+    np.testing.assert_allclose(data.matmul(torch.from_numpy(Q)).numpy(), Z @ Q, atol=1e-4)
+    np.testing.assert_allclose(data.project(torch.from_numpy(Q)).numpy(), Z @ Q, atol=1e-4)
 
 
 @pytest.mark.parametrize("n", [100, 600])  # 100: dense solver; 600: block Krylov
@@ -134,3 +150,199 @@ def test_restart_budget_and_its_validation():
     assert best_match(budgeted.components_, maps).min() > 0.9
     with pytest.raises(ConfigError, match="max_iter"):
         CanICA(4, max_iter=0).fit(X)
+
+
+# -- a scikit-learn estimator ----------------------------------------------------------------------
+def test_clone_params_round_trip_and_repr():
+    from sklearn.base import clone
+
+    ica = CanICA(5, n_init=3, subspace="gram", stable_threshold=0.8, device="cpu")
+    params = ica.get_params()
+    assert params["n_components"] == 5 and params["subspace"] == "gram" and params["stable_threshold"] == 0.8
+    twin = clone(ica)
+    assert twin is not ica and twin.get_params() == params
+    assert ica.set_params(n_init=2, tol=1e-3) is ica
+    assert ica.get_params() == params | {"n_init": 2, "tol": 1e-3}
+    assert repr(CanICA(5, n_init=3)) == "CanICA(n_components=5, n_init=3)"
+    # clone of a fitted estimator is unfitted
+    X, _, _ = mixture(n_tokens=400)
+    fitted = CanICA(4, n_init=2).fit(X)
+    assert not hasattr(clone(fitted), "components_")
+
+
+def test_fit_returns_self_sets_only_underscored_attributes_and_keeps_params():
+    X, _, _ = mixture(n_tokens=400)
+    ica = CanICA(4, n_init=2, max_iter=None, device="cpu")
+    params = ica.get_params()
+    before = set(vars(ica))
+    assert ica.fit(X) is ica
+    added = [a for a in set(vars(ica)) - before if not a.startswith("_")]
+    assert added and all(a.endswith("_") for a in added), added
+    assert {"components_", "key_score_", "mean_", "scale_", "n_features_in_", "subspace_"} <= set(added)
+    assert ica.get_params() == params                 # max_iter stays None, device stays "cpu"
+    assert ica.n_features_in_ == X.shape[1]
+
+
+def test_fit_transform_equals_fit_then_transform():
+    X, _, _ = mixture(n_tokens=400)
+    np.testing.assert_array_equal(CanICA(4, n_init=2).fit_transform(X), CanICA(4, n_init=2).fit(X).transform(X))
+
+
+@pytest.mark.parametrize("subspace", ["covariance", "gram", "randomized"])
+def test_fit_and_transform_never_modify_their_input(subspace):
+    import torch
+
+    X, _, _ = mixture(n_tokens=400)
+    X = (X + 50).astype(np.float32)                   # large means: the covariance pass shifts its chunks
+    if subspace == "gram":
+        X = X[:250]
+    inputs = {
+        "numpy float32": X.copy(),
+        "numpy float64": X.astype(np.float64),
+        "torch float32": torch.from_numpy(X.copy()),          # the dtype and device the chunks use
+        "torch blocks": [torch.from_numpy(X[:, :100].copy()), torch.from_numpy(X[:, 100:].copy())],
+    }
+    readonly = X.copy()
+    readonly.flags.writeable = False
+    inputs["read-only numpy"] = readonly
+    for name, data in inputs.items():
+        blocks = data if isinstance(data, list) else [data]
+        before = [b.clone() if isinstance(b, torch.Tensor) else b.copy() for b in blocks]
+        ica = CanICA(4, n_init=2, subspace=subspace, chunk_size=64).fit(data)
+        ica.transform(data)
+        for b, b0 in zip(blocks, before, strict=True):
+            same = torch.equal(b, b0) if isinstance(b, torch.Tensor) else np.array_equal(b, b0)
+            assert same, f"{name} input was modified by fit/transform ({subspace})"
+
+
+BAD_PARAMS = [
+    ("n_components", 0, "n_components must be an integer ≥ 1"),
+    ("n_components", 4.0, "n_components must be an integer"),
+    ("n_components", True, "n_components must be an integer"),
+    ("n_init", 0, "n_init must be an integer ≥ 1"),
+    ("n_init", "8", "n_init must be an integer"),
+    ("subspace", "magic", "subspace must be one of"),
+    ("subspace", None, "subspace must be one of"),
+    ("max_iter", 0, "max_iter must be None or an integer ≥ 1"),
+    ("max_iter", 2.5, "max_iter must be None or an integer"),
+    ("tol", 0.0, "tol must be a finite number > 0"),
+    ("tol", float("nan"), "tol must be a finite number > 0"),
+    ("tol", "1e-4", "tol must be a finite number"),
+    ("n_power_iter", -1, "n_power_iter must be an integer ≥ 0"),
+    ("chunk_size", 0, "chunk_size must be an integer ≥ 1"),
+    ("chunk_size", None, "chunk_size must be an integer"),
+    ("stable_threshold", 1.5, "stable_threshold must be a finite number ≥ 0 and ≤ 1"),
+    ("stable_threshold", -0.1, "stable_threshold must be a finite number ≥ 0 and ≤ 1"),
+    ("random_state", None, "random_state must be an integer"),
+    ("random_state", 1.5, "random_state must be an integer"),
+    ("device", "gpu0", "unknown device 'gpu0'"),
+    ("device", 3, "device must be a string"),
+]
+
+
+@pytest.mark.parametrize(("param", "value", "message"), BAD_PARAMS, ids=[f"{p}={v!r}" for p, v, _ in BAD_PARAMS])
+def test_every_bad_parameter_is_rejected_in_fit_with_a_message(param, value, message):
+    import re
+
+    from sklearn.base import clone
+
+    X, _, _ = mixture(n_tokens=200)
+    ica = CanICA(4).set_params(**{param: value})      # __init__ and set_params only store
+    assert clone(ica).get_params()[param] is value
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ica.fit(X)
+
+
+def test_every_constructor_parameter_has_a_bad_value_test():
+    assert {p for p, _, _ in BAD_PARAMS} == set(CanICA().get_params())
+
+
+def test_cuda_on_a_machine_without_it_is_a_config_error(monkeypatch):
+    import torch
+
+    from fnprune.errors import ModelLoadError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    X, _, _ = mixture(n_tokens=200)
+    with pytest.raises(ConfigError, match="CUDA is not available") as err:
+        CanICA(4, device="cuda").fit(X)
+    assert not isinstance(err.value, ModelLoadError)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        CanICA(4, device=torch.device("cuda", 0)).fit(X)
+
+
+# scikit-learn's own checks that make sense for an estimator whose samples are tokens and whose
+# features are neurons (k=1 so its tiny test matrices are not rank-deficient). Left out: a plain list
+# is a list of column blocks here (check_transformer_data_not_an_array), object arrays are not
+# activations (check_dtype_object), n_iter_ is one count per restart (check_transformer_n_iter).
+SKLEARN_CHECKS = [
+    "check_estimator_cloneable", "check_estimator_repr", "check_no_attributes_set_in_init",
+    "check_parameters_default_constructible", "check_get_params_invariance", "check_set_params",
+    "check_do_not_raise_errors_in_init_or_set_params", "check_dont_overwrite_parameters",
+    "check_estimators_overwrite_params", "check_estimators_fit_returns_self", "check_fit_idempotent",
+    "check_fit_check_is_fitted", "check_n_features_in", "check_n_features_in_after_fitting", "check_mixin_order",
+    "check_dict_unchanged", "check_transformers_unfitted", "check_estimators_unfitted",
+    "check_readonly_memmap_input", "check_f_contiguous_array_estimator", "check_estimators_nan_inf",
+    "check_transformer_general", "check_estimators_dtypes", "check_fit2d_1sample", "check_fit2d_1feature",
+    "check_fit1d", "check_estimators_empty_data_messages", "check_methods_subset_invariance",
+    "check_methods_sample_order_invariance", "check_estimators_pickle", "check_transformer_preserve_dtypes",
+    "check_pipeline_consistency", "check_complex_data", "check_fit_score_takes_y", "check_estimator_sparse_array",
+]
+
+
+@pytest.mark.parametrize("check", SKLEARN_CHECKS)
+def test_scikit_learn_estimator_checks(check):
+    import inspect
+    import warnings
+
+    from sklearn.utils import estimator_checks
+
+    fn = getattr(estimator_checks, check)
+    estimator = CanICA(1, n_init=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if len(inspect.signature(fn).parameters) == 1:
+            fn(estimator)
+        else:
+            fn("CanICA", estimator)
+
+
+# -- the same numbers as before the estimator refactor --------------------------------------------
+REFERENCE = Path(__file__).parent / "data" / "canica_reference.npz"
+REFERENCE_CASES = {  # written by this module's _reference_outputs() at commit d94d01d
+    "cov_k4_init3": dict(n_components=4, n_init=3, subspace="covariance", random_state=1),
+    "cov_k8_init4": dict(n_components=8, n_init=4, subspace="covariance", random_state=2),
+    "gram_k4_init2": dict(n_components=4, n_init=2, subspace="gram", random_state=3),
+    "rand_k4_init1": dict(n_components=4, n_init=1, subspace="randomized", random_state=4, n_power_iter=3),
+}
+
+
+def _reference_outputs() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    maps = np.zeros((4, 120))
+    for i in range(4):
+        maps[i, rng.choice(120, 12, replace=False)] = rng.normal(4, 1, 12)
+    tc = rng.laplace(size=(600, 4))
+    X = (tc @ maps + 0.3 * rng.normal(size=(600, 120)) + 3.0).astype(np.float32)
+    out = {}
+    for name, kw in REFERENCE_CASES.items():
+        data = X[:100] if kw["subspace"] == "gram" else X
+        ica = CanICA(chunk_size=256, **kw).fit([data[:, :50], data[:, 50:]] if name == "cov_k8_init4" else data)
+        for attr in ("components_", "stability_", "stable_", "key_score_", "explained_variance_", "mean_",
+                     "scale_", "n_iter_"):
+            out[f"{name}/{attr}"] = np.asarray(getattr(ica, attr))
+        out[f"{name}/unresolved"] = ica.residual_score_
+        out[f"{name}/transform"] = ica.transform(data)
+    return out
+
+
+def test_numerical_results_unchanged_against_the_saved_reference():
+    """Bitwise equal on the machine that wrote the file; the tolerance is for other CPUs' BLAS kernels."""
+    reference = dict(np.load(REFERENCE))
+    now = _reference_outputs()
+    assert set(now) == set(reference)
+    for key, expected in reference.items():
+        if key.endswith(("/stable_", "/n_iter_")):
+            np.testing.assert_allclose(now[key], expected, atol=1 if key.endswith("n_iter_") else 0, err_msg=key)
+        else:
+            np.testing.assert_allclose(now[key], expected, rtol=1e-3, atol=2e-3, err_msg=key)
