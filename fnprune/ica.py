@@ -24,6 +24,14 @@ chunks, the caller's data never written); :class:`CanICA` is the scikit-learn es
    ``j``'s loading in that ``d``-dimensional subspace (rotation-invariant: the whitened loading's
    squared norm minus its squared stable z's) and ``m(d) = E max_i |g_i| / ||g||`` for Gaussian
    ``g`` in ``d`` dimensions. ``key_score_ = max(max over stable maps |z|, m(d) · r)``.
+
+   ``m(d) · r`` is the **unresolved-subspace energy** (``unresolved_energy_``): a neuron's energy in
+   the part of the whitened top-``k`` subspace that the restarts did not resolve into networks. It is
+   a rotation-invariant PCA statistic, not a network, and has no seed; where few components are
+   stable it decides most of the key neurons (METHOD.md §1.12), which is why masks built on it agree
+   across seeds. ``leverage_`` (a neuron's squared loading norm in the whole top-``k`` subspace, no
+   ICA at all) is the matching control; ``fnprune.stability`` reports both next to the networks that
+   are reproduced across seeds.
 """
 
 from __future__ import annotations
@@ -466,7 +474,10 @@ class CanICA(TransformerMixin, BaseEstimator):
     stability_ : (k,) mean matched |correlation| across restarts (1.0 when ``n_init == 1``)
     stable_ : (k,) bool, stability ≥ ``stable_threshold``
     key_score_ : (n_neurons,) seed-robust key score (module docstring, step 6)
-    residual_score_ : (n_neurons,) its part from the unstable subspace, ``m(d) · r``
+    unresolved_energy_ : (n_neurons,) its part that is not a network: the unresolved-subspace energy
+        ``m(d) · r`` (0 when every component is stable)
+    leverage_ : (n_neurons,) PCA leverage, ``Σ_k U²``: each neuron's squared loading norm in the
+        top-k subspace (sums to k; seed-free, no ICA), the control for the key score
     explained_variance_ : (k,) variance of the standardised data along each subspace direction
     mean_, scale_ : (n_neurons,) standardisation; n_constant_ : zero-variance columns
     n_iter_ : (n_init,) FastICA iterations per restart; reference_restart_ : the consensus's reference
@@ -549,6 +560,7 @@ class CanICA(TransformerMixin, BaseEstimator):
         self.n_constant_ = data.n_constant
         self.explained_variance_ = explained.float().cpu().numpy()
         report(progress, "ica", 0.7, f"FastICA x{self.n_init}")
+        self.leverage_ = (U ** 2).sum(1).float().cpu().numpy()          # (n_neurons,) PCA leverage
         self._decompose(U)
         report(progress, "ica", 1.0, "done")
         return self
@@ -613,8 +625,13 @@ class CanICA(TransformerMixin, BaseEstimator):
         energy = (maps.double() ** 2).sum(1).mean(0).cpu().numpy()          # (n,) rotation-invariant
         self.stable_ = self.stability_ >= self.stable_threshold if self.n_init > 1 else np.ones(len(order), bool)
         stable_maps = self.components_[self.stable_].astype(np.float64)
-        residual = np.sqrt(np.clip(energy - (stable_maps ** 2).sum(0), 0, None))
+        unresolved_norm = np.sqrt(np.clip(energy - (stable_maps ** 2).sum(0), 0, None))    # r_j
         n_unstable = int((~self.stable_).sum())
-        self.residual_score_ = (expected_max_fraction(n_unstable) * residual).astype(np.float32)
-        stable_max = np.abs(stable_maps).max(0) if len(stable_maps) else np.zeros(residual.shape)
-        self.key_score_ = np.maximum(stable_max, self.residual_score_).astype(np.float32)
+        self.unresolved_energy_ = (expected_max_fraction(n_unstable) * unresolved_norm).astype(np.float32)
+        stable_max = np.abs(stable_maps).max(0) if len(stable_maps) else np.zeros(unresolved_norm.shape)
+        self.key_score_ = np.maximum(stable_max, self.unresolved_energy_).astype(np.float32)
+
+    @property
+    def residual_score_(self) -> np.ndarray:
+        """The former name of ``unresolved_energy_`` (kept so older callers keep working)."""
+        return self.unresolved_energy_

@@ -331,7 +331,7 @@ def _reference_outputs() -> dict[str, np.ndarray]:
         for attr in ("components_", "stability_", "stable_", "key_score_", "explained_variance_", "mean_",
                      "scale_", "n_iter_"):
             out[f"{name}/{attr}"] = np.asarray(getattr(ica, attr))
-        out[f"{name}/unresolved"] = ica.residual_score_
+        out[f"{name}/unresolved"] = ica.unresolved_energy_
         out[f"{name}/transform"] = ica.transform(data)
     return out
 
@@ -346,3 +346,23 @@ def test_numerical_results_unchanged_against_the_saved_reference():
             np.testing.assert_allclose(now[key], expected, atol=1 if key.endswith("n_iter_") else 0, err_msg=key)
         else:
             np.testing.assert_allclose(now[key], expected, rtol=1e-3, atol=2e-3, err_msg=key)
+
+
+def test_leverage_and_unresolved_energy():
+    """leverage_ is the PCA leverage (row norms² of the top-k eigenvectors of the correlation matrix);
+    the unresolved-subspace energy is 0 when every component is stable and is the key score's only
+    term when none is."""
+    X, _, _ = mixture(n_tokens=800)
+    ica = CanICA(6, n_init=1).fit(X)
+    Z = (X - X.mean(0)) / X.std(0)
+    _, vecs = np.linalg.eigh(Z.T @ Z / len(Z))
+    np.testing.assert_allclose(ica.leverage_, (vecs[:, -6:] ** 2).sum(1), atol=1e-4)
+    assert ica.leverage_.sum() == pytest.approx(6, rel=1e-4)
+    assert ica.stable_.all() and (ica.unresolved_energy_ == 0).all()
+    nothing_stable = CanICA(6, n_init=3, stable_threshold=1.0).fit(X)
+    assert not nothing_stable.stable_.any()
+    np.testing.assert_array_equal(nothing_stable.key_score_, nothing_stable.unresolved_energy_)
+    # the unresolved energy is seed-free: a rotation-invariant function of the subspace
+    other_seed = CanICA(6, n_init=3, stable_threshold=1.0, random_state=7).fit(X)
+    np.testing.assert_allclose(other_seed.unresolved_energy_, nothing_stable.unresolved_energy_, rtol=0.02, atol=0.02)
+    np.testing.assert_array_equal(nothing_stable.residual_score_, nothing_stable.unresolved_energy_)  # old name
