@@ -1,15 +1,24 @@
-"""Pruned causal LMs with a different MLP width per layer and an optional ``down`` bias.
+"""Pruned causal LMs: a different MLP width per layer, added biases, fewer KV heads per layer.
 
-This file is copied into every model directory fnprune saves with per-layer widths, and is
-referenced from ``config.json``'s ``auto_map``, so that
+This file is copied into every model directory fnprune saves that a stock transformers class
+cannot hold exactly, and ``config.json`` points at it:
 
-    AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
+    "model_type": "fnpruned_<stock model_type>",     e.g. fnpruned_qwen2
+    "auto_map": {"AutoConfig": "modeling_fnprune.Fnpruned<StockConfig>",
+                 "AutoModelForCausalLM": "modeling_fnprune.Fnpruned<StockModel>"}
 
-works with only ``torch`` and ``transformers`` installed (no fnprune). It must stay
+so that ``AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)`` works with
+only ``torch`` and ``transformers`` installed (no fnprune), and the same call without
+``trust_remote_code`` fails with transformers' own "contains custom code ... pass
+trust_remote_code=True" error instead of building the stock class and dropping weights (a model
+type stock transformers does not know is the one thing that stops ``AutoModelForCausalLM``:
+it ignores ``architectures`` when a config type has a single class). It must stay
 self-contained: no import of fnprune.
 
-Each class is the stock transformers class for the architecture; ``__init__`` builds the stock
-model and then replaces every layer's MLP projections by ones of the stored width:
+``Fnpruned<Name>`` is built on first access (module ``__getattr__``) for any stock class
+``transformers.<Name>``: a config subclass that only renames ``model_type``, or a model subclass
+whose ``__init__`` builds the stock model and then replaces the projections by ones of the stored
+shapes:
 
 - ``config.fnprune_intermediate_sizes``: list of per-layer MLP widths (None: the config's width);
 - ``config.fnprune_down_bias``: True when the down projection carries a bias the stock
@@ -17,26 +26,17 @@ model and then replaces every layer's MLP projections by ones of the stored widt
 - ``config.fnprune_num_key_value_heads``: per-layer number of kept key/value heads (attention-head
   pruning removes whole GQA groups: a KV head with all its query heads), None: unchanged;
 - ``config.fnprune_o_bias``: True when the attention output projection carries an added bias.
+
+Directories written by earlier fnprune versions keep the stock ``model_type`` and their own copy
+of this file; ``fnprune.load_pruned`` reads both.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from torch import nn
 
-# class name in this file -> (transformers module, stock class)
-_BASES = {
-    "FnprunedLlamaForCausalLM": ("transformers.models.llama.modeling_llama", "LlamaForCausalLM"),
-    "FnprunedMistralForCausalLM": ("transformers.models.mistral.modeling_mistral", "MistralForCausalLM"),
-    "FnprunedQwen2ForCausalLM": ("transformers.models.qwen2.modeling_qwen2", "Qwen2ForCausalLM"),
-    "FnprunedQwen3ForCausalLM": ("transformers.models.qwen3.modeling_qwen3", "Qwen3ForCausalLM"),
-    "FnprunedGemmaForCausalLM": ("transformers.models.gemma.modeling_gemma", "GemmaForCausalLM"),
-    "FnprunedGemma2ForCausalLM": ("transformers.models.gemma2.modeling_gemma2", "Gemma2ForCausalLM"),
-    "FnprunedGPT2LMHeadModel": ("transformers.models.gpt2.modeling_gpt2", "GPT2LMHeadModel"),
-    "FnprunedOPTForCausalLM": ("transformers.models.opt.modeling_opt", "OPTForCausalLM"),
-    "FnprunedPhiForCausalLM": ("transformers.models.phi.modeling_phi", "PhiForCausalLM"),
-}
+CLASS_PREFIX = "Fnpruned"
+MODEL_TYPE_PREFIX = "fnpruned_"
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -149,23 +149,37 @@ def _pruned_init(self, config, *args, **kwargs):
         reslice_attention(self, kv_heads, o_bias)
 
 
-def make_pruned_class(base: type, name: str | None = None) -> type:
-    """A subclass of the stock ``base`` model class that builds the per-layer pruned MLPs."""
-    name = name or f"Fnpruned{base.__name__}"
-    return type(name, (base,), {"__init__": _pruned_init, "_fnprune_base": base, "__module__": __name__})
+def make_pruned_class(base: type, name: str | None = None, config_class: type | None = None) -> type:
+    """A subclass of the stock ``base`` model class that builds the pruned projections.
+
+    ``config_class``: the config class it declares (the ``Fnpruned`` config of a saved directory);
+    None keeps the stock one.
+    """
+    attrs = {"__init__": _pruned_init, "_fnprune_base": base, "__module__": __name__}
+    if config_class is not None:
+        attrs["config_class"] = config_class
+    return type(name or f"{CLASS_PREFIX}{base.__name__}", (base,), attrs)
 
 
-for _name, (_module, _cls) in _BASES.items():
-    try:
-        _base = getattr(importlib.import_module(_module), _cls)
-    except (ImportError, AttributeError):  # architecture absent from this transformers version
-        continue
-    globals()[_name] = make_pruned_class(_base, _name)
+def make_pruned_config_class(base: type, name: str | None = None) -> type:
+    """A subclass of the stock config class ``base`` with a model type stock transformers does not know."""
+    attrs = {"model_type": MODEL_TYPE_PREFIX + base.model_type, "_fnprune_base": base, "__module__": __name__}
+    return type(name or f"{CLASS_PREFIX}{base.__name__}", (base,), attrs)
 
 
-def class_name_for(base: type) -> str | None:
-    """The name of this file's class for a stock class (None if this file has none)."""
-    for name, (_, cls) in _BASES.items():
-        if cls == base.__name__:
-            return name
-    return None
+def __getattr__(name: str) -> type:
+    """``Fnpruned<Name>`` for a stock ``transformers.<Name>`` config or model class (what ``auto_map`` names)."""
+    if not name.startswith(CLASS_PREFIX) or name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import transformers
+
+    base = getattr(transformers, name[len(CLASS_PREFIX):], None)
+    if isinstance(base, type) and issubclass(base, transformers.PretrainedConfig):
+        cls = make_pruned_config_class(base, name)
+    elif isinstance(base, type) and issubclass(base, transformers.PreTrainedModel):
+        cls = make_pruned_class(base, name, __getattr__(CLASS_PREFIX + base.config_class.__name__))
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r} (transformers has no class "
+                             f"{name[len(CLASS_PREFIX):]!r})")
+    globals()[name] = cls
+    return cls

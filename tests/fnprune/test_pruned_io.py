@@ -62,9 +62,11 @@ def test_load_pruned_per_layer_with_bias(family, tmp_path):
     assert loaded_tok is not None and loaded_tok("abc")["input_ids"] == tok("abc")["input_ids"]
 
 
+@pytest.mark.slow
 def test_reload_without_fnprune(tmp_path):
     """Per-layer widths + added bias load with trust_remote_code; uniform widths (and no added bias)
-    are a stock architecture that plain from_pretrained loads -- all in a process without fnprune."""
+    are a stock architecture that plain from_pretrained loads -- all in a process without fnprune.
+    Every family and case: test_saved_model_loading.py."""
     ids = sample_ids()
     cases, kinds = [], []
     mixed, one = [[0, 1], [1], [0], [0, 1]], [[1]] * 4
@@ -93,6 +95,7 @@ def test_pruning_json(tmp_path):
     assert info["widths"] == [24, 12, 5, 3]
     assert info["source_model"] == "tiny" and info["networks"] == [1, 5]
     assert info["down_bias_added"] is True and info["architecture"] == "per-layer"
+    assert info["trust_remote_code"] is True and info["stock_switches"] == []
     assert info["total_params"] == sum(p.numel() for p in model.parameters())
 
 
