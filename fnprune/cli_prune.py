@@ -8,11 +8,10 @@ CLI prints their one-line message).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from .errors import ConfigError, RunDirError
 from .progress import tqdm_progress
@@ -28,28 +27,9 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
 
 
 def _run_model_spec(fn, run_dir: Path) -> str | None:
-    """The model a run directory was computed on, from the networks object or its JSON files."""
-    for attr in ("model_spec", "model_name", "model"):
-        value = getattr(fn, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    for holder in ("meta", "info", "metadata", "config"):
-        value = getattr(fn, holder, None)
-        if isinstance(value, dict):
-            for key in ("model_spec", "model", "model_name"):
-                if isinstance(value.get(key), str):
-                    return value[key]
-    for name in ("run.json", "meta.json", "metadata.json", "networks.json", "config.json"):
-        path = run_dir / name
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            for key in ("model_spec", "model", "model_name"):
-                if isinstance(data.get(key), str):
-                    return data[key]
-    return None
+    """The model a run directory was computed on (``run.json``'s ``model_spec``)."""
+    spec = fn.info.get("model_spec")
+    return spec if isinstance(spec, str) and spec else None
 
 
 def _calibration(corpus: str, n_docs: int):
@@ -59,84 +39,90 @@ def _calibration(corpus: str, n_docs: int):
     return calib[:n_docs], heldout
 
 
+def spec_from_args(args: argparse.Namespace):
+    """The :class:`fnprune.recipe.PruningSpec` the ``prune`` flags describe (validated later, once)."""
+    from .recipe import PruningSpec
+
+    allocation = args.allocation
+    if args.uniform:
+        if allocation not in ("default", "uniform"):
+            raise ConfigError(f"--uniform and --allocation {allocation} contradict each other")
+        allocation = "uniform"
+    repair = args.repair
+    if args.no_repair:
+        repair = "bias" if args.method in ("fn-flap", "flap") else "none"
+    if args.bias:
+        if args.repair == "none":
+            raise ConfigError("--bias means --repair bias; it contradicts --repair none")
+        repair = "bias"
+    return PruningSpec(method=args.method, target_ratio=None if args.threshold is not None else args.target_ratio,
+                       threshold=args.threshold, networks=_tuple(_int_list(args.networks, "--networks")),
+                       allocation=allocation, protected_layers=_tuple(_int_list(args.protected, "--protected")),
+                       repair=repair, sequential=args.sequential, ridge=args.ridge, heads_fraction=args.heads,
+                       seed=args.seed)
+
+
+def _tuple(values):
+    return None if values is None else tuple(values)
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .compare import check_networks_match
-    from .mlp import find_mlps
     from .models import load_model
     from .networks import FunctionalNetworks
-    from .prune import (
-        check_target_ratio,
-        collect_down_input_stats,
-        flap_scores,
-        keep_from_scores,
-        params_to_remove,
-        prune_model,
-        resolve_layers,
-        widths_summary,
-    )
     from .pruned_io import save_pruned
+    from .recipe import Calibration, prune_with_networks
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
-    if args.threshold is None:
-        check_target_ratio(args.target_ratio)
-    networks = _int_list(args.networks, "--networks")
+    spec = spec_from_args(args).validated(have_networks=True)
     fn = FunctionalNetworks.load(run_dir)
-    protected = resolve_layers(_int_list(args.protected, "--protected"), fn.n_layers)
-    spec = args.model or _run_model_spec(fn, run_dir)
-    if spec is None:
+    model_spec = args.model or _run_model_spec(fn, run_dir)
+    if model_spec is None:
         raise RunDirError(f"{run_dir} does not name the model it was computed on; pass --model")
     progress = None if args.quiet else tqdm_progress()
-    model, tokenizer = load_model(spec)
-    check_networks_match(fn, model)
-    before = widths_summary(model)
-    adapters = find_mlps(model)
-    ppn = [a.params_per_neuron for a in adapters]
-    stats = None
-    if args.bias or args.method == "fn-flap":
-        calib, _ = _calibration(args.corpus, args.calib_docs)
-        stats = collect_down_input_stats(model, tokenizer, calib, args.max_tokens, args.batch_size, progress)
-    if args.uniform:
-        if args.threshold is not None:
-            raise ConfigError("--uniform needs --target-ratio, not --threshold")
-        scores = flap_scores(model, stats) if args.method == "fn-flap" else \
-            list(np.asarray(fn.neuron_scores(networks=networks)))
-        keep = keep_from_scores(scores, ppn, n_params_remove=params_to_remove(model, args.target_ratio), uniform=True)
-    elif args.method == "fn-flap":
-        if args.threshold is not None:
-            widths = [int(r.sum()) for r in np.asarray(fn.key_mask(threshold=args.threshold, networks=networks,
-                                                                   protected_layers=protected))]
-        else:
-            widths = fn.plan(target_ratio=args.target_ratio, networks=networks, protected_layers=protected)["widths"]
-        keep = keep_from_scores(flap_scores(model, stats), ppn, widths=widths)
-    else:
-        mask = fn.key_mask(threshold=args.threshold, target_ratio=None if args.threshold is not None else args.target_ratio,
-                           networks=networks, protected_layers=protected)
-        keep = [np.flatnonzero(row) for row in np.asarray(mask)]
-    if args.heads is not None:
-        from .prune import collect_attention_stats, head_group_scores, keep_heads_from_scores, prune_heads
+    model, tokenizer = load_model(model_spec)
+    calib, heldout = _calibration(args.corpus, args.calib_docs)
+    dense = copy.deepcopy(model) if args.fidelity else None
+    outcome = prune_with_networks(model, fn, spec, Calibration(tokenizer, calib, args.max_tokens, args.batch_size),
+                                  progress)
+    info = {"source_model": model_spec, "run_dir": str(run_dir.absolute()), **outcome.info(),
+            "networks": None if spec.networks is None else list(spec.networks), "threshold": spec.threshold,
+            "target_ratio": spec.target_ratio, "uniform": spec.resolved_allocation == "uniform",
+            "bias": spec.repair != "none", "heads_fraction": spec.heads_fraction}
+    fidelity = None
+    if dense is not None:
+        from .fidelity import most_stable_networks, network_fidelity
 
-        calib, _ = _calibration(args.corpus, args.calib_docs)
-        att_stats = collect_attention_stats(model, tokenizer, calib, args.max_tokens, args.batch_size, progress)
-        keep_heads = keep_heads_from_scores(head_group_scores(model, att_stats), args.heads,
-                                            protected if protected is not None else None)
-        prune_heads(model, keep_heads, bias=att_stats if args.bias else None)
-    prune_model(model, keep, bias=stats if (args.bias or args.method == "fn-flap") else None)
-    after = widths_summary(model)
-    info = {"source_model": spec, "run_dir": str(run_dir.absolute()), "method": args.method,
-            "networks": networks, "threshold": args.threshold,
-            "target_ratio": None if args.threshold is not None else args.target_ratio,
-            "uniform": bool(args.uniform), "bias": bool(args.bias or args.method == "fn-flap"),
-            "heads_fraction": args.heads,
-            "protected_layers": protected if protected is not None else "default",
-            "dense_total_params": before["total_params"], "dense_mlp_params": before["mlp_params"],
-            "removed_fraction": 1 - after["total_params"] / before["total_params"],
-            "removed_mlp_fraction": 1 - after["mlp_params"] / before["mlp_params"]}
+        ids = list(spec.networks) if spec.networks is not None else most_stable_networks(fn, args.fidelity)
+        fidelity = network_fidelity(dense, model, tokenizer, heldout[:args.heldout_docs], fn, ids, outcome.keep,
+                                    max_tokens=args.max_tokens, batch_size=args.batch_size, progress=progress)
+        info["fidelity"] = [vars(f) for f in fidelity]
     out = save_pruned(model, tokenizer, args.out, info, overwrite=args.overwrite)
-    print(f"pruned {info['removed_fraction']:.1%} of all parameters ({info['removed_mlp_fraction']:.1%} of MLP) "
-          f"-> {out}")
+    print(report_pruning(outcome, fidelity))
+    print(f"-> {out}")
     return 0
+
+
+def report_pruning(outcome, fidelity=None) -> str:
+    """The CLI's text report of one pruning: budget, chosen networks, repair, fidelity."""
+    lines = [f"{outcome.spec.method} ({outcome.spec.resolved_allocation} allocation, repair {outcome.spec.repair}): "
+             f"pruned {outcome.removed_fraction:.1%} of all parameters ({outcome.removed_mlp_fraction:.1%} of MLP); "
+             f"widths {outcome.widths}"]
+    for c in outcome.chosen:
+        lines.append(f"  network {c.id} (layer {c.layer}): key neurons kept: {c.n_kept} of {c.n_key}")
+    summary = outcome.repair_summary()
+    if summary:
+        lines.append(f"  calibration output error of the pruned layers (mean relative): no repair "
+                     f"{summary['error_pruned']:.4f}, mean bias {summary['error_bias']:.4f}, "
+                     f"least squares {summary['error_repaired']:.4f}")
+    if fidelity:
+        lines.append("  network fidelity on held-out text (time-course correlation dense vs pruned; relative change "
+                     "of the layer output on the network's top tokens / on all tokens):")
+        for f in fidelity:
+            lines.append(f"    network {f.id} (layer {f.layer}): r = {f.correlation:.3f}; output change "
+                         f"{f.output_change_top:.3f} / {f.output_change_all:.3f}; key kept {f.n_key_kept} of {f.n_key}")
+    return "\n".join(lines)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -181,6 +167,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      n_calib=args.calib_docs, n_heldout=args.heldout_docs, max_tokens=args.max_tokens,
                      batch_size=args.batch_size, seed=args.seed, per_document=args.per_document,
                      windows=tuple(_int_list(args.windows, "--windows") or (512, 128)),
+                     repairs=args.repairs, controls=args.controls, split=args.split,
+                     extra_corpora=[c for c in args.extra_corpora.split(",") if c.strip()],
+                     fidelity=args.fidelity or None, paper_run_dir=args.paper_run_dir,
                      progress=None if args.quiet else tqdm_progress())
     print((Path(args.out) / "report.md").read_text() if args.out else json.dumps(result, indent=2))
     return 0
@@ -194,26 +183,43 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_subcommands(subparsers) -> None:
     """Register ``prune``, ``evaluate`` and ``compare`` on an argparse subparsers object."""
+    from .recipe import ALLOCATIONS, METHOD_HELP, METHODS, REPAIRS
+
     p = subparsers.add_parser("prune", help="prune a model with the functional networks of a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--target-ratio", type=float, default=0.2, help="fraction of all parameters to remove")
+    p.add_argument("--target-ratio", type=float, default=0.2, help="fraction of ALL parameters to remove (default 0.2)")
     p.add_argument("--threshold", type=float, default=None, help="|z| threshold instead of a target ratio")
-    p.add_argument("--networks", default=None, help="components that count, e.g. 1,5,9 (default: all)")
-    p.add_argument("--method", choices=("fn", "fn-flap"), default="fn-flap",
-                   help="fn-flap (default, recommended: lowest held-out PPL at 0.2 and 0.3 in BENCHMARKS.md): "
-                        "the networks' per-layer widths, FLAP score within each layer, bias compensation; "
-                        "fn: keep the key neurons (the paper's rule)")
-    p.add_argument("--bias", action="store_true", help="FLAP-style bias compensation of pruned neurons")
-    p.add_argument("--uniform", action="store_true",
-                   help="the same width in every layer (protected layers too): a stock architecture")
+    p.add_argument("--networks", default=None,
+                   help="chosen networks, e.g. 1,5,9: every key neuron of each is kept (default: none forced)")
+    p.add_argument("--method", choices=METHODS, default="fn-flap",
+                   help="; ".join(f"{m}: {h}" for m, h in METHOD_HELP.items()) + " (default fn-flap)")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default="default",
+                   help="how many neurons each layer keeps: networks (the network score's widths; default for fn, "
+                        "fn-flap), own (the method's scores ranked across layers; default otherwise), unresolved "
+                        "(control), uniform (same width everywhere, protected layers too: a stock architecture)")
+    p.add_argument("--uniform", action="store_true", help="same as --allocation uniform")
+    p.add_argument("--repair", choices=REPAIRS, default="lstsq",
+                   help="lstsq (default): re-fit each pruned layer's down projection and bias by least squares to "
+                        "the dense output on calibration tokens; bias: FLAP's mean compensation; none")
+    p.add_argument("--no-repair", action="store_true",
+                   help="no least-squares repair: the method's own compensation (bias for fn-flap and flap, "
+                        "nothing otherwise)")
+    p.add_argument("--bias", action="store_true", help="same as --repair bias")
+    p.add_argument("--sequential", action="store_true",
+                   help="repair layer by layer, calibrating each on the already pruned layers below (slower)")
+    p.add_argument("--ridge", type=float, default=1e-3, help="repair ridge, times the mean input power (1e-3)")
     p.add_argument("--heads", type=float, default=None, metavar="FRACTION",
                    help="also remove this fraction of attention KV groups (a KV head with its query heads) in "
-                        "each unprotected layer, lowest FLAP fluctuation first (LLaMA family; with --bias: "
-                        "o_proj bias compensation)")
+                        "each unprotected layer, lowest FLAP fluctuation first (LLaMA family; o_proj bias "
+                        "compensation unless --repair none)")
     p.add_argument("--protected", default=None, help="protected layers, e.g. 0,1,2,-2,-1 (default: paper's)")
     p.add_argument("--model", default=None, help="model spec (default: the one the run directory names)")
-    p.add_argument("--corpus", default="brown", help="calibration corpus for --bias / fn-flap")
+    p.add_argument("--corpus", default="brown", help="calibration and held-out corpus")
     p.add_argument("--calib-docs", type=int, default=40)
+    p.add_argument("--heldout-docs", type=int, default=10, help="held-out documents for the fidelity report")
+    p.add_argument("--fidelity", type=int, default=20, metavar="N",
+                   help="report network fidelity for the chosen networks, or the N most stable (0: off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--overwrite", action="store_true")
     _common(p)
@@ -233,7 +239,17 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--corpus", default="brown")
     p.add_argument("--ratios", default="0.1,0.2,0.3")
-    p.add_argument("--methods", default="fn,fn-bias,fn-flap,random,magnitude,wanda-sp,flap")
+    p.add_argument("--methods", default="paper,fn,fn-flap,random,magnitude,wanda-sp,flap")
+    p.add_argument("--repairs", default="native,lstsq",
+                   help="repairs to run each method with: native (its own compensation), lstsq, bias, none")
+    p.add_argument("--controls", action="store_true",
+                   help="add FLAP in the unresolved-energy-only and in uniform widths (allocation controls)")
+    p.add_argument("--extra-corpora", default="", help="more held-out corpora, e.g. pydoc")
+    p.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="score on held-out (test) or validation documents (where defaults are chosen)")
+    p.add_argument("--fidelity", type=int, default=20, metavar="N",
+                   help="fidelity of the chosen networks, or of the N most stable (0: off)")
+    p.add_argument("--paper-run-dir", default=None, help="a run analysed with --n-init 1 for the paper method")
     p.add_argument("--run-dir", default=None, help="networks from this run (default: compute them)")
     p.add_argument("--networks", default=None)
     p.add_argument("--protected", default=None)

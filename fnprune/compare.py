@@ -1,15 +1,20 @@
-"""Compare the functional-network pruning with baselines at the same budgets (METHOD §2).
+"""Compare the functional-network pruning with baselines at the same budgets (METHOD §2, §3).
 
-:func:`compare` prunes a fresh copy of the model for every (ratio, method, allocation) and
-measures held-out perplexity; it writes ``results.json``, ``report.md`` and ``ppl_vs_ratio.html``
-(Plotly) to ``out_dir``. Methods:
+:func:`compare` prunes a fresh copy of the model for every (ratio, method, allocation, repair)
+through the one recipe (:func:`fnprune.recipe.prune_with_networks`) and measures held-out
+perplexity, with a 95% bootstrap interval over held-out windows (documents in the per-document
+protocol) and a paired interval of the ratio to a reference row; the fidelity of the chosen (or the
+20 most stable) networks; and the calibration output error of the repaired layers. It writes
+``results.json``, ``report.md`` and ``ppl_vs_ratio.html`` (Plotly) to ``out_dir``.
 
-- ``fn``: the paper, faithful -- keep the key neurons at the threshold that reaches the ratio;
-- ``fn-bias``: the same plus FLAP-style bias compensation;
-- ``fn-flap`` (recommended): the functional networks' per-layer widths, FLAP's score within each
-  layer, bias compensation;
-- ``random``, ``magnitude``, ``wanda-sp``, ``flap``: each with its own global allocation ("own")
-  and with the functional networks' per-layer widths ("fn"). ``flap`` uses bias compensation.
+Rows: ``paper``, ``fn``, ``fn-flap`` (networks' widths), every baseline with its own global
+allocation and, when networks are available, inside the networks' widths; ``controls`` add FLAP in
+the widths of the unresolved-subspace energy alone and in uniform widths. Each row runs with every
+repair in ``repairs``: ``native`` (the method's own compensation: FLAP's bias for fn-flap and flap,
+none otherwise), ``lstsq`` (least-squares repair), ``bias`` or ``none``.
+
+``split="validation"`` scores on validation documents (disjoint from calibration and held-out:
+:func:`fnprune.corpus.split_validation`) -- where defaults are chosen; ``"test"`` on held-out ones.
 
 :func:`ablate_networks` is the predecessor paper's check: zero (not remove) the neurons of the
 top-k networks vs as many random neurons in the same layers.
@@ -21,32 +26,29 @@ import copy
 import json
 import os
 import tempfile
+import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, RunDirError
+from .errors import ConfigError
 from .evaluate import concatenated_ids, per_document_perplexity, perplexity
 from .mlp import find_mlps
 from .progress import ProgressCallback, report
-from .prune import (
-    BASELINES,
-    check_target_ratio,
-    collect_down_input_stats,
-    flap_scores,
-    keep_from_scores,
-    plan_keep,
-    prune_model,
-    resolve_layers,
-    total_parameters,
-)
+from .prune import check_target_ratio, total_parameters
+from .recipe import METHODS, Calibration, PruningSpec, check_networks_match, prune_with_networks
 
-FN_METHODS = ("fn", "fn-bias", "fn-flap")
-METHODS = FN_METHODS + BASELINES
-DEFAULT_METHODS = METHODS
+NETWORK_METHODS = ("paper", "fn", "fn-flap")
+DEFAULT_METHODS = ("paper", "fn", "fn-flap", "random", "magnitude", "wanda-sp", "flap")
+REPAIR_CHOICES = ("native", "lstsq", "bias", "none")
+DEFAULT_REPAIRS = ("native", "lstsq")
+N_BOOTSTRAP = 2000
+
+__all__ = ["compare", "check_networks_match", "parse_methods", "parse_ratios", "ablate_networks"]
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -56,13 +58,21 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def parse_methods(methods: str | Sequence[str]) -> list[str]:
-    items = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+def _parse_names(value: str | Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
+    items = [m.strip() for m in value.split(",")] if isinstance(value, str) else list(value)
     items = [m for m in items if m]
-    unknown = [m for m in items if m not in METHODS]
+    unknown = [m for m in items if m not in allowed]
     if unknown or not items:
-        raise ConfigError(f"unknown method(s) {unknown or '(none)'}; choose from {', '.join(METHODS)}")
+        raise ConfigError(f"unknown {what}(s) {unknown or '(none)'}; choose from {', '.join(allowed)}")
     return items
+
+
+def parse_methods(methods: str | Sequence[str]) -> list[str]:
+    return _parse_names(methods, METHODS, "method")
+
+
+def parse_repairs(repairs: str | Sequence[str]) -> list[str]:
+    return _parse_names(repairs, REPAIR_CHOICES, "repair")
 
 
 def parse_ratios(ratios: str | Sequence[float]) -> list[float]:
@@ -75,30 +85,69 @@ def parse_ratios(ratios: str | Sequence[float]) -> list[float]:
     return [check_target_ratio(r) for r in items]
 
 
-def check_networks_match(fn, model: nn.Module) -> None:
-    """Raise :class:`RunDirError` when the networks were computed on a model of another shape."""
-    widths = [a.width for a in find_mlps(model)]
-    info = getattr(fn, "info", None)
-    recorded = info.get("model", {}).get("config_class") if isinstance(info, dict) else None
-    config_class = type(getattr(model, "config", None)).__name__
-    if recorded and recorded != config_class:
-        raise RunDirError(f"the functional networks were computed on a {recorded} model, this is a {config_class} "
-                          "model: run directory from another model?")
-    shape = tuple(np.asarray(fn.neuron_scores()).shape)
-    if shape != (len(widths), max(widths)) or len(set(widths)) != 1:
-        raise RunDirError(f"the functional networks are for {shape[0]} layers x {shape[1]} neurons, the model has "
-                          f"{len(widths)} layers with widths {sorted(set(widths))}: run directory from another model?")
+def _native_repair(method: str) -> str:
+    return "bias" if method in ("fn-flap", "flap") else "none"
 
 
-def _fn_keep(method: str, fn, model: nn.Module, ratio: float, stats, networks, protected_layers):
-    """Keep indices and whether to compensate, for the functional-network methods."""
-    if method in ("fn", "fn-bias"):
-        mask = np.asarray(fn.key_mask(target_ratio=ratio, networks=networks, protected_layers=protected_layers))
-        return [np.flatnonzero(row) for row in mask], method == "fn-bias"
-    widths = fn.plan(target_ratio=ratio, networks=networks, protected_layers=protected_layers)["widths"]
-    scores = flap_scores(model, stats)
-    ppn = [a.params_per_neuron for a in find_mlps(model)]
-    return keep_from_scores(scores, ppn, widths=widths), True
+def _jobs(methods, ratios, repairs, have_fn: bool, controls: bool) -> list[tuple[float, str, str, str]]:
+    """``(ratio, method, allocation, repair)`` rows in report order."""
+    out = []
+    for ratio in ratios:
+        pairs = []
+        for method in methods:
+            if method in NETWORK_METHODS:
+                pairs.append((method, "networks" if method != "paper" else "own"))
+            else:
+                pairs.append((method, "own"))
+                if have_fn and method != "flap":  # flap inside the networks' widths is fn-flap
+                    pairs.append((method, "networks"))
+        if controls and have_fn:
+            pairs += [("flap", "unresolved"), ("flap", "uniform")]
+        for method, allocation in pairs:
+            for repair in dict.fromkeys(_native_repair(method) if r == "native" else r for r in repairs):
+                out.append((ratio, method, allocation, repair))
+    return out
+
+
+def bootstrap_ppl(unit_nll: Sequence[float], unit_tokens: Sequence[int], n: int = N_BOOTSTRAP,
+                  seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the perplexity, resampling windows (or documents) with replacement."""
+    nll, tok = np.asarray(unit_nll, float), np.asarray(unit_tokens, float)
+    idx = np.random.default_rng(seed).integers(0, len(nll), size=(n, len(nll)))
+    ppl = np.exp(nll[idx].sum(1) / tok[idx].sum(1))
+    return float(np.percentile(ppl, 2.5)), float(np.percentile(ppl, 97.5))
+
+
+def paired_ratio(a: dict, b: dict, n: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """PPL(a) / PPL(b) on the same windows, with a paired 95% bootstrap interval."""
+    na, nb = np.asarray(a["unit_nll"], float), np.asarray(b["unit_nll"], float)
+    tok = np.asarray(a["unit_tokens"], float)
+    idx = np.random.default_rng(seed).integers(0, len(na), size=(n, len(na)))
+    ratios = np.exp((na[idx].sum(1) - nb[idx].sum(1)) / tok[idx].sum(1))
+    return {"ratio": a["ppl"] / b["ppl"], "low": float(np.percentile(ratios, 2.5)),
+            "high": float(np.percentile(ratios, 97.5))}
+
+
+class _Scorer:
+    """Perplexity of a model on one held-out set at every window length (units kept for bootstraps)."""
+
+    def __init__(self, tokenizer, docs, max_tokens: int, batch_size: int, windows: Sequence[int], per_document: bool):
+        self.tokenizer, self.docs, self.batch_size = tokenizer, docs, batch_size
+        self.windows, self.per_document = list(windows), per_document
+        self.ids = None if per_document else concatenated_ids(tokenizer, docs, max_tokens)
+
+    def __call__(self, model: nn.Module) -> dict:
+        out = {}
+        for w in self.windows:
+            if self.per_document:
+                r = per_document_perplexity(model, self.tokenizer, self.docs, window=w, batch_size=self.batch_size,
+                                            keep_units=True)
+            else:
+                r = perplexity(model, self.tokenizer, None, window=w, batch_size=self.batch_size, ids=self.ids,
+                               keep_units=True)
+            r["ci95"] = bootstrap_ppl(r["unit_nll"], r["unit_tokens"])
+            out[str(w)] = r
+        return out
 
 
 def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_METHODS,
@@ -106,21 +155,29 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
             networks: Sequence[int] | None = None, protected_layers: Sequence[int] | None = None,
             n_calib: int = 40, n_heldout: int = 20, max_tokens: int = 512, batch_size: int = 4,
             windows: Sequence[int] = (512, 128), per_document: bool = False, seed: int = 0,
-            analyze_kwargs: dict | None = None,
-            model: nn.Module | None = None, tokenizer=None, docs=None, fn=None,
+            repairs: Sequence[str] | str = DEFAULT_REPAIRS, controls: bool = False,
+            extra_corpora: Sequence[str] = (), split: str = "test", fidelity: int | None = 20,
+            reference: tuple[str, str, str] | None = ("flap", "own", "bias"),
+            analyze_kwargs: dict | None = None, paper_run_dir: str | os.PathLike | None = None,
+            model: nn.Module | None = None, tokenizer=None, docs=None, fn=None, paper_fn=None,
             progress: ProgressCallback | None = None) -> dict:
-    """Prune with every method at every ratio and measure held-out perplexity.
+    """Prune with every method at every ratio and measure held-out perplexity and network fidelity.
 
     ``model``/``tokenizer``/``docs``/``fn`` may be given directly (tests, the web app); otherwise
     they are loaded from ``model_spec`` and ``corpus``, and the networks from ``run_dir`` or, when
-    none is given, computed with ``fnprune.networks.analyze`` on the calibration documents.
-    ``ratios``: fractions of all parameters to remove. ``per_document``: score each held-out
-    document alone on its first ``window`` tokens (METHOD §2's table) instead of windows of the
-    concatenated text (METHOD §3). Returns the results dict (also written to
-    ``out_dir`` as JSON, Markdown and a Plotly chart when ``out_dir`` is given).
+    none is given, computed with :func:`fnprune.networks.analyze` on the calibration documents.
+    ``paper`` uses ``paper_fn`` / ``paper_run_dir`` (a run with ``n_init=1``), computed with one
+    FastICA run per layer when not given. ``networks``: chosen networks, kept by every method.
+    ``ratios``: fractions of all parameters to remove. ``extra_corpora``: more held-out sets
+    (e.g. ``pydoc``; their own held-out split). ``fidelity``: score the chosen networks, or this
+    many of the most stable ones (None: no fidelity). ``reference``: the (method, allocation,
+    repair) row every other row of the same ratio is paired with.
     """
     ratios = parse_ratios(ratios)
     methods = parse_methods(methods)
+    repairs = parse_repairs(repairs)
+    if split not in ("test", "validation"):
+        raise ConfigError(f"split must be 'test' or 'validation', got {split!r}")
     if out_dir is not None:
         out_dir = Path(out_dir)
         try:
@@ -129,138 +186,208 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
             raise ConfigError(f"cannot create report directory {out_dir}: {err.strerror or err}") from err
         if not os.access(out_dir, os.W_OK):
             raise ConfigError(f"report directory {out_dir} is not writable")
+    from .corpus import load_corpus, split_heldout, split_validation
+
     if model is None:
         from .models import load_model
 
         model, tokenizer = load_model(model_spec)
     if docs is None:
-        from .corpus import load_corpus
-
         docs = load_corpus(corpus or "brown")
-    from .corpus import split_heldout
+    docs = list(docs)
+    calib, heldout = split_heldout(docs)
+    calib = calib[:n_calib]
+    evaluated = split_validation(docs, n_calib) if split == "validation" else heldout
+    eval_sets = {corpus or "corpus": evaluated[:n_heldout]}
+    for name in extra_corpora:
+        other = load_corpus(name)
+        eval_sets[name] = (split_validation(other, 0) if split == "validation" else split_heldout(other)[1])[:n_heldout]
 
-    protected_layers = resolve_layers(protected_layers, len(find_mlps(model)))
-    calib, heldout = split_heldout(list(docs))
-    calib, heldout = calib[:n_calib], heldout[:n_heldout]
-
-    need_fn = any(m in FN_METHODS for m in methods) or any(m in BASELINES for m in methods)
-    if fn is None and need_fn:
-        if run_dir is not None:
-            from .networks import FunctionalNetworks
-
-            fn = FunctionalNetworks.load(run_dir)
-        elif any(m in FN_METHODS for m in methods):
-            from .networks import analyze
-
-            kwargs = {"max_tokens": max_tokens, "random_state": seed, "model_spec": model_spec,
-                      "corpus_spec": corpus, **(analyze_kwargs or {})}
-            if out_dir is not None:
-                kwargs.setdefault("work_dir", out_dir / "networks")
-            fn = analyze(model, tokenizer, calib, progress=progress, **kwargs)
-    if fn is not None:
-        check_networks_match(fn, model)
-
-    needs_stats = any(m in ("fn-bias", "fn-flap", "wanda-sp", "flap") for m in methods)
-    stats = collect_down_input_stats(model, tokenizer, calib, max_tokens, batch_size, progress) if needs_stats else None
-    ids = concatenated_ids(tokenizer, heldout, max_tokens)
-
-    def measure(m: nn.Module) -> dict:
-        if per_document:
-            return {str(w): per_document_perplexity(m, tokenizer, heldout, window=w, batch_size=batch_size)["ppl"]
-                    for w in windows}
-        return {str(w): perplexity(m, tokenizer, None, window=w, batch_size=batch_size, ids=ids)["ppl"]
-                for w in windows}
+    empty = [name for name, d in eval_sets.items() if not d]
+    if empty:
+        raise ConfigError(f"no {split} documents in {', '.join(empty)} (the {split} split is disjoint from the "
+                          f"{len(calib)} calibration documents): use a larger corpus or fewer calibration documents")
+    fn = _networks(fn, run_dir, methods, networks, model, tokenizer, calib, model_spec, corpus, max_tokens, seed,
+                   analyze_kwargs, out_dir, None, progress)
+    if "paper" in methods:
+        paper_fn = _networks(paper_fn, paper_run_dir, ["paper"], None, model, tokenizer, calib, model_spec, corpus,
+                             max_tokens, seed, {**(analyze_kwargs or {}), "n_init": 1}, out_dir, "paper-networks",
+                             progress)
+    calibration = Calibration(tokenizer, calib, max_tokens, batch_size)
+    scorers = {name: _Scorer(tokenizer, d, max_tokens, batch_size, windows, per_document)
+               for name, d in eval_sets.items()}
+    fidelity_ids = _fidelity_networks(fn, networks, fidelity, protected_layers)
+    fidelity_docs = next(iter(eval_sets.values()))
 
     total = total_parameters(model)
-    dense_mlp = sum(a.n_params for a in find_mlps(model))
-    rows = [{"method": "dense", "allocation": "-", "bias": False, "ratio": 0.0, "removed_fraction": 0.0,
-             "removed_mlp_fraction": 0.0, "widths": [a.width for a in find_mlps(model)], "ppl": measure(model)}]
-    jobs = []
-    for ratio in ratios:
-        for method in methods:
-            if method in FN_METHODS:
-                jobs.append((ratio, method, "fn"))
-            else:
-                jobs.append((ratio, method, "own"))
-                if fn is not None:
-                    jobs.append((ratio, method, "fn"))
-    for i, (ratio, method, allocation) in enumerate(jobs):
-        report(progress, "compare", i / len(jobs), f"{method} ({allocation}) at {ratio:.0%}")
-        pruned = copy.deepcopy(model)
-        try:
-            if method in FN_METHODS:
-                keep, bias = _fn_keep(method, fn, model, ratio, stats, networks, protected_layers)
-            else:
-                widths = None
-                if allocation == "fn":
-                    widths = fn.plan(target_ratio=ratio, networks=networks, protected_layers=protected_layers)["widths"]
-                keep = plan_keep(model, method, ratio, stats=stats, widths=widths,
-                                 protected_layers=protected_layers, seed=seed)
-                bias = method == "flap"
-            prune_model(pruned, keep, bias=stats if bias else None)
-            adapters = find_mlps(pruned)
-            row = {"method": method, "allocation": allocation, "bias": bias, "ratio": ratio,
-                   "removed_fraction": 1 - total_parameters(pruned) / total,
-                   "removed_mlp_fraction": 1 - sum(a.n_params for a in adapters) / dense_mlp,
-                   "widths": [a.width for a in adapters], "ppl": measure(pruned)}
-        except ConfigError as err:
-            row = {"method": method, "allocation": allocation, "ratio": ratio, "error": str(err)}
-        finally:
-            del pruned
-        rows.append(row)
+    rows = [{"method": "dense", "allocation": "-", "repair": "-", "ratio": 0.0, "removed_fraction": 0.0,
+             "removed_mlp_fraction": 0.0, "widths": [a.width for a in find_mlps(model)],
+             "ppl": {name: score(model) for name, score in scorers.items()}}]
+    jobs = _jobs(methods, ratios, repairs, fn is not None, controls)
+    for i, (ratio, method, allocation, repair) in enumerate(jobs):
+        report(progress, "compare", i / len(jobs), f"{method} ({allocation}, {repair}) at {ratio:.0%}")
+        spec = PruningSpec(method=method, target_ratio=ratio, networks=None if networks is None else tuple(networks),
+                           allocation=allocation, repair=repair, seed=seed,
+                           protected_layers=None if protected_layers is None else tuple(protected_layers))
+        rows.append(_run_job(model, tokenizer, fn if method != "paper" else paper_fn, fn, spec, calibration,
+                             scorers, fidelity_ids, fidelity_docs, max_tokens, batch_size))
     report(progress, "compare", 1.0, "done")
+    _pair_with_reference(rows, reference)
     result = {"model": model_spec, "corpus": corpus, "run_dir": str(run_dir) if run_dir else None,
               "networks": list(networks) if networks is not None else None,
+              "fidelity_networks": fidelity_ids, "split": split,
               "protected_layers": list(protected_layers) if protected_layers is not None else "default",
-              "n_calib_docs": len(calib), "n_heldout_docs": len(heldout), "max_tokens": max_tokens,
-              "ppl_protocol": "per-document" if per_document else "concatenated windows",
-              "heldout_tokens": int(len(ids)), "total_params": total, "rows": rows}
+              "n_calib_docs": len(calib), "eval_sets": {k: len(v) for k, v in eval_sets.items()},
+              "max_tokens": max_tokens, "ppl_protocol": "per-document" if per_document else "concatenated windows",
+              "total_params": total, "reference": list(reference) if reference else None, "rows": rows}
     if out_dir is not None:
-        _atomic_write(out_dir / "results.json", json.dumps(result, indent=2) + "\n")
+        _atomic_write(out_dir / "results.json", json.dumps(result, indent=1) + "\n")
         _atomic_write(out_dir / "report.md", markdown_report(result))
         _atomic_write(out_dir / "ppl_vs_ratio.html", plotly_chart(result))
     return result
 
 
+def _networks(fn, run_dir, methods, networks, model, tokenizer, calib, model_spec, corpus, max_tokens, seed,
+              analyze_kwargs, out_dir, work_name, progress):
+    """The functional networks: given, loaded from ``run_dir`` or computed on the calibration documents."""
+    if fn is None and run_dir is not None:
+        from .networks import FunctionalNetworks
+
+        fn = FunctionalNetworks.load(run_dir)
+    elif fn is None and (any(m in NETWORK_METHODS for m in methods) or networks is not None):
+        from .networks import analyze
+
+        kwargs = {"max_tokens": max_tokens, "random_state": seed, "model_spec": model_spec, "corpus_spec": corpus,
+                  **(analyze_kwargs or {})}
+        if out_dir is not None:
+            kwargs.setdefault("work_dir", Path(out_dir) / (work_name or "networks"))
+        fn = analyze(model, tokenizer, calib, progress=progress, **kwargs)
+    if fn is not None:
+        check_networks_match(fn, model)
+    return fn
+
+
+def _fidelity_networks(fn, networks, fidelity, protected_layers) -> list[int]:
+    if fn is None or fidelity is None:
+        return []
+    if networks is not None:
+        return [int(c) for c in networks]
+    from .fidelity import most_stable_networks
+
+    return most_stable_networks(fn, int(fidelity), protected_layers)
+
+
+def _run_job(model, tokenizer, fn, fidelity_fn, spec: PruningSpec, calibration: Calibration, scorers, fidelity_ids,
+             fidelity_docs, max_tokens, batch_size) -> dict:
+    base = {"method": spec.method, "allocation": spec.allocation, "repair": spec.repair, "ratio": spec.target_ratio}
+    pruned = copy.deepcopy(model)
+    try:
+        started = time.perf_counter()
+        outcome = prune_with_networks(pruned, fn, spec, calibration,
+                                      chosen_from=fidelity_fn if fidelity_fn is not fn else None)
+        seconds = time.perf_counter() - started
+        row = {**base, "removed_fraction": outcome.removed_fraction,
+               "removed_mlp_fraction": outcome.removed_mlp_fraction, "widths": outcome.widths,
+               "prune_seconds": seconds, "repair_errors": outcome.repair_summary(),
+               "chosen_networks": [asdict(c) for c in outcome.chosen],
+               "ppl": {name: score(pruned) for name, score in scorers.items()}}
+        if fidelity_ids:
+            from .fidelity import network_fidelity
+
+            row["fidelity"] = [asdict(f) for f in network_fidelity(
+                model, pruned, tokenizer, fidelity_docs, fidelity_fn, fidelity_ids, outcome.keep, max_tokens=max_tokens,
+                batch_size=batch_size)]
+        return row
+    except ConfigError as err:
+        return {**base, "error": str(err)}
+    finally:
+        del pruned
+
+
+def _pair_with_reference(rows: list[dict], reference) -> None:
+    if not reference:
+        return
+    method, allocation, repair = reference
+    for ref in rows:
+        if (ref["method"], ref["allocation"], ref["repair"]) != (method, allocation, repair) or "error" in ref:
+            continue
+        for row in rows[1:]:
+            if row.get("ratio") != ref["ratio"] or "error" in row or row is ref:
+                continue
+            row["vs_reference"] = {name: {w: paired_ratio(row["ppl"][name][w], ref["ppl"][name][w])
+                                          for w in row["ppl"][name]} for name in row["ppl"]}
+
+
+def _fmt_ppl(r: dict) -> str:
+    low, high = r["ci95"]
+    return f"{r['ppl']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _fidelity_cell(row: dict) -> str:
+    fid = row.get("fidelity")
+    if not fid:
+        return ""
+    corr = [f["correlation"] for f in fid if np.isfinite(f["correlation"])]
+    kept = sum(f["n_key_kept"] for f in fid), sum(f["n_key"] for f in fid)
+    return (f"{np.median(corr):.3f} / {min(corr):.3f}; {kept[0]} of {kept[1]}" if corr else "")
+
+
 def markdown_report(result: dict) -> str:
-    windows = list(result["rows"][0]["ppl"])
+    sets = list(result["rows"][0]["ppl"])
+    windows = list(result["rows"][0]["ppl"][sets[0]])
+    cols = [f"{name} PPL@{w} [95% CI]" for name in sets for w in windows]
+    ref = result.get("reference")
     lines = [f"# Pruning comparison: {result.get('model')} on {result.get('corpus')}", "",
-             f"Calibration: {result['n_calib_docs']} documents; held-out: {result['n_heldout_docs']} documents "
-             f"({result['heldout_tokens']} tokens), perplexity over {result.get('ppl_protocol', 'windows')}. Ratio = fraction of all {result['total_params']:,} parameters "
-             "removed (MLP neurons only).", "",
-             "| ratio | method | allocation | bias | removed (all) | removed (MLP) | "
-             + " | ".join(f"PPL@{w}" for w in windows) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(windows)]
+             f"Calibration: {result['n_calib_docs']} documents; evaluated on the {result.get('split', 'test')} split: "
+             + ", ".join(f"{k} {v} documents" for k, v in result["eval_sets"].items())
+             + f"; perplexity over {result.get('ppl_protocol', 'windows')}, 95% bootstrap intervals over windows. "
+             f"Ratio = fraction of all {result['total_params']:,} parameters removed (MLP neurons only).",
+             "" if not ref else f"Paired ratio: PPL / PPL of {ref[0]} ({ref[1]}, {ref[2]}) at the same ratio on the "
+             "same windows, with a paired bootstrap 95% interval.",
+             "Fidelity: median / worst time-course correlation of the scored networks; their key neurons kept.", "",
+             "| ratio | method | allocation | repair | removed (all) | removed (MLP) | " + " | ".join(cols)
+             + " | paired ratio | fidelity | calib. error |",
+             "|---|---|---|---|---|---|" + "---|" * len(cols) + "---|---|---|"]
     for row in result["rows"]:
         if "error" in row:
-            lines.append(f"| {row['ratio']:.2f} | {row['method']} | {row['allocation']} | | | | "
-                         + " | ".join("—" for _ in windows) + f" |  <!-- {row['error']} -->")
+            lines.append(f"| {row['ratio']:.2f} | {row['method']} | {row['allocation']} | {row['repair']} | | | "
+                         + " | ".join("—" for _ in cols) + f" | | | |  <!-- {row['error']} -->")
             continue
-        lines.append(f"| {row['ratio']:.2f} | {row['method']} | {row['allocation']} | {'yes' if row['bias'] else 'no'} "
-                     f"| {row['removed_fraction']:.1%} | {row['removed_mlp_fraction']:.1%} | "
-                     + " | ".join(f"{row['ppl'][w]:.2f}" for w in windows) + " |")
+        vals = [_fmt_ppl(row["ppl"][name][w]) for name in sets for w in windows]
+        pair = row.get("vs_reference", {}).get(sets[0], {}).get(windows[0])
+        pair_s = f"{pair['ratio']:.3f} [{pair['low']:.3f}, {pair['high']:.3f}]" if pair else ""
+        errs = row.get("repair_errors")
+        err_s = (f"{errs['error_bias']:.3f} → {errs['error_repaired']:.3f}" if errs else "")
+        lines.append(f"| {row['ratio']:.2f} | {row['method']} | {row['allocation']} | {row['repair']} "
+                     f"| {row['removed_fraction']:.1%} | {row['removed_mlp_fraction']:.1%} | " + " | ".join(vals)
+                     + f" | {pair_s} | {_fidelity_cell(row)} | {err_s} |")
     errors = [r for r in result["rows"] if "error" in r]
     if errors:
-        lines += ["", "Failed:"] + [f"- {r['method']} ({r['allocation']}) at {r['ratio']:.2f}: {r['error']}" for r in errors]
+        lines += ["", "Failed:"] + [f"- {r['method']} ({r['allocation']}, {r['repair']}) at {r['ratio']:.2f}: "
+                                    f"{r['error']}" for r in errors]
     return "\n".join(lines) + "\n"
 
 
 def plotly_chart(result: dict) -> str:
     import plotly.graph_objects as go
 
-    window = list(result["rows"][0]["ppl"])[0]
-    dense = result["rows"][0]["ppl"][window]
+    first = list(result["rows"][0]["ppl"])[0]
+    window = list(result["rows"][0]["ppl"][first])[0]
+    dense = result["rows"][0]["ppl"][first][window]["ppl"]
     fig = go.Figure()
     series: dict[str, list] = {}
     for row in result["rows"][1:]:
         if "error" not in row:
-            series.setdefault(f"{row['method']} ({row['allocation']})", []).append(row)
+            series.setdefault(f"{row['method']} ({row['allocation']}, {row['repair']})", []).append(row)
     for name, rows in series.items():
         rows = sorted(rows, key=lambda r: r["ratio"])
-        fig.add_trace(go.Scatter(x=[r["ratio"] for r in rows], y=[r["ppl"][window] for r in rows],
-                                 mode="lines+markers", name=name))
+        ys = [r["ppl"][first][window] for r in rows]
+        fig.add_trace(go.Scatter(x=[r["ratio"] for r in rows], y=[y["ppl"] for y in ys], mode="lines+markers",
+                                 name=name, error_y={"type": "data", "symmetric": False,
+                                                     "array": [y["ci95"][1] - y["ppl"] for y in ys],
+                                                     "arrayminus": [y["ppl"] - y["ci95"][0] for y in ys]}))
     fig.add_hline(y=dense, line_dash="dot", annotation_text=f"dense {dense:.2f}")
-    fig.update_layout(title=f"Held-out perplexity (window {window}) vs fraction of parameters removed",
+    fig.update_layout(title=f"{first}: perplexity (window {window}) vs fraction of parameters removed",
                       xaxis_title="fraction of all parameters removed", yaxis_title=f"PPL@{window}",
                       yaxis_type="log", template="plotly_white")
     return fig.to_html(include_plotlyjs=True, full_html=True)
@@ -290,23 +417,15 @@ def zeroed_perplexity(model: nn.Module, tokenizer, docs, zero: Sequence[np.ndarr
             h.remove()
 
 
-def _n_components(fn) -> int:
-    for attr in ("n_components_", "n_components"):
-        n = getattr(fn, attr, None)
-        if isinstance(n, int):
-            return n
-    return len(fn.component_table())
-
-
 def ablate_networks(model: nn.Module, tokenizer, heldout_docs, fn, *, top_k: int = 1,
                     threshold: float | None = None, networks: Sequence[int] | None = None,
                     window: int = 512, max_tokens: int | None = 512, seed: int = 0) -> dict:
     """Zero the neurons (|z| > threshold) of the ``top_k`` networks with the largest peak |z| (or of
     ``networks``) vs as many random neurons in the same layers; report both perplexities."""
     if threshold is None:
-        threshold = float(getattr(fn, "threshold_", None) or getattr(fn, "threshold", None) or 3.46)
+        threshold = fn.threshold
     if networks is None:
-        peaks = [float(np.max(np.asarray(fn.neuron_scores(networks=[k])))) for k in range(_n_components(fn))]
+        peaks = [float(fn.abs_max_map(k).max()) for k in range(fn.n_components)]
         networks = [int(k) for k in np.argsort(peaks)[::-1][:top_k]]
     scores = np.asarray(fn.neuron_scores(networks=list(networks)))  # (n_layers, I)
     chosen = [np.flatnonzero(row > threshold) for row in scores]

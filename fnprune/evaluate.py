@@ -42,9 +42,11 @@ def concatenated_ids(tokenizer, docs, max_tokens_per_doc: int | None = None) -> 
 
 
 @torch.no_grad()
-def per_document_perplexity(model: nn.Module, tokenizer, docs, *, window: int = 512, batch_size: int = 4) -> dict:
+def per_document_perplexity(model: nn.Module, tokenizer, docs, *, window: int = 512, batch_size: int = 4,
+                            keep_units: bool = False) -> dict:
     """Perplexity with every document scored separately on its first ``window`` tokens (padding
-    masked) -- the protocol of METHOD §2's measured table. Same keys as :func:`perplexity`."""
+    masked) -- the protocol of METHOD §2's measured table. Same keys as :func:`perplexity`
+    (``unit_nll``/``unit_tokens`` per document when ``keep_units``)."""
     from .prune import padded_batches
 
     sequences = encode_documents(tokenizer, docs, window)
@@ -53,30 +55,41 @@ def per_document_perplexity(model: nn.Module, tokenizer, docs, *, window: int = 
     device = model_device(model)
     was_training = model.training
     model.eval()
-    total_nll, total_tokens = 0.0, 0
+    unit_nll: list[float] = []
+    unit_tokens: list[int] = []
     try:
         for ids, mask in padded_batches(sequences, batch_size):
             ids, mask = ids.to(device), mask.to(device)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
             nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
             real = mask[:, 1:].bool()  # (b, len-1): the predicted token is a real one
-            total_nll += float(nll[real].sum())
-            total_tokens += int(real.sum())
+            unit_nll += (nll * real).sum(1).tolist()
+            unit_tokens += real.sum(1).tolist()
     finally:
         model.train(was_training)
-    mean_nll = total_nll / total_tokens
-    return {"ppl": math.exp(mean_nll), "nll": mean_nll, "n_tokens": total_tokens,
-            "n_windows": len(sequences), "window": window}
+    return _ppl_result(unit_nll, unit_tokens, window, keep_units)
+
+
+def _ppl_result(unit_nll: list[float], unit_tokens: list[int], window: int, keep_units: bool) -> dict:
+    total_tokens = int(sum(unit_tokens))
+    mean_nll = float(sum(unit_nll)) / total_tokens
+    out = {"ppl": math.exp(mean_nll), "nll": mean_nll, "n_tokens": total_tokens,
+           "n_windows": len(unit_nll), "window": window}
+    if keep_units:
+        out.update(unit_nll=[float(x) for x in unit_nll], unit_tokens=[int(x) for x in unit_tokens])
+    return out
 
 
 @torch.no_grad()
 def perplexity(model: nn.Module, tokenizer, docs, *, window: int = 512, batch_size: int = 4,
                max_tokens_per_doc: int | None = None, max_windows: int | None = None,
-               ids: torch.Tensor | None = None, progress: ProgressCallback | None = None) -> dict:
+               ids: torch.Tensor | None = None, progress: ProgressCallback | None = None,
+               keep_units: bool = False) -> dict:
     """Perplexity over non-overlapping windows of ``window`` tokens of the concatenated documents.
 
-    Returns ``{"ppl", "nll", "n_tokens" (predicted tokens), "n_windows", "window"}``. The tail shorter
-    than a window is dropped (unless it is the only window).
+    Returns ``{"ppl", "nll", "n_tokens" (predicted tokens), "n_windows", "window"}`` and, when
+    ``keep_units``, ``unit_nll``/``unit_tokens`` per window (for bootstrap intervals). The tail
+    shorter than a window is dropped (unless it is the only window).
     """
     if ids is None:
         ids = concatenated_ids(tokenizer, docs, max_tokens_per_doc)
@@ -92,21 +105,19 @@ def perplexity(model: nn.Module, tokenizer, docs, *, window: int = 512, batch_si
     device = model_device(model)
     was_training = model.training
     model.eval()
-    total_nll, total_tokens = 0.0, 0
+    unit_nll: list[float] = []
+    unit_tokens: list[int] = []
     try:
         for start in range(0, len(windows), batch_size):
             batch = windows[start:start + batch_size].to(device)
             logits = model(input_ids=batch, use_cache=False).logits.float()  # (b, window, vocab)
-            nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
-            total_nll += float(nll)
-            total_tokens += batch[:, 1:].numel()
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch[:, 1:], reduction="none")
+            unit_nll += nll.sum(1).tolist()
+            unit_tokens += [batch.shape[1] - 1] * batch.shape[0]
             report(progress, f"ppl@{window}", min(1.0, (start + batch_size) / len(windows)))
     finally:
         model.train(was_training)
-    mean_nll = total_nll / total_tokens
-    return {"ppl": math.exp(mean_nll), "nll": mean_nll, "n_tokens": total_tokens,
-            "n_windows": len(windows), "window": window}
+    return _ppl_result(unit_nll, unit_tokens, window, keep_units)
 
 
 def parameter_counts(model: nn.Module) -> dict:

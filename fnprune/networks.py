@@ -14,8 +14,11 @@ score is a max over every run's components.
 Seed robustness: each decomposition ("unit": one layer of one run, or one run in whole-model mode)
 splits its components into *stable* ones (found by every FastICA restart) and the rest, whose
 rotation is an accident of the seed. When every unstable component of a unit is selected, their
-contribution to the score is the seed-free expectation ``residual`` computed by CanICA
-(``CanICA.residual_score_``) instead of their individual maps; see ``fnprune/ica.py`` step 6.
+contribution to the score is the seed-free *unresolved-subspace energy* computed by CanICA
+(``CanICA.unresolved_energy_``) instead of their individual maps; see ``fnprune/ica.py`` step 6.
+That energy is a PCA statistic, not a network: ``key_source`` says per neuron whether a stable
+network or only that energy makes it key, and ``info["unit_stability"]`` holds per-unit statistics
+(``fnprune.stability.fit_summary``).
 """
 
 from __future__ import annotations
@@ -28,27 +31,25 @@ from pathlib import Path
 
 import numpy as np
 
+from . import atlas as _atlas
+from .atlas import neuron_grid  # the one home of the neuron grid
 from .capture import ActivationStore, capture_activations
 from .corpus import Document
 from .errors import ConfigError, RunDirError
 from .ica import CanICA
 from .io import read_safetensors, write_safetensors
-from .mlp import default_protected_layers, mlp_summary
+from .mlp import mlp_summary
 from .progress import ProgressCallback, report
+from .stability import fit_summary
 
 MODES = ("per-layer", "whole-model")
+NOT_KEY, KEY_NETWORK, KEY_UNRESOLVED = 0, 1, 2   # key_source: why a neuron is key
 DEFAULT_THRESHOLD = 3.0
 DEFAULT_N_INIT = 8
 # time courses at least this large are memory-mapped on load (the default model's 40-document run,
 # 157 MB, is read: one component's detail then takes no page faults)
 MMAP_TIME_COURSES_BYTES = 256 * 2 ** 20
 RUN_FORMAT = 2  # 2: time courses stored (components, tokens) as time_courses_t
-
-
-def neuron_grid(width: int) -> tuple[int, int]:
-    """A fixed near-square ``(rows, cols)`` grid that holds ``width`` neurons, row-major."""
-    cols = int(np.ceil(np.sqrt(width)))
-    return int(np.ceil(width / cols)), cols
 
 
 class FunctionalNetworks:
@@ -66,11 +67,12 @@ class FunctionalNetworks:
     documents : list of {"id", "label", "n_tokens"}
     info : model summary, analysis parameters, corpus
     labels : {component id: "signal" | "noise" | "unknown"}
+    names : {component id: name given by the user}; ``name(c)`` falls back to ``auto_names()``
     """
 
     def __init__(self, *, maps, component_layer, component_index, component_run, stability,
                  time_courses, token_text, token_doc, token_pos, documents, info, labels=None,
-                 stable=None, component_unit=None, unit_residual=None):
+                 stable=None, component_unit=None, unit_unresolved=None, atlas=None, names=None):
         # maps are stored as float16; round here too so a loaded run gives the very same masks
         self.maps = np.asarray(maps, dtype=np.float16).astype(np.float32)
         self.component_layer = np.asarray(component_layer, dtype=np.int64)
@@ -84,6 +86,9 @@ class FunctionalNetworks:
         self.documents = list(documents)
         self.info = dict(info)
         self.labels = {int(k): v for k, v in (labels or {}).items()}
+        self.names = {int(k): str(v) for k, v in (names or {}).items()}
+        self._atlas = None if atlas is None else {k: np.asarray(v, np.int32) for k, v in atlas.items()}
+        self._auto_names = None
         self._absmax = np.abs(self.maps).max(axis=2)          # (n_comp, n_map_layers, width)
         n = self.maps.shape[0]
         self.stable = np.ones(n, bool) if stable is None else np.asarray(stable, dtype=bool)
@@ -92,9 +97,11 @@ class FunctionalNetworks:
                                        return_inverse=True)[1].reshape(-1)
         self.component_unit = np.asarray(component_unit, np.int64)
         # (n_units, n_map_layers, width): seed-free expected max |z| over each unit's unstable components
-        self.unit_residual = (np.zeros((int(self.component_unit.max()) + 1,) + self._absmax.shape[1:], np.float32)
-                              if unit_residual is None else
-                              np.asarray(unit_residual, np.float16).astype(np.float32))
+        # (n_units, n_map_layers, width): each unit's unresolved-subspace energy (seed-free expected
+        # max |z| over its unstable components; 0 for runs saved before it existed)
+        self.unit_unresolved = (np.zeros((int(self.component_unit.max()) + 1,) + self._absmax.shape[1:], np.float32)
+                                if unit_unresolved is None else
+                                np.asarray(unit_unresolved, np.float16).astype(np.float32))
 
     # -- shape facts -----------------------------------------------------------------------------
     @property
@@ -134,6 +141,34 @@ class FunctionalNetworks:
     def grid(self) -> tuple[int, int]:
         return neuron_grid(self.width)
 
+    # -- where neurons are drawn, and what networks are called (fnprune/atlas.py) ----------------------
+    def atlas(self) -> dict[str, np.ndarray]:
+        """The run's functional atlas: ``{"positions", "network"}``, both ``(n_layers, width)`` int32
+        (stored in the run directory; computed here for runs saved without it)."""
+        if self._atlas is None:
+            self._atlas = _atlas.functional_atlas(self._absmax, self.component_layer, self.layers, self.n_layers,
+                                                  self.time_courses, self.threshold)
+        return self._atlas
+
+    def layout(self, name: str = "atlas") -> np.ndarray:
+        """``(n_layers, width)`` flat grid cell (``row * cols + col`` of ``grid``) of every neuron:
+        ``"atlas"`` (networks as regions) or ``"index"`` (row-major by neuron index)."""
+        if name == "atlas":
+            return self.atlas()["positions"]
+        if name == "index":
+            return _atlas.index_layout(self.n_layers, self.width)
+        raise ConfigError(f"layout must be one of {_atlas.LAYOUTS}, got {name!r}")
+
+    def auto_names(self) -> list[str]:
+        """Per component a short name from its top-activating tokens, e.g. ``"was · had · were"``."""
+        if self._auto_names is None:
+            self._auto_names = _atlas.auto_names(self.time_courses, self.token_text)
+        return self._auto_names
+
+    def name(self, component: int) -> str:
+        """The user's name of the component, else its automatic name."""
+        return self.names.get(int(component)) or self.auto_names()[int(component)]
+
     def map_layers(self, component: int) -> list[int]:
         layer = int(self.component_layer[component])
         return [layer] if layer >= 0 else self.layers
@@ -159,8 +194,8 @@ class FunctionalNetworks:
             in_unit = self.component_unit == unit
             unstable = in_unit & ~self.stable
             if unstable.any() and not (unstable & ~chosen).any():
-                # every unstable component chosen: their seed-free expectation replaces their maps
-                parts = [self.unit_residual[unit]]
+                # every unstable component chosen: the unresolved-subspace energy replaces their maps
+                parts = [self.unit_unresolved[unit]]
                 use = in_unit & chosen & self.stable
             else:
                 parts = []
@@ -172,98 +207,61 @@ class FunctionalNetworks:
             scores[rows] = np.maximum(scores[rows], unit_score)
         return scores
 
-    def _prunable(self, protected_layers) -> list[int]:
-        protected = default_protected_layers(self.n_layers) if protected_layers is None else list(protected_layers)
-        for layer in protected:
-            if not isinstance(layer, int | np.integer) or not 0 <= layer < self.n_layers:
-                raise ConfigError(f"protected_layers: {layer!r} is not a layer index in 0..{self.n_layers - 1}")
-        return [lyr for lyr in self.layers if lyr not in set(protected)]
+    @property
+    def unit_residual(self) -> np.ndarray:
+        """The former name of ``unit_unresolved``."""
+        return self.unit_unresolved
 
-    def _params(self) -> tuple[np.ndarray, int, int]:
-        model = self.info["model"]
-        return np.asarray(model["params_per_neuron"], dtype=np.int64), int(model["total_params"]), int(model["mlp_params"])
+    @unit_residual.setter
+    def unit_residual(self, value) -> None:
+        self.unit_unresolved = value
 
-    def threshold_for_ratio(self, target_ratio: float, networks=None, protected_layers=None) -> float:
-        """Smallest threshold whose mask removes at least ``target_ratio`` of all parameters (bisection)."""
-        _check_ratio(target_ratio)
-        scores = self.neuron_scores(networks).astype(np.float64)
-        prunable = self._prunable(protected_layers)
-        ppn, total, _ = self._params()
-        goal = target_ratio * total
-        reachable = sum(int(ppn[lyr]) * self.width for lyr in prunable)
-        if goal > reachable:
-            raise ConfigError(f"target_ratio {target_ratio:g} is not reachable: removing every neuron outside the "
-                              f"protected layers removes {reachable / total:.3f} of the parameters")
+    def key_source(self, threshold: float | None = None) -> np.ndarray:
+        """``(n_layers, width)`` int8: why each neuron is key at ``threshold`` with every component
+        chosen. ``KEY_NETWORK`` (1): a stable network's |z| exceeds it; ``KEY_UNRESOLVED`` (2): only the
+        unresolved-subspace energy does (a PCA statistic, no network); ``NOT_KEY`` (0): neither, or
+        the layer was not analysed. ``key_source(t) > 0`` is exactly ``neuron_scores() > t``."""
+        threshold = self.threshold if threshold is None else float(threshold)
+        network = np.zeros((self.n_layers, self.width), np.float32)
+        unresolved = np.zeros_like(network)
+        for unit in np.unique(self.component_unit):
+            in_unit = self.component_unit == unit
+            rows = self.layers if self.mode == "whole-model" else [int(self.component_layer[in_unit][0])]
+            if (in_unit & self.stable).any():
+                network[rows] = np.maximum(network[rows], self._absmax[in_unit & self.stable].max(axis=0))
+            if (in_unit & ~self.stable).any():
+                unresolved[rows] = np.maximum(unresolved[rows], self.unit_unresolved[unit])
+        source = np.where(unresolved.astype(np.float64) > threshold, KEY_UNRESOLVED, NOT_KEY)
+        return np.where(network.astype(np.float64) > threshold, KEY_NETWORK, source).astype(np.int8)
 
-        def removed(t: float) -> int:
-            return sum(int(ppn[lyr]) * int((scores[lyr] <= t).sum()) for lyr in prunable)
+    def abs_max_map(self, component: int) -> np.ndarray:
+        """``(n_map_layers, width)`` largest |z| of each neuron over the signals in one component's map."""
+        return self._absmax[int(component)]
 
-        lo, hi = -1.0, float(scores[prunable].max()) + 1.0
-        for _ in range(80):
-            mid = 0.5 * (lo + hi)
-            if removed(mid) >= goal:
-                hi = mid
-            else:
-                lo = mid
-        # snap to the score that crosses the goal, so the threshold is a value users can reproduce
-        candidates = np.sort(np.concatenate([scores[lyr] for lyr in prunable]))
-        idx = min(np.searchsorted(candidates, hi, side="right"), len(candidates)) - 1
-        return float(candidates[max(idx, 0)])
+    def component_row_layer(self, component: int) -> int:
+        """The layer a component belongs to (whole-model mode: the layer where its map peaks)."""
+        layer = int(self.component_layer[component])
+        if layer >= 0:
+            return layer
+        return self.layers[int(self._absmax[component].max(axis=1).argmax())]
 
+    # -- plans and masks (the maths lives in fnprune.selection) -------------------------------------
     def key_mask(self, threshold: float | None = None, target_ratio: float | None = None, networks=None,
                  protected_layers=None, uniform: bool = False) -> np.ndarray:
-        """``(n_layers, width)`` bool, True = keep (key neuron, protected layer or unanalysed layer)."""
-        return self._mask_and_threshold(threshold, target_ratio, networks, protected_layers, uniform)[0]
+        """``(n_layers, width)`` bool, True = keep; see :func:`fnprune.selection.plan`."""
+        from .selection import plan
 
-    def _mask_and_threshold(self, threshold, target_ratio, networks, protected_layers, uniform):
-        if (threshold is None) == (target_ratio is None):
-            raise ConfigError("give exactly one of threshold and target_ratio")
-        scores = self.neuron_scores(networks)
-        prunable = self._prunable(protected_layers)
-        if threshold is None:
-            threshold = self.threshold_for_ratio(target_ratio, networks, protected_layers)
-        elif not np.isfinite(threshold) or threshold < 0:
-            raise ConfigError(f"threshold must be a finite number ≥ 0, got {threshold!r}")
-        keep = np.ones((self.n_layers, self.width), dtype=bool)
-        for lyr in prunable:
-            keep[lyr] = scores[lyr].astype(np.float64) > threshold
-        if uniform and prunable:
-            ppn, total, _ = self._params()
-            if target_ratio is not None:
-                per_neuron = sum(int(ppn[lyr]) for lyr in prunable)
-                width = self.width - int(np.ceil(target_ratio * total / per_neuron))
-            else:
-                width = int(round(np.mean([keep[lyr].sum() for lyr in prunable])))
-            if width < 1:
-                raise ConfigError("uniform widths would remove every MLP neuron of the pruned layers; lower the ratio")
-            for lyr in prunable:
-                order = np.argsort(-scores[lyr], kind="stable")
-                keep[lyr] = False
-                keep[lyr, order[:width]] = True
-        empty = [lyr for lyr in prunable if not keep[lyr].any()]
-        if empty:
-            raise ConfigError(f"this threshold/target would remove every MLP neuron of layer(s) {empty[:5]}; "
-                              "lower the target, select networks in those layers or protect them")
-        return keep, float(threshold)
+        return plan(self, threshold=threshold, target_ratio=target_ratio, networks=networks,
+                    protected_layers=protected_layers, uniform=uniform).keep
 
     def plan(self, threshold: float | None = None, target_ratio: float | None = None, networks=None,
              protected_layers=None, uniform: bool = False) -> dict:
-        """Projected per-layer widths and parameter counts of pruning with this mask (no model needed)."""
-        keep, threshold = self._mask_and_threshold(threshold, target_ratio, networks, protected_layers, uniform)
-        ppn, total, mlp = self._params()
-        widths = keep.sum(axis=1)
-        original = np.asarray(self.info["model"]["widths"], dtype=np.int64)
-        removed = int(((original - widths) * ppn).sum())
-        protected = sorted(set(range(self.n_layers)) - set(self._prunable(protected_layers)))
-        return {
-            "threshold": threshold, "target_ratio": target_ratio, "uniform": bool(uniform),
-            "networks": None if networks is None else [int(x) for x in self._selected(networks)],
-            "widths": [int(w) for w in widths], "original_widths": [int(w) for w in original],
-            "protected_layers": protected, "removed_neurons": int((original - widths).sum()),
-            "removed_params": removed, "total_params": total, "mlp_params": mlp,
-            "ratio_total": removed / total, "ratio_mlp": removed / mlp,
-            "size_bytes": int((total - removed) * 4),
-        }
+        """Projected per-layer widths and parameter counts of a choice (no model needed); see
+        :func:`fnprune.selection.plan`."""
+        from .selection import plan
+
+        return plan(self, threshold=threshold, target_ratio=target_ratio, networks=networks,
+                    protected_layers=protected_layers, uniform=uniform).as_dict()
 
     # -- per-component statistics ----------------------------------------------------------------
     def genre_profiles(self) -> tuple[list[str], np.ndarray]:
@@ -305,7 +303,8 @@ class FunctionalNetworks:
                 "stable": bool(self.stable[c]),
                 "top_genre": top,
                 "genre_selectivity": float(values.max() - values.mean()) if values.size > 1 else 0.0,
-                "label": self.labels.get(c, "unknown"),
+                "label": self.labels.get(c, "unknown"), "name": self.name(c),
+                "auto_name": self.auto_names()[c],
             })
         return rows
 
@@ -330,7 +329,7 @@ class FunctionalNetworks:
         return {
             "id": c, "layer": int(self.component_layer[c]), "index": int(self.component_index[c]),
             "run": int(self.component_run[c]), "label": self.labels.get(c, "unknown"),
-            "stability": float(self.stability[c]), "map": self.maps[c], "map_layers": self.map_layers(c),
+            "name": self.name(c), "auto_name": self.auto_names()[c], "stability": float(self.stability[c]), "map": self.maps[c], "map_layers": self.map_layers(c),
             "signals": self.signals, "time_course": tc, "top_tokens": top_tokens,
             "genre_profile": self._genre_profile(c),
         }
@@ -356,7 +355,7 @@ class FunctionalNetworks:
         try:
             write_safetensors(partial / "networks.safetensors", {
                 "stable": self.stable.astype(np.uint8), "component_unit": self.component_unit,
-                "unit_residual": self.unit_residual.astype(np.float16),
+                "unit_unresolved_energy": self.unit_unresolved.astype(np.float16),
                 "maps": self.maps.astype(np.float16), "component_layer": self.component_layer,
                 "component_index": self.component_index, "component_run": self.component_run,
                 # (components, tokens): one component's time course is contiguous on disk
@@ -366,6 +365,11 @@ class FunctionalNetworks:
             (partial / "tokens.json").write_text(json.dumps(self.token_text))
             (partial / "documents.json").write_text(json.dumps(self.documents))
             (partial / "labels.json").write_text(json.dumps({str(k): v for k, v in self.labels.items()}))
+            # atlas.safetensors: positions and network (n_layers, width) int32; run dirs without it
+            # compute the same atlas on load (names.json: the user's network names, optional)
+            write_safetensors(partial / "atlas.safetensors", self.atlas())
+            if self.names:
+                (partial / "names.json").write_text(json.dumps({str(k): v for k, v in self.names.items()}))
             (partial / "run.json").write_text(json.dumps({"format": RUN_FORMAT, **self.info}, indent=1))
             if run_dir.exists():
                 old = run_dir.with_name(run_dir.name + ".old")
@@ -385,6 +389,11 @@ class FunctionalNetworks:
 
         atomic_write_text(Path(run_dir) / "labels.json", json.dumps({str(k): v for k, v in self.labels.items()}))
 
+    def save_names(self, run_dir: str | Path) -> None:
+        from .io import atomic_write_text
+
+        atomic_write_text(Path(run_dir) / "names.json", json.dumps({str(k): v for k, v in self.names.items()}))
+
     @classmethod
     def load(cls, run_dir: str | Path) -> FunctionalNetworks:
         run_dir = Path(run_dir)
@@ -399,6 +408,10 @@ class FunctionalNetworks:
                                       mmap_min_bytes=MMAP_TIME_COURSES_BYTES)
             labels_file = run_dir / "labels.json"
             labels = json.loads(labels_file.read_text()) if labels_file.exists() else {}
+            names_file = run_dir / "names.json"
+            names = json.loads(names_file.read_text()) if names_file.exists() else {}
+            atlas_file = run_dir / "atlas.safetensors"
+            atlas = read_safetensors(atlas_file) if atlas_file.exists() else None
             tokens = json.loads((run_dir / "tokens.json").read_text())
             documents = json.loads((run_dir / "documents.json").read_text())
         except (ValueError, OSError) as exc:
@@ -409,15 +422,12 @@ class FunctionalNetworks:
                    stability=arrays["stability"], token_text=tokens,
                    time_courses=arrays["time_courses_t"].T if "time_courses_t" in arrays else arrays["time_courses"],
                    token_doc=arrays["token_doc"], token_pos=arrays["token_pos"], documents=documents,
-                   info=info, labels=labels,
+                   info=info, labels=labels, names=names, atlas=atlas,
                    # run dirs written before the seed-robust score lack these three: plain max |z| then
                    stable=arrays["stable"].astype(bool) if "stable" in arrays else None,
-                   component_unit=arrays.get("component_unit"), unit_residual=arrays.get("unit_residual"))
-
-
-def _check_ratio(target_ratio) -> None:
-    if not isinstance(target_ratio, int | float) or not np.isfinite(target_ratio) or not 0 < target_ratio < 1:
-        raise ConfigError(f"target_ratio must be between 0 and 1 (exclusive), got {target_ratio!r}")
+                   component_unit=arrays.get("component_unit"),
+                   # "unit_residual": the name in run dirs written before the unresolved-energy rename
+                   unit_unresolved=arrays.get("unit_unresolved_energy", arrays.get("unit_residual")))
 
 
 def _run_slices(store: ActivationStore, n_runs: int) -> list[slice]:
@@ -466,7 +476,7 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, 
                 raise ConfigError(f"run {r} has {rows.stop - rows.start} tokens, not more than n_components="
                                   f"{n_components}; use fewer runs or components, or more text")
         maps, layer_of, index_of, run_of, stability = [], [], [], [], []
-        stable, unit_of, residuals = [], [], []
+        stable, unit_of, unresolved, unit_stats = [], [], [], []
         units = [(r, lyr) for r in range(len(runs)) for lyr in store.layers] if mode == "per-layer" \
             else [(r, None) for r in range(len(runs))]
         # the one token-sized result, filled in place; column-major so it is saved without a copy
@@ -495,14 +505,15 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, 
             stability.append(ica.stability_)
             stable.append(ica.stable_)
             unit_of.append(np.full(n_components, u))
-            residuals.append(ica.residual_score_.reshape(shape).max(axis=1))
+            unresolved.append(ica.unresolved_energy_.reshape(shape).max(axis=1))
+            unit_stats.append({"run": r, "layer": layer} | fit_summary(ica, threshold, shape))
             report(progress, "ica", (u + 1) / len(units),
                    f"run {r + 1}/{len(runs)}" + ("" if layer is None else f", layer {layer}"))
         info = {
             "mode": mode, "signals": list(signals), "layers": store.layers, "threshold": float(threshold),
             "n_components": n_components, "n_runs": n_runs, "n_init": n_init, "max_tokens": max_tokens,
             "random_state": int(random_state), "n_tokens": store.n_tokens, "n_documents": len(docs),
-            "model_spec": model_spec, "corpus_spec": corpus_spec,
+            "model_spec": model_spec, "corpus_spec": corpus_spec, "unit_stability": unit_stats,
             "model": {k: summary[k] for k in ("family", "n_layers", "widths", "hidden_size", "params_per_neuron",
                                               "mlp_params", "total_params")}
                      | {"class": type(model).__name__, "config_class": type(model.config).__name__},
@@ -513,7 +524,7 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, 
             stability=np.concatenate(stability), time_courses=time_courses,
             token_text=store.token_text, token_doc=store.token_doc, token_pos=store.token_pos,
             documents=store.documents, info=info, stable=np.concatenate(stable),
-            component_unit=np.concatenate(unit_of), unit_residual=np.stack(residuals))
+            component_unit=np.concatenate(unit_of), unit_unresolved=np.stack(unresolved))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -29,6 +29,7 @@ from torch import nn
 from .errors import ConfigError
 from .mlp import MLPAdapter, _is_conv1d, backbone, default_protected_layers, find_mlps
 from .progress import ProgressCallback, report
+from .repair import DEFAULT_RIDGE, LayerFit, down_weight_by_neuron, refit_down
 
 BASELINES = ("random", "magnitude", "wanda-sp", "flap")
 
@@ -120,12 +121,15 @@ class DownInputStats:
 
     ``mean[l]``, ``var[l]``, ``l2[l]``: float64 tensors ``(I_l,)`` -- mean over tokens, population
     variance over tokens, and ``sqrt(sum_t x_tj^2)`` (the Wanda ``‖x_j‖₂``). ``n_tokens``: tokens seen.
+    ``second_moment[l]``: float64 ``(I_l, I_l)`` ``E_t[x_t x_tᵀ]`` (uncentred), only when collected
+    with ``second_moments=True`` (what the least-squares repair needs), else None.
     """
 
     mean: list[torch.Tensor]
     var: list[torch.Tensor]
     l2: list[torch.Tensor]
     n_tokens: int
+    second_moment: list[torch.Tensor] | None = None
 
     @property
     def widths(self) -> list[int]:
@@ -165,25 +169,37 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+class _StopForward(Exception):
+    """Raised by a hook once the last layer of interest has run: the rest of the pass is skipped."""
+
+
 def _forward_masked(model: nn.Module, sequences: list[list[int]], batch_size: int, state: dict, device,
                     progress: ProgressCallback | None, stage: str) -> None:
     """Run padded batches through ``model``; before each, ``state["mask"]`` is the flat (batch*seq,)
-    real-token mask the hooks read and ``state["n"]`` counts the real tokens so far."""
+    real-token mask the hooks read and ``state["n"]`` counts the real tokens so far. A hook may raise
+    :class:`_StopForward` to end a batch early."""
     n_batches = math.ceil(len(sequences) / batch_size)
     for b, (ids, mask) in enumerate(padded_batches(sequences, batch_size)):
         state["mask"] = mask.reshape(-1).bool()
         state["n"] += int(mask.sum())
-        backbone(model)(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        try:
+            backbone(model)(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        except _StopForward:
+            pass
         report(progress, stage, (b + 1) / n_batches, f"batch {b + 1}/{n_batches}")
 
 
 @torch.no_grad()
 def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int = 512, batch_size: int = 4,
-                             progress: ProgressCallback | None = None) -> DownInputStats:
+                             progress: ProgressCallback | None = None, *, second_moments: bool = False,
+                             layers: Sequence[int] | None = None) -> DownInputStats:
     """Mean / variance / L2 norm per neuron of every layer's ``down`` input over real tokens.
 
     ``docs``: :class:`fnprune.corpus.Document` objects or strings. Padded positions are masked
     out with the attention mask (hooks may see ``(batch, seq, I)`` or, for OPT, ``(batch*seq, I)``).
+    ``second_moments``: also accumulate ``E[x xᵀ]`` per layer (float32 products per batch, summed in
+    float64). ``layers``: only these layers get statistics (the others stay zero and the forward
+    pass stops after the last of them) -- what the sequential repair uses.
     """
     from .errors import CorpusError
 
@@ -194,14 +210,24 @@ def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int 
     widths = [a.width for a in adapters]
     sums = [torch.zeros(w, dtype=torch.float64) for w in widths]
     sumsq = [torch.zeros(w, dtype=torch.float64) for w in widths]
+    wanted = set(range(len(adapters))) if layers is None else {int(x) for x in layers}
+    grams = {a.layer: torch.zeros((a.width, a.width), dtype=torch.float64)
+             for a in adapters if second_moments and a.layer in wanted}
     state: dict = {"mask": None, "n": 0}
+    last = max(wanted)
 
     def sink_for(layer: int):
         def sink(signal: str, x: torch.Tensor, post=None) -> None:  # down_in: post is always None
             x = x.reshape(-1, x.shape[-1])  # (batch*seq, I)
-            x = x[state["mask"].to(x.device)].double()  # (real tokens, I)
-            sums[layer] += x.sum(0).cpu()
-            sumsq[layer] += (x * x).sum(0).cpu()
+            x = x[state["mask"].to(x.device)]  # (real tokens, I)
+            xd = x.double()
+            sums[layer] += xd.sum(0).cpu()
+            sumsq[layer] += (xd * xd).sum(0).cpu()
+            if layer in grams:
+                xf = x.float()
+                grams[layer] += (xf.T @ xf).double().cpu()  # (I, I)
+            if layer == last and layers is not None:
+                raise _StopForward
         return sink
 
     handles = []
@@ -210,7 +236,8 @@ def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int 
     model.eval()
     try:
         for adapter in adapters:
-            handles += adapter.register_signal_hooks(("down_in",), sink_for(adapter.layer))
+            if adapter.layer in wanted:
+                handles += adapter.register_signal_hooks(("down_in",), sink_for(adapter.layer))
         _forward_masked(model, sequences, batch_size, state, device, progress, "stats")
     finally:
         for h in handles:
@@ -220,14 +247,12 @@ def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int 
     means = [s / n for s in sums]
     var = [(sq / n - m * m).clamp_min(0.0) for sq, m in zip(sumsq, means, strict=True)]
     l2 = [sq.sqrt() for sq in sumsq]
-    return DownInputStats(mean=means, var=var, l2=l2, n_tokens=n)
+    second = [grams[a.layer] / n if a.layer in grams else None for a in adapters] if second_moments else None
+    return DownInputStats(mean=means, var=var, l2=l2, n_tokens=n, second_moment=second)
 
 
 # -- pruning --------------------------------------------------------------------------------------
-def _down_weight_by_neuron(adapter: MLPAdapter) -> torch.Tensor:
-    """``down``'s weight as ``(hidden, I)`` (a view for nn.Linear, a transpose for Conv1D)."""
-    w = adapter.down.weight
-    return w.t() if _is_conv1d(adapter.down) else w
+_down_weight_by_neuron = down_weight_by_neuron
 
 
 @torch.no_grad()
@@ -264,18 +289,28 @@ def _set_width_config(model: nn.Module, widths: list[int], down_bias_added: bool
 
 
 @torch.no_grad()
-def prune_model(model: nn.Module, keep, *, bias: DownInputStats | Sequence[torch.Tensor] | None = None) -> nn.Module:
+def prune_model(model: nn.Module, keep, *, bias: DownInputStats | Sequence[torch.Tensor] | None = None,
+                repair: DownInputStats | None = None, ridge: float = DEFAULT_RIDGE,
+                fits: dict[int, LayerFit] | None = None) -> nn.Module:
     """Remove every MLP neuron not in ``keep``, in place; returns ``model``.
 
     ``keep``: bool mask ``(n_layers, I)`` (True = keep) or one entry per layer (bool mask or
-    indices), see :func:`normalize_keep`. ``bias``: calibration statistics (or one mean vector
-    ``(I_l,)`` per layer) for FLAP-style bias compensation -- ``down`` gets the bias
-    ``W_down[:, pruned] @ mean(x[pruned])`` (a bias is added where the layer had none).
+    indices), see :func:`normalize_keep`. Then, for each layer that loses neurons, at most one of:
 
+    - ``bias``: calibration statistics (or one mean vector ``(I_l,)`` per layer) for FLAP-style bias
+      compensation -- ``down`` gets the bias ``W_down[:, pruned] @ mean(x[pruned])``;
+    - ``repair``: statistics collected with ``second_moments=True``: ``down``'s kept columns and a
+      bias are re-fitted by ridge least squares to the dense layer's output
+      (:func:`fnprune.repair.refit_down`, ridge ``ridge`` × mean diagonal); each layer's
+      :class:`~fnprune.repair.LayerFit` goes into ``fits`` when given.
+
+    A bias is added where the layer had none (and then to every layer, zero where nothing changed).
     The config gets the new width (``intermediate_size`` / ``ffn_dim`` / ``n_inner``); when the
     widths differ across layers it holds their maximum and ``config.fnprune_intermediate_sizes``
     the per-layer list. ``config.fnprune_down_bias`` is set when a bias was added.
     """
+    if bias is not None and repair is not None:
+        raise ConfigError("give either bias (mean compensation) or repair (least squares), not both")
     adapters = find_mlps(model)
     widths = [a.width for a in adapters]
     keep_idx = normalize_keep(keep, widths)
@@ -286,14 +321,26 @@ def prune_model(model: nn.Module, keep, *, bias: DownInputStats | Sequence[torch
         if got != widths:
             raise ConfigError(f"bias statistics are for widths {got}, the model has {widths} "
                               "(collect them on the unpruned model)")
+    if repair is not None and (repair.second_moment is None or repair.widths != widths):
+        raise ConfigError("repair needs second moments collected on the unpruned layers "
+                          "(collect_down_input_stats(..., second_moments=True))")
     added = False
     for adapter, idx in zip(adapters, keep_idx, strict=True):
-        if means is not None and idx.numel() < adapter.width:
+        if idx.numel() == adapter.width:
+            continue
+        if repair is not None:
+            fit = refit_down(adapter, idx, repair.second_moment[adapter.layer], repair.mean[adapter.layer], ridge)
+            w = down_weight_by_neuron(adapter)
+            w[:, idx.to(w.device)] = fit.weight.to(device=w.device, dtype=w.dtype)
+            added |= getattr(adapter.down, "bias", None) is None
+            _add_down_bias(adapter, fit.bias)
+            if fits is not None:
+                fits[adapter.layer] = fit
+        elif means is not None:
             delta = compensation_bias(adapter, idx, torch.as_tensor(means[adapter.layer]))
             added |= getattr(adapter.down, "bias", None) is None
             _add_down_bias(adapter, delta)
-        if idx.numel() < adapter.width:
-            adapter.select(idx)
+        adapter.select(idx)
     if added:  # the saved architecture gives every layer's down a bias: keep them uniform
         for adapter in adapters:
             if getattr(adapter.down, "bias", None) is None:
@@ -370,44 +417,69 @@ def baseline_scores(method: str, model: nn.Module, stats: DownInputStats | None 
 # -- scores -> keep indices at a budget ------------------------------------------------------------
 def keep_from_scores(scores: Sequence[np.ndarray], params_per_neuron: Sequence[int], *,
                      n_params_remove: int | None = None, widths: Sequence[int] | None = None,
-                     protected_layers: Sequence[int] | None = None, uniform: bool = False,
+                     threshold: float | None = None, protected_layers: Sequence[int] | None = None,
+                     uniform: bool = False, forced: Sequence[np.ndarray] | None = None,
                      min_width: int = 1) -> list[np.ndarray]:
     """Per-layer kept neuron indices (sorted) from per-neuron scores (higher = keep).
 
     Exactly one way to size the layers:
-    - ``widths`` given ("fn" allocation): keep the ``widths[l]`` best-scored neurons of layer l;
+    - ``widths`` given (e.g. the networks' allocation): keep the ``widths[l]`` best-scored neurons of layer l;
+    - ``threshold`` given: keep the neurons of unprotected layers scoring above it (protected layers whole);
     - ``uniform=True``: remove the same number of neurons from **every** layer (protected layers
-      ignored, so the result is a stock architecture) until ``n_params_remove`` is reached;
-    - otherwise ("own"/global allocation): rank the neurons of unprotected layers together and
-      remove the lowest until ``n_params_remove`` parameters are gone, leaving every layer at
-      least ``min_width`` neurons. Scores must be comparable across layers (z-score them first).
+      too, so the result is a stock architecture) until ``n_params_remove`` is reached;
+    - otherwise (the method's own, global allocation): rank the neurons of unprotected layers
+      together and remove the lowest until ``n_params_remove`` parameters are gone, leaving every
+      layer at least ``min_width`` neurons. Scores must be comparable across layers (z-score them first).
+
+    ``forced``: per layer, a bool mask or indices of neurons that must be kept whatever their score
+    (the key neurons of the networks a user chose): they rank above every other neuron, and a
+    budget or width that cannot keep them all raises :class:`ConfigError` saying by how much.
     """
     n_layers = len(scores)
     sizes = [len(s) for s in scores]
+    forced_masks = _forced_masks(forced, sizes)
+    scores = [np.where(f, np.inf, np.asarray(s, dtype=np.float64)) for s, f in zip(scores, forced_masks, strict=True)]
     if widths is not None:
         if len(widths) != n_layers:
             raise ConfigError(f"{len(widths)} widths for {n_layers} layers")
         out = []
-        for layer, (s, w) in enumerate(zip(scores, widths, strict=True)):
+        for layer, (s, w, f) in enumerate(zip(scores, widths, forced_masks, strict=True)):
             if not min_width <= int(w) <= len(s):
                 raise ConfigError(f"layer {layer}: width {w} outside [{min_width}, {len(s)}]")
-            order = np.argsort(-np.asarray(s), kind="stable")
+            if int(f.sum()) > int(w):
+                raise ConfigError(f"layer {layer}: the chosen networks have {int(f.sum())} key neurons, more than "
+                                  f"the layer's width {int(w)}")
+            order = np.argsort(-s, kind="stable")
             out.append(np.sort(order[:int(w)]))
         return out
+    if threshold is not None:
+        protected = _protected(protected_layers, n_layers)
+        out = [np.arange(n) if layer in protected else np.flatnonzero(s > threshold)
+               for layer, (s, n) in enumerate(zip(scores, sizes, strict=True))]
+        empty = [layer for layer, idx in enumerate(out) if len(idx) < min_width]
+        if empty:
+            raise ConfigError(f"threshold {threshold:g} would remove every MLP neuron of layer(s) {empty[:5]}; "
+                              "lower it, choose networks in those layers or protect them")
+        return out
     if n_params_remove is None or n_params_remove <= 0:
-        raise ConfigError("a positive parameter budget (n_params_remove) or per-layer widths are needed")
+        raise ConfigError("a positive parameter budget (n_params_remove), a threshold or per-layer widths are needed")
     if uniform:
         per_layer = sum(params_per_neuron)
         n_remove = math.ceil(n_params_remove / per_layer)
         width = min(sizes) - n_remove
-        if width < min_width:
+        need = max(int(f.sum()) for f in forced_masks)
+        if width < max(min_width, need):
+            if need > min_width and width >= min_width:
+                raise ConfigError(f"uniform widths of {width} neurons cannot keep the chosen networks' {need} key "
+                                  f"neurons of one layer: lower the target ratio or choose fewer networks")
             raise ConfigError(f"removing {n_params_remove:,} parameters uniformly would leave {width} "
                               "neurons per layer: lower the target ratio")
         return keep_from_scores(scores, params_per_neuron, widths=[width] * n_layers, min_width=min_width)
     protected = _protected(protected_layers, n_layers)
     free = [layer for layer in range(n_layers) if layer not in protected]
+    check_budget(n_params_remove, sizes, params_per_neuron, protected, forced_masks, min_width)
     layer_of = np.concatenate([np.full(sizes[layer], layer) for layer in free] or [[]]).astype(int)
-    flat = np.concatenate([np.asarray(scores[layer], dtype=np.float64) for layer in free] or [[]])
+    flat = np.concatenate([scores[layer] for layer in free] or [[]])
     index = np.concatenate([np.arange(sizes[layer]) for layer in free] or [[]]).astype(int)
     order = np.argsort(flat, kind="stable")  # least important first
     keep_masks = [np.ones(n, dtype=bool) for n in sizes]
@@ -417,15 +489,57 @@ def keep_from_scores(scores: Sequence[np.ndarray], params_per_neuron: Sequence[i
         if removed >= n_params_remove:
             break
         layer = int(layer_of[k])
-        if left[layer] <= min_width:
+        if left[layer] <= min_width or forced_masks[layer][int(index[k])]:
             continue
         keep_masks[layer][int(index[k])] = False
         left[layer] -= 1
         removed += params_per_neuron[layer]
-    if removed < n_params_remove:
-        raise ConfigError(f"cannot remove {n_params_remove:,} parameters from the MLPs of the unprotected layers "
-                          f"without emptying a layer (at most {removed:,}): lower the target ratio")
     return [np.flatnonzero(m) for m in keep_masks]
+
+
+def _forced_masks(forced: Sequence[np.ndarray] | None, sizes: Sequence[int]) -> list[np.ndarray]:
+    """Per-layer bool masks of the neurons that must stay (all False when ``forced`` is None)."""
+    if forced is None:
+        return [np.zeros(n, dtype=bool) for n in sizes]
+    if len(forced) != len(sizes):
+        raise ConfigError(f"forced neurons given for {len(forced)} layers, the model has {len(sizes)}")
+    out = []
+    for layer, (f, n) in enumerate(zip(forced, sizes, strict=True)):
+        f = np.asarray(f)
+        if f.dtype == bool:
+            if f.shape != (n,):
+                raise ConfigError(f"layer {layer}: forced mask has shape {f.shape}, the layer has {n} neurons")
+            out.append(f.copy())
+        else:
+            mask = np.zeros(n, dtype=bool)
+            mask[f.astype(np.int64)] = True
+            out.append(mask)
+    return out
+
+
+def removable_params(sizes: Sequence[int], params_per_neuron: Sequence[int], protected: set[int],
+                     forced: Sequence[np.ndarray], min_width: int = 1) -> int:
+    """Most parameters an allocation over the unprotected layers can remove while keeping ``forced``."""
+    return sum(int(params_per_neuron[layer]) * (n - max(min_width, int(np.sum(forced[layer]))))
+               for layer, n in enumerate(sizes) if layer not in protected)
+
+
+def check_budget(n_params_remove: int, sizes: Sequence[int], params_per_neuron: Sequence[int], protected: set[int],
+                 forced: Sequence[np.ndarray], min_width: int = 1, total_params: int | None = None) -> None:
+    """Raise :class:`ConfigError` when ``n_params_remove`` cannot be reached (saying by how much)."""
+    reachable = removable_params(sizes, params_per_neuron, protected, forced, min_width)
+    if n_params_remove <= reachable:
+        return
+    n_forced = int(sum(np.sum(f) for layer, f in enumerate(forced) if layer not in protected))
+    what = (f"the chosen networks' {n_forced:,} key neurons and the protected layers" if n_forced
+            else "the protected layers (and one neuron per layer)")
+    if total_params:
+        raise ConfigError(f"the target asks to remove {n_params_remove / total_params:.1%} of all parameters, but "
+                          f"with {what} kept at most {reachable / total_params:.1%} can be removed "
+                          f"({(n_params_remove - reachable) / total_params:.1%} too much): lower the target ratio"
+                          + (" or choose fewer networks" if n_forced else ""))
+    raise ConfigError(f"cannot remove {n_params_remove:,} parameters with {what} kept (at most {reachable:,}): "
+                      "lower the target ratio" + (" or choose fewer networks" if n_forced else ""))
 
 
 def plan_keep(model: nn.Module, method: str, target_ratio: float | None = None, *,

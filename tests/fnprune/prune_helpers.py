@@ -76,40 +76,26 @@ def sample_ids(seed: int = 0, shape=(2, 9)) -> torch.Tensor:
     return torch.randint(2, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
 
 
-class FakeNetworks:
-    """Stands in for fnprune.networks.FunctionalNetworks: seeded |z| scores (n_layers, I)."""
-
-    def __init__(self, n_layers: int, width: int, params_per_neuron: int, total_params: int,
+def FakeNetworks(n_layers: int, width: int, params_per_neuron: int, total_params: int,  # noqa: N802
                  n_components: int = 4, seed: int = 0, protected=(0,)):
-        rng = np.random.default_rng(seed)
-        self.maps = np.abs(rng.normal(size=(n_components, n_layers, width))) * 2
-        self.n_components_ = n_components
-        self.ppn = params_per_neuron
-        self.total = total_params
-        self.protected = protected
+    """A real :class:`fnprune.networks.FunctionalNetworks` with seeded random maps: ``n_components``
+    per-layer networks in every layer (one signal), every component stable, ids layer-major."""
+    from fnprune.networks import FunctionalNetworks
 
-    def neuron_scores(self, networks=None):
-        chosen = self.maps if networks is None else self.maps[list(networks)]
-        return chosen.max(0)
-
-    def _prot(self, protected_layers):
-        return set(self.protected if protected_layers is None else protected_layers)
-
-    def key_mask(self, threshold=None, target_ratio=None, networks=None, protected_layers=None):
-        scores = self.neuron_scores(networks)
-        prot = self._prot(protected_layers)
-        if threshold is None:
-            n_remove = int(np.ceil(target_ratio * self.total / self.ppn))
-            free = np.sort(np.concatenate([scores[i] for i in range(len(scores)) if i not in prot]))
-            threshold = free[n_remove - 1]
-        mask = scores > threshold
-        for i in prot:
-            mask[i] = True
-        return mask
-
-    def plan(self, target_ratio=None, networks=None, protected_layers=None):
-        return {"widths": [int(r.sum()) for r in self.key_mask(target_ratio=target_ratio, networks=networks,
-                                                               protected_layers=protected_layers)]}
+    rng = np.random.default_rng(seed)
+    k = n_components * n_layers
+    n_tokens = 40
+    maps = rng.normal(size=(k, 1, 1, width)) * 1.6                       # (comp, map layers, signals, width)
+    return FunctionalNetworks(
+        maps=maps, component_layer=np.repeat(np.arange(n_layers), n_components),
+        component_index=np.tile(np.arange(n_components), n_layers), component_run=np.zeros(k, np.int64),
+        stability=np.ones(k), time_courses=rng.normal(size=(n_tokens, k)), token_text=["t"] * n_tokens,
+        token_doc=np.zeros(n_tokens, np.int64), token_pos=np.arange(n_tokens), documents=[{"id": "0", "label": "x",
+                                                                                            "n_tokens": n_tokens}],
+        info={"mode": "per-layer", "signals": ["act"], "layers": list(range(n_layers)), "threshold": 3.0,
+              "model": {"n_layers": n_layers, "widths": [width] * n_layers,
+                        "params_per_neuron": [params_per_neuron] * n_layers, "total_params": total_params,
+                        "mlp_params": params_per_neuron * width * n_layers}})
 
 
 def reload_isolated(cases: list[tuple[Path, torch.Tensor, torch.Tensor, bool]], work: Path) -> list[str]:

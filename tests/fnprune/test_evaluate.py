@@ -111,25 +111,55 @@ def _fake_fn(model, seed=0):
 
 def test_compare_writes_report(tmp_path):
     model, tok = tiny_model("llama", n_layers=4, width=48), tokenizer()
+    fn = _fake_fn(model)
     result = compare("tiny", "test", "0.05,0.1", METHODS, tmp_path / "report", model=model, tokenizer=tok,
-                     docs=documents(30), fn=_fake_fn(model), protected_layers=[0], max_tokens=64,
-                     windows=(32,))
+                     docs=documents(30), fn=fn, paper_fn=_fake_fn(model, seed=1), protected_layers=[0],
+                     max_tokens=64, windows=(32,), fidelity=3, controls=True)
     rows = result["rows"]
     assert rows[0]["method"] == "dense"
-    done = [(r["method"], r["allocation"], r["ratio"]) for r in rows[1:] if "error" not in r]
-    assert len(done) == 2 * (3 + 4 * 2), [r for r in rows if "error" in r]
+    errors = [r for r in rows if "error" in r]
+    assert not errors, errors
+    # per ratio: paper, fn, fn-flap; random/magnitude/wanda-sp own + networks; flap own; 2 controls -> 12 pairs,
+    # each with its native compensation and with the least-squares repair
+    assert len(rows) - 1 == 2 * 12 * 2
     for r in rows[1:]:
         assert r["removed_fraction"] >= r["ratio"] - 0.005  # added down biases cost a few parameters
-        assert r["widths"][0] == 48
-    fn_rows = [r for r in rows if r["allocation"] == "fn" and r["ratio"] == 0.1]
-    assert len({tuple(r["widths"]) for r in fn_rows}) == 1  # every method uses the networks' widths
+        assert r["widths"][0] == 48 or r["allocation"] == "uniform"  # uniform cuts protected layers too
+        low, high = r["ppl"]["test"]["32"]["ci95"]
+        assert low <= r["ppl"]["test"]["32"]["ppl"] <= high
+        assert len(r["fidelity"]) == 3 and all(-1 <= f["correlation"] <= 1 for f in r["fidelity"])
+        assert (r["repair_errors"] is not None) == (r["repair"] == "lstsq")
+    net_rows = [r for r in rows if r["allocation"] == "networks" and r["ratio"] == 0.1]
+    assert len({tuple(r["widths"]) for r in net_rows}) == 1  # every method uses the networks' widths
+    for r in rows[1:]:  # the least-squares repair never does worse on calibration tokens than the mean bias
+        if r["repair"] == "lstsq":
+            assert r["repair_errors"]["error_repaired"] <= r["repair_errors"]["error_bias"] + 1e-9
+    ref = [r for r in rows if (r["method"], r["allocation"], r["repair"]) == ("flap", "own", "bias")]
+    assert len(ref) == 2 and "vs_reference" not in ref[0]
+    other = [r for r in rows[1:] if r is not ref[0] and r["ratio"] == ref[0]["ratio"]]
+    assert all(r["vs_reference"]["test"]["32"]["low"] <= r["vs_reference"]["test"]["32"]["ratio"]
+               <= r["vs_reference"]["test"]["32"]["high"] for r in other)
     for name in ("results.json", "report.md", "ppl_vs_ratio.html"):
         assert (tmp_path / "report" / name).stat().st_size > 0
-    assert "| 0.10 | fn-flap | fn | yes |" in (tmp_path / "report" / "report.md").read_text()
+    assert "| 0.10 | fn-flap | networks | lstsq |" in (tmp_path / "report" / "report.md").read_text()
     per_doc = compare("tiny", "test", [0.1], ["flap"], None, model=model, tokenizer=tok, docs=documents(30),
-                      protected_layers=[0], max_tokens=64, windows=(32,), per_document=True)
+                      protected_layers=[0], max_tokens=64, windows=(32,), per_document=True, repairs="native")
     assert per_doc["ppl_protocol"] == "per-document" and len(per_doc["rows"]) == 2
     assert model is not None and [a.width for a in find_mlps(model)] == [48] * 4  # original untouched
+
+
+def test_compare_with_chosen_networks_keeps_them_in_every_row(tmp_path):
+    model, tok = tiny_model("llama", n_layers=4, width=48), tokenizer()
+    fn = _fake_fn(model)
+    chosen = [c for c in range(fn.n_components) if fn.component_row_layer(c) in (1, 2)
+              and (fn.abs_max_map(c) > fn.threshold).any()][:2]
+    result = compare("tiny", "test", [0.1], ["fn-flap", "flap", "wanda-sp"], None, model=model, tokenizer=tok,
+                     docs=documents(30), fn=fn, networks=chosen, protected_layers=[0], max_tokens=64,
+                     windows=(32,), repairs="lstsq", split="validation", n_calib=10)
+    assert result["split"] == "validation" and result["fidelity_networks"] == chosen
+    for r in result["rows"][1:]:
+        assert [c["n_kept"] for c in r["chosen_networks"]] == [c["n_key"] for c in r["chosen_networks"]]
+        assert [f["id"] for f in r["fidelity"]] == chosen
 
 
 def test_compare_rejects_bad_arguments(tmp_path):
@@ -153,7 +183,7 @@ def test_ablation_zeroes_without_removing():
     assert result["network_ppl"] != result["dense_ppl"] and result["random_ppl"] > 0
     assert [a.width for a in find_mlps(model)] == [24] * 4
     assert perplexity(model, tok, documents(4), window=32)["ppl"] == pytest.approx(result["dense_ppl"])
-    peaks = [fn.neuron_scores(networks=[k]).max() for k in range(fn.n_components_)]
+    peaks = [fn.neuron_scores(networks=[k]).max() for k in range(fn.n_components)]
     assert result["networks"] == [int(np.argmax(peaks))]
 
 
@@ -206,18 +236,22 @@ def test_cli_prune_end_to_end(tiny_run, tmp_path, monkeypatch):
     run_dir, fn = tiny_run
     monkeypatch.setattr(cli_prune, "_calibration", lambda corpus, n: (documents(20), documents(5)))
     parser = _parser()
-    # the default method is fn-flap (bias compensation, so per-layer modelling code); the paper's fn
-    # without bias gives a stock architecture
-    for extra, stock in [([], False), (["--method", "fn"], True), (["--method", "fn", "--bias"], False),
-                         (["--method", "fn-flap", "--networks", "0,8,16,24"], False),
-                         (["--method", "fn", "--uniform"], True), (["--heads", "0.5", "--bias"], False)]:
+    # per-layer widths need fnprune's modelling file; uniform widths are the stock architecture (LLaMA's
+    # own mlp_bias switch carries the down bias the repair adds)
+    cases = [([], "per-layer"), (["--method", "fn", "--repair", "none"], "per-layer"),
+             (["--method", "fn", "--bias"], "per-layer"), (["--method", "fn-flap", "--networks", "0,8,16,24"], "per-layer"),
+             (["--method", "fn", "--uniform"], "stock"), (["--method", "paper", "--no-repair", "--uniform"], "stock"),
+             (["--heads", "0.5", "--bias"], "per-layer"), (["--sequential", "--fidelity", "2"], "per-layer")]
+    for extra, architecture in cases:
         out = tmp_path / ("m" + "".join(extra).replace("-", "").replace(",", ""))
         args = parser.parse_args(["prune", str(run_dir), "--target-ratio", "0.1", "--out", str(out), "--quiet",
                                   "--max-tokens", "64"] + extra)
         assert args.func(args) == 0
         info = read_pruning_info(out)
         assert info["source_model"] == "tiny-llama" and info["removed_fraction"] >= 0.095
-        assert info["architecture"] == ("stock" if stock else "per-layer") or "--uniform" not in extra
+        assert info["architecture"] == architecture, extra
+        assert info["repair"] == ("none" if "--no-repair" in extra or "none" in extra else
+                                  "bias" if "--bias" in extra else "lstsq")
         model, tok = load_pruned(out)
         assert [a.width for a in find_mlps(model)] == info["widths"]
         if "--heads" in extra:
@@ -228,6 +262,11 @@ def test_cli_prune_end_to_end(tiny_run, tmp_path, monkeypatch):
             assert len(set(info["widths"])) == 1
         elif not extra:
             assert info["widths"] == fn.plan(target_ratio=0.1)["widths"]
+        if "--networks" in extra:
+            assert [c["id"] for c in info["chosen_networks"]] == [0, 8, 16, 24]
+            assert all(c["n_kept"] == c["n_key"] for c in info["chosen_networks"])
+        if "--fidelity" in extra:
+            assert len(info["fidelity"]) == 2
 
 
 def test_real_run_dir_from_another_model(tiny_run):

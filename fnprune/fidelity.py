@@ -1,0 +1,238 @@
+"""Network fidelity: does a functional network still do what it did after pruning?
+
+For each network (component) the dense and the pruned model read the same held-out documents.
+The network's time course is computed as in the analysis -- the least-squares projection of the
+standardised signals on the maps of its decomposition (:meth:`fnprune.ica.CanICA.transform`) --
+in the pruned model over the neurons that remain (a removed neuron contributes nothing), with the
+dense model's per-neuron scale on these documents. Reported per network:
+
+- ``correlation``: Pearson correlation of the dense and the pruned time course over held-out tokens;
+- ``output_change_top``: relative change of the network's layer output (the MLP's ``down`` output),
+  ``sqrt(Σ ||y_pruned - y_dense||² / Σ ||y_dense||²)`` over the tokens where the network is most
+  active in the dense model (its top ``top_fraction`` of tokens, at least 10);
+- ``output_change_all``: the same over every held-out token (the reference for the line above);
+- ``n_key`` / ``n_key_kept``: its key neurons (|z| above the analysis threshold) and how many remain.
+
+Two passes over the documents: the dense model alone (per-neuron scale), then dense and pruned
+batch by batch. Nothing token-sized but the time courses is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, CorpusError
+from .mlp import backbone, find_mlps
+from .progress import ProgressCallback, report
+from .prune import encode_documents, model_device, padded_batches
+from .selection import component_key_masks
+
+DEFAULT_TOP_FRACTION = 0.05
+
+
+@dataclass
+class NetworkFidelity:
+    id: int
+    layer: int
+    correlation: float
+    output_change_top: float
+    output_change_all: float
+    n_key: int
+    n_key_kept: int
+    n_tokens: int
+
+
+def _projections(fn, components: Sequence[int]) -> dict[int, np.ndarray]:
+    """Per component: its column of the pseudo-inverse of its decomposition's maps,
+    ``(n_map_layers, n_signals, width)`` float64 -- the analysis' time-course projection."""
+    out: dict[int, np.ndarray] = {}
+    for unit in np.unique(fn.component_unit[list(components)]):
+        members = np.flatnonzero(fn.component_unit == unit)
+        M = fn.maps[members].reshape(len(members), -1).astype(np.float64)   # (k, N)
+        P = np.linalg.solve(M @ M.T, M).T                                   # (N, k)
+        for col, c in enumerate(members):
+            if c in components:
+                out[int(c)] = P[:, col].reshape(fn.maps.shape[1:])
+    return out
+
+
+class _Recorder:
+    """Forward hooks on one model: per batch, each component's time course and each layer's MLP output."""
+
+    def __init__(self, model: nn.Module, keep: Sequence[np.ndarray] | None, layers: list[int], signals: list[str],
+                 weights: dict[int, dict[int, torch.Tensor]], out_layers: list[int], scale_only: bool = False):
+        self.adapters = {a.layer: a for a in find_mlps(model)}
+        self.keep = keep
+        self.signals = signals
+        self.weights = weights                 # layer -> signal index -> (width, n_comp) projection / scale
+        self.scale_only = scale_only
+        self.mask: torch.Tensor | None = None
+        self.tc: torch.Tensor | None = None    # (real tokens, n_comp)
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.sums: dict[tuple[int, int], torch.Tensor] = {}
+        self.handles = []
+        for layer in layers:
+            adapter = self.adapters[layer]
+            self.handles += adapter.register_signal_hooks(tuple(signals), self._sink(layer))
+        for layer in out_layers:
+            self.handles.append(self.adapters[layer].down.register_forward_hook(self._out_hook(layer)))
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, x.shape[-1])
+        return x[self.mask.to(x.device)].double().cpu()
+
+    def _sink(self, layer: int):
+        def sink(signal: str, x: torch.Tensor, post=None) -> None:
+            x = self._rows(x)                                   # (real tokens, width of this model)
+            if post is not None:
+                x = post(x)
+            s = self.signals.index(signal)
+            if self.scale_only:
+                acc = self.sums.setdefault((layer, s), torch.zeros((2, x.shape[1]), dtype=torch.float64))
+                acc[0] += x.sum(0)
+                acc[1] += (x * x).sum(0)
+                return
+            W = self.weights[layer][s]                          # (dense width, n_comp)
+            if self.keep is not None:
+                W = W[torch.as_tensor(self.keep[layer], dtype=torch.long)]
+            contribution = x @ W                                # (real tokens, n_comp)
+            self.tc = contribution if self.tc is None else self.tc + contribution
+        return sink
+
+    def _out_hook(self, layer: int):
+        def hook(module, inputs, output):
+            self.outputs[layer] = self._rows(output)
+        return hook
+
+    def start_batch(self, mask: torch.Tensor) -> None:
+        self.mask = mask.reshape(-1).bool()
+        self.tc = None
+        self.outputs = {}
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@torch.no_grad()
+def network_fidelity(dense: nn.Module, pruned: nn.Module, tokenizer, docs, fn, components: Sequence[int],
+                     keep: Sequence[np.ndarray], *, max_tokens: int = 512, batch_size: int = 4,
+                     top_fraction: float = DEFAULT_TOP_FRACTION,
+                     progress: ProgressCallback | None = None) -> list[NetworkFidelity]:
+    """Fidelity of ``components`` (network ids of ``fn``) in ``pruned`` vs ``dense`` on ``docs``.
+
+    ``keep``: per layer, the original indices of the neurons ``pruned`` kept (in order), as
+    returned by :func:`fnprune.recipe.prune_with_networks`.
+    """
+    components = [int(c) for c in components]
+    if not components:
+        return []
+    bad = [c for c in components if not 0 <= c < fn.n_components]
+    if bad:
+        raise ConfigError(f"networks: component ids must be in 0..{fn.n_components - 1}, got {bad[:5]}")
+    if not 0 < top_fraction <= 1:
+        raise ConfigError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    sequences = encode_documents(tokenizer, docs, max_tokens)
+    if not sequences:
+        raise CorpusError("no held-out document has at least 2 tokens")
+    keep = [np.asarray(k, dtype=np.int64) for k in keep]
+    widths = [a.width for a in find_mlps(pruned)]
+    if [len(k) for k in keep] != widths:
+        raise ConfigError(f"keep has {[len(k) for k in keep]} neurons per layer, the pruned model {widths}")
+    proj = _projections(fn, components)
+    map_layers = {c: fn.map_layers(c) for c in components}
+    layers = sorted({lyr for c in components for lyr in map_layers[c]})
+    row_layer = {c: fn.component_row_layer(c) for c in components}
+    out_layers = sorted(set(row_layer.values()))
+    signals = fn.signals
+
+    # pass 1: the dense model's per-neuron scale (std over these tokens), as the analysis standardises
+    scaler = _Recorder(dense, None, layers, signals, {}, [], scale_only=True)
+    n = 0
+    n_batches = math.ceil(len(sequences) / batch_size)
+    device = model_device(dense)
+    try:
+        for b, (ids, mask) in enumerate(padded_batches(sequences, batch_size)):
+            scaler.start_batch(mask)
+            n += int(mask.sum())
+            backbone(dense)(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            report(progress, "fidelity", 0.3 * (b + 1) / n_batches, "dense scale")
+    finally:
+        scaler.remove()
+    weights: dict[int, dict[int, torch.Tensor]] = {}
+    for layer in layers:
+        weights[layer] = {}
+        for s in range(len(signals)):
+            acc = scaler.sums[(layer, s)]
+            std = (acc[1] / n - (acc[0] / n) ** 2).clamp_min(0).sqrt()
+            std = torch.where(std > 0, std, torch.ones_like(std))
+            cols = []
+            for c in components:
+                if layer in map_layers[c]:
+                    cols.append(torch.from_numpy(proj[c][map_layers[c].index(layer), s]))
+                else:
+                    cols.append(torch.zeros(fn.width, dtype=torch.float64))
+            weights[layer][s] = torch.stack(cols, dim=1) / std[:, None]      # (width, n_comp)
+
+    # pass 2: dense and pruned side by side
+    rec_d = _Recorder(dense, None, layers, signals, weights, out_layers)
+    rec_p = _Recorder(pruned, keep, layers, signals, weights, out_layers)
+    tc_d, tc_p = [], []
+    err = {lyr: [] for lyr in out_layers}
+    ref = {lyr: [] for lyr in out_layers}
+    try:
+        for b, (ids, mask) in enumerate(padded_batches(sequences, batch_size)):
+            for rec, model in ((rec_d, dense), (rec_p, pruned)):
+                rec.start_batch(mask)
+                dev = model_device(model)
+                backbone(model)(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False)
+            tc_d.append(rec_d.tc)
+            tc_p.append(rec_p.tc)
+            for lyr in out_layers:
+                yd, yp = rec_d.outputs[lyr], rec_p.outputs[lyr]
+                err[lyr].append(((yp - yd) ** 2).sum(1))
+                ref[lyr].append((yd ** 2).sum(1))
+            report(progress, "fidelity", 0.3 + 0.7 * (b + 1) / n_batches, f"batch {b + 1}/{n_batches}")
+    finally:
+        rec_d.remove()
+        rec_p.remove()
+    tc_d_all = torch.cat(tc_d).numpy()      # (tokens, n_comp)
+    tc_p_all = torch.cat(tc_p).numpy()
+    err_all = {lyr: torch.cat(v).numpy() for lyr, v in err.items()}
+    ref_all = {lyr: torch.cat(v).numpy() for lyr, v in ref.items()}
+    n_tokens = tc_d_all.shape[0]
+    n_top = min(n_tokens, max(10, int(math.ceil(top_fraction * n_tokens))))
+    key = component_key_masks(fn, components, fn.threshold)
+    kept = np.zeros((fn.n_layers, fn.width), dtype=bool)
+    for layer, k in enumerate(keep):
+        kept[layer, k] = True
+    result = []
+    for i, c in enumerate(components):
+        d, p = tc_d_all[:, i], tc_p_all[:, i]
+        corr = float(np.corrcoef(d, p)[0, 1]) if d.std() > 0 and p.std() > 0 else float("nan")
+        top = np.argsort(-d, kind="stable")[:n_top]
+        lyr = row_layer[c]
+        e, r = err_all[lyr], ref_all[lyr]
+        result.append(NetworkFidelity(
+            id=c, layer=lyr, correlation=corr,
+            output_change_top=float(np.sqrt(e[top].sum() / max(r[top].sum(), 1e-300))),
+            output_change_all=float(np.sqrt(e.sum() / max(r.sum(), 1e-300))),
+            n_key=int(key[i].sum()), n_key_kept=int((key[i] & kept).sum()), n_tokens=int(n_tokens)))
+    return result
+
+
+def most_stable_networks(fn, n: int = 20, protected_layers=None) -> list[int]:
+    """The ``n`` most stable networks of the prunable layers (ties: larger peak |z|)."""
+    from .selection import protected_set
+
+    protected = protected_set(fn, protected_layers)
+    peak = np.array([fn.abs_max_map(c).max() for c in range(fn.n_components)])
+    candidates = [c for c in range(fn.n_components) if fn.component_row_layer(c) not in protected]
+    order = sorted(candidates, key=lambda c: (-float(fn.stability[c]), -float(peak[c]), c))
+    return [int(c) for c in order[:n]]

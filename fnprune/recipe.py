@@ -1,0 +1,383 @@
+"""The one pruning recipe: networks + choice -> widths -> scores -> keep -> (heads) -> prune -> repair.
+
+``fnprune prune``, ``fnprune compare`` and the web app's worker all call
+:func:`prune_with_networks` with a :class:`PruningSpec`; they only parse arguments and report.
+
+Methods (``PruningSpec.method``), each choosing neurons *within* a layer by its own score:
+
+- ``fn-flap`` (default): FLAP's fluctuation score inside the functional networks' layer widths;
+- ``fn``: the seed-robust network score (max |z| over stable networks, or the unresolved-subspace
+  energy where restarts did not resolve the subspace; :func:`fnprune.selection.neuron_scores`);
+- ``paper``: the authors' rule, the largest |z| over every map (no unresolved-energy term); exact on
+  a run analysed with one FastICA run per layer (``n_init=1``);
+- ``random``, ``magnitude``, ``wanda-sp``, ``flap``: the baselines of METHOD §2.
+
+Allocations (``PruningSpec.allocation``: how many neurons each layer keeps):
+
+- ``networks``: the layer widths of the network score at the budget (fn, fn-flap; default for them);
+- ``own``: the method's own scores ranked across the unprotected layers (default for the rest;
+  for ``paper`` this is the threshold rule);
+- ``unresolved``: widths from the unresolved-subspace energy alone (a control);
+- ``uniform``: the same width in every layer, protected layers included (a stock architecture).
+
+Chosen networks (``PruningSpec.networks``) are constraints: every key neuron of every chosen network
+is kept whatever the method and the allocation; the rest of the budget is filled by the method.
+
+Repair (``PruningSpec.repair``): ``lstsq`` (default) re-fits each pruned layer's ``down`` columns and
+bias by ridge least squares to the dense layer's output on the calibration tokens
+(:mod:`fnprune.repair`); ``sequential=True`` calibrates layer l on the already pruned and repaired
+layers below it. ``bias`` is FLAP's mean compensation only; ``none`` changes no weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+from torch import nn
+
+from .errors import ConfigError, RunDirError
+from .mlp import find_mlps
+from .progress import ProgressCallback, report
+from .prune import (
+    DownInputStats,
+    baseline_scores,
+    check_target_ratio,
+    collect_attention_stats,
+    collect_down_input_stats,
+    flap_scores,
+    head_group_scores,
+    keep_from_scores,
+    keep_heads_from_scores,
+    params_to_remove,
+    prune_heads,
+    prune_model,
+    total_parameters,
+)
+from .repair import DEFAULT_RIDGE, LayerFit
+from .selection import NetworkKept, forced_mask, networks_kept, neuron_scores, plan, protected_set
+
+METHODS = ("fn-flap", "fn", "paper", "random", "magnitude", "wanda-sp", "flap")
+NETWORK_METHODS = ("fn-flap", "fn", "paper")
+ALLOCATIONS = ("default", "networks", "own", "unresolved", "uniform")
+REPAIRS = ("lstsq", "bias", "none")
+DEFAULT_METHOD = "fn-flap"
+
+METHOD_HELP = {
+    "fn-flap": "FLAP's fluctuation score inside the functional networks' per-layer widths",
+    "fn": "the seed-robust network score (max |z| over stable networks, else unresolved-subspace energy)",
+    "paper": "the paper's rule: any |z| above the threshold in one FastICA run's maps (no unresolved energy)",
+    "random": "uniform random neurons (seeded)",
+    "magnitude": "L2 norm of the neuron's weights",
+    "wanda-sp": "structured Wanda: sum |W_down| x input norm",
+    "flap": "FLAP: input variance x squared down-column norm",
+}
+
+
+@dataclass(frozen=True)
+class PruningSpec:
+    """What to prune and how; validated by :meth:`validated` before any model work starts.
+
+    ``target_ratio``: fraction of **all** parameters to remove (only MLP neurons are removed);
+    ``threshold``: instead, keep neurons whose network score (|z|) is above it.
+    """
+
+    method: str = DEFAULT_METHOD
+    target_ratio: float | None = 0.2
+    threshold: float | None = None
+    networks: tuple[int, ...] | None = None
+    allocation: str = "default"
+    protected_layers: tuple[int, ...] | None = None
+    repair: str = "lstsq"
+    sequential: bool = False
+    ridge: float = DEFAULT_RIDGE
+    heads_fraction: float | None = None
+    seed: int = 0
+
+    @property
+    def resolved_allocation(self) -> str:
+        if self.allocation != "default":
+            return self.allocation
+        if self.method == "paper":
+            return "own"
+        return "networks" if self.method in ("fn", "fn-flap") else "own"
+
+    @property
+    def score_kind(self) -> str:
+        """The network score that sizes the layers (for allocations that use one)."""
+        alloc = self.resolved_allocation
+        if alloc == "unresolved":
+            return "unresolved"
+        return "paper" if self.method == "paper" else "networks"
+
+    def validated(self, have_networks: bool) -> PruningSpec:
+        """This spec with tuples normalised; raises :class:`ConfigError` naming the field."""
+        if self.method not in METHODS:
+            raise ConfigError(f"method: unknown {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"allocation: unknown {self.allocation!r}; choose from {', '.join(ALLOCATIONS)}")
+        if self.repair not in REPAIRS:
+            raise ConfigError(f"repair: unknown {self.repair!r}; choose from {', '.join(REPAIRS)}")
+        if (self.threshold is None) == (self.target_ratio is None):
+            raise ConfigError("give exactly one of target_ratio and threshold")
+        if self.target_ratio is not None:
+            check_target_ratio(self.target_ratio)
+        if self.threshold is not None and (not np.isfinite(self.threshold) or self.threshold < 0):
+            raise ConfigError(f"threshold must be a finite number ≥ 0, got {self.threshold!r}")
+        if not (np.isfinite(self.ridge) and self.ridge >= 0):
+            raise ConfigError(f"ridge must be a finite number ≥ 0, got {self.ridge!r}")
+        if self.sequential and self.repair != "lstsq":
+            raise ConfigError("sequential calibration is a mode of the least-squares repair (repair='lstsq')")
+        if self.heads_fraction is not None and not 0 < float(self.heads_fraction) < 1:
+            raise ConfigError(f"heads fraction must be strictly between 0 and 1, got {self.heads_fraction}")
+        alloc = self.resolved_allocation
+        needs_networks = (self.method in NETWORK_METHODS or alloc in ("networks", "unresolved")
+                          or self.networks is not None or self.threshold is not None)
+        if needs_networks and not have_networks:
+            raise ConfigError(f"method {self.method!r} with allocation {alloc!r}"
+                              + (" and chosen networks" if self.networks is not None else "")
+                              + " needs functional networks (a run directory)")
+        if self.threshold is not None and alloc in ("own", "uniform") and self.method not in ("fn", "paper"):
+            raise ConfigError("a |z| threshold sizes the layers by the network score: use allocation 'networks' "
+                              "(or a target ratio)")
+        return replace(self, networks=None if self.networks is None else tuple(int(x) for x in self.networks),
+                       protected_layers=None if self.protected_layers is None
+                       else tuple(int(x) for x in self.protected_layers))
+
+
+@dataclass
+class Calibration:
+    """Calibration documents and the statistics gathered on the *dense* model (computed once, reused).
+
+    ``compare`` shares one instance across every method, so the calibration pass runs once.
+    """
+
+    tokenizer: object
+    docs: Sequence
+    max_tokens: int = 512
+    batch_size: int = 4
+    _down: DownInputStats | None = field(default=None, repr=False)
+    _attention: object = field(default=None, repr=False)
+
+    def down_stats(self, model: nn.Module, second_moments: bool, progress=None) -> DownInputStats:
+        if self._down is None or (second_moments and self._down.second_moment is None):
+            self._down = collect_down_input_stats(model, self.tokenizer, self.docs, self.max_tokens,
+                                                  self.batch_size, progress, second_moments=second_moments)
+        return self._down
+
+    def attention_stats(self, model: nn.Module, progress=None):
+        if self._attention is None:
+            self._attention = collect_attention_stats(model, self.tokenizer, self.docs, self.max_tokens,
+                                                      self.batch_size, progress)
+        return self._attention
+
+
+@dataclass
+class PruningOutcome:
+    """What :func:`prune_with_networks` did. ``keep[l]``: original indices of the kept neurons."""
+
+    spec: PruningSpec
+    keep: list[np.ndarray]
+    widths: list[int]
+    original_widths: list[int]
+    dense_total_params: int
+    dense_mlp_params: int
+    total_params: int
+    mlp_params: int
+    protected_layers: list[int]
+    chosen: list[NetworkKept]
+    layer_fits: dict[int, LayerFit]
+    threshold: float | None = None
+    kv_heads: list[int] | None = None
+
+    @property
+    def removed_fraction(self) -> float:
+        return 1 - self.total_params / self.dense_total_params
+
+    @property
+    def removed_mlp_fraction(self) -> float:
+        return 1 - self.mlp_params / self.dense_mlp_params
+
+    def repair_summary(self) -> dict | None:
+        """Mean relative output error of the pruned layers on calibration tokens, before/after repair."""
+        if not self.layer_fits:
+            return None
+        fits = list(self.layer_fits.values())
+        return {"layers": sorted(self.layer_fits),
+                "error_pruned": float(np.mean([f.error_pruned for f in fits])),
+                "error_bias": float(np.mean([f.error_bias for f in fits])),
+                "error_repaired": float(np.mean([f.error_repaired for f in fits]))}
+
+    def info(self) -> dict:
+        """JSON-ready record for ``pruning.json`` and the web app's result."""
+        spec = asdict(self.spec)
+        spec["networks"] = None if self.spec.networks is None else list(self.spec.networks)
+        spec["protected_layers"] = None if self.spec.protected_layers is None else list(self.spec.protected_layers)
+        return {"spec": spec, "method": self.spec.method, "allocation": self.spec.resolved_allocation,
+                "repair": self.spec.repair, "threshold_used": self.threshold,
+                "widths": self.widths, "original_widths": self.original_widths,
+                "protected_layers": self.protected_layers, "kv_heads": self.kv_heads,
+                "dense_total_params": self.dense_total_params, "dense_mlp_params": self.dense_mlp_params,
+                "removed_params": self.dense_total_params - self.total_params,
+                "removed_fraction": self.removed_fraction, "removed_mlp_fraction": self.removed_mlp_fraction,
+                "chosen_networks": [asdict(c) for c in self.chosen], "repair_errors": self.repair_summary()}
+
+
+def check_networks_match(fn, model: nn.Module) -> None:
+    """Raise :class:`RunDirError` when the networks were computed on a model of another shape."""
+    widths = [a.width for a in find_mlps(model)]
+    recorded = fn.info.get("model", {}).get("config_class")
+    config_class = type(getattr(model, "config", None)).__name__
+    if recorded and recorded != config_class:
+        raise RunDirError(f"the functional networks were computed on a {recorded} model, this is a {config_class} "
+                          "model: run directory from another model?")
+    shape = (fn.n_layers, fn.width)
+    if shape != (len(widths), max(widths)) or len(set(widths)) != 1:
+        raise RunDirError(f"the functional networks are for {shape[0]} layers x {shape[1]} neurons, the model has "
+                          f"{len(widths)} layers with widths {sorted(set(widths))}: run directory from another model?")
+
+
+def _within_scores(spec: PruningSpec, model: nn.Module, fn, stats: DownInputStats | None) -> list[np.ndarray]:
+    """Per-layer scores (higher = keep) the method uses to choose neurons inside a layer."""
+    if spec.method == "fn":
+        return list(neuron_scores(fn, "networks"))
+    if spec.method == "paper":
+        return list(neuron_scores(fn, "paper"))
+    if spec.method == "fn-flap":
+        return flap_scores(model, stats)
+    scores = baseline_scores(spec.method, model, stats, spec.seed)
+    if spec.method in ("magnitude", "wanda-sp"):  # comparable across layers for a global ranking
+        scores = [(s - s.mean()) / (s.std() if s.std() > 0 else 1.0) for s in scores]
+    return scores
+
+
+def choose_keep(spec: PruningSpec, model: nn.Module, fn, stats: DownInputStats | None, chosen_from=None
+                ) -> tuple[list[np.ndarray], list[int], float | None]:
+    """Per-layer kept indices, the protected layers and the score threshold the allocation amounts to.
+
+    ``chosen_from``: the networks the ids of ``spec.networks`` refer to (default ``fn``)."""
+    adapters = find_mlps(model)
+    ppn = [a.params_per_neuron for a in adapters]
+    n_layers = len(adapters)
+    owner = chosen_from if chosen_from is not None else fn
+    forced = list(forced_mask(owner, spec.networks)) if owner is not None else None
+    within = _within_scores(spec, model, fn, stats)
+    alloc = spec.resolved_allocation
+    if alloc in ("networks", "unresolved") or (spec.threshold is not None and spec.method in ("fn", "paper")):
+        p = plan(fn, threshold=spec.threshold, target_ratio=spec.target_ratio,
+                 networks=spec.networks if owner is fn else None, forced=forced,
+                 protected_layers=spec.protected_layers, uniform=alloc == "uniform", score=spec.score_kind)
+        if spec.method in ("fn", "paper") and alloc != "unresolved":
+            keep = [np.flatnonzero(row) for row in p.keep]
+        else:
+            keep = keep_from_scores(within, ppn, widths=p.widths, forced=forced)
+        return keep, p.protected_layers, p.threshold
+    n_remove = params_to_remove(model, spec.target_ratio)
+    if alloc == "uniform":
+        keep = keep_from_scores(within, ppn, n_params_remove=n_remove, uniform=True, forced=forced)
+        return keep, [], None
+    protected = sorted(protected_set(fn, spec.protected_layers)) if fn is not None else \
+        sorted(_default_protected(spec.protected_layers, n_layers))
+    keep = keep_from_scores(within, ppn, n_params_remove=n_remove, protected_layers=protected, forced=forced)
+    return keep, protected, None
+
+
+def _default_protected(protected_layers, n_layers: int) -> set[int]:
+    from .prune import _protected
+
+    return _protected(protected_layers, n_layers)
+
+
+def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Calibration | None = None,
+                        progress: ProgressCallback | None = None, *, chosen_from=None) -> PruningOutcome:
+    """Prune ``model`` in place as ``spec`` says, keeping every key neuron of the chosen networks.
+
+    ``fn``: the :class:`~fnprune.networks.FunctionalNetworks` of this (dense) model, or None for a
+    baseline with its own allocation and no chosen networks. ``calibration``: the documents for
+    the statistics FLAP, Wanda-sp, the bias and the repair need (required when the spec needs them).
+    ``chosen_from``: the networks whose ids ``spec.networks`` names, when not ``fn`` (``compare``
+    prunes ``paper`` with a one-run analysis but keeps the networks a user chose in the main one).
+    Every check runs before the model is touched.
+    """
+    spec = spec.validated(fn is not None)
+    if fn is not None:
+        check_networks_match(fn, model)
+    adapters = find_mlps(model)
+    original_widths = [a.width for a in adapters]
+    dense_total = total_parameters(model)
+    dense_mlp = sum(a.n_params for a in adapters)
+    needs_stats = spec.method in ("fn-flap", "flap", "wanda-sp") or spec.repair != "none"
+    if (needs_stats or spec.heads_fraction) and calibration is None:
+        raise ConfigError(f"method {spec.method!r} with repair {spec.repair!r} needs calibration documents")
+    stats = None
+    if needs_stats:
+        stats = calibration.down_stats(model, second_moments=spec.repair == "lstsq" and not spec.sequential,
+                                       progress=_renamed(progress, "calibrate"))
+    report(progress, "select", 0.0, f"{spec.method}: choosing neurons")
+    keep, protected, threshold = choose_keep(spec, model, fn, stats, chosen_from)
+    owner = chosen_from if chosen_from is not None else fn
+    if chosen_from is not None:
+        check_networks_match(chosen_from, model)
+    chosen = networks_kept(owner, spec.networks, keep) if owner is not None else []
+    lost = [c for c in chosen if c.n_kept < c.n_key]
+    if lost:  # the recipe's promise: never reached unless a bug slipped in
+        raise AssertionError(f"chosen networks lost key neurons: {lost}")
+    report(progress, "select", 1.0, "done")
+
+    kv_heads = None
+    if spec.heads_fraction:
+        att = calibration.attention_stats(model, progress=_renamed(progress, "calibrate heads"))
+        keep_heads = keep_heads_from_scores(head_group_scores(model, att), spec.heads_fraction, protected)
+        prune_heads(model, keep_heads, bias=att if spec.repair != "none" else None)
+        kv_heads = [len(k) for k in keep_heads]
+
+    fits: dict[int, LayerFit] = {}
+    report(progress, "prune", 0.0, "pruning MLP neurons")
+    if spec.repair == "lstsq" and spec.sequential:
+        _prune_sequential(model, keep, calibration, spec.ridge, fits, progress)
+    else:
+        prune_model(model, keep, bias=stats if spec.repair == "bias" else None,
+                    repair=stats if spec.repair == "lstsq" else None, ridge=spec.ridge, fits=fits)
+    report(progress, "prune", 1.0, "done")
+    adapters = find_mlps(model)
+    return PruningOutcome(spec=spec, keep=[np.asarray(k, dtype=np.int64) for k in keep],
+                          widths=[a.width for a in adapters], original_widths=original_widths,
+                          dense_total_params=dense_total, dense_mlp_params=dense_mlp,
+                          total_params=total_parameters(model), mlp_params=sum(a.n_params for a in adapters),
+                          protected_layers=[int(x) for x in protected], chosen=chosen, layer_fits=fits,
+                          threshold=threshold, kv_heads=kv_heads)
+
+
+def _prune_sequential(model: nn.Module, keep: list[np.ndarray], calibration: Calibration, ridge: float,
+                      fits: dict[int, LayerFit], progress) -> None:
+    """Prune and repair layer by layer, each calibrated on the already pruned layers below it."""
+    adapters = find_mlps(model)
+    todo = [a.layer for a, k in zip(adapters, keep, strict=True) if len(k) < a.width]
+    for i, layer in enumerate(todo):
+        stats = collect_down_input_stats(model, calibration.tokenizer, calibration.docs, calibration.max_tokens,
+                                         calibration.batch_size, None, second_moments=True, layers=[layer])
+        current = [np.arange(a.width) for a in find_mlps(model)]
+        current[layer] = keep[layer]
+        prune_model(model, current, repair=stats, ridge=ridge, fits=fits)
+        report(progress, "prune", (i + 1) / len(todo), f"layer {layer} repaired (sequential)")
+
+
+def _renamed(progress: ProgressCallback | None, stage: str) -> ProgressCallback | None:
+    if progress is None:
+        return None
+
+    def inner(_stage: str, fraction: float, message: str = "") -> None:
+        progress(stage, fraction, message)
+
+    return inner
+
+
+def keep_to_mask(keep: Sequence[np.ndarray], width: int) -> np.ndarray:
+    """``(n_layers, width)`` bool mask of per-layer kept indices."""
+    mask = np.zeros((len(keep), width), dtype=bool)
+    for layer, idx in enumerate(keep):
+        mask[layer, np.asarray(idx, dtype=np.int64)] = True
+    return mask
+
+

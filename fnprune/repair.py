@@ -1,0 +1,98 @@
+"""Repair of a pruned MLP layer: re-fit ``down`` on the kept neurons by least squares.
+
+After a layer's kept neurons ``K`` are chosen, its output ``y = W x (+ b0)`` (``W``: ``down``'s
+weight ``(hidden, I)``, ``x``: ``down``'s input over calibration tokens) is re-fitted from the kept
+inputs alone::
+
+    min over W', b   E_t || W x_t - W' x_t[K] - b ||²  +  λ ||W'||²_F
+
+which has the closed form ``[W' b] = W [Σ[:, K]  μ] · [[Σ[K, K] + λ I, μ[K]], [μ[K]ᵀ, 1]]⁻¹`` from the
+calibration second moment ``Σ = E[x xᵀ]`` and mean ``μ = E[x]`` (float64; ``λ`` = ``ridge`` × the
+mean of ``diag Σ[K, K]``; the bias is not penalised). FLAP's bias compensation is the special case
+that keeps ``W' = W[:, K]`` and sets ``b = W[:, pruned] μ[pruned]``; this is the full layer-wise
+reconstruction of SlimGPT/ZipLM-style pruners (METHOD §2, "Repair").
+
+The functions here compute; :func:`fnprune.prune.prune_model` applies them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .mlp import MLPAdapter, _is_conv1d
+
+DEFAULT_RIDGE = 1e-3
+
+
+def down_weight_by_neuron(adapter: MLPAdapter) -> torch.Tensor:
+    """``down``'s weight as ``(hidden, I)`` (a view for nn.Linear, a transpose view for Conv1D)."""
+    w = adapter.down.weight
+    return w.t() if _is_conv1d(adapter.down) else w
+
+
+def _augmented_moment(second_moment: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """``E[z zᵀ]`` of ``z = [x; 1]``: ``[[Σ, μ], [μᵀ, 1]]`` ``(I+1, I+1)``."""
+    n = second_moment.shape[0]
+    g = torch.empty((n + 1, n + 1), dtype=torch.float64)
+    g[:n, :n] = second_moment
+    g[:n, n] = mean
+    g[n, :n] = mean
+    g[n, n] = 1.0
+    return g
+
+
+@dataclass
+class LayerFit:
+    """A re-fitted layer: new kept columns, bias delta and the calibration output errors.
+
+    ``weight``: ``(hidden, |K|)`` float64 new ``down`` columns of the kept neurons; ``bias``:
+    ``(hidden,)`` float64 to add to ``down``'s bias. Errors are ``E||y_dense - y||² / E||y_dense||²``
+    on the calibration tokens (from the moments): ``error_pruned`` (kept columns, no bias),
+    ``error_bias`` (FLAP's mean bias), ``error_repaired`` (this fit).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    error_pruned: float
+    error_bias: float
+    error_repaired: float
+
+
+@torch.no_grad()
+def refit_down(adapter: MLPAdapter, keep_idx: torch.Tensor, second_moment: torch.Tensor, mean: torch.Tensor,
+               ridge: float = DEFAULT_RIDGE) -> LayerFit:
+    """Least-squares ``down`` columns and bias for the kept neurons ``keep_idx`` of a dense layer."""
+    W = down_weight_by_neuron(adapter).detach().double().cpu()         # (hidden, I)
+    S = second_moment.double().cpu()                                    # (I, I)
+    mu = mean.double().cpu()                                            # (I,)
+    K = keep_idx.long().cpu()
+    n_k = K.numel()
+    G = _augmented_moment(S, mu)                                        # (I+1, I+1)
+    Kz = torch.cat([K, torch.tensor([S.shape[0]])])                     # kept columns of z = [x; 1]
+    M = G[Kz][:, Kz].clone()                                            # (|K|+1, |K|+1)
+    diag = torch.diagonal(M)[:n_k]
+    lam = float(ridge) * float(diag.mean()) if n_k else 0.0
+    M[range(n_k), range(n_k)] += lam
+    C = torch.cat([W, torch.zeros((W.shape[0], 1), dtype=torch.float64)], dim=1) @ G[:, Kz]  # (hidden, |K|+1)
+    # M is symmetric positive definite (ridge); solve M Xᵀ = Cᵀ
+    L, info = torch.linalg.cholesky_ex(M)
+    sol = torch.cholesky_solve(C.T.contiguous(), L).T if int(info) == 0 else torch.linalg.lstsq(M, C.T).solution.T
+    new_w, bias = sol[:, :n_k], sol[:, n_k]
+
+    Wz = torch.cat([W, torch.zeros((W.shape[0], 1), dtype=torch.float64)], dim=1)  # dense map on z
+    ref = float(torch.einsum("hi,ij,hj->", Wz, G, Wz))
+
+    def error(cols: torch.Tensor, b: torch.Tensor) -> float:
+        A = Wz.clone()
+        A[:, K] -= cols
+        A[:, -1] -= b
+        return float(torch.einsum("hi,ij,hj->", A, G, A)) / max(ref, 1e-300)
+
+    pruned = torch.ones(S.shape[0], dtype=torch.bool)
+    pruned[K] = False
+    flap_bias = W[:, pruned] @ mu[pruned]
+    zero = torch.zeros(W.shape[0], dtype=torch.float64)
+    return LayerFit(weight=new_w, bias=bias, error_pruned=error(W[:, K], zero),
+                    error_bias=error(W[:, K], flap_bias), error_repaired=error(new_w, bias))
