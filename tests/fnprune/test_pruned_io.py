@@ -173,15 +173,25 @@ def test_run_dir_from_another_model():
 
 @pytest.mark.slow
 def test_default_model_prune_save_reload(tmp_path):
+    """The default model (a LLaMA) with FLAP bias: per-layer widths load with remote code; uniform
+    widths (``--uniform``) are the stock class with ``mlp_bias`` -- exact, in a process without fnprune."""
+    import copy
+
     from fnprune.models import load_model
 
     model, tok = load_model("smollm2-135m", device="cpu")
-    keep = [np.arange(1536)] * 3 + [np.arange(1536 - 100 * (i % 3 + 1)) for i in range(25)] + [np.arange(1536)] * 2
     stats = collect_down_input_stats(model, tok, documents(4), max_tokens=64)
+    uniform = prune_model(copy.deepcopy(model), [np.arange(1536 - 300)] * 30, bias=stats)
+    keep = [np.arange(1536)] * 3 + [np.arange(1536 - 100 * (i % 3 + 1)) for i in range(25)] + [np.arange(1536)] * 2
     prune_model(model, keep, bias=stats)
     ids = sample_ids(shape=(1, 16))
-    expected = _logits(model, ids)
-    out = save_pruned(model, tok, tmp_path / "m", {"source_model": "smollm2-135m"})
-    reload_isolated([(out, ids, expected, True)], tmp_path / "work")
-    loaded, _ = load_pruned(out)
-    assert torch.allclose(_logits(loaded, ids), expected, atol=1e-4)
+    cases = []
+    for name, pruned, remote in (("m", model, True), ("u", uniform, False)):
+        expected = _logits(pruned, ids)
+        out = save_pruned(pruned, tok, tmp_path / name, {"source_model": "smollm2-135m"})
+        assert read_pruning_info(out)["trust_remote_code"] is remote
+        loaded, _ = load_pruned(out)
+        assert torch.allclose(_logits(loaded, ids), expected, atol=1e-4)
+        cases.append((out, ids, expected, remote))
+    assert json.loads((tmp_path / "u" / "config.json").read_text())["mlp_bias"] is True
+    reload_isolated(cases, tmp_path / "work")
