@@ -275,10 +275,12 @@ def read_pruning_info(model_dir: str | os.PathLike) -> dict:
 
 def load_pruned(model_dir: str | os.PathLike, *, device: str | torch.device | None = None,
                 dtype: torch.dtype | None = None, with_tokenizer: bool = True):
-    """Load a directory written by :func:`save_pruned` without remote code: ``(model, tokenizer)``.
+    """Load a directory written by :func:`save_pruned` (any fnprune version) without remote code:
+    ``(model, tokenizer)``.
 
-    Builds the stock model class from the config, reslices each layer's MLP to the stored widths
-    (adding the ``down`` bias where recorded) and loads the weights. ``tokenizer`` is None when the
+    Builds the class the directory names -- ``modeling_fnprune``'s ``Fnpruned<Class>`` from fnprune's
+    own copy of that file, or the stock class -- reslices each layer to the stored shapes (per-layer
+    widths and KV heads, added biases) and loads the weights. ``tokenizer`` is None when the
     directory has none (or ``with_tokenizer`` is False).
     """
     from transformers import AutoConfig, AutoTokenizer
