@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_HEADS_FRACTION = 0.25
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic would read true as 1; the schema says a number
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+# request numbers: JSON true/false are not numbers
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
+Float = Annotated[float, BeforeValidator(_not_a_bool)]
 
 
 class Strict(BaseModel):
@@ -62,20 +73,23 @@ class AnalysisRequest(Strict):
     model: str = Field(default="smollm2-135m", min_length=1, max_length=500)
     corpus: str = Field(default="brown", min_length=1, max_length=200)
     genres: list[str] | None = Field(default=None, max_length=100)
-    n_texts: int = Field(default=40, ge=1, le=5000)
-    max_tokens: int = Field(default=512, ge=8, le=8192)
-    n_components: int = Field(default=128, ge=1, le=2048)
+    n_texts: Int = Field(default=40, ge=1, le=5000)
+    max_tokens: Int = Field(default=512, ge=8, le=8192)
+    n_components: Int = Field(default=128, ge=1, le=2048)
     mode: Literal["per-layer", "whole-model"] = "per-layer"
-    n_runs: int = Field(default=1, ge=1, le=50)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    n_runs: Int = Field(default=1, ge=1, le=50)
+    seed: Int = Field(default=0, ge=0, le=2**31 - 1)
+    # which documents: "first" = the corpus' first n_texts (file order); "stratified" = spread evenly
+    # over the corpus' genres (round-robin, the same for every seed)
+    sampling: Literal["first", "stratified"] = "first"
 
 
 class ThresholdChoice(Strict):
     """At most one of ``threshold`` / ``target_ratio``; neither means the analysis' default threshold."""
 
-    networks: list[int] | None = Field(default=None, max_length=4096)
-    threshold: float | None = Field(default=None, gt=0, le=100)
-    target_ratio: float | None = Field(default=None, gt=0, lt=1)
+    networks: list[Int] | None = Field(default=None, max_length=4096)
+    threshold: Float | None = Field(default=None, gt=0, le=100)
+    target_ratio: Float | None = Field(default=None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _one_of(self) -> ThresholdChoice:
@@ -85,7 +99,7 @@ class ThresholdChoice(Strict):
 
 
 class PreviewRequest(ThresholdChoice):
-    protected_layers: list[int] | None = Field(default=None, max_length=1024)
+    protected_layers: list[Int] | None = Field(default=None, max_length=1024)
     uniform: bool = False
 
 
@@ -108,24 +122,35 @@ class PreviewResult(Flexible):
     size_bytes: int
 
 
+NetworkName = Annotated[str, Field(max_length=80)]
+
+
 class Labels(Strict):
-    labels: dict[str, Literal["signal", "noise", "unknown"]]
+    """Labels and user-given names per component id; a PUT merges both (an empty name restores the
+    automatic one); a reply holds every stored label and name."""
+
+    labels: dict[str, Literal["signal", "noise", "unknown"]] = Field(default_factory=dict)
+    names: dict[str, NetworkName] = Field(default_factory=dict)
 
 
 class PruningRequest(ThresholdChoice):
     analysis_id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-zA-Z_-]+$")
-    protected_layers: list[int] | None = Field(default=None, max_length=1024)
-    # fn-flap (recommended): the networks' per-layer widths, FLAP's score inside each layer, bias
-    # compensation; fn: the paper's rule, keep every key neuron (|z| above the threshold)
-    method: Literal["fn-flap", "fn"] = "fn-flap"
-    bias: bool = False
+    protected_layers: list[Int] | None = Field(default=None, max_length=1024)
+    # fnprune.recipe.METHODS: how neurons are chosen inside a layer; chosen networks' key neurons are
+    # always kept (fn-flap: FLAP's score in the networks' widths; fn: the seed-robust network score;
+    # paper: any |z| above the threshold, no unresolved-subspace energy; the baselines)
+    method: Literal["fn-flap", "fn", "paper", "random", "magnitude", "wanda-sp", "flap"] = "fn-flap"
+    # lstsq: re-fit each pruned layer's down projection + bias by least squares (default);
+    # bias: FLAP's mean compensation only; none
+    repair: Literal["lstsq", "bias", "none"] = "lstsq"
+    sequential: bool = False
     uniform: bool = False
     # Attention: false = keep every head; a fraction in (0, 1) = remove that fraction of the KV groups
     # (a key/value head with its query heads) of every unprotected layer; true = 0.25.
     heads: bool | float = False
     baselines: list[Literal["random", "magnitude", "wanda-sp", "flap"]] = Field(default_factory=list)
     evaluate: bool = True
-    n_heldout: int = Field(default=20, ge=1, le=500)
+    n_heldout: Int = Field(default=20, ge=1, le=500)
 
     @field_validator("heads")
     @classmethod
@@ -168,6 +193,8 @@ class ComponentRow(Flexible):
     top_genre: str | None = None
     genre_selectivity: float | None = None
     label: str
+    name: str = ""
+    auto_name: str = ""
 
 
 class NetworksTable(BaseModel):
@@ -207,6 +234,8 @@ class ComponentDetail(BaseModel):
     label: str
     stability: float
     threshold: float
+    name: str = ""
+    auto_name: str = ""
     map: MapArray
     histogram: Histogram
     time_course: TimeCourse
@@ -237,6 +266,21 @@ class MapSet(BaseModel):
     values: EncodedArray
 
 
+class Layout(BaseModel):
+    """Where every neuron is drawn: ``positions[layer, j]`` = flat cell ``row * cols + col`` of ``grid``;
+    ``network[layer, j]`` = the atlas network (component id + 1) of neuron ``j``, 0 = background (the
+    same in either layout)."""
+
+    name: Literal["atlas", "index"]
+    n_layers: int
+    width: int
+    grid: list[int]
+    positions: EncodedArray
+    network: EncodedArray
+
+
 class ErrorBody(BaseModel):
+    """Every error response: a readable sentence, and the request field it is about (or null)."""
+
     detail: str
-    field: str | None = None
+    field: str | None = Field(description="the request field the error is about, e.g. `n_texts` or `labels.3`")

@@ -111,7 +111,10 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
         if field:
             assert response.json()["field"] == field
     assert client.get("/api/prunings").json() == []  # nothing was queued by the bad requests
-    pruning = client.post("/api/prunings", json={"analysis_id": job_id, "target_ratio": 0.05, "bias": True,
+    # the tiny random model's maps are dense (few |z| > 3): choose the two most peaked networks of layers 1-2
+    table = client.get(f"/api/analyses/{job_id}/networks").json()["components"]
+    chosen = sorted(c["id"] for c in sorted((c for c in table if c["layer"] in (1, 2)), key=lambda c: -c["peak_z"])[:2])
+    pruning = client.post("/api/prunings", json={"analysis_id": job_id, "target_ratio": 0.05, "networks": chosen,
                                                  "heads": 0.5, "baselines": ["magnitude"], "n_heldout": 2})
     assert pruning.status_code == 202, pruning.text
     p_id = pruning.json()["id"]
@@ -123,6 +126,11 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
     assert result["pruned"]["params"] < result["dense"]["params"]
     assert result["kv_heads"] == [2, 1, 1, 2]  # tiny-llama: 2 KV groups, layers 0 and 3 protected
     assert [b["method"] for b in result["baselines"]] == ["magnitude", "magnitude"]
+    assert [c["id"] for c in result["chosen_networks"]] == chosen
+    assert all(c["n_kept"] == c["n_key"] for c in result["chosen_networks"])
+    assert [f["id"] for f in result["fidelity"]] == chosen and result["fidelity_scope"] == "chosen"
+    assert result["repair"] == "lstsq" and result["repair_errors"]["error_repaired"] < result["repair_errors"]["error_pruned"]
+    assert result["repair_comparison"]["unrepaired_repair"] == "bias"  # fn-flap without repair: FLAP's bias
     assert result["generations"] and "from_pretrained" in result["load_snippet"]
     assert client.delete(f"/api/prunings/{p_id}").status_code == 409  # finished
 

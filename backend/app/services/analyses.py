@@ -73,7 +73,8 @@ def run_analysis(settings: Settings, job_id: str, params: dict[str, Any], progre
         report(progress, "load", 0.5, f"loading corpus {req.corpus}")
         corpus_spec = catalog.resolve_corpus(req.corpus, settings)
         limit = math.ceil(req.n_texts * 10 / 9) + 1
-        docs = _calibration_docs(load_corpus(corpus_spec, limit=limit, genres=req.genres))[: req.n_texts]
+        docs = _calibration_docs(load_corpus(corpus_spec, limit=limit, genres=req.genres,
+                                             sampling=req.sampling))[: req.n_texts]
         if not docs:
             from fnprune.errors import CorpusError
 
@@ -153,27 +154,55 @@ def get_labels(settings: Settings, job_id: str) -> dict[str, str]:
     return json.loads(path.read_text())
 
 
-def put_labels(settings: Settings, store: JobStore, job_id: str, labels: dict[str, str]) -> dict[str, str]:
-    networks = load_networks(settings, store, job_id)
-    n = int(networks.n_components)
-    merged = get_labels(settings, job_id)
-    for key, value in labels.items():
+def _names_path(settings: Settings, job_id: str) -> Path:
+    return settings.job_dir("analysis", job_id) / "names.json"
+
+
+def get_names(settings: Settings, job_id: str) -> dict[str, str]:
+    """The names the user gave to networks (``{id: name}``); the others keep their automatic name."""
+    path = _names_path(settings, job_id)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _merge(stored: dict[str, str], changes: dict[str, str], n: int, field: str, drop_empty: bool = False
+           ) -> dict[str, str]:
+    merged = dict(stored)
+    for key, value in changes.items():
         if not key.lstrip("-").isdigit() or not 0 <= int(key) < n:
-            raise ApiError(422, f"labels.{key}: no component {key!r} (ids are 0..{n - 1})", f"labels.{key}")
-        merged[str(int(key))] = value
-    path = _labels_path(settings, job_id)
-    tmp = path.with_name(".tmp-labels.json")
-    tmp.write_text(json.dumps(merged, sort_keys=True))
-    os.replace(tmp, path)
+            raise ApiError(422, f"{field}.{key}: no component {key!r} (ids are 0..{n - 1})", f"{field}.{key}")
+        if drop_empty and not value.strip():
+            merged.pop(str(int(key)), None)       # an empty name gives the automatic name back
+        else:
+            merged[str(int(key))] = value.strip() if drop_empty else value
     return merged
 
 
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(value, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def put_labels(settings: Settings, store: JobStore, job_id: str, labels: dict[str, str],
+               names: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Merge label and name changes into labels.json / names.json (atomically); returns both, whole."""
+    networks = load_networks(settings, store, job_id)
+    n = int(networks.n_components)
+    merged = _merge(get_labels(settings, job_id), labels, n, "labels")
+    merged_names = _merge(get_names(settings, job_id), names or {}, n, "names", drop_empty=True)
+    if labels:
+        _write_json(_labels_path(settings, job_id), merged)
+    if names:
+        _write_json(_names_path(settings, job_id), merged_names)
+    return merged, merged_names
+
+
 # -- views --------------------------------------------------------------------------------------------
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -194,7 +223,7 @@ def _table(networks, threshold: float) -> list[dict[str, Any]]:
         key = round(threshold, 6)
         if key in per_run:
             return per_run[key]
-    rows = _plain(networks.component_table(threshold=threshold))
+    rows = plain(networks.component_table(threshold=threshold))
     with _cache_lock:
         per_run[key] = rows
         while len(per_run) > 8:
@@ -205,8 +234,9 @@ def _table(networks, threshold: float) -> list[dict[str, Any]]:
 def networks_table(settings: Settings, store: JobStore, job_id: str, threshold: float | None) -> dict[str, Any]:
     networks = load_networks(settings, store, job_id)
     thr = _threshold(networks, threshold)
-    labels = get_labels(settings, job_id)
-    components = [dict(row, label=labels.get(str(row["id"]), "unknown")) for row in _table(networks, thr)]
+    labels, names = get_labels(settings, job_id), get_names(settings, job_id)
+    components = [dict(row, label=labels.get(str(row["id"]), "unknown"),
+                       name=names.get(str(row["id"])) or row["auto_name"]) for row in _table(networks, thr)]
     return {"threshold": thr, "n_layers": int(networks.n_layers), "width": int(networks.width),
             "signals": list(networks.signals), "mode": networks.mode, "components": components}
 
@@ -231,16 +261,17 @@ def component_map(settings: Settings, store: JobStore, job_id: str, k: int, thre
     labels = get_labels(settings, job_id)
     encoded = encoding.int8_array(zmap)
     encoded.update({"layers": [int(x) for x in detail["map_layers"]], "signals": list(networks.signals),
-                    "width": width, "grid": encoding.grid_shape(width)})
+                    "width": width, "grid": list(networks.grid)})
     return {
-        "id": int(detail.get("id", k)), "layer": _plain(detail.get("layer")), "index": _plain(detail.get("index")),
-        "label": labels.get(str(k), "unknown"), "stability": _plain(detail.get("stability")),
+        "id": int(detail.get("id", k)), "layer": plain(detail.get("layer")), "index": plain(detail.get("index")),
+        "label": labels.get(str(k), "unknown"), "stability": plain(detail.get("stability")),
+        "name": get_names(settings, job_id).get(str(k)) or detail["auto_name"], "auto_name": detail["auto_name"],
         "threshold": _threshold(networks, threshold), "map": encoded,
         "histogram": encoding.histogram(zmap),
         "time_course": {"values": encoding.floats(tc[idx], 2), "tokens": [str(tokens[i]) for i in idx],
                         "docs": [int(token_docs[i]) for i in idx], "n_tokens": len(tc)},
-        "top_tokens": _plain(detail.get("top_tokens", [])),
-        "genre_profile": _plain(detail.get("genre_profile", {})),
+        "top_tokens": plain(detail.get("top_tokens", [])),
+        "genre_profile": plain(detail.get("genre_profile", {})),
     }
 
 
@@ -249,7 +280,7 @@ def overview(settings: Settings, store: JobStore, job_id: str, threshold: float 
     thr = _threshold(networks, threshold)
     ov = networks.overview(threshold=thr)
     width = int(networks.width)
-    return {"n_layers": int(networks.n_layers), "width": width, "grid": encoding.grid_shape(width), "threshold": thr,
+    return {"n_layers": int(networks.n_layers), "width": width, "grid": list(networks.grid), "threshold": thr,
             "density": encoding.uint8_array(np.asarray(ov["density"]), quantise=False),
             "max_z": encoding.uint8_array(np.asarray(ov["max_z"]), quantise=True)}
 
@@ -278,7 +309,7 @@ def map_set(settings: Settings, store: JobStore, job_id: str, threshold: float |
     values = encoding.int8_array(signed[comp, flat])
     layers = np.asarray(networks.component_layer)
     out = {"threshold": thr, "mode": networks.mode, "n_components": int(maps.shape[0]), "width": int(networks.width),
-            "grid": encoding.grid_shape(int(networks.width)), "n_map_layers": int(maps.shape[1]),
+            "grid": list(networks.grid), "n_map_layers": int(maps.shape[1]),
             "map_layers": None if networks.mode == "per-layer" else [int(x) for x in networks.layers],
             "component_layer": [int(x) for x in layers],
             "offsets": encoding.raw_array(offsets), "index": encoding.raw_array(flat.astype(np.uint32)),
@@ -291,7 +322,17 @@ def map_set(settings: Settings, store: JobStore, job_id: str, threshold: float |
     return out
 
 
-def _check_choice(networks, networks_ids: list[int] | None, protected: list[int] | None) -> None:
+def layout(settings: Settings, store: JobStore, job_id: str, name: str) -> dict[str, Any]:
+    """Where every neuron is drawn (``name``: "atlas" or "index") and, in the atlas, its network."""
+    networks = load_networks(settings, store, job_id)
+    positions = np.asarray(networks.layout(name), dtype=np.uint32)           # (n_layers, width)
+    network = np.asarray(networks.atlas()["network"], dtype=np.int64) + 1      # 0 = background, either layout
+    return {"name": name, "n_layers": int(networks.n_layers), "width": int(networks.width),
+            "grid": list(networks.grid), "positions": encoding.raw_array(positions),
+            "network": encoding.raw_array(network.astype(np.uint32))}
+
+
+def check_choice(networks, networks_ids: list[int] | None, protected: list[int] | None) -> None:
     n = int(networks.n_components)
     for k in networks_ids or []:
         if not 0 <= k < n:
@@ -304,11 +345,11 @@ def _check_choice(networks, networks_ids: list[int] | None, protected: list[int]
 
 def preview(settings: Settings, store: JobStore, job_id: str, req: PreviewRequest) -> dict[str, Any]:
     networks = load_networks(settings, store, job_id)
-    _check_choice(networks, req.networks, req.protected_layers)
+    check_choice(networks, req.networks, req.protected_layers)
     threshold, target_ratio = default_choice(networks, req.threshold, req.target_ratio)
     plan = networks.plan(threshold=threshold, target_ratio=target_ratio, networks=req.networks,
                          protected_layers=req.protected_layers, uniform=req.uniform)
-    return _plain(plan)
+    return plain(plan)
 
 
 def default_choice(networks, threshold: float | None, target_ratio: float | None) -> tuple[float | None, float | None]:
@@ -323,7 +364,8 @@ def _write_report(path: Path, job: dict[str, Any], table: dict[str, Any]) -> Non
     rows = "".join(
         f"<tr><td>{c['id']}</td><td>{c['layer']}</td><td>{c['n_key']}</td><td>{c['peak_z']:.2f}</td>"
         f"<td>{c['stability']:.2f}</td><td>{html.escape(str(c['top_genre']))}</td>"
-        f"<td>{html.escape(c['label'])}</td></tr>" for c in table["components"])
+        f"<td>{html.escape(c['label'])}</td><td>{html.escape(c.get('name', ''))}</td></tr>"
+        for c in table["components"])
     params = html.escape(json.dumps(job["params"], indent=1))
     path.write_text(
         "<!doctype html><meta charset='utf-8'><title>fnprune analysis " + html.escape(job["id"]) + "</title>"
@@ -332,11 +374,17 @@ def _write_report(path: Path, job: dict[str, Any], table: dict[str, Any]) -> Non
         f"<p>{table['n_layers']} layers × {table['width']} neurons, mode {html.escape(table['mode'])}, "
         f"threshold |z| &gt; {table['threshold']:.2f}</p>"
         "<table><tr><th>id</th><th>layer</th><th>key neurons</th><th>peak z</th><th>stability</th>"
-        f"<th>top genre</th><th>label</th></tr>{rows}</table>")
+        f"<th>top genre</th><th>label</th><th>name</th></tr>{rows}</table>")
+
+
+def _all_names(settings: Settings, job_id: str, networks) -> dict[str, str]:
+    """Every network's name: the user's where given, else the automatic one."""
+    user = get_names(settings, job_id)
+    return {str(k): user.get(str(k)) or auto for k, auto in enumerate(networks.auto_names())}
 
 
 def artifact(settings: Settings, store: JobStore, job_id: str, name: str, threshold: float | None = None,
-             target_ratio: float | None = None) -> tuple[Path, str, str]:
+             target_ratio: float | None = None, layout_name: str = "index") -> tuple[Path, str, str]:
     """Write (or reuse) an export; returns (path, media type, download filename)."""
     if name not in ARTIFACTS:
         raise ApiError(404, f"no artifact {name!r}; choose one of {', '.join(ARTIFACTS)}", "artifact")
@@ -350,6 +398,8 @@ def artifact(settings: Settings, store: JobStore, job_id: str, name: str, thresh
         if threshold is not None and target_ratio is not None:
             raise ApiError(422, "give either threshold or target_ratio, not both", "threshold")
         suffix = f"-t{threshold}" if threshold is not None else (f"-r{target_ratio}" if target_ratio else "")
+    if name == "maps" and layout_name != "index":
+        suffix = f"-{layout_name}"
     path = export_dir / (Path(filename).stem.split(".")[0] + suffix + "".join(Path(filename).suffixes))
     tmp = path.with_name(".tmp-" + path.name)
     from fnprune import io as fio
@@ -360,13 +410,16 @@ def artifact(settings: Settings, store: JobStore, job_id: str, name: str, thresh
         threshold, target_ratio = default_choice(networks, threshold, target_ratio)
         mask = networks.key_mask(threshold=threshold, target_ratio=target_ratio)
         plan = networks.plan(threshold=threshold, target_ratio=target_ratio)
-        fio.export_mask_json(mask, tmp, _plain({"analysis_id": job_id, **plan}))
+        fio.export_mask_json(mask, tmp, plain({"analysis_id": job_id, **plan, "names": _all_names(settings, job_id,
+                                                                                                    networks)}))
     elif name == "maps":
-        fio.export_nifti(networks, tmp)
+        fio.export_nifti(networks, tmp, layout=layout_name)
     elif name == "labels":
         labels = get_labels(settings, job_id)
         n = int(networks.n_components)
-        fio.export_fix_labels({k: labels.get(str(k), "unknown") for k in range(n)}, tmp, n)
+        names = _all_names(settings, job_id, networks)
+        fio.export_fix_labels({k: labels.get(str(k), "unknown") for k in range(n)}, tmp, n,
+                              names={k: names[str(k)] for k in range(n)})
     else:
         _write_report(tmp, job, networks_table(settings, store, job_id, None))
     os.replace(tmp, path)

@@ -25,14 +25,33 @@ ARTIFACTS = ("model", "report", "masks")
 
 
 # -- creating -----------------------------------------------------------------------------------------
+def _spec(req: PruningRequest, networks):
+    """The library's PruningSpec for a request (the analysis' default threshold when neither is given)."""
+    from fnprune.recipe import PruningSpec
+
+    threshold, target_ratio = analyses.default_choice(networks, req.threshold, req.target_ratio)
+    return PruningSpec(method=req.method, target_ratio=target_ratio, threshold=threshold,
+                       networks=None if req.networks is None else tuple(req.networks),
+                       allocation="uniform" if req.uniform else "default",
+                       protected_layers=None if req.protected_layers is None else tuple(req.protected_layers),
+                       repair=req.repair, sequential=req.sequential, heads_fraction=req.heads_fraction)
+
+
 def create(req: PruningRequest, settings: Settings, store: JobStore, enqueue) -> dict[str, Any]:
+    from fnprune.errors import ConfigError
+
     if store.get(req.analysis_id, "analysis") is None:
         raise ApiError(404, f"analysis_id: no analysis with id {req.analysis_id!r}", "analysis_id")
     networks = analyses.load_networks(settings, store, req.analysis_id)
-    analyses._check_choice(networks, req.networks, req.protected_layers)
-    # Fails early (422) when the target cannot be reached, before a job is queued.
-    threshold, target_ratio = analyses.default_choice(networks, req.threshold, req.target_ratio)
-    networks.plan(threshold=threshold, target_ratio=target_ratio, networks=req.networks,
+    analyses.check_choice(networks, req.networks, req.protected_layers)
+    # Everything the recipe checks before touching a model fails here (422), before a job is queued.
+    spec = _spec(req, networks)
+    try:
+        spec.validated(have_networks=True)
+    except ConfigError as exc:
+        field = str(exc).split(":", 1)[0] if str(exc).split(":", 1)[0] in PruningRequest.model_fields else None
+        raise ApiError(422, str(exc), field) from exc
+    networks.plan(threshold=spec.threshold, target_ratio=spec.target_ratio, networks=req.networks,
                   protected_layers=req.protected_layers, uniform=req.uniform)
     job = store.create("pruning", req.model_dump())
     enqueue(job["id"])
@@ -49,19 +68,15 @@ def _stage(progress, stage: str):
 
 
 def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progress) -> dict[str, Any]:
+    from dataclasses import asdict, replace
+
     from fnprune import evaluate
     from fnprune.corpus import load_corpus, split_heldout
+    from fnprune.fidelity import most_stable_networks, network_fidelity
     from fnprune.models import load_model
     from fnprune.networks import FunctionalNetworks
-    from fnprune.prune import (
-        collect_down_input_stats,
-        flap_scores,
-        keep_from_scores,
-        prune_baseline,
-        prune_model,
-        total_parameters,
-    )
     from fnprune.pruned_io import save_pruned
+    from fnprune.recipe import Calibration, keep_to_mask, prune_with_networks
 
     req = PruningRequest(**params)
     store = JobStore(settings.jobs_path, settings.HEARTBEAT_TIMEOUT_S)
@@ -76,11 +91,7 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
 
     report(progress, "load", 0.0, "loading the networks")
     networks = FunctionalNetworks.load(settings.job_dir("analysis", req.analysis_id) / "run")
-    threshold, target_ratio = analyses.default_choice(networks, req.threshold, req.target_ratio)
-    choice = {"threshold": threshold, "target_ratio": target_ratio, "networks": req.networks,
-              "protected_layers": req.protected_layers, "uniform": req.uniform}
-    plan = analyses._plain(networks.plan(**choice))
-    keep = networks.key_mask(**choice)  # (n_layers, width) bool, True = key neuron = kept
+    spec = _spec(req, networks)
     report(progress, "load", 0.3, f"loading model {a_req.model}")
     model, tokenizer = load_model(catalog.resolve_model(a_req.model, settings), device=settings.DEVICE,
                                   trust_remote_code=settings.TRUST_REMOTE_CODE, allowed_dirs=settings.MODEL_DIRS)
@@ -91,63 +102,30 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     calibration, heldout = calibration[: a_req.n_texts], heldout[: req.n_heldout]
     report(progress, "load", 1.0, f"{len(calibration)} calibration, {len(heldout)} held-out documents")
 
-    use_flap = req.method == "fn-flap"
-    bias = req.bias or use_flap
-    stats = None
-    if bias or {"wanda-sp", "flap"} & set(req.baselines):
-        stats = collect_down_input_stats(model, tokenizer, calibration, max_tokens=a_req.max_tokens,
-                                         progress=_stage(progress, "calibrate"))
-
+    calib = Calibration(tokenizer, calibration, a_req.max_tokens)
     pruned = copy.deepcopy(model)
-    kv_heads = None
-    if req.heads_fraction:
-        from fnprune.prune import (
-            collect_attention_stats,
-            head_group_scores,
-            keep_heads_from_scores,
-            prune_heads,
-        )
-
-        att_stats = collect_attention_stats(model, tokenizer, calibration, a_req.max_tokens,
-                                            progress=_stage(progress, "calibrate heads"))
-        keep_heads = keep_heads_from_scores(head_group_scores(model, att_stats), req.heads_fraction,
-                                            plan["protected_layers"])
-        report(progress, "prune", 0.0, "pruning attention heads")
-        prune_heads(pruned, keep_heads, bias=att_stats if req.bias else None)
-        kv_heads = [len(k) for k in keep_heads]
-    if use_flap:  # the networks' per-layer widths, FLAP's fluctuation score within each layer
-        import numpy as np
-
-        from fnprune.mlp import find_mlps
-
-        ppn = [a.params_per_neuron for a in find_mlps(model)]
-        chosen = keep_from_scores(flap_scores(model, stats), ppn, widths=plan["widths"])
-        keep = np.zeros_like(keep)
-        for layer, idx in enumerate(chosen):
-            keep[layer, np.asarray(idx, dtype=np.int64)] = True
-    report(progress, "prune", 0.2, "pruning MLP neurons")
-    pruned = prune_model(pruned, keep, bias=stats if bias else None)
-    report(progress, "prune", 0.5, "saving the pruned model")
+    outcome = prune_with_networks(pruned, networks, spec, calib, progress=progress)
+    report(progress, "save", 0.0, "saving the pruned model")
     model_dir = save_pruned(pruned, tokenizer, job_dir / "model", info={
-        "source_model": a_req.model, "analysis_id": req.analysis_id, "pruning_id": job_id, **choice,
-        "method": req.method, "bias": bias, "threshold_used": plan.get("threshold"),
-        "heads_fraction": req.heads_fraction},
-        overwrite=True)
-    _write_masks(job_dir / "masks.json", keep, {"analysis_id": req.analysis_id, "pruning_id": job_id, **plan})
-    report(progress, "prune", 1.0, "saved")
+        "source_model": a_req.model, "analysis_id": req.analysis_id, "pruning_id": job_id, **outcome.info(),
+        "heads_fraction": req.heads_fraction}, overwrite=True)
+    keep = keep_to_mask(outcome.keep, networks.width)
+    info = outcome.info()
+    _write_masks(job_dir / "masks.json", keep, {"analysis_id": req.analysis_id, "pruning_id": job_id,
+                                                **analyses.plain(info)})
+    report(progress, "save", 1.0, "saved")
 
-    result: dict[str, Any] = {"widths": plan["widths"], "ratio_total": plan["ratio_total"],
-                              "ratio_mlp": plan["ratio_mlp"], "removed_params": plan["removed_params"],
-                              "protected_layers": plan["protected_layers"]}
-    if kv_heads is not None:
-        # the plan counts MLP neurons only; with heads the saved model is the truth
-        total_after = total_parameters(pruned)
-        result.update({"heads_fraction": req.heads_fraction, "kv_heads": kv_heads,
-                       "ratio_total": 1 - total_after / plan["total_params"],
-                       "removed_params": plan["total_params"] - total_after})
-    info = json.loads((model_dir / "pruning.json").read_text())
-    result["architecture"] = info.get("architecture")
-    result["load_snippet"] = _load_snippet(info)
+    result: dict[str, Any] = {
+        "method": spec.method, "allocation": spec.resolved_allocation, "repair": spec.repair,
+        "widths": outcome.widths, "ratio_total": outcome.removed_fraction, "ratio_mlp": outcome.removed_mlp_fraction,
+        "removed_params": info["removed_params"], "protected_layers": outcome.protected_layers,
+        "threshold": outcome.threshold, "chosen_networks": info["chosen_networks"],
+        "repair_errors": info["repair_errors"]}
+    if outcome.kv_heads is not None:
+        result.update({"heads_fraction": req.heads_fraction, "kv_heads": outcome.kv_heads})
+    saved = json.loads((model_dir / "pruning.json").read_text())
+    result["architecture"] = saved.get("architecture")
+    result["load_snippet"] = _load_snippet(saved)
     if req.evaluate:
         dense_eval = evaluate.evaluate_model(model, tokenizer, heldout, batch_sizes=(1,),
                                              progress=_stage(progress, "evaluate dense"))
@@ -159,22 +137,40 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         result["generations"] = [{"prompt": g["prompt"], "dense": g["completion"],
                                   "pruned": completions.get(g["prompt"], "")}
                                  for g in dense_eval.get("generations", [])]
+        ids = list(spec.networks) if spec.networks is not None else most_stable_networks(networks, 20)
+        result["fidelity_scope"] = "chosen" if spec.networks is not None else "20 most stable"
+        result["fidelity"] = [asdict(f) for f in network_fidelity(
+            model, pruned, tokenizer, heldout, networks, ids, outcome.keep, max_tokens=a_req.max_tokens,
+            progress=_stage(progress, "fidelity"))]
     del pruned
+    # the same choice without the least-squares repair, and the baselines, at the budget actually reached
+    steps: list[tuple[str, Any]] = []
+    if req.evaluate and spec.repair == "lstsq":
+        steps.append(("without repair", replace(spec, repair="bias" if spec.method in ("fn-flap", "flap") else "none",
+                                                sequential=False)))
+    budget = {"target_ratio": outcome.removed_fraction, "threshold": None}
+    for method in req.baselines:
+        for allocation in ("own", "networks"):
+            steps.append((f"{method} ({allocation})", replace(spec, method=method, allocation=allocation,
+                                                              heads_fraction=None, **budget)))
     result["baselines"] = []
-    steps = [(m, alloc) for m in req.baselines for alloc in ("own", "fn")]
-    for i, (method, allocation) in enumerate(steps):
-        report(progress, "baselines", i / len(steps), f"{method} ({allocation} allocation)")
-        baseline = prune_baseline(copy.deepcopy(model), method, plan["ratio_total"] if allocation == "own" else None,
-                                  stats=stats, widths=plan["widths"] if allocation == "fn" else None,
-                                  protected_layers=plan["protected_layers"], seed=a_req.seed)
-        ppl = evaluate.perplexity(baseline, tokenizer, heldout)["ppl"]
-        result["baselines"].append({"method": method, "allocation": allocation, "ppl": ppl,
-                                    "ratio_total": 1 - total_parameters(baseline) / plan["total_params"]})
-        del baseline
+    for i, (name, step_spec) in enumerate(steps):
+        report(progress, "baselines", i / len(steps), name)
+        other = copy.deepcopy(model)
+        other_outcome = prune_with_networks(other, networks, step_spec, calib)
+        ppl = evaluate.perplexity(other, tokenizer, heldout)["ppl"]
+        entry = {"name": name, "method": step_spec.method, "allocation": step_spec.resolved_allocation,
+                 "repair": step_spec.repair, "ppl": ppl, "ratio_total": other_outcome.removed_fraction}
+        if name == "without repair":
+            result["repair_comparison"] = {"repaired_ppl": result["pruned"]["ppl"], "unrepaired_ppl": ppl,
+                                           "unrepaired_repair": step_spec.repair}
+        else:
+            result["baselines"].append(entry)
+        del other
     if steps:
         report(progress, "baselines", 1.0, "done")
     _write_report(job_dir, job_id, req, result)
-    return analyses._plain(result)
+    return analyses.plain(result)
 
 
 def _measures(evaluation: dict[str, Any], size_bytes: int | None) -> dict[str, Any]:
@@ -215,8 +211,20 @@ def _write_report(job_dir: Path, job_id: str, req: PruningRequest, result: dict[
         return (f"<tr><td>{name}</td><td>{d.get('ppl', float('nan')):.2f}</td><td>{d.get('params', 0):,}</td>"
                 f"<td>{d.get('size_bytes', 0) / 2**20:.1f} MB</td><td>{d.get('tokens_per_s', 0):.1f}</td></tr>")
 
-    baselines = "".join(f"<tr><td>{html.escape(b['method'])} ({b['allocation']})</td><td>{b['ppl']:.2f}</td>"
+    baselines = "".join(f"<tr><td>{html.escape(b['name'])}</td><td>{b['ppl']:.2f}</td>"
                         f"<td colspan=3>{b['ratio_total']:.1%} removed</td></tr>" for b in result["baselines"])
+    chosen = "".join(f"<li>network {c['id']} (layer {c['layer']}): key neurons kept: {c['n_kept']} of {c['n_key']}</li>"
+                     for c in result.get("chosen_networks", []))
+    fidelity = "".join(f"<tr><td>{f['id']}</td><td>{f['layer']}</td><td>{f['correlation']:.3f}</td>"
+                       f"<td>{f['output_change_top']:.3f}</td><td>{f['output_change_all']:.3f}</td>"
+                       f"<td>{f['n_key_kept']} of {f['n_key']}</td></tr>" for f in result.get("fidelity", []))
+    if fidelity:
+        fidelity = ("<h2>Network fidelity on held-out text (" + html.escape(result.get("fidelity_scope", "")) + ")</h2>"
+                    "<table><tr><th>network</th><th>layer</th><th>time-course r</th><th>output change (top tokens)"
+                    "</th><th>output change (all)</th><th>key kept</th></tr>" + fidelity + "</table>")
+    rc = result.get("repair_comparison")
+    repair = (f"<p>Least-squares repair: held-out PPL {rc['repaired_ppl']:.2f} with, {rc['unrepaired_ppl']:.2f} "
+              f"without (repair {html.escape(rc['unrepaired_repair'])}).</p>" if rc else "")
     gens = "".join(f"<h3>{html.escape(g['prompt'])}</h3><p><b>dense</b> {html.escape(g['dense'])}</p>"
                    f"<p><b>pruned</b> {html.escape(g['pruned'])}</p>" for g in result.get("generations", []))
     text = ("<!doctype html><meta charset='utf-8'><title>fnprune pruning " + html.escape(job_id) + "</title>"
@@ -225,7 +233,8 @@ def _write_report(job_dir: Path, job_id: str, req: PruningRequest, result: dict[
             f"<p>{result['ratio_total']:.1%} of all parameters removed ({result['ratio_mlp']:.1%} of MLP parameters)."
             f" Widths: {result['widths']}</p>"
             "<table><tr><th>model</th><th>held-out PPL</th><th>params</th><th>size</th><th>tokens/s</th></tr>"
-            f"{row('dense', result.get('dense'))}{row('pruned', result.get('pruned'))}{baselines}</table>{gens}"
+            f"{row('dense', result.get('dense'))}{row('pruned', result.get('pruned'))}{baselines}</table>"
+            f"{'<ul>' + chosen + '</ul>' if chosen else ''}{repair}{fidelity}{gens}"
             f"<pre>{html.escape(result['load_snippet'])}</pre>")
     tmp = job_dir / ".tmp-report.html"
     tmp.write_text(text)
