@@ -14,7 +14,8 @@ from fastapi.staticfiles import StaticFiles
 
 from .api.main import api_router
 from .core.config import Settings, get_settings
-from .core.errors import install_error_handlers
+from .core.errors import ERROR_MEANINGS, install_error_handlers
+from .schemas import ErrorBody
 from .services.jobs import JobStore
 
 log = logging.getLogger("fnprune.backend")
@@ -36,6 +37,27 @@ def _gzipped(path: str) -> bytes:
     return gzip.compress(Path(path).read_bytes(), compresslevel=6)
 
 
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's document with its default 422 body (a list of pydantic errors) replaced by the error body
+    this app sends for every failure, ``{"detail", "field"}``."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                response = operation.get("responses", {}).get("422")
+                if response is not None:
+                    response["description"] = ERROR_MEANINGS[422]
+                    response["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        components["ErrorBody"] = ErrorBody.model_json_schema()
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def create_app(settings: Settings | None = None, *, immediate: bool = False) -> FastAPI:
     """Build the app. ``immediate=True`` runs jobs inline when queued (tests without a worker)."""
     from . import worker
@@ -50,6 +72,7 @@ def create_app(settings: Settings | None = None, *, immediate: bool = False) -> 
     app.state.enqueue = run_job
 
     install_error_handlers(app)
+    app.openapi = functools.partial(_openapi, app)
     app.add_middleware(GZipMiddleware, minimum_size=2048, compresslevel=4)  # 9 costs ~1 s per MB of base64
 
     @app.middleware("http")

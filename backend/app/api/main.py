@@ -2,10 +2,11 @@
 
 from fastapi import APIRouter, Depends
 
+from ..core.errors import error_responses
 from .deps import require_token
 from .routes import analyses, corpora, health, models, prunings
 
-api_router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+api_router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=error_responses(401, 500))
 api_router.include_router(health.router)
 api_router.include_router(models.router)
 api_router.include_router(corpora.router)

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # A running job whose worker has not written a heartbeat for this long is failed.
     HEARTBEAT_TIMEOUT_S: float = Field(default=60.0, ge=5)
     SSE_POLL_S: float = Field(default=0.5, gt=0, le=10)
+    # An event stream ends after this long even if its job is not finished (a client reconnects or polls),
+    # so a stuck client or an unattended queue cannot hold a connection forever.
+    SSE_MAX_S: float = Field(default=3600.0, gt=0)
 
     @field_validator("MODEL_DIRS", mode="before")
     @classmethod

@@ -11,7 +11,26 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fnprune.errors import ConfigError, CorpusError, FnpruneError, ModelLoadError, RunDirError
 
+from ..schemas import ErrorBody
+
 log = logging.getLogger("fnprune.backend")
+
+# What each error status means in this API (the OpenAPI document says it per route with these).
+ERROR_MEANINGS = {
+    400: "the request is well-formed but cannot be used (e.g. a model path outside FNPRUNE_MODEL_DIRS)",
+    401: "authentication required (FNPRUNE_TOKEN is set)",
+    404: "no such job, component, artifact, model or corpus",
+    409: "the job is not in a state that allows this (e.g. not finished yet, already finished)",
+    410: "the job's files are gone from the server",
+    413: "the upload is larger than FNPRUNE_MAX_UPLOAD_MB",
+    422: "a value is invalid; `field` names it",
+    500: "internal error (details are in the server log)",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """``responses=`` for a route: each status with the one error body ``{"detail", "field"}``."""
+    return {code: {"model": ErrorBody, "description": ERROR_MEANINGS[code]} for code in codes}
 
 
 class ApiError(Exception):
@@ -77,13 +96,31 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
-        if exc.status_code == 404 and detail == "Not Found":
+        status, headers = exc.status_code, getattr(exc, "headers", None)
+        if status == 404 and detail == "Not Found":
             detail = f"no such route: {request.method} {request.url.path}"
-        elif exc.status_code == 405:
+        elif status == 405:
             detail = f"method {request.method} is not allowed on {request.url.path}"
-        return _body(exc.status_code, detail, None, getattr(exc, "headers", None))
+            headers = {"Allow": ", ".join(allowed_methods(request))}
+        elif status == 400:  # the framework could not parse the body (our own 400s are ApiErrors)
+            status, detail = 422, f"the request body could not be parsed: {detail.rstrip('.')}"
+        return _body(status, detail, None, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # the traceback goes to the log; the client learns nothing about the server's insides
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _body(500, f"internal error: {type(exc).__name__}: {exc}", None)
+        return _body(500, "internal error (details are in the server log)", None)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods |= set(route_methods)
+    return sorted(methods)

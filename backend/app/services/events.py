@@ -12,9 +12,11 @@ from .jobs import TERMINAL, JobStore
 KEEPALIVE_S = 15.0
 
 
-async def job_events(store: JobStore, job_id: str, kind: str, poll_s: float) -> AsyncIterator[str]:
+async def job_events(store: JobStore, job_id: str, kind: str, poll_s: float, max_s: float = 3600.0
+                     ) -> AsyncIterator[str]:
     last = None
     last_sent = time.monotonic()
+    ends_at = last_sent + max_s
     while True:
         job = await asyncio.to_thread(store.get, job_id, kind)
         if job is None:
@@ -27,6 +29,6 @@ async def job_events(store: JobStore, job_id: str, kind: str, poll_s: float) -> 
         elif time.monotonic() - last_sent > KEEPALIVE_S:
             yield ": keep-alive\n\n"
             last_sent = time.monotonic()
-        if job["status"] in TERMINAL:
+        if job["status"] in TERMINAL or time.monotonic() > ends_at:
             return
         await asyncio.sleep(poll_s)

@@ -1,10 +1,11 @@
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, StreamingResponse
 
-from ...core.errors import not_found
+from ...core.errors import error_responses, not_found
 from ...schemas import Job, PruningRequest
 from ...services import prunings
 from ..deps import EnqueueDep, SettingsDep, StoreDep
+from ..responses import EVENTS, PRUNING_DOWNLOADS
 from .analyses import cancel, events
 
 router = APIRouter(prefix="/prunings", tags=["prunings"])
@@ -15,12 +16,12 @@ def list_prunings(store: StoreDep) -> list[dict]:
     return store.list_jobs("pruning")
 
 
-@router.post("", response_model=Job, status_code=202)
+@router.post("", response_model=Job, status_code=202, responses=error_responses(400, 404, 409, 410, 422))
 def create_pruning(req: PruningRequest, settings: SettingsDep, store: StoreDep, enqueue: EnqueueDep) -> dict:
     return prunings.create(req, settings, store, enqueue)
 
 
-@router.get("/{job_id}", response_model=Job)
+@router.get("/{job_id}", response_model=Job, responses=error_responses(404))
 def get_pruning(job_id: str, store: StoreDep) -> dict:
     job = store.get(job_id, "pruning")
     if job is None:
@@ -28,17 +29,18 @@ def get_pruning(job_id: str, store: StoreDep) -> dict:
     return job
 
 
-@router.delete("/{job_id}", response_model=Job)
+@router.delete("/{job_id}", response_model=Job, responses=error_responses(404, 409))
 def cancel_pruning(job_id: str, store: StoreDep) -> dict:
     return cancel(store, job_id, "pruning")
 
 
-@router.get("/{job_id}/events")
+@router.get("/{job_id}/events", response_class=StreamingResponse, responses=EVENTS)
 def pruning_events(job_id: str, settings: SettingsDep, store: StoreDep) -> StreamingResponse:
     return events(store, settings, job_id, "pruning")
 
 
-@router.get("/{job_id}/download/{artifact}", response_model=None)
+@router.get("/{job_id}/download/{artifact}", response_model=None, response_class=StreamingResponse,
+            responses=PRUNING_DOWNLOADS)
 def download(job_id: str, artifact: str, settings: SettingsDep, store: StoreDep) -> FileResponse | StreamingResponse:
     path = prunings.artifact_path(settings, store, job_id, artifact)
     if artifact == "model":
