@@ -1,6 +1,9 @@
-// Chart helpers: brain-style mosaics (Plotly heatmap and <canvas>), colour scales, Plotly defaults.
+// Chart helpers: brain-style mosaics (Plotly heatmap and <canvas>), the neuron layout (functional
+// atlas or index), colour scales, Plotly defaults.
 // Colours are colour-blind safe: blue–white–orange diverging map, viridis for sequential
 // values, Okabe–Ito for categories.
+import { api } from "./api.js";
+import { decodeUint32 } from "./decode.js";
 
 export const OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
 
@@ -115,13 +118,115 @@ export function mosaicColumns(nSlices, grid, aspect = 1.8) {
   return best;
 }
 
+// ---- the neuron layout: where each neuron of a layer is drawn on the layer's grid ----------------
+// The server sends the grid and, per layer, each neuron's cell (GET /layout); the browser never
+// computes either. "atlas": the run's functional atlas (each network a region); "index": cell j.
+
+export const LAYOUTS = { atlas: "functional atlas (networks as regions)", index: "neuron index (row-major)" };
+const LAYOUT_KEY = "fnprune.layout";
+const layoutCache = new Map();
+
+/** The layout the user chose last (shared by every view), "atlas" by default. */
+export function preferredLayout() {
+  try {
+    const v = localStorage.getItem(LAYOUT_KEY);
+    return v in LAYOUTS ? v : "atlas";
+  } catch {
+    return "atlas";
+  }
+}
+
 /**
- * Lay slices out as a mosaic. `values` is (nSlices * width) in slice-major order; neuron i of a
- * slice sits at row floor(i / cols), column i % cols of the slice's grid. Returns the 2-D z
- * matrix (null between slices and past the last neuron), matching customdata
- * [sliceLabel, neuron, sliceIndex], and where each slice starts.
+ * GET /api/analyses/{id}/layout?name=… decoded: {name, grid, positions, network}; positions[l] and
+ * network[l] are Uint32Arrays (width): the cell of neuron j, and its atlas network id + 1 (0 = none;
+ * the same in either layout).
  */
-export function buildMosaic(values, sliceLabels, width, grid, { nCols, map = (v) => v } = {}) {
+export function getLayout(id, name = preferredLayout()) {
+  const key = `${id}:${name}`;
+  if (!layoutCache.has(key)) {
+    const load = api(`/api/analyses/${id}/layout?name=${encodeURIComponent(name)}`).then((lay) => {
+      const [nLayers, width] = lay.positions.shape;
+      const pos = decodeUint32(lay.positions.data);
+      const net = decodeUint32(lay.network.data);
+      const rows = (a) => Array.from({ length: nLayers }, (_, l) => a.subarray(l * width, (l + 1) * width));
+      return { name: lay.name, grid: lay.grid, width, nLayers, positions: rows(pos), network: rows(net) };
+    });
+    load.catch(() => layoutCache.delete(key));
+    layoutCache.set(key, load);
+  }
+  return layoutCache.get(key);
+}
+
+// Atlas regions as a parcellation: one categorical colour per network, cycling in the order the
+// networks lie on the slice, so neighbouring regions differ; background (in no network) light grey.
+const REGION_BG = "#fafbfc";
+const REGION_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#8c6d31"];
+const REGION_RGB = [REGION_BG, ...REGION_COLOURS].map(hexToRgb);
+
+/** Discrete Plotly colorscale for region values 0 (background) .. REGION_COLOURS.length. */
+export function regionColorscale() {
+  const colours = [REGION_BG, ...REGION_COLOURS];
+  const n = colours.length - 1;
+  const out = [];
+  colours.forEach((c, k) => {
+    out.push([Math.max(0, (k - 0.5) / n), c], [Math.min(1, (k + 0.5) / n), c]);
+  });
+  return out;
+}
+export const REGION_MAX = REGION_COLOURS.length;
+
+/** RGB of region value v (for the canvas preview). */
+export function regionRgb(v) {
+  return REGION_RGB[Math.max(0, Math.min(REGION_MAX, Math.round(v)))];
+}
+
+/**
+ * (nLayers * width) region value of every neuron: 0 for background, else 1 + (rank % colours) where
+ * rank orders the layer's networks by their first cell on the slice.
+ */
+export function regionValues(layout) {
+  const { nLayers, width } = layout;
+  const out = new Float32Array(nLayers * width);
+  for (let l = 0; l < nLayers; l++) {
+    const net = layout.network[l];
+    const pos = layout.positions[l];
+    const first = new Map();
+    for (let i = 0; i < width; i++) {
+      if (!net[i]) continue;
+      const cell = first.get(net[i]);
+      if (cell === undefined || pos[i] < cell) first.set(net[i], pos[i]);
+    }
+    const rank = new Map([...first.entries()].sort((a, b) => a[1] - b[1]).map(([n], r) => [n, r]));
+    for (let i = 0; i < width; i++) out[l * width + i] = net[i] ? 1 + (rank.get(net[i]) % REGION_MAX) : 0;
+  }
+  return out;
+}
+
+/** A <select id="layout"> of the layouts; remembers the choice and calls onChange(name). */
+export function layoutSelect(onChange) {
+  const select = document.createElement("select");
+  select.id = "layout";
+  for (const [value, text] of Object.entries(LAYOUTS)) select.append(new Option(text, value));
+  select.value = preferredLayout();
+  select.addEventListener("change", () => {
+    try {
+      localStorage.setItem(LAYOUT_KEY, select.value);
+    } catch {
+      /* private mode: the choice lasts for this page only */
+    }
+    onChange(select.value);
+  });
+  return select;
+}
+
+/**
+ * Lay slices out as a mosaic. `values` is (nSlices * width) in slice-major order; neuron i of
+ * slice s sits at cell c = positions[s][i] (c = i when `positions` or positions[s] is absent), i.e.
+ * row floor(c / cols), column c % cols of the slice's grid. Returns the 2-D z matrix (null between
+ * slices and in empty cells), matching customdata [sliceLabel, neuron, sliceIndex, region], and
+ * where each slice starts. `regionOf(s, i)` names the region (network) of a neuron, for hovers.
+ */
+export function buildMosaic(values, sliceLabels, width, grid, { nCols, map = (v) => v, positions = null, regionOf = null } = {}) {
   const [rows, cols] = grid;
   const nSlices = sliceLabels.length;
   nCols = nCols || mosaicColumns(nSlices, grid);
@@ -135,11 +240,14 @@ export function buildMosaic(values, sliceLabels, width, grid, { nCols, map = (v)
     const y0 = Math.floor(s / nCols) * (rows + 1);
     const x0 = (s % nCols) * (cols + 1);
     origins.push([x0, y0]);
-    for (let i = 0; i < width && i < rows * cols; i++) {
-      const y = y0 + Math.floor(i / cols);
-      const x = x0 + (i % cols);
+    const pos = positions?.[s];
+    for (let i = 0; i < width; i++) {
+      const cell = pos ? pos[i] : i;
+      if (cell >= rows * cols) continue;
+      const y = y0 + Math.floor(cell / cols);
+      const x = x0 + (cell % cols);
       z[y][x] = map(values[s * width + i]);
-      customdata[y][x] = [sliceLabels[s], i, s];
+      customdata[y][x] = [sliceLabels[s], i, s, regionOf ? regionOf(s, i) : ""];
     }
   }
   return { z, customdata, origins, H, W, nCols, nRows };
@@ -153,7 +261,7 @@ export function drawMosaic(el, values, opts) {
   const { sliceLabels, width, grid, colorscale, zmin, zmax, valueLabel = "value", title = "" } = opts;
   const containerWidth = el.clientWidth || 900;
   const aspect = Math.max(1.2, Math.min(3, containerWidth / 420));
-  const m = buildMosaic(values, sliceLabels, width, grid, { map: opts.map, nCols: opts.nCols || mosaicColumns(sliceLabels.length, grid, aspect) });
+  const m = buildMosaic(values, sliceLabels, width, grid, { map: opts.map, positions: opts.positions, regionOf: opts.regionOf, nCols: opts.nCols || mosaicColumns(sliceLabels.length, grid, aspect) });
   const annotations = m.origins.map(([x0, y0], s) => ({
     x: x0 - 0.5,
     y: y0 - 0.5,
@@ -181,8 +289,9 @@ export function drawMosaic(el, values, opts) {
     hoverongaps: false,
     xgap: 0,
     ygap: 0,
+    showscale: opts.showscale ?? true,
     colorbar: { title: { text: valueLabel, side: "right" }, thickness: 14, len: 0.9, ...(opts.colorbar || {}) },
-    hovertemplate: `%{customdata[0]} · neuron %{customdata[1]}<br>${valueLabel}: %{z:.2f}<extra></extra>`,
+    hovertemplate: `%{customdata[0]} · neuron %{customdata[1]}${opts.regionOf ? "<br>%{customdata[3]}" : ""}${valueLabel ? `<br>${valueLabel}: %{z:.2f}` : ""}<extra></extra>`,
   };
   const layout = baseLayout({
     title: title ? { text: title, x: 0, xanchor: "left", font: { size: 15 } } : undefined,
@@ -198,9 +307,10 @@ export function drawMosaic(el, values, opts) {
 
 /**
  * Draw a small mosaic on a <canvas>, one pixel per neuron (CSS scales it up, pixelated).
- * `values` (nSlices * width); below |threshold| is drawn faded; gaps grey.
+ * `values` (nSlices * width); below |threshold| is drawn faded; gaps grey. `positions[s]`: the
+ * cell of each neuron of slice s (as in buildMosaic; index order when absent).
  */
-export function drawMosaicCanvas(canvas, values, nSlices, width, grid, { vmax, threshold = 0, rgbOf = divergingRgb, aspect = 1.4 } = {}) {
+export function drawMosaicCanvas(canvas, values, nSlices, width, grid, { vmax, threshold = 0, rgbOf = divergingRgb, aspect = 1.4, positions = null } = {}) {
   const [rows, cols] = grid;
   const nCols = mosaicColumns(nSlices, grid, aspect);
   const nRows = Math.ceil(nSlices / nCols);
@@ -225,12 +335,15 @@ export function drawMosaicCanvas(canvas, values, nSlices, width, grid, { vmax, t
   for (let s = 0; s < nSlices; s++) {
     const y0 = Math.floor(s / nCols) * (rows + 1);
     const x0 = (s % nCols) * (cols + 1);
-    for (let i = 0; i < width && i < rows * cols; i++) {
+    const pos = positions?.[s];
+    for (let i = 0; i < width; i++) {
+      const cell = pos ? pos[i] : i;
+      if (cell >= rows * cols) continue;
       const v = values[s * width + i];
       // Sub-threshold neurons are drawn faded (70 % white) so the key neurons stand out.
       let rgb = rgbOf(v, vmax);
       if (Math.abs(v) < threshold) rgb = rgb.map((c) => Math.round(c + (255 - c) * 0.7));
-      const p = (y0 + Math.floor(i / cols)) * W + x0 + (i % cols);
+      const p = (y0 + Math.floor(cell / cols)) * W + x0 + (cell % cols);
       img.data[4 * p] = rgb[0];
       img.data[4 * p + 1] = rgb[1];
       img.data[4 * p + 2] = rgb[2];
@@ -265,10 +378,4 @@ export function pickSignal(values, nLayers, nSignals, width, signal) {
     out.set(values.subarray((l * nSignals + signal) * width, (l * nSignals + signal + 1) * width), l * width);
   }
   return out;
-}
-
-/** Default neuron grid when the API does not give one: near-square, wider than tall. */
-export function defaultGrid(width) {
-  const rows = Math.max(1, Math.floor(Math.sqrt(width / 1.5)));
-  return [rows, Math.ceil(width / rows)];
 }

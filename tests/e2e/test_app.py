@@ -7,6 +7,7 @@ Chromium: ``FNPRUNE_CHROMIUM`` (default ``/usr/bin/chromium``); without it Playw
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +41,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ANALYSIS_TIMEOUT_MS = 150_000
+VIEWPORT_WIDTH = 1280  # every view must fit: no sideways scrolling
 PRUNING_TIMEOUT_MS = 180_000
 
 
@@ -116,7 +119,7 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1360, "height": 900}, accept_downloads=True)
+    context = browser.new_context(viewport={"width": VIEWPORT_WIDTH, "height": 900}, accept_downloads=True)
     context.set_default_timeout(20_000)
     pg = context.new_page()
     pg.page_errors = []
@@ -148,6 +151,47 @@ def wait_for_job(page, done_js: str, what: str, timeout_ms: int) -> None:
         pytest.fail(f"the {what} did not succeed; the page says: {page.locator(JOB_ERROR).inner_text()}")
 
 
+def assert_fits_viewport(page, what: str) -> None:
+    """No element makes the page wider than the viewport (no horizontal scroll bar)."""
+    widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+    if widths[0] > widths[1]:
+        culprits = page.evaluate(
+            """() => [...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right
+                 > window.innerWidth + 1).slice(0, 5).map((e) => e.tagName + '#' + e.id + '.' + e.className)"""
+        )
+        shot(page, f"too-wide-{what}")
+        pytest.fail(f"{what}: the page is {widths[0]} px wide in a {widths[1]} px viewport; {culprits}")
+
+
+# The value Plotly drew for neuron `neuron` of slice `label`, read at the cell the layout gives it:
+# the slice's origin comes from its corner annotation, the cell from GET /layout (positions).
+DRAWN_AT = """([plotId, label, cell, cols]) => {
+  const gd = document.getElementById(plotId);
+  const ann = gd.layout.annotations.find((a) => a.text === label);
+  const x = ann.x + 0.5 + (cell % cols), y = ann.y + 0.5 + Math.floor(cell / cols);
+  return {z: gd.data[0].z[y][x], custom: gd.data[0].customdata[y][x], x, y};
+}"""
+
+
+# The page coordinates of the centre of mosaic cell (x, y), for hovering it.
+# (The cell is scrolled to the middle of the viewport first.)
+CELL_PIXEL = """([plotId, x, y]) => {
+  const gd = document.getElementById(plotId), fl = gd._fullLayout;
+  const top = gd.getBoundingClientRect().top + window.scrollY + fl.yaxis._offset + fl.yaxis.l2p(y);
+  window.scrollTo(0, Math.max(0, top - window.innerHeight / 2));
+  const r = gd.getBoundingClientRect();
+  return [r.left + fl.xaxis._offset + fl.xaxis.l2p(x), r.top + fl.yaxis._offset + fl.yaxis.l2p(y)];
+}"""
+
+
+def _layout(server: str, analysis_id: str, name: str = "atlas"):
+    lay = _get_json(f"{server}/api/analyses/{analysis_id}/layout?name={name}")
+    shape = lay["positions"]["shape"]
+    positions, network = (np.frombuffer(base64.b64decode(lay[k]["data"]), "<u4").reshape(shape)
+                          for k in ("positions", "network"))
+    return lay, positions, network
+
+
 def set_range(page, selector: str, value: float) -> None:
     page.locator(selector).evaluate(
         "(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input', {bubbles: true})); }", value
@@ -164,6 +208,9 @@ def test_full_workflow(server, page, tmp_path):
     page.select_option("#corpus", "pydoc")
     page.get_by_role("button", name="Quick demo").click()
     expect(page.locator("#n_components")).to_have_value("16")
+    expect(page.locator("#n_texts")).to_have_value("15")
+    expect(page.locator("#sampling")).to_have_value("stratified")  # spread over every genre
+    assert_fits_viewport(page, "new analysis")
     page.fill("#n_texts", "6")
     page.fill("#max_tokens", "64")
     page.fill("#n_components", "8")
@@ -176,6 +223,7 @@ def test_full_workflow(server, page, tmp_path):
     wait_for_job(page, "location.hash.endsWith('/overview')", "analysis", ANALYSIS_TIMEOUT_MS)
     analysis_id = re.search(r"#/analysis/([\w-]+)/", page.url).group(1)
     assert banner_text(page) == ""
+    assert _get_json(f"{server}/api/analyses/{analysis_id}")["params"]["sampling"] == "stratified"
 
     # 2. Overview ------------------------------------------------------------------------------
     page.wait_for_selector("#overview-mosaic .main-svg")
@@ -185,6 +233,40 @@ def test_full_workflow(server, page, tmp_path):
     assert f"LAYERS\n{overview['n_layers']}" in stats.upper()
     assert str(overview["width"]) in stats
     expect(page.locator("#overview-mosaic .gtitle")).to_contain_text("|z| ≥")
+    expect(page.locator("#layout")).to_have_value("atlas")
+    expect(page.locator("#overview-mosaic")).to_have_attribute("data-layout", "atlas")
+    lay, positions, network = _layout(server, analysis_id)
+    assert lay["grid"] == overview["grid"] and positions.shape == (overview["n_layers"], overview["width"])
+    for layer in range(overview["n_layers"]):  # every neuron in its own cell of the layer's grid
+        assert sorted(positions[layer].tolist()) == list(range(overview["width"]))
+    n_comp_check = {c["id"] for c in table["components"]}
+    assert set(network.ravel().tolist()) - {0} <= {i + 1 for i in n_comp_check}
+    page.get_by_label("max |z|").check()
+    expect(page.locator("#overview-mosaic .gtitle")).to_contain_text("Max |z|")
+    max_z = np.frombuffer(base64.b64decode(overview["max_z"]["data"]), np.uint8).reshape(
+        positions.shape) * overview["max_z"]["scale"]
+    layer, neuron = (int(i) for i in np.unravel_index(int(max_z.argmax()), max_z.shape))
+    assert (positions != np.arange(positions.shape[1])).any()     # the atlas is not the index order
+    cols = overview["grid"][1]
+    drawn = page.evaluate(DRAWN_AT, ["overview-mosaic", f"L{layer}", int(positions[layer, neuron]), cols])
+    assert abs(drawn["z"] - max_z[layer, neuron]) < 1e-4 and drawn["custom"][1:3] == [neuron, layer], drawn
+    # hovering a neuron names its region (the atlas network, by name)
+    page.mouse.move(*page.evaluate(CELL_PIXEL, ["overview-mosaic", drawn["x"], drawn["y"]]))
+    hover = page.locator("#overview-mosaic .hoverlayer .hovertext")
+    expect(hover).to_contain_text(f"neuron {neuron}")
+    owner = int(network[layer, neuron]) - 1
+    names = {c["id"]: c["name"] for c in table["components"]}
+    expect(hover).to_contain_text(f"network {owner}" if owner >= 0 else "background")
+    if owner >= 0:
+        expect(hover).to_contain_text(names[owner])
+    assert_fits_viewport(page, "overview")
+    # the index layout puts neuron j at cell j
+    page.select_option("#layout", "index")
+    expect(page.locator("#overview-mosaic")).to_have_attribute("data-layout", "index")
+    drawn = page.evaluate(DRAWN_AT, ["overview-mosaic", f"L{layer}", int(neuron), cols])
+    assert abs(drawn["z"] - max_z[layer, neuron]) < 1e-4 and drawn["custom"][1:3] == [neuron, layer], drawn
+    page.select_option("#layout", "atlas")
+    expect(page.locator("#overview-mosaic")).to_have_attribute("data-layout", "atlas")
     # Hover a neuron of the first slice: the tooltip names layer and neuron.
     box = page.locator("#overview-mosaic .nsewdrag").first.bounding_box()
     page.mouse.move(box["x"] + 6, box["y"] + 6)
@@ -213,6 +295,12 @@ def test_full_workflow(server, page, tmp_path):
     expect(page.get_by_test_id("network-card")).to_have_count(n)
     expect(page.locator("[data-testid=network-card][data-drawn=true]")).to_have_count(n)
     expect(page.locator("#gallery-count")).to_contain_text(f"{n} of {n} networks shown")
+    expect(page.locator("[data-testid=network-card][data-layout=atlas]")).to_have_count(n)
+    for c in table["components"]:
+        assert c["name"] and c["name"] == c["auto_name"]      # automatic names from the top tokens
+    card0 = page.locator(f"[data-testid=network-card][data-id='{table['components'][0]['id']}']")
+    expect(card0.locator(".net-name")).to_have_text(f"“{table['components'][0]['name']}”")
+    assert_fits_viewport(page, "gallery")
     page.select_option("#sort", "stability")
     first_card = page.get_by_test_id("network-card").first
     first_id = int(first_card.get_attribute("data-id"))
@@ -239,18 +327,44 @@ def test_full_workflow(server, page, tmp_path):
     page.wait_for_selector("#network-mosaic .main-svg")
     expect(page.locator("#network-title")).to_have_text(f"Network {first_id}")
     expect(page.locator("select.label-select")).to_have_value("signal")
+    expect(page.locator("#network-name")).to_have_value(names[first_id])
+    expect(page.locator("#network-mosaic")).to_have_attribute("data-layout", "atlas")
+    detail = _get_json(f"{server}/api/analyses/{analysis_id}/networks/{first_id}")
+    zmap = np.frombuffer(base64.b64decode(detail["map"]["data"]), np.int8).reshape(
+        detail["map"]["shape"]) * detail["map"]["scale"]
+    map_layer = detail["map"]["layers"][0]
+    neuron = int(np.abs(zmap[0, 0]).argmax())                   # the strongest "act" neuron of the first slice
+    set_range(page, "#z-threshold", 0)                          # draw every value (a random model's are small)
+    expect(page.locator("#network-mosaic .gtitle")).to_contain_text("|z| ≥ 0.0")
+    drawn = page.evaluate(DRAWN_AT, ["network-mosaic", f"L{map_layer} act", int(positions[map_layer, neuron]), cols])
+    assert abs(drawn["z"] - zmap[0, 0, neuron]) < 1e-3 and drawn["custom"][1] == neuron, (drawn, zmap[0, 0, neuron])
+    page.fill("#network-name", "my test network")
+    page.locator("#network-name").dispatch_event("change")
+    expect(page.locator("#notice")).to_contain_text(f"Network {first_id} named “my test network”")
+    renamed = _get_json(f"{server}/api/analyses/{analysis_id}/networks")["components"]
+    assert next(c for c in renamed if c["id"] == first_id)["name"] == "my test network"
+    # exports: the FIX labels carry label and name; the NIfTI maps can be laid out as the atlas
+    with urllib.request.urlopen(f"{server}/api/analyses/{analysis_id}/download/labels", timeout=30) as response:
+        assert f"{first_id + 1}, Signal, my test network, False" in response.read().decode().splitlines()
+    _check_nifti_layouts(server, analysis_id, positions, tmp_path)
     set_range(page, "#z-threshold", 1.5)
     expect(page.locator("#network-mosaic .gtitle")).to_contain_text("|z| ≥ 1.5")
     expect(page.locator("#z-threshold-out")).to_have_text("|z| ≥ 1.5")
     page.wait_for_selector("#time-course .main-svg")
     page.wait_for_selector("#histogram .main-svg")
     expect(page.locator("#top-tokens li mark").first).to_be_visible()
+    assert_fits_viewport(page, "network detail")
     shot(page, "05-network-detail")
 
     # 5. Select and preview --------------------------------------------------------------------
     page.get_by_role("link", name="Select & prune").click()
     expect(page.locator("#selected-count")).to_have_text(f"{n} of {n} networks selected")
-    # The default |z| threshold may keep no neuron of a random tiny model; a target ratio always works.
+    # The default is a target ratio: 20 % of ALL parameters (a |z| threshold is the expert option).
+    expect(page.locator("#target-ratio")).to_be_checked()
+    expect(page.locator("#ratio-slider")).to_have_value("0.2")
+    expect(page.locator("label[for=target-ratio]")).to_contain_text("fraction of ALL parameters removed")
+    expect(page.locator("#pv-ratio")).to_have_text(re.compile(r"^(19|20|21)\.\d %$"), timeout=30_000)
+    assert_fits_viewport(page, "select")
     page.get_by_label("target pruning ratio").check()
     set_range(page, "#ratio-slider", 0.1)
     expect(page.locator("#preview-state")).to_contain_text(f"Preview for {n} networks", timeout=30_000)
@@ -298,6 +412,7 @@ def test_full_workflow(server, page, tmp_path):
     expect(page.locator("#ratio-total")).to_have_text(f"{100 * result['ratio_total']:.1f} %")
     expect(page.locator("#baselines-table")).to_contain_text("random")
     expect(page.locator("#load-snippet")).to_contain_text("from_pretrained")
+    assert_fits_viewport(page, "results")
     shot(page, "08-results")
 
     # 7. Downloads -----------------------------------------------------------------------------
@@ -314,7 +429,7 @@ def test_full_workflow(server, page, tmp_path):
     assert any(name.endswith("config.json") for name in names), names
     with page.expect_download() as info:
         page.get_by_role("button", name="Labels (FIX)").click()
-    assert Path(info.value.path()).read_text().strip()
+    assert f"{first_id + 1}, Signal, my test network, False" in Path(info.value.path()).read_text().splitlines()
     with page.expect_download() as info:
         page.get_by_role("button", name="Maps (NIfTI)").click()
     assert Path(info.value.path()).read_bytes()[:2] == b"\x1f\x8b"  # gzip
@@ -323,9 +438,26 @@ def test_full_workflow(server, page, tmp_path):
     assert page.page_errors == []
 
 
-def _a_key_neuron(overview) -> tuple[int, int] | None:
-    import base64
+def _check_nifti_layouts(server: str, analysis_id: str, positions, tmp_path: Path) -> None:
+    """maps.nii.gz in the atlas layout holds neuron j of layer z at the atlas cell of j, index at cell j."""
+    import nibabel as nib
 
+    volumes = {}
+    for name in ("index", "atlas"):
+        path = tmp_path / f"maps-{name}.nii.gz"
+        with urllib.request.urlopen(f"{server}/api/analyses/{analysis_id}/download/maps?layout={name}",
+                                    timeout=60) as response:
+            path.write_bytes(response.read())
+        volumes[name] = np.asarray(nib.load(path).get_fdata())        # (x = col, y = row, z = layer, t)
+    cols = volumes["index"].shape[0]
+    width = positions.shape[1]
+    for layer in range(positions.shape[0]):
+        by_index = volumes["index"][np.arange(width) % cols, np.arange(width) // cols, layer]
+        cell = positions[layer]
+        np.testing.assert_array_equal(volumes["atlas"][cell % cols, cell // cols, layer], by_index)
+
+
+def _a_key_neuron(overview) -> tuple[int, int] | None:
     density = base64.b64decode(overview["density"]["data"])
     width = overview["width"]
     for i, count in enumerate(density):

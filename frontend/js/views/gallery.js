@@ -1,7 +1,8 @@
-// Screen 3: one small brain-style map per network (drawn on <canvas>), sortable and filterable,
-// with a signal / noise / unknown label per network.
+// Screen 3: one small brain-style map per network (drawn on <canvas>, in the run's functional atlas
+// layout or by neuron index), sortable and filterable, with its name and a signal / noise / unknown
+// label per network.
 import { api } from "../api.js";
-import { combineSignals, defaultGrid, drawMosaicCanvas } from "../charts.js";
+import { drawMosaicCanvas, getLayout, layoutSelect } from "../charts.js";
 import { decodeSparseMaps } from "../decode.js";
 import { el, fmtNum, showError } from "../dom.js";
 import { getMaps, getNetworks } from "../store.js";
@@ -23,8 +24,9 @@ export async function render(root, { id }, ctx) {
   root.append(analysisTabs(id, "gallery", job));
   if (job.status !== "succeeded") return waitForJob(root, id, job, ctx);
 
-  const table = await getNetworks(id);
+  const [table, firstLayout] = await Promise.all([getNetworks(id), getLayout(id)]);
   if (!ctx.alive()) return;
+  let layout = firstLayout;
   const comps = table.components;
   const layers = [...new Set(comps.map(ownLayer).filter((l) => l !== null))].sort((a, b) => a - b);
   const genres = [...new Set(comps.map((c) => c.top_genre).filter(Boolean))].sort();
@@ -40,10 +42,12 @@ export async function render(root, { id }, ctx) {
   const minStabOut = el("output", { for: "filter-stability", text: "0.00" });
   const minSel = el("input#filter-selectivity", { type: "range", min: "0", max: "1", step: "0.05", value: "0" });
   const minSelOut = el("output", { for: "filter-selectivity", text: "0.00" });
+  const nameFilter = el("input#filter-name", { type: "search", placeholder: "e.g. was", "aria-label": "Name contains" });
   const count = el("p.muted.small#gallery-count", { "aria-live": "polite" });
   const controls = el(
     "div.controls",
     el("div.field", el("label", { for: "sort", text: "Sort by" }), sortSelect),
+    el("div.field", el("label", { for: "filter-name", text: "Name contains" }), nameFilter),
     el("div.field", el("label", { for: "filter-layer", text: "Layer" }), layerSelect),
     el("div.field", el("label", { for: "filter-label", text: "Label" }), labelFilter),
     genres.length ? el("div.field", el("label", { for: "filter-genre", text: "Top genre" }), genreFilter) : null,
@@ -71,6 +75,7 @@ export async function render(root, { id }, ctx) {
       el("a.thumb-link", { href: `#/analysis/${id}/network/${c.id}`, "aria-label": `Open network ${c.id}`, tabindex: "-1" }, canvas),
       el("div.net-card-body",
         el("h3", el("a", { href: `#/analysis/${id}/network/${c.id}`, text: `Network ${c.id}` }), el("span.muted", { text: ownLayer(c) !== null ? ` · L${c.layer}` : " · all layers" })),
+        el("p.net-name", { title: c.name === c.auto_name ? "Named after its top-activating tokens" : "Named by you", text: c.name ? `“${c.name}”` : "" }),
         el("p.net-stats",
           el("span", { title: "Key neurons", text: `${c.n_key} key` }),
           el("span", { title: "Stability across ICA runs", text: `stab ${fmtNum(c.stability)}` }),
@@ -93,13 +98,18 @@ export async function render(root, { id }, ctx) {
 
   let shownEntries = [];
   function draw(entry) {
-    if (!sparse || entry.drawnAt === sparseThr) return;
+    const stamp = `${sparseThr}:${layout.name}`;
+    if (!sparse || entry.drawnAt === stamp) return;
     const { maps } = sparse;
     const position = table.components.indexOf(entry.c); // /maps is in component order
     const k = maps.n_components === comps.length ? position : entry.c.id;
-    drawMosaicCanvas(entry.canvas, sparse.dense(k), maps.n_map_layers, maps.width, maps.grid || defaultGrid(maps.width), { threshold: 0 });
-    entry.drawnAt = sparseThr;
+    // the layers of this map's slices: every analysed layer (whole-model) or the component's own
+    const mapLayers = maps.map_layers || [maps.component_layer?.[k] ?? entry.c.layer];
+    const positions = mapLayers.map((l) => layout.positions[l]);
+    drawMosaicCanvas(entry.canvas, sparse.dense(k), maps.n_map_layers, maps.width, maps.grid, { threshold: 0, positions });
+    entry.drawnAt = stamp;
     entry.card.dataset.drawn = "true";
+    entry.card.dataset.layout = layout.name;
   }
   function drawShown() {
     for (const e of shownEntries) draw(e);
@@ -135,6 +145,7 @@ export async function render(root, { id }, ctx) {
   }
   function apply() {
     const layer = layerSelect.value;
+    const nameText = nameFilter.value.trim().toLowerCase();
     const label = labelFilter.value;
     const genre = genreFilter.value;
     const size = Number(minSize.value) || 0;
@@ -144,6 +155,7 @@ export async function render(root, { id }, ctx) {
     minSelOut.textContent = sel.toFixed(2);
     lastShown = comps
       .filter((c) => (layer === "" || String(ownLayer(c)) === layer)
+        && (!nameText || (c.name || "").toLowerCase().includes(nameText))
         && (label === "" || (c.label || "unknown") === label)
         && (genre === "" || c.top_genre === genre)
         && (c.n_key || 0) >= size
@@ -168,7 +180,16 @@ export async function render(root, { id }, ctx) {
   root.append(el("section.card",
     el("h2", { text: "Network gallery" }),
     controls,
-    el("div.field.inline.map-thr", el("label", { for: "map-threshold", text: "Show map values with |z| above" }), mapThr),
+    el("div.controls",
+      el("div.field.inline.map-thr", el("label", { for: "map-threshold", text: "Show map values with |z| above" }), mapThr),
+      el("div.field.inline", el("label", { for: "layout", text: "Layout" }), layoutSelect(async (name) => {
+        try {
+          layout = await getLayout(id, name);
+          if (ctx.alive()) drawShown();
+        } catch (err) {
+          showError(err);
+        }
+      }))),
     count, gridEl, el("div.actions", more)));
   apply();
   await loadMaps(defaultThr);

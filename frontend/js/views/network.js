@@ -1,9 +1,9 @@
-// Screen 4: one network in detail — thresholded mosaic, time course, histogram, top tokens in
-// context, mean activity per genre.
+// Screen 4: one network in detail — its name (editable), thresholded mosaic (functional atlas or
+// neuron index layout), time course, histogram, top tokens in context, mean activity per genre.
 import { api } from "../api.js";
-import { baseLayout, combineSignals, defaultGrid, DIVERGING, drawMosaic, OKABE_ITO, react } from "../charts.js";
+import { baseLayout, combineSignals, DIVERGING, drawMosaic, getLayout, layoutSelect, OKABE_ITO, react } from "../charts.js";
 import { decodeArray } from "../decode.js";
-import { debounce, el, fmtInt, fmtNum, showError } from "../dom.js";
+import { debounce, el, fmtInt, fmtNum, showError, showNotice } from "../dom.js";
 import { getNetwork, getNetworks } from "../store.js";
 import { analysisTabs, labelSelect, ownLayer } from "./common.js";
 import { waitForJob } from "./overview.js";
@@ -14,8 +14,10 @@ export async function render(root, { id, k }, ctx) {
   root.append(analysisTabs(id, "gallery", job));
   if (job.status !== "succeeded") return waitForJob(root, id, job, ctx);
 
-  const [table, first] = await Promise.all([getNetworks(id), getNetwork(id, k)]);
+  const [table, first, firstLayout] = await Promise.all([getNetworks(id), getNetwork(id, k), getLayout(id)]);
   if (!ctx.alive()) return;
+  let layout = firstLayout;
+  const byId = new Map(table.components.map((c) => [c.id, c]));
   const detail = first;
   const comp = table.components.find((c) => c.id === k) || { id: k, label: detail.label, layer: detail.layer };
   const ids = table.components.map((c) => c.id).sort((a, b) => a - b);
@@ -32,13 +34,34 @@ export async function render(root, { id, k }, ctx) {
   };
   const peak = maxAbs();
 
-  // ---- header -----------------------------------------------------------------------------
+  // ---- header: number, name (automatic from the top tokens, or the user's) --------------------
+  const autoName = detail.auto_name ?? comp.auto_name ?? "";
+  const nameInput = el("input#network-name", { type: "text", maxlength: "80", value: comp.name ?? detail.name ?? "", placeholder: autoName || "a name", "aria-label": `Name of network ${k}` });
+  const nameHint = el("span.muted.small#network-name-hint");
+  const showNameHint = () => (nameHint.textContent = nameInput.value && nameInput.value !== autoName ? `named by you · automatic: “${autoName}”` : "named after its top-activating tokens");
+  showNameHint();
+  const saveName = async () => {
+    const value = nameInput.value.trim();
+    try {
+      const reply = await api(`/api/analyses/${id}/labels`, { method: "PUT", body: { names: { [String(k)]: value } } });
+      const name = reply?.names?.[String(k)] || autoName;
+      nameInput.value = name;
+      comp.name = name; // the cached table serves the gallery, select list and overview hover
+      detail.name = name;
+      showNameHint();
+      showNotice(`Network ${k} named “${name}”.`);
+    } catch (err) {
+      showError(err);
+    }
+  };
+  nameInput.addEventListener("change", saveName);
   const head = el(
     "section.card.net-head",
     el(
       "div.net-head-row",
       el("h2#network-title", { text: `Network ${k}` }),
       el("span.muted", { text: ownLayer(detail) !== null ? `layer ${detail.layer}` : "spans all layers" }),
+      el("label.net-name-edit", el("span.sr-only", { text: "Name" }), nameInput, nameHint),
       el("span.spacer"),
       el("label.inline-label", { text: "Label " }, labelSelect(id, comp, (v) => (detail.label = v))),
       el("nav.pager", { "aria-label": "Other networks" },
@@ -68,6 +91,20 @@ export async function render(root, { id, k }, ctx) {
   const timePlot = el("div.plot#time-course");
   const histPlot = el("div.plot#histogram");
   const aboveCount = el("p.muted.small#above-count");
+  const layoutChoice = layoutSelect(async (name) => {
+    try {
+      layout = await getLayout(id, name);
+      if (ctx.alive()) await drawMap();
+    } catch (err) {
+      showError(err);
+    }
+  });
+  const regionOf = (layer) => (s, i) => {
+    const net = layout.network[layer]?.[i];
+    if (!net) return "region: background (in no network)";
+    const c = byId.get(net - 1);
+    return net - 1 === k ? "region: this network" : `region: network ${net - 1}${c?.name ? ` “${c.name}”` : ""}`;
+  };
 
   const drawMap = () => {
     const thr = Number(slider.value);
@@ -77,13 +114,17 @@ export async function render(root, { id, k }, ctx) {
     const nS = map.signals.length;
     let slices;
     let labels;
+    let sliceLayers; // the layer of each slice, for its layout
     if (signalSelect.value === "max" || nS === 1) {
       slices = nS === 1 ? values : combineSignals(values, nL, nS, map.width);
       labels = map.layers.map((l) => `L${l}`);
+      sliceLayers = map.layers;
     } else {
       slices = values;
       labels = map.layers.flatMap((l) => map.signals.map((s) => `L${l} ${s}`));
+      sliceLayers = map.layers.flatMap((l) => map.signals.map(() => l));
     }
+    mosaic.dataset.layout = layout.name;
     let above = 0;
     for (const v of slices) if (Math.abs(v) >= thr) above++;
     const vmax = Math.max(thr, maxAbs()) || 1;
@@ -92,7 +133,9 @@ export async function render(root, { id, k }, ctx) {
     return drawMosaic(mosaic, slices, {
       sliceLabels: labels,
       width: map.width,
-      grid: map.grid || defaultGrid(map.width),
+      grid: map.grid,
+      positions: sliceLayers.map((l) => layout.positions[l]),
+      regionOf: (s, i) => regionOf(sliceLayers[s])(s, i),
       colorscale: DIVERGING,
       zmin: -vmax,
       zmax: vmax,
@@ -118,7 +161,8 @@ export async function render(root, { id, k }, ctx) {
       "section.card",
       el("div.controls",
         el("div.field", el("label", { for: "z-threshold", text: "Threshold" }), el("div.range", slider, sliderOut)),
-        el("div.field", el("label", { for: "signal-view", text: "Signals" }), signalSelect)),
+        el("div.field", el("label", { for: "signal-view", text: "Signals" }), signalSelect),
+        el("div.field", el("label", { for: "layout", text: "Layout" }), layoutChoice)),
       mosaic,
       aboveCount,
     ),

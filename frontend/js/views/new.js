@@ -3,9 +3,15 @@ import { api } from "../api.js";
 import { el, fmtPct, fmtTime, showError, showNotice } from "../dom.js";
 import { jobProgress, statusBadge } from "./common.js";
 
+// Quick demo: a few short texts spread over every genre (stratified: the same documents for every
+// seed), so the genre views have something to show; Paper: the paper's 40 texts in corpus order.
 const PRESETS = {
-  quick: { label: "Quick demo", n_texts: 8, max_tokens: 128, n_components: 16, n_runs: 1 },
-  paper: { label: "Paper", n_texts: 40, max_tokens: 512, n_components: 128, n_runs: 1 },
+  quick: { label: "Quick demo", n_texts: 15, max_tokens: 128, n_components: 16, n_runs: 1, sampling: "stratified" },
+  paper: { label: "Paper", n_texts: 40, max_tokens: 512, n_components: 128, n_runs: 1, sampling: "first" },
+};
+const SAMPLINGS = {
+  stratified: "spread over all genres (stratified, the same for every seed)",
+  first: "the corpus' first texts, in its own order",
 };
 
 function field(id, label, input, hint) {
@@ -92,7 +98,9 @@ export async function render(root, _params, ctx) {
     }
   });
 
-  const nTexts = numberInput("n_texts", 8, 1, 100000);
+  const nTexts = numberInput("n_texts", PRESETS.quick.n_texts, 1, 100000);
+  const sampling = el("select#sampling", { name: "sampling" }, Object.entries(SAMPLINGS).map(([value, text]) => el("option", { value, text })));
+  sampling.value = PRESETS.quick.sampling;
   const maxTokens = numberInput("max_tokens", 128, 8, 8192);
   const nComponents = numberInput("n_components", 16, 2, 4096);
   const nRuns = numberInput("n_runs", 1, 1, 50);
@@ -110,7 +118,8 @@ export async function render(root, _params, ctx) {
     maxTokens.value = String(p.max_tokens);
     nComponents.value = String(p.n_components);
     nRuns.value = String(p.n_runs);
-    showNotice(`${p.label} preset: ${p.n_texts} texts × ${p.max_tokens} tokens, ${p.n_components} components.`);
+    sampling.value = p.sampling;
+    showNotice(`${p.label} preset: ${p.n_texts} texts × ${p.max_tokens} tokens (${p.sampling === "stratified" ? "spread over all genres" : "in corpus order"}), ${p.n_components} components.`);
   };
   const presets = el(
     "div.presets",
@@ -142,6 +151,7 @@ export async function render(root, _params, ctx) {
     el(
       "div.grid-3",
       field("n_texts", "Texts", nTexts),
+      field("sampling", "Which texts", sampling),
       field("max_tokens", "Max tokens per text", maxTokens),
       field("n_components", "Components", nComponents, "per layer in per-layer mode; in total in whole-model mode"),
       field("n_runs", "ICA runs (stability)", nRuns),
@@ -165,6 +175,7 @@ export async function render(root, _params, ctx) {
       mode: form.querySelector('input[name="mode"]:checked').value,
       n_runs: Number(nRuns.value),
       seed: Number(seed.value),
+      sampling: sampling.value,
     };
     startButton.disabled = true;
     try {

@@ -1,7 +1,8 @@
-// Screen 2: the "digital brain" — one slice per layer, neurons on a fixed grid, coloured by
-// key-neuron density (how many networks a neuron is key in) or max |z| over all networks.
+// Screen 2: the "digital brain" — one slice per layer, neurons on a fixed grid (the run's
+// functional atlas, each network a region; or by neuron index), coloured by key-neuron density
+// (how many networks a neuron is key in) or max |z| over all networks.
 import { api } from "../api.js";
-import { defaultGrid, drawMosaic, drawMosaicCanvas, SEQUENTIAL, sequentialRgb } from "../charts.js";
+import { drawMosaic, drawMosaicCanvas, getLayout, layoutSelect, REGION_MAX, regionColorscale, regionRgb, regionValues, SEQUENTIAL } from "../charts.js";
 import { decodeArray, decodeSparseMaps } from "../decode.js";
 import { el, fmtInt, fmtNum, showError } from "../dom.js";
 import { getMaps, getNetworks, getOverview } from "../store.js";
@@ -34,11 +35,20 @@ export function waitForJob(root, id, job, ctx) {
 }
 
 async function renderOverview(root, id, ctx) {
-  const [ov, table] = await Promise.all([getOverview(id), getNetworks(id)]);
+  const [ov, table, firstLayout] = await Promise.all([getOverview(id), getNetworks(id), getLayout(id)]);
+  let layout = firstLayout;
   if (!ctx.alive()) return;
   const nLayers = ov.n_layers;
   const width = ov.width;
-  const grid = ov.grid || defaultGrid(width);
+  const grid = ov.grid;
+  const byId = new Map(table.components.map((c) => [c.id, c]));
+  // hover: the atlas network a neuron belongs to (its region), by name
+  const regionOf = (s, i) => {
+    const net = layout.network[s]?.[i];
+    if (!net) return "background (in no network)";
+    const c = byId.get(net - 1);
+    return `region: network ${net - 1}${c?.name ? ` “${c.name}”` : ""}`;
+  };
   const density = decodeArray({ scale: 1, ...ov.density });
   const maxZ = decodeArray(ov.max_z);
   const sliceLabels = Array.from({ length: nLayers }, (_, l) => `L${l}`);
@@ -47,24 +57,50 @@ async function renderOverview(root, id, ctx) {
 
   const plot = el("div.plot.mosaic#overview-mosaic", { "aria-label": "Mosaic of all layers" });
   const measure = el("fieldset.toggle", el("legend", { text: "Colour by" }),
-    el("label.check", el("input", { type: "radio", name: "measure", value: "density", checked: true }), " key-neuron density"),
+    el("label.check", el("input", { type: "radio", name: "measure", value: "regions", checked: true }), " network regions"),
+    el("label.check", el("input", { type: "radio", name: "measure", value: "density" }), " key-neuron density"),
     el("label.check", el("input", { type: "radio", name: "measure", value: "maxz" }), " max |z|"),
   );
   const caption = el("p.muted.small#overview-caption");
+  const layoutChoice = el("div.field.inline", el("label", { for: "layout", text: "Layout" }), layoutSelect(async (name) => {
+    try {
+      layout = await getLayout(id, name);
+      if (ctx.alive()) await draw();
+    } catch (err) {
+      showError(err);
+    }
+  }));
 
   const draw = () => {
     const m = measure.querySelector("input:checked").value;
+    if (m === "regions") {
+      plot.dataset.layout = layout.name;
+      plot.dataset.measure = m;
+      caption.textContent = `${nLayers} layers × ${fmtInt(width)} neurons, each slice a ${grid[0]} × ${grid[1]} grid. ${layout.name === "atlas" ? "Functional atlas: each neuron sits in the region of the network where its |z| is largest; related networks lie side by side; neurons in no network last (grey)." : "By neuron index: the same networks, scattered."} Hover a region for its network; click a neuron to list its networks.`;
+      return drawMosaic(plot, regionValues(layout), {
+        sliceLabels, width, grid, positions: layout.positions, regionOf,
+        colorscale: regionColorscale(), zmin: 0, zmax: REGION_MAX, valueLabel: "", showscale: false,
+        title: `Network regions: each colour one network (its neurons with |z| ≥ ${fmtNum(ov.threshold, 1)} where it is their strongest); grey: in no network`,
+      });
+    }
     let vmax = 0;
     const values = m === "density" ? density : maxZ;
     for (const v of values) vmax = Math.max(vmax, v);
     const title = m === "density"
       ? `Key-neuron density: networks in which each neuron has |z| ≥ ${fmtNum(ov.threshold, 1)}`
       : `Max |z| over all networks (key threshold |z| ≥ ${fmtNum(ov.threshold, 1)})`;
-    caption.textContent = `${nLayers} layers × ${fmtInt(width)} neurons, each slice a ${grid[0]} × ${grid[1]} grid (row-major by neuron index). Hover for layer, neuron and value; click a neuron to list its networks.`;
+    const how = layout.name === "atlas"
+      ? "functional atlas: each neuron sits in the region of the network where its |z| is largest, related networks side by side, neurons in no network last"
+      : "row-major by neuron index";
+    caption.textContent = `${nLayers} layers × ${fmtInt(width)} neurons, each slice a ${grid[0]} × ${grid[1]} grid (${how}). Hover for layer, neuron, region and value; click a neuron to list its networks.`;
+    plot.dataset.layout = layout.name;
+    plot.dataset.measure = m;
     return drawMosaic(plot, values, {
       sliceLabels,
       width,
       grid,
+      positions: layout.positions,
+      regionOf,
       colorscale: SEQUENTIAL,
       zmin: 0,
       zmax: vmax || 1,
@@ -119,7 +155,7 @@ async function renderOverview(root, id, ctx) {
       probeResult.replaceChildren(
         el("h3", { text: `Layer ${layer}, neuron ${neuron}: ${hits.length ? `key in ${hits.length} network${hits.length > 1 ? "s" : ""}` : `in no network at |z| ≥ ${thrText}`}` }),
         hits.length
-          ? el("ul.hits", hits.map((h) => el("li", el("a", { href: `#/analysis/${id}/network/${h.c.id}`, text: `Network ${h.c.id}` }), ` — z = ${fmtNum(h.z)}, ${ownLayer(h.c) !== null ? `layer ${h.c.layer}` : "all layers"}, ${h.c.label || "unknown"}`)))
+          ? el("ul.hits", hits.map((h) => el("li", el("a", { href: `#/analysis/${id}/network/${h.c.id}`, text: `Network ${h.c.id}` }), h.c.name ? ` “${h.c.name}”` : "", ` — z = ${fmtNum(h.z)}, ${ownLayer(h.c) !== null ? `layer ${h.c.layer}` : "all layers"}, ${h.c.label || "unknown"}`)))
           : "",
       );
     } catch (err) {
@@ -139,7 +175,7 @@ async function renderOverview(root, id, ctx) {
   );
 
   root.append(
-    el("section.card", el("h2", { text: "Digital brain" }), stats, measure, plot, caption),
+    el("section.card", el("h2", { text: "Digital brain" }), stats, el("div.controls", measure, layoutChoice), plot, caption),
     el("section.card", el("h2", { text: "Which networks is a neuron in?" }), el("p.muted", { text: "Click a neuron in the mosaic, or type its layer and index." }), probeForm, probeResult),
     el("section.card", el("h2", { text: "Downloads" }), analysisDownloads(id)),
   );
@@ -147,9 +183,7 @@ async function renderOverview(root, id, ctx) {
   // <canvas> (same layout and colours), then swap in the interactive Plotly chart when it is ready.
   if (!window.Plotly) {
     const preview = el("canvas.mosaic-preview#overview-preview", { role: "img", "aria-label": "Mosaic of all layers (loading the interactive chart)" });
-    let vmax = 1;
-    for (const v of density) vmax = Math.max(vmax, v);
-    drawMosaicCanvas(preview, density, nLayers, width, grid, { vmax, rgbOf: sequentialRgb, aspect: 3 });
+    drawMosaicCanvas(preview, regionValues(layout), nLayers, width, grid, { vmax: REGION_MAX, rgbOf: regionRgb, aspect: 3, positions: layout.positions });
     plot.before(preview);
     try {
       await draw();
