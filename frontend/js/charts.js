@@ -276,8 +276,9 @@ export function drawMosaic(el, values, opts) {
     borderpad: 1,
   }));
   const plotWidth = containerWidth - 110;
-  // Square cells, at most 22 px each, so a map with few slices does not fill the screen.
-  const cell = Math.min(22, plotWidth / m.W);
+  // Square cells, at most 22 px each and the mosaic at most ~560 px tall, so a map with few
+  // slices (one layer of 1,536 neurons) does not fill the screen.
+  const cell = Math.min(22, plotWidth / m.W, Math.max(4, 560 / m.H));
   const height = opts.height || Math.max(200, Math.min(1400, cell * m.H + (title ? 48 : 16)));
   const trace = {
     type: "heatmap",
