@@ -288,7 +288,7 @@ def _run_job(model, tokenizer, fn, fidelity_fn, spec: PruningSpec, calibration: 
         seconds = time.perf_counter() - started
         row = {**base, "removed_fraction": outcome.removed_fraction,
                "removed_mlp_fraction": outcome.removed_mlp_fraction, "widths": outcome.widths,
-               "prune_seconds": seconds, "repair_errors": outcome.repair_summary(),
+               "prune_seconds": seconds, "repair_errors": outcome.repair_summary(), "keep_digest": outcome.keep_digest,
                "chosen_networks": [asdict(c) for c in outcome.chosen],
                "ppl": {name: score(pruned) for name, score in scorers.items()}}
         if fidelity_ids:

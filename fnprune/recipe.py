@@ -31,6 +31,7 @@ layers below it. ``bias`` is FLAP's mean compensation only; ``none`` changes no 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -199,6 +200,11 @@ class PruningOutcome:
     def removed_mlp_fraction(self) -> float:
         return 1 - self.mlp_params / self.dense_mlp_params
 
+    @property
+    def keep_digest(self) -> str:
+        """sha256 of the ``(n_layers, width)`` keep mask: equal digests = the same neurons kept."""
+        return hashlib.sha256(np.packbits(keep_to_mask(self.keep, max(self.original_widths))).tobytes()).hexdigest()
+
     def repair_summary(self) -> dict | None:
         """Mean relative output error of the pruned layers on calibration tokens, before/after repair."""
         if not self.layer_fits:
@@ -221,7 +227,7 @@ class PruningOutcome:
                 "dense_total_params": self.dense_total_params, "dense_mlp_params": self.dense_mlp_params,
                 "removed_params": self.dense_total_params - self.total_params,
                 "removed_fraction": self.removed_fraction, "removed_mlp_fraction": self.removed_mlp_fraction,
-                "chosen_networks": [asdict(c) for c in self.chosen], "repair_errors": self.repair_summary()}
+                "keep_digest": self.keep_digest, "chosen_networks": [asdict(c) for c in self.chosen], "repair_errors": self.repair_summary()}
 
 
 def check_networks_match(fn, model: nn.Module) -> None:

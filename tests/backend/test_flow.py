@@ -131,6 +131,7 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
     assert [f["id"] for f in result["fidelity"]] == chosen and result["fidelity_scope"] == "chosen"
     assert result["repair"] == "lstsq" and result["repair_errors"]["error_repaired"] < result["repair_errors"]["error_pruned"]
     assert result["repair_comparison"]["unrepaired_repair"] == "bias"  # fn-flap without repair: FLAP's bias
+    _cli_and_compare_keep_the_same_neurons(settings, job_id, chosen, result["keep_digest"], tmp_path)
     assert result["generations"] and "from_pretrained" in result["load_snippet"]
     assert client.delete(f"/api/prunings/{p_id}").status_code == 409  # finished
 
@@ -158,6 +159,32 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
         assert [j["id"] for j in restarted.get("/api/prunings").json()] == [p_id]
         assert restarted.get(f"/api/analyses/{job_id}/networks/{k}").status_code == 200
         assert restarted.get(f"/api/prunings/{p_id}").json()["status"] == "succeeded"
+
+
+def _cli_and_compare_keep_the_same_neurons(settings, analysis_id, chosen, worker_digest, tmp_path) -> None:
+    """One recipe: `fnprune prune` and `fnprune compare` on the worker's inputs keep the very same neurons."""
+    import argparse
+
+    from fnprune import cli_prune
+    from fnprune.compare import compare
+    from fnprune.corpus import load_corpus
+    from fnprune.models import load_model
+    from fnprune.networks import FunctionalNetworks
+    from fnprune.pruned_io import read_pruning_info
+
+    run_dir = settings.job_dir("analysis", analysis_id) / "run"
+    parser = argparse.ArgumentParser()
+    cli_prune.add_subcommands(parser.add_subparsers())
+    args = parser.parse_args(["prune", str(run_dir), "--target-ratio", "0.05", "--networks",
+                              ",".join(map(str, chosen)), "--heads", "0.5", "--corpus", "pydoc", "--calib-docs", "12",
+                              "--max-tokens", "64", "--fidelity", "0", "--quiet", "--out", str(tmp_path / "cli")])
+    assert args.func(args) == 0
+    assert read_pruning_info(tmp_path / "cli")["keep_digest"] == worker_digest
+    model, tok = load_model("tiny-llama", device="cpu")
+    rows = compare("tiny-llama", "pydoc", [0.05], ["fn-flap"], None, model=model, tokenizer=tok,
+                   docs=load_corpus("pydoc", limit=20), fn=FunctionalNetworks.load(run_dir), networks=chosen,
+                   n_calib=12, n_heldout=2, max_tokens=64, windows=(32,), repairs="lstsq", fidelity=None)["rows"]
+    assert rows[1]["keep_digest"] == worker_digest
 
 
 # Jobs long enough to cancel in a given stage: many tokens keep capture busy; many small decompositions

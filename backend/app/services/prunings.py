@@ -119,7 +119,7 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         "method": spec.method, "allocation": spec.resolved_allocation, "repair": spec.repair,
         "widths": outcome.widths, "ratio_total": outcome.removed_fraction, "ratio_mlp": outcome.removed_mlp_fraction,
         "removed_params": info["removed_params"], "protected_layers": outcome.protected_layers,
-        "threshold": outcome.threshold, "chosen_networks": info["chosen_networks"],
+        "threshold": outcome.threshold, "chosen_networks": info["chosen_networks"], "keep_digest": outcome.keep_digest,
         "repair_errors": info["repair_errors"]}
     if outcome.kv_heads is not None:
         result.update({"heads_fraction": req.heads_fraction, "kv_heads": outcome.kv_heads})
