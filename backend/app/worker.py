@@ -127,7 +127,7 @@ def execute(settings: Settings, job_id: str) -> None:
         store.fail(job_id, "out of memory: try fewer texts, fewer tokens or fewer components")
     except Exception as exc:  # a bug: keep the reason readable, the traceback in the log
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-        store.fail(job_id, f"internal error: {type(exc).__name__}: {exc}")
+        store.fail(job_id, f"internal error ({type(exc).__name__}); the worker log has the details")
     finally:
         with _interrupt_lock:
             _running_jobs.pop(job_id, None)

@@ -114,13 +114,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
-    from starlette.routing import Match
+    """Every method the API documents for this path (Starlette's 405 names only the first route's), plus
+    HEAD where GET is served; paths outside the document (the static UI) allow GET and HEAD."""
+    import re
 
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        route_methods = getattr(route, "methods", None)
-        if match != Match.NONE and route_methods:
-            methods |= set(route_methods)
-    return sorted(methods)
+    path = request.url.path
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)), path):
+            methods = {m.upper() for m in operations}
+            return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
+    return ["GET", "HEAD"]

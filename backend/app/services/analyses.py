@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import html
 import json
 import math
 import os
 import shutil
+import tempfile
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -177,10 +181,32 @@ def _merge(stored: dict[str, str], changes: dict[str, str], n: int, field: str, 
     return merged
 
 
+def _tmp_beside(path: Path) -> Path:
+    """A new, unique temporary file next to ``path`` (same directory, so ``os.replace`` is atomic); two
+    requests writing the same artifact at once each get their own."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"-{path.name}")
+    os.close(fd)
+    return Path(name)
+
+
 def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(value, sort_keys=True))
-    os.replace(tmp, path)
+    tmp = _tmp_beside(path)
+    try:
+        tmp.write_text(json.dumps(value, sort_keys=True))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _labels_lock(settings: Settings, job_id: str) -> Iterator[None]:
+    """Serialise the read-merge-write of labels and names (API processes and threads alike)."""
+    with open(settings.job_dir("analysis", job_id) / ".labels.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def put_labels(settings: Settings, store: JobStore, job_id: str, labels: dict[str, str],
@@ -188,12 +214,13 @@ def put_labels(settings: Settings, store: JobStore, job_id: str, labels: dict[st
     """Merge label and name changes into labels.json / names.json (atomically); returns both, whole."""
     networks = load_networks(settings, store, job_id)
     n = int(networks.n_components)
-    merged = _merge(get_labels(settings, job_id), labels, n, "labels")
-    merged_names = _merge(get_names(settings, job_id), names or {}, n, "names", drop_empty=True)
-    if labels:
-        _write_json(_labels_path(settings, job_id), merged)
-    if names:
-        _write_json(_names_path(settings, job_id), merged_names)
+    with _labels_lock(settings, job_id):
+        merged = _merge(get_labels(settings, job_id), labels, n, "labels")
+        merged_names = _merge(get_names(settings, job_id), names or {}, n, "names", drop_empty=True)
+        if labels:
+            _write_json(_labels_path(settings, job_id), merged)
+        if names:
+            _write_json(_names_path(settings, job_id), merged_names)
     return merged, merged_names
 
 
@@ -401,11 +428,22 @@ def artifact(settings: Settings, store: JobStore, job_id: str, name: str, thresh
     if name == "maps" and layout_name != "index":
         suffix = f"-{layout_name}"
     path = export_dir / (Path(filename).stem.split(".")[0] + suffix + "".join(Path(filename).suffixes))
-    tmp = path.with_name(".tmp-" + path.name)
-    from fnprune import io as fio
-
     if name == "maps" and path.exists():
         return path, media, f"fnprune-{job_id}-{path.name}"
+    tmp = _tmp_beside(path)
+    try:
+        _write_artifact(settings, store, job, networks, name, tmp, threshold, target_ratio, layout_name)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path, media, f"fnprune-{job_id}-{path.name}"
+
+
+def _write_artifact(settings: Settings, store: JobStore, job: dict[str, Any], networks, name: str, tmp: Path,
+                    threshold: float | None, target_ratio: float | None, layout_name: str) -> None:
+    from fnprune import io as fio
+
+    job_id = job["id"]
     if name == "masks":
         threshold, target_ratio = default_choice(networks, threshold, target_ratio)
         mask = networks.key_mask(threshold=threshold, target_ratio=target_ratio)
@@ -422,5 +460,3 @@ def artifact(settings: Settings, store: JobStore, job_id: str, name: str, thresh
                               names={k: names[str(k)] for k in range(n)})
     else:
         _write_report(tmp, job, networks_table(settings, store, job_id, None))
-    os.replace(tmp, path)
-    return path, media, f"fnprune-{job_id}-{path.name}"

@@ -139,10 +139,12 @@ async def save_upload(upload, settings: Settings) -> dict[str, Any]:
                 f.write(chunk)
         if size == 0:
             raise ApiError(422, "file: is empty", "file")
+        from starlette.concurrency import run_in_threadpool
+
         from fnprune.corpus import load_corpus
 
-        try:
-            docs = load_corpus(str(tmp))
+        try:  # parsing a large file takes a while: off the event loop, so event streams keep flowing
+            docs = await run_in_threadpool(load_corpus, str(tmp))
         except CorpusError as exc:
             raise ApiError(422, f"file: {exc}", "file") from None
         if not docs:
