@@ -358,7 +358,8 @@ def test_full_workflow(server, page, tmp_path):
 
     # 5. Select and preview --------------------------------------------------------------------
     page.get_by_role("link", name="Select & prune").click()
-    expect(page.locator("#selected-count")).to_have_text(f"{n} of {n} networks selected")
+    # No network is chosen by default: nothing is forced (a check keeps every key neuron of a network).
+    expect(page.locator("#selected-count")).to_have_text(f"0 of {n} networks selected")
     # The default is a target ratio: 20 % of ALL parameters (a |z| threshold is the expert option).
     expect(page.locator("#target-ratio")).to_be_checked()
     expect(page.locator("#ratio-slider")).to_have_value("0.2")
@@ -367,7 +368,7 @@ def test_full_workflow(server, page, tmp_path):
     assert_fits_viewport(page, "select")
     page.get_by_label("target pruning ratio").check()
     set_range(page, "#ratio-slider", 0.1)
-    expect(page.locator("#preview-state")).to_contain_text(f"Preview for {n} networks", timeout=30_000)
+    expect(page.locator("#preview-state")).to_contain_text("Preview with no network chosen", timeout=30_000)
     page.wait_for_selector("#width-plot .main-svg")
     expect(page.get_by_role("alert")).to_be_hidden()
     preview = page.request.post(
@@ -386,14 +387,14 @@ def test_full_workflow(server, page, tmp_path):
     page.locator("#select-top").click()
     expect(page.locator("#selected-count")).to_have_text(f"2 of {n} networks selected")
     # Two networks may not reach the target on a tiny model: then the page must say why.
-    expect(page.locator("#preview-state")).to_have_text(re.compile(r"Preview for 2 networks|Preview failed"))
-    if "failed" in page.locator("#preview-state").inner_text():
+    expect(page.locator("#preview-state")).to_have_text(re.compile(r"Preview for 2 chosen networks|Preview refused"))
+    if "refused" in page.locator("#preview-state").inner_text():
         expect(page.get_by_role("alert")).to_contain_text("Preview: ")
         shot(page, "06a-preview-error")
-    page.get_by_role("button", name="All", exact=True).click()
-    expect(page.locator("#preview-state")).to_contain_text(f"Preview for {n} networks")
+    page.get_by_role("button", name="None (nothing forced)").click()
+    expect(page.locator("#preview-state")).to_contain_text("Preview with no network chosen")
     expect(page.get_by_role("alert")).to_be_hidden()
-    page.get_by_label("random").check()
+    page.get_by_role("checkbox", name="random").check()
     shot(page, "06-select-preview")
 
     # 6. Prune and compare ---------------------------------------------------------------------
@@ -525,3 +526,144 @@ def test_token_is_asked_for_and_sent(tmp_path, page):
         sync_api.expect(banner).to_be_hidden()
         sync_api.expect(page.locator("#server-info")).to_contain_text("no worker running")
         shot(page, "13-token")
+
+
+# -- select & prune: chosen networks are constraints; the result's fidelity and repair ----------------
+def _api(server: str, path: str, body=None, method: str | None = None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{server}{path}", data=data, method=method or ("POST" if data else "GET"),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def _wait_succeeded(server: str, kind: str, job_id: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _, job = _api(server, f"/api/{kind}/{job_id}")
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            assert job["status"] == "succeeded", job
+            return job
+        assert time.monotonic() < deadline, f"{kind} {job_id} still {job['status']}"
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def pruned(server):
+    """A tiny analysis (through the API) and one pruning of it that keeps one network, evaluated,
+    with a random baseline: ``(analysis_id, table, chosen id, pruning job)``."""
+    status, job = _api(server, "/api/analyses", {"model": "tiny-llama", "corpus": "pydoc", "n_texts": 6,
+                                                 "max_tokens": 64, "n_components": 8})
+    assert status == 202, job
+    analysis_id = _wait_succeeded(server, "analyses", job["id"], ANALYSIS_TIMEOUT_MS / 1000)["id"]
+    _, table = _api(server, f"/api/analyses/{analysis_id}/networks")
+    keyed = [c for c in table["components"] if c["n_key"] > 0] or table["components"]
+    chosen = min(keyed, key=lambda c: (c["n_key"], c["id"]))["id"]
+    status, pj = _api(server, "/api/prunings", {"analysis_id": analysis_id, "networks": [chosen], "target_ratio": 0.2,
+                                                "baselines": ["random"], "n_heldout": 3})
+    assert status == 202, pj
+    return analysis_id, table, chosen, _wait_succeeded(server, "prunings", pj["id"], PRUNING_TIMEOUT_MS / 1000)
+
+
+def test_select_networks_are_constraints(server, page, pruned):
+    expect = sync_api.expect
+    analysis_id, table, chosen, _ = pruned
+    n = len(table["components"])
+    previews, prunings = [], []
+    page.on("request", lambda r: previews.append(r.post_data_json) if r.url.endswith("/preview") else None)
+
+    def capture(route):
+        prunings.append(route.request.post_data_json)
+        route.fulfill(status=503, content_type="application/json", body='{"detail": "test: not started"}')
+
+    page.route("**/api/prunings", lambda route: capture(route) if route.request.method == "POST" else route.continue_())
+    page.goto(f"{server}/#/analysis/{analysis_id}/prune")
+    # default: nothing checked, nothing forced, the preview and the pruning get networks = null
+    expect(page.locator("#selected-count")).to_have_text(f"0 of {n} networks selected")
+    expect(page.locator("#preview-state")).to_contain_text("Preview with no network chosen", timeout=30_000)
+    expect(page.locator("#pv-forced")).to_have_text("none")
+    assert previews and previews[-1]["networks"] is None
+    expect(page.locator("#network-checklist input:checked")).to_have_count(0)
+    expect(page.locator("#keep-hint")).to_contain_text("keeps every key neuron")
+    _, free = _api(server, f"/api/analyses/{analysis_id}/preview", {"target_ratio": 0.2})
+    expect(page.locator("#max-ratio")).to_contain_text(f"at most {100 * free['max_ratio_total']:.1f} %")
+    expect(page.locator("#opt-repair")).to_have_value("lstsq")
+    expect(page.locator("#opt-method option")).to_have_count(7)
+    assert_fits_viewport(page, "select (no constraint)")
+    page.get_by_role("button", name="Prune the model").click()
+    expect(page.get_by_role("alert")).to_contain_text("test: not started")
+    assert prunings[-1]["networks"] is None and prunings[-1]["repair"] == "lstsq" and "bias" not in prunings[-1]
+    assert prunings[-1]["sequential"] is False and prunings[-1]["method"] == "fn-flap"
+
+    # one network checked: every one of its key neurons is forced in, per network and per layer
+    _, one = _api(server, f"/api/analyses/{analysis_id}/preview", {"networks": [chosen], "target_ratio": 0.2})
+    kept = one["chosen_networks"][0]
+    assert kept["n_kept"] == kept["n_key"]
+    page.locator(f"#keep-{chosen}").check()
+    expect(page.locator(f"#chosen-kept li[data-id='{chosen}']")).to_have_text(
+        f"Network {chosen} (L{kept['layer']}): key neurons kept: {kept['n_key']} of {kept['n_key']}")
+    expect(page.locator(f"#kept-{chosen}")).to_have_text(f"{kept['n_key']} of {kept['n_key']}")
+    expect(page.locator("#pv-forced")).to_have_text(str(sum(one["forced_per_layer"])))
+    expect(page.locator("#max-ratio")).to_contain_text(f"at most {100 * one['max_ratio_total']:.1f} %")
+    forced = page.evaluate("() => document.getElementById('width-plot').data[3].y")
+    assert forced == one["forced_per_layer"]
+    assert previews[-1]["networks"] == [chosen]
+
+    # every network at a ratio beyond what they allow: refused before pruning, with the reason
+    _, every = _api(server, f"/api/analyses/{analysis_id}/preview", {"networks": [c["id"] for c in table["components"]],
+                                                                     "target_ratio": 0.05})
+    too_much = round(min(0.9, every["max_ratio_total"] + 0.03), 2)
+    assert too_much > every["max_ratio_total"]
+    page.get_by_role("button", name="All", exact=True).click()
+    set_range(page, "#ratio-slider", too_much)
+    expect(page.locator("#prune-blocked")).to_contain_text("too much", timeout=30_000)
+    expect(page.locator("#start-pruning")).to_be_disabled()
+    expect(page.locator("#prune-blocked")).to_contain_text(f"at most {100 * every['max_ratio_total']:.1f}%")
+    set_range(page, "#ratio-slider", 0.05)
+    expect(page.locator("#start-pruning")).to_be_enabled(timeout=30_000)
+    expect(page.locator("#prune-blocked")).to_be_hidden()
+    assert_fits_viewport(page, "select (constrained)")
+    shot(page, "10-select-constraints")
+    assert page.page_errors == []
+
+
+def test_pruning_result_fidelity(server, page, pruned):
+    expect = sync_api.expect
+    _, _, chosen, job = pruned
+    r = job["result"]
+    page.goto(f"{server}/#/pruning/{job['id']}")
+    expect(page.locator("#fidelity-table tbody tr")).to_have_count(len(r["fidelity"]), timeout=30_000)
+    assert r["fidelity_scope"] == "chosen" and [f["id"] for f in r["fidelity"]] == [chosen]
+    expect(page.locator("#fidelity-caption")).to_contain_text("the chosen networks")
+    for f in r["fidelity"]:
+        row = page.locator(f"#fidelity-table tr[data-id='{f['id']}']")
+        corr = "—" if f["correlation"] is None else f"{f['correlation']:.3f}"
+        expect(row.locator(".fid-corr")).to_have_text(corr)
+        expect(row.locator(".fid-top")).to_have_text(f"{100 * f['output_change_top']:.1f} %")
+        expect(row.locator(".fid-all")).to_have_text(f"{100 * f['output_change_all']:.1f} %")
+        expect(row.locator(".fid-kept")).to_have_text(f"{f['n_key_kept']} of {f['n_key']}")
+    page.wait_for_selector("#fidelity-plot .main-svg")
+    drawn = page.evaluate("() => document.getElementById('fidelity-plot').data.map((t) => t.y)")
+    assert drawn[0] == [f["correlation"] for f in r["fidelity"]]
+    assert drawn[1] == [f["output_change_top"] for f in r["fidelity"]]
+    c = r["chosen_networks"][0]
+    expect(page.locator(f"#chosen-networks li[data-id='{chosen}']")).to_contain_text(
+        f"key neurons kept: {c['n_kept']} of {c['n_key']}")
+    rc, errs = r["repair_comparison"], r["repair_errors"]
+    expect(page.locator("#ppl-repaired")).to_have_text(f"{rc['repaired_ppl']:.2f}")
+    expect(page.locator("#ppl-unrepaired")).to_have_text(f"{rc['unrepaired_ppl']:.2f}")
+    expect(page.locator("#err-pruned")).to_have_text(f"{100 * errs['error_pruned']:.1f} %")
+    expect(page.locator("#err-repaired")).to_have_text(f"{100 * errs['error_repaired']:.1f} %")
+    for b in r["baselines"]:
+        expect(page.locator(f"#baselines-table tr[data-name='{b['name']}'] td").first).to_have_text(b["name"])
+    assert {b["name"] for b in r["baselines"]} == {"random (own)", "random (networks)"}
+    # an empty generation is one short line, not a tall empty box
+    for box in page.locator(".gen-text").all():
+        assert box.bounding_box()["height"] < 260
+    expect(page.locator(".gen-text:empty")).to_have_count(0)
+    assert_fits_viewport(page, "pruning result")
+    shot(page, "11-pruning-fidelity")
+    assert page.page_errors == []
