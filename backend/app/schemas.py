@@ -109,17 +109,35 @@ class Flexible(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class PreviewResult(Flexible):
+class NetworkKept(BaseModel):
+    """A chosen network: its key neurons (|z| above the analysis threshold) and how many stay."""
+
+    id: int
+    layer: int
+    n_key: int
+    n_kept: int
+
+
+class PreviewResult(BaseModel):
+    """fnprune.selection.Plan.as_dict(): the widths a choice gives, before any model is loaded."""
+
     threshold: float | None
+    target_ratio: float | None
+    uniform: bool
+    networks: list[int] | None
     widths: list[int]
     original_widths: list[int]
     protected_layers: list[int]
+    removed_neurons: int
     removed_params: int
     total_params: int
     mlp_params: int
     ratio_total: float
     ratio_mlp: float
     size_bytes: int
+    forced_per_layer: list[int] = Field(description="key neurons of the chosen networks in each layer (kept)")
+    max_ratio_total: float = Field(description="the largest fraction of all parameters this choice can remove")
+    chosen_networks: list[NetworkKept]
 
 
 NetworkName = Annotated[str, Field(max_length=80)]
