@@ -193,7 +193,7 @@ def _load_snippet(info: dict[str, Any]) -> str:
     extra = ", trust_remote_code=True" if remote else ""
     return (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n'
             f'model = AutoModelForCausalLM.from_pretrained("./model"{extra})\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("./model")')
+            f'tokenizer = AutoTokenizer.from_pretrained("./model"{extra})')
 
 
 def _write_masks(path: Path, keep, info: dict[str, Any]) -> None:
