@@ -98,7 +98,7 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     report(progress, "load", 0.7, "loading the corpus")
     limit = max(math.ceil(a_req.n_texts * 10 / 9) + 1, 10 * req.n_heldout)
     calibration, heldout = split_heldout(load_corpus(catalog.resolve_corpus(a_req.corpus, settings), limit=limit,
-                                                     genres=a_req.genres))
+                                                     genres=a_req.genres, sampling=a_req.sampling))
     calibration, heldout = calibration[: a_req.n_texts], heldout[: req.n_heldout]
     report(progress, "load", 1.0, f"{len(calibration)} calibration, {len(heldout)} held-out documents")
 
