@@ -103,12 +103,6 @@ class PreviewRequest(ThresholdChoice):
     uniform: bool = False
 
 
-class Flexible(BaseModel):
-    """A response whose extra keys (from the library) are passed through."""
-
-    model_config = ConfigDict(extra="allow")
-
-
 class NetworkKept(BaseModel):
     """A chosen network: its key neurons (|z| above the analysis threshold) and how many stay."""
 
@@ -184,7 +178,7 @@ class PruningRequest(ThresholdChoice):
         return None if not self.heads else float(self.heads)
 
 
-class EncodedArray(Flexible):
+class EncodedArray(BaseModel):
     """``data`` = base64 of a C-order array of ``dtype`` and ``shape``; real value = ``data * scale`` when
     ``scale`` is given (little-endian integers otherwise)."""
 
@@ -201,13 +195,17 @@ class MapArray(EncodedArray):
     grid: list[int]
 
 
-class ComponentRow(Flexible):
+class ComponentRow(BaseModel):
+    """One row of ``FunctionalNetworks.component_table`` (every key it returns is declared here)."""
+
     id: int
     layer: int
     index: int
+    run: int
     n_key: int
     peak_z: float
     stability: float
+    stable: bool
     top_genre: str | None = None
     genre_selectivity: float | None = None
     label: str
@@ -236,10 +234,11 @@ class TimeCourse(BaseModel):
     n_tokens: int
 
 
-class TopToken(Flexible):
+class TopToken(BaseModel):
     token: str
     value: float
     doc: int
+    position: int
     label: str | None = None
     left: str
     right: str

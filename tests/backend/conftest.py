@@ -50,3 +50,15 @@ def worker(settings, tmp_path):
     proc.stop()
 
 
+@pytest.fixture
+def finished(settings):
+    """A client whose app runs jobs inline (no worker process) and a small succeeded analysis: (client, id)."""
+    from fastapi.testclient import TestClient
+
+    from backend.app.main import create_app
+
+    with TestClient(create_app(settings, immediate=True)) as client:
+        job = client.post("/api/analyses", json={"model": "tiny-llama", "corpus": "pydoc", "n_texts": 12,
+                                                 "max_tokens": 64, "n_components": 4}).json()
+        assert client.get(f"/api/analyses/{job['id']}").json()["status"] == "succeeded"
+        yield client, job["id"]

@@ -11,21 +11,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 from fastapi.testclient import TestClient
 
 from backend.app.main import create_app
 from backend.app.services import analyses
-
-SMALL = {"model": "tiny-llama", "corpus": "pydoc", "n_texts": 12, "max_tokens": 64, "n_components": 4}
-
-
-@pytest.fixture
-def finished(settings):
-    with TestClient(create_app(settings, immediate=True)) as client:
-        job = client.post("/api/analyses", json=SMALL).json()
-        assert client.get(f"/api/analyses/{job['id']}").json()["status"] == "succeeded"
-        yield client, job["id"]
 
 
 def test_concurrent_downloads_of_one_artifact(finished, settings, monkeypatch):

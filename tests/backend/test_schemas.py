@@ -1,0 +1,42 @@
+"""Library results cross the API through explicit models: every key the library returns is declared
+(nothing is dropped silently) and every reply holds exactly the declared keys (the schema is true)."""
+
+from __future__ import annotations
+
+from backend.app import schemas
+from backend.app.services import analyses
+
+
+def test_networks_table_rows_are_declared(finished, settings):
+    client, job_id = finished
+    networks = analyses.load_networks(settings, client.app.state.store, job_id)
+    library_keys = set(networks.component_table()[0])
+    declared = set(schemas.ComponentRow.model_fields)
+    assert library_keys <= declared, f"undeclared keys from the library: {library_keys - declared}"
+    rows = client.get(f"/api/analyses/{job_id}/networks").json()["components"]
+    assert rows and all(set(row) == declared for row in rows)
+
+
+def test_component_detail_and_top_tokens_are_declared(finished, settings):
+    client, job_id = finished
+    networks = analyses.load_networks(settings, client.app.state.store, job_id)
+    library_token = networks.component_detail(0)["top_tokens"][0]
+    assert set(library_token) <= set(schemas.TopToken.model_fields), set(library_token)
+    detail = client.get(f"/api/analyses/{job_id}/networks/0").json()
+    assert set(detail) == set(schemas.ComponentDetail.model_fields)
+    assert all(set(t) == set(schemas.TopToken.model_fields) for t in detail["top_tokens"])
+    assert set(detail["map"]) == set(schemas.MapArray.model_fields)
+
+
+def test_preview_is_the_declared_plan(finished):
+    client, job_id = finished
+    preview = client.post(f"/api/analyses/{job_id}/preview", json={"target_ratio": 0.05})
+    assert preview.status_code == 200, preview.text
+    assert set(preview.json()) == set(schemas.PreviewResult.model_fields)
+
+
+def test_no_response_model_passes_unknown_keys_through():
+    for name in dir(schemas):
+        model = getattr(schemas, name)
+        if isinstance(model, type) and issubclass(model, schemas.BaseModel):
+            assert model.model_config.get("extra") != "allow", f"{name} lets undeclared keys through"
