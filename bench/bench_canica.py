@@ -2,6 +2,9 @@
 
     python bench/capture_default.py /tmp/acts40          # default model, 40 Brown docs x 512 tokens
     python bench/bench_canica.py /tmp/acts40 --layers 5,10,15,20,25 --out bench/results/canica.json
+    # a quick check of the script (2 layers, 32 components, 3 seeds; ~9 min on a busy 2-core CPU):
+    python bench/capture_default.py /tmp/acts8 --texts 8 --max-tokens 256
+    python bench/bench_canica.py /tmp/acts8 --layers 5,10 --components 32 --seeds 0,1,2 --thorough ''
 
 Faithful (METHOD.md §1.4): all activations of a layer in memory as float64, z-scored, exact full SVD,
 U = top-k right singular vectors, scikit-learn FastICA (parallel, cube, tol 1e-4, max_iter 300) with
@@ -14,6 +17,13 @@ the paper's own budget); each method's set is its top-N neurons by score (fnprun
 Reported: wall time per layer, the peak RSS of this process, the Jaccard index over every pair of
 seeds (mean, min, the pair 0/1), between methods, and between fnprune's default restart budget
 and a thorough one (``--thorough``, 10 restarts x 300 iterations).
+
+Stability of the networks themselves (``fnprune.stability.seed_stability``, issue 12), per layer and
+method: how many of the k components are reproduced in every other seed (Hungarian-matched map
+|corr| ≥ ``--min-corr``), the share of key neurons that a reproduced network makes key (vs another
+network, vs only fnprune's unresolved-subspace energy), the mask Jaccard across seeds, the Jaccard
+against a PCA-leverage-only mask at the same budget (no ICA), and the chance Jaccard of random sets
+of that size. Printed as a Markdown table at the end and stored under ``"stability"`` per layer.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import numpy as np
 
 from fnprune.capture import ActivationStore
 from fnprune.ica import CanICA
+from fnprune.stability import SeedFit, seed_stability
 
 
 def faithful_maps(X: np.ndarray, k: int, seed: int, U: np.ndarray | None = None):
@@ -69,6 +80,23 @@ def pair_stats(sets: list[set]) -> dict:
     return {"mean": float(np.mean(js)), "min": float(np.min(js)), "pair01": js[0], "n_pairs": len(js)}
 
 
+def stability_table(rows: list[dict], k: int) -> str:
+    """The per-layer stability table (BENCHMARKS.md §2) as Markdown."""
+    lines = [f"| layer | method | reproducible networks (of {k}), mean / min over seeds | key neurons from "
+             "reproducible networks / other networks / unresolved energy | mask Jaccard across seeds, mean "
+             "(min) | leverage-control Jaccard | chance Jaccard | budget |", "|" + "---|" * 8]
+    for row in rows:
+        for method, st in row["stability"].items():
+            lev = st["leverage_jaccard"]
+            lines.append(
+                f"| {row['layer']} | {method} | {np.mean(st['n_reproducible']):.1f} / {min(st['n_reproducible'])} "
+                f"| {st['key_share_reproducible']:.2f} / {st['key_share_other_networks']:.2f} / "
+                f"{st['key_share_unresolved']:.2f} | {st['mask_jaccard']['mean']:.2f} ({st['mask_jaccard']['min']:.2f}) "
+                f"| {'—' if lev is None else format(lev['mean'], '.2f')} | {st['chance_jaccard']:.2f} "
+                f"| {st['budget']} of {st['n_neurons']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("store")
@@ -81,6 +109,8 @@ def main() -> None:
                         help="RESTARTSxITERATIONS of a thorough fnprune run to compare the default budget with "
                              "(seeds 0 and 1); '' to skip")
     parser.add_argument("--skip-faithful", action="store_true")
+    parser.add_argument("--min-corr", type=float, default=0.9, help="matched |corr| of a reproduced network")
+    parser.add_argument("--max-tokens", type=int, default=None, help="use only the first N tokens (quick checks)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     n_init = args.n_init or CanICA().n_init
@@ -91,19 +121,27 @@ def main() -> None:
     results = []
     for layer in [int(x) for x in args.layers.split(",")]:
         X = store.layer_matrix(layer)
-        row: dict = {"layer": layer}
+        if args.max_tokens:
+            X = X[:args.max_tokens]
+        row: dict = {"layer": layer, "stability": {}}
         budget = None
         if not args.skip_faithful:
             t0 = time.perf_counter()
             maps, U = faithful_maps(np.asarray(X), args.components, seeds[0])
             row["faithful_s"] = time.perf_counter() - t0
             scores = [neuron_scores(maps, store.width)]
+            leverage = (U ** 2).sum(1)                       # the exact subspace's PCA leverage
+            faithful_fits = [SeedFit(maps, leverage=leverage)]
             for seed in seeds[1:]:
-                scores.append(neuron_scores(faithful_maps(None, args.components, seed, U=U)[0], store.width))
+                maps_s = faithful_maps(None, args.components, seed, U=U)[0]
+                scores.append(neuron_scores(maps_s, store.width))
+                faithful_fits.append(SeedFit(maps_s, leverage=leverage))
             budget = int((scores[0] > args.threshold).sum())
             faithful_sets = [top_set(sc, budget) for sc in scores]
             row.update(budget=budget, faithful_jaccard_seeds=pair_stats(faithful_sets))
-        fn_sets, consensus_scores, n_stable, times = [], [], [], []
+            row["stability"]["faithful"] = seed_stability(faithful_fits, budget, width=store.width,
+                                                          min_corr=args.min_corr).as_dict()
+        fn_sets, consensus_scores, n_stable, times, fn_fits = [], [], [], [], []
         for seed in seeds:
             t0 = time.perf_counter()
             ica = CanICA(args.components, n_init=n_init, random_state=seed).fit(X)
@@ -116,6 +154,9 @@ def main() -> None:
             fn_sets.append(top_set(score, budget))
             consensus_scores.append(neuron_scores(ica.components_, store.width))
             n_stable.append(int(ica.stable_.sum()))
+            fn_fits.append(SeedFit.from_canica(ica))
+        row["stability"]["fnprune"] = seed_stability(fn_fits, budget, width=store.width,
+                                                     min_corr=args.min_corr).as_dict()
         row.update(fnprune_s=float(np.mean(times)), n_init=n_init, fnprune_jaccard_seeds=pair_stats(fn_sets),
                    consensus_maps_jaccard_seeds=pair_stats([top_set(c, budget) for c in consensus_scores]),
                    n_stable_components=n_stable)
@@ -135,10 +176,11 @@ def main() -> None:
                        n_stable_thorough=stable_t)
         print(json.dumps(row), flush=True)
         results.append(row)
-    summary = {"store": args.store, "n_tokens": store.n_tokens, "components": args.components,
+    summary = {"store": args.store, "n_tokens": min(args.max_tokens or store.n_tokens, store.n_tokens), "components": args.components,
                "threshold": args.threshold, "seeds": seeds, "layers": results,
                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
     print(json.dumps({k: v for k, v in summary.items() if k != "layers"}))
+    print(stability_table(results, args.components))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(summary, indent=1))

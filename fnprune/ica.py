@@ -456,8 +456,8 @@ class CanICA(TransformerMixin, BaseEstimator):
     max_iter : int or None, FastICA iterations. None: 300 for a single run (the paper's), 50 per
         restart when ``n_init > 1``. In a flat spectrum the symmetric iteration never converges as
         a whole: the components every restart finds converge within a few tens of iterations, the
-        rest keep rotating in their subspace, which step 6 replaces by a seed-free expectation
-        anyway (BENCHMARKS.md §2 measures 50 against 300).
+        rest keep rotating in their subspace, which step 6 replaces by the unresolved-subspace
+        energy anyway (BENCHMARKS.md §2 measures 50 against 300).
     tol : float > 0, FastICA stopping rule
     n_power_iter : int ≥ 0, power iterations of the randomized subspace
     chunk_size : int, rows streamed at a time
