@@ -44,7 +44,7 @@ from .recipe import METHODS, Calibration, PruningSpec, check_networks_match, pru
 
 NETWORK_METHODS = ("paper", "fn", "fn-flap")
 DEFAULT_METHODS = ("paper", "fn", "fn-flap", "random", "magnitude", "wanda-sp", "flap")
-REPAIR_CHOICES = ("native", "lstsq", "bias", "none")
+REPAIR_CHOICES = ("native", "lstsq", "sequential", "bias", "none")
 DEFAULT_REPAIRS = ("native", "lstsq")
 N_BOOTSTRAP = 2000
 
@@ -227,7 +227,8 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
     for i, (ratio, method, allocation, repair) in enumerate(jobs):
         report(progress, "compare", i / len(jobs), f"{method} ({allocation}, {repair}) at {ratio:.0%}")
         spec = PruningSpec(method=method, target_ratio=ratio, networks=None if networks is None else tuple(networks),
-                           allocation=allocation, repair=repair, seed=seed,
+                           allocation=allocation, repair="lstsq" if repair == "sequential" else repair,
+                           sequential=repair == "sequential", seed=seed,
                            protected_layers=None if protected_layers is None else tuple(protected_layers))
         rows.append(_run_job(model, tokenizer, fn if method != "paper" else paper_fn, fn, spec, calibration,
                              scorers, fidelity_ids, fidelity_docs, max_tokens, batch_size))
@@ -279,7 +280,8 @@ def _fidelity_networks(fn, networks, fidelity, protected_layers) -> list[int]:
 
 def _run_job(model, tokenizer, fn, fidelity_fn, spec: PruningSpec, calibration: Calibration, scorers, fidelity_ids,
              fidelity_docs, max_tokens, batch_size) -> dict:
-    base = {"method": spec.method, "allocation": spec.allocation, "repair": spec.repair, "ratio": spec.target_ratio}
+    base = {"method": spec.method, "allocation": spec.allocation,
+            "repair": "sequential" if spec.sequential else spec.repair, "ratio": spec.target_ratio}
     pruned = copy.deepcopy(model)
     try:
         started = time.perf_counter()
