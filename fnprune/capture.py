@@ -26,9 +26,10 @@ import torch
 
 from .corpus import Document
 from .errors import ConfigError, CorpusError, FnpruneError, RunDirError
-from .mlp import SIGNALS, backbone, find_mlps
-from .models import resolve_device
+from .mlp import SIGNALS, MLPAdapter, backbone, find_mlps
+from .models import model_device
 from .progress import ProgressCallback, report
+from .tokens import encode_documents, padded_batches
 
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 _F16_MAX = float(np.finfo(np.float16).max)
@@ -129,15 +130,6 @@ class LayerMatrix:
         return out if dtype is None else out.astype(dtype)
 
 
-def tokenize_documents(tokenizer, docs: list[Document], max_tokens: int) -> list[list[int]]:
-    """Token ids per document, truncated to ``max_tokens``."""
-    out = []
-    for doc in docs:
-        ids = tokenizer(doc.text, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]
-        out.append(list(ids))
-    return out
-
-
 class _StopForward(Exception):
     """Raised by a hook after the last captured layer: the rest of the forward pass is skipped."""
 
@@ -150,6 +142,132 @@ def _pwrite_all(fd: int, block: np.ndarray, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+def _check_options(docs: list[Document], max_tokens: int, batch_size: int, dtype: str,
+                   signals: tuple[str, ...]) -> None:
+    if not docs:
+        raise CorpusError("no documents to capture")
+    if max_tokens < 2:
+        raise ConfigError(f"max_tokens must be at least 2, got {max_tokens}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if not signals or set(signals) - set(SIGNALS):
+        raise ConfigError(f"signals must be a non-empty subset of {SIGNALS}, got {signals}")
+
+
+def _captured_layers(adapters: list[MLPAdapter], layers: list[int] | None) -> tuple[list[int], int]:
+    """The sorted layers to capture and their (common) MLP width."""
+    all_layers = [a.layer for a in adapters]
+    layers = all_layers if layers is None else sorted(set(int(x) for x in layers))
+    if not layers or set(layers) - set(all_layers):
+        raise ConfigError(f"layers must be a non-empty subset of 0..{len(adapters) - 1}, got {layers}")
+    width = adapters[layers[0]].width
+    if any(adapters[lyr].width != width for lyr in layers):
+        raise ConfigError("captured layers have different MLP widths; capture them separately")
+    return layers, width
+
+
+class _LayerFiles:
+    """The pre-allocated ``layer_NNN_SIGNAL.npy`` files of a store being written, open for ``pwrite``."""
+
+    def __init__(self, directory: Path, layers: list[int], signals: tuple[str, ...], n_tokens: int, width: int,
+                 dtype: str):
+        self.width, self.dtype = width, dtype
+        self.itemsize = np.dtype(_DTYPES[dtype]).itemsize
+        self.files: dict[tuple[int, str], tuple[int, int]] = {}  # (layer, signal) -> (descriptor, data offset)
+        try:
+            for lyr in layers:
+                for sig in signals:
+                    path = directory / f"layer_{lyr:03d}_{sig}.npy"
+                    header = np.lib.format.open_memmap(path, mode="w+", dtype=_DTYPES[dtype], shape=(n_tokens, width))
+                    offset = header.offset
+                    del header
+                    self.files[(lyr, sig)] = (os.open(path, os.O_WRONLY), offset)
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, layer: int, signal: str, values: torch.Tensor, row0: int) -> None:
+        """Store ``values`` ``(rows, width)`` from row ``row0`` on; non-finite values are an error."""
+        lo, hi = (float(v) for v in torch.aminmax(values))     # NaN propagates; one pass, no copy
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = int((~torch.isfinite(values)).sum())
+            raise FnpruneError(f"layer {layer} signal {signal}: {bad} non-finite activations (NaN/inf); "
+                               "the model produces them on this text (try float32 weights)")
+        if self.dtype == "float16" and max(-lo, hi) > _F16_MAX:
+            values = values.clamp(-_F16_MAX, _F16_MAX)
+        block = values.to(torch.float16 if self.dtype == "float16" else torch.float32).cpu().contiguous().numpy()
+        fd, offset = self.files[(layer, signal)]
+        _pwrite_all(fd, block, offset + row0 * self.width * self.itemsize)
+
+    def close(self) -> None:
+        for fd, _ in self.files.values():
+            os.close(fd)
+        self.files = {}
+
+
+def _forward_batches(model, adapters: list[MLPAdapter], layers: list[int], signals: tuple[str, ...],
+                     token_ids: list[list[int]], recorded: list[list[int]], files: _LayerFiles, *,
+                     batch_size: int, pad_id: int, progress: ProgressCallback | None) -> None:
+    """Run the backbone over right-padded batches; hooks write the recorded positions' signals in order."""
+    device = model_device(model)
+    n_tokens = sum(len(r) for r in recorded)
+    batch: dict = {}  # flat (batch*seq) indices of the recorded positions, and the store row of the first
+
+    def sink_for(layer: int):
+        def sink(signal: str, tensor: torch.Tensor, post=None) -> None:
+            flat = tensor.reshape(-1, tensor.shape[-1])  # (batch*seq, I)
+            values = flat if batch["dense"] else flat.index_select(0, batch["flat_idx"])  # (recorded, I)
+            files.write(layer, signal, values if post is None else post(values), batch["row0"])
+
+        return sink
+
+    def stop(module, inputs, output):  # nothing after the last captured layer is needed
+        raise _StopForward
+
+    handles = []
+    try:
+        for lyr in layers:
+            handles += adapters[lyr].register_signal_hooks(signals, sink_for(lyr))
+        handles.append(adapters[layers[-1]].module.register_forward_hook(stop))
+        forward = backbone(model)
+        row = 0
+        n_batches = math.ceil(len(token_ids) / batch_size)
+        for b, (input_ids, attention) in enumerate(padded_batches(token_ids, batch_size, pad_id)):
+            seq = input_ids.shape[1]
+            flat_idx = [i * seq + p for i, rec in enumerate(recorded[b * batch_size:(b + 1) * batch_size])
+                        for p in rec]
+            batch.update(flat_idx=torch.tensor(flat_idx, dtype=torch.long, device=device),
+                         dense=len(flat_idx) == input_ids.numel(), row0=row)
+            if flat_idx:
+                try:
+                    forward(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
+                except _StopForward:
+                    pass
+            row += len(flat_idx)
+            report(progress, "capture", (b + 1) / n_batches, f"{row}/{n_tokens} tokens")
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _write_token_table(directory: Path, tokenizer, token_ids: list[list[int]], recorded: list[list[int]]) -> None:
+    """``tokens.npz`` (document index, position, token id per recorded token) and ``token_text.json``."""
+    doc_idx = np.concatenate([np.full(len(r), i, dtype=np.int32) for i, r in enumerate(recorded)])
+    pos = np.concatenate([np.asarray(r, dtype=np.int32) for r in recorded])
+    tok = np.concatenate([np.asarray(ids, dtype=np.int32)[r] for ids, r in zip(token_ids, recorded, strict=True)
+                          if len(r)])
+    np.savez(directory / "tokens.npz", doc=doc_idx, pos=pos, token_id=tok)
+    vocab_text: dict[int, str] = {}
+    texts = []
+    for t in tok.tolist():
+        if t not in vocab_text:
+            vocab_text[t] = tokenizer.decode([t])
+        texts.append(vocab_text[t])
+    (directory / "token_text.json").write_text(json.dumps(texts))
+
+
 @torch.inference_mode()
 def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | Path, *,
                         max_tokens: int = 512, batch_size: int = 4, layers: list[int] | None = None,
@@ -159,27 +277,13 @@ def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | P
 
     The store appears atomically: it is written to ``out_dir.partial`` and renamed when complete.
     """
-    if not docs:
-        raise CorpusError("no documents to capture")
-    if max_tokens < 2:
-        raise ConfigError(f"max_tokens must be at least 2, got {max_tokens}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    if dtype not in _DTYPES:
-        raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     signals = tuple(signals)
-    if not signals or set(signals) - set(SIGNALS):
-        raise ConfigError(f"signals must be a non-empty subset of {SIGNALS}, got {signals}")
+    _check_options(docs, max_tokens, batch_size, dtype, signals)
     adapters = find_mlps(model)
-    all_layers = [a.layer for a in adapters]
-    layers = all_layers if layers is None else sorted(set(int(x) for x in layers))
-    if not layers or set(layers) - set(all_layers):
-        raise ConfigError(f"layers must be a non-empty subset of 0..{len(adapters) - 1}, got {layers}")
-    width = adapters[layers[0]].width
-    if any(adapters[lyr].width != width for lyr in layers):
-        raise ConfigError("captured layers have different MLP widths; capture them separately")
+    layers, width = _captured_layers(adapters, layers)
 
-    token_ids = tokenize_documents(tokenizer, docs, max_tokens)
+    # every document keeps its place (min_tokens=0); special tokens are fed to the model, never recorded
+    token_ids = encode_documents(tokenizer, docs, max_tokens, min_tokens=0)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     recorded = [[p for p, t in enumerate(ids) if t not in special] for ids in token_ids]
     n_tokens = sum(len(r) for r in recorded)
@@ -190,96 +294,19 @@ def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | P
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    itemsize = np.dtype(_DTYPES[dtype]).itemsize
-    stores = {}  # (layer, signal) -> (file descriptor, offset of the data)
-    for lyr in layers:
-        for sig in signals:
-            path = partial / f"layer_{lyr:03d}_{sig}.npy"
-            header = np.lib.format.open_memmap(path, mode="w+", dtype=_DTYPES[dtype], shape=(n_tokens, width))
-            offset = header.offset
-            del header
-            stores[(lyr, sig)] = (os.open(path, os.O_WRONLY), offset)
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    # Per batch: flat (batch*seq) indices of the recorded positions and their row in the store.
-    state: dict = {}
-
-    def make_sink(layer: int):
-        def sink(signal: str, tensor: torch.Tensor, post=None) -> None:
-            flat = tensor.reshape(-1, tensor.shape[-1])
-            values = flat if state["dense"] else flat.index_select(0, state["flat_idx"])
-            if post is not None:
-                values = post(values)
-            lo, hi = (float(v) for v in torch.aminmax(values))     # NaN propagates; one pass, no copy
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                bad = int((~torch.isfinite(values)).sum())
-                raise FnpruneError(f"layer {layer} signal {signal}: {bad} non-finite activations (NaN/inf); "
-                                   "the model produces them on this text (try float32 weights)")
-            if dtype == "float16" and max(-lo, hi) > _F16_MAX:
-                values = values.clamp(-_F16_MAX, _F16_MAX)
-            block = values.to(torch.float16 if dtype == "float16" else torch.float32).cpu().contiguous().numpy()
-            fd, offset = stores[(layer, signal)]
-            _pwrite_all(fd, block, offset + state["row0"] * width * itemsize)
-
-        return sink
-
-    # stop the forward pass after the last captured layer (nothing later is needed)
-    last_layer = adapters[layers[-1]].module
-
-    def stop(module, inputs, output):
-        raise _StopForward
-
-    handles = []
     try:
-        for lyr in layers:
-            handles += adapters[lyr].register_signal_hooks(signals, make_sink(lyr))
-        handles.append(last_layer.register_forward_hook(stop))
-        forward = backbone(model)
-        row = 0
-        n_batches = (len(docs) + batch_size - 1) // batch_size
-        for b in range(n_batches):
-            batch_ids = token_ids[b * batch_size:(b + 1) * batch_size]
-            batch_rec = recorded[b * batch_size:(b + 1) * batch_size]
-            seq = max(len(ids) for ids in batch_ids)
-            input_ids = torch.full((len(batch_ids), seq), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch_ids), seq), dtype=torch.long)
-            flat_idx = []
-            for i, (ids, rec) in enumerate(zip(batch_ids, batch_rec, strict=True)):
-                input_ids[i, :len(ids)] = torch.tensor(ids)
-                attention[i, :len(ids)] = 1
-                flat_idx += [i * seq + p for p in rec]
-            n_rec = len(flat_idx)
-            state.update(flat_idx=torch.tensor(flat_idx, dtype=torch.long, device=device),
-                         dense=n_rec == len(batch_ids) * seq, row0=row, row1=row + n_rec)
-            if n_rec:
-                try:
-                    forward(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
-                except _StopForward:
-                    pass
-            row += n_rec
-            report(progress, "capture", (b + 1) / n_batches, f"{row}/{n_tokens} tokens")
+        files = _LayerFiles(partial, layers, signals, n_tokens, width, dtype)
+        try:
+            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            _forward_batches(model, adapters, layers, signals, token_ids, recorded, files, batch_size=batch_size,
+                             pad_id=pad_id, progress=progress)
+        finally:
+            files.close()
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    finally:
-        for h in handles:
-            h.remove()
-        for fd, _ in stores.values():
-            os.close(fd)
 
-    doc_idx = np.concatenate([np.full(len(r), i, dtype=np.int32) for i, r in enumerate(recorded)])
-    pos = np.concatenate([np.asarray(r, dtype=np.int32) for r in recorded])
-    tok = np.concatenate([np.asarray(ids, dtype=np.int32)[r] for ids, r in zip(token_ids, recorded, strict=True)
-                          if len(r)])
-    np.savez(partial / "tokens.npz", doc=doc_idx, pos=pos, token_id=tok)
-    vocab_text = {}
-    texts = []
-    for t in tok.tolist():
-        if t not in vocab_text:
-            vocab_text[t] = tokenizer.decode([t])
-        texts.append(vocab_text[t])
-    (partial / "token_text.json").write_text(json.dumps(texts))
+    _write_token_table(partial, tokenizer, token_ids, recorded)
     meta = {"n_tokens": n_tokens, "layers": layers, "width": width, "signals": list(signals), "dtype": dtype,
             "max_tokens": max_tokens,
             "documents": [{"id": d.id, "label": d.label, "n_tokens": len(r)} for d, r in zip(docs, recorded, strict=True)]}
@@ -288,10 +315,3 @@ def capture_activations(model, tokenizer, docs: list[Document], out_dir: str | P
         shutil.rmtree(out_dir)
     os.replace(partial, out_dir)
     return ActivationStore(out_dir)
-
-
-def default_device_model(model, device: str = "auto"):
-    """Move ``model`` to ``device`` ("auto" = CUDA when present) unless it is spread by accelerate."""
-    if getattr(model, "hf_device_map", None):
-        return model
-    return model.to(resolve_device(device))

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from .errors import CorpusError
-from .mlp import find_mlps
+from .mlp import parameter_counts
+from .models import model_device
 from .progress import ProgressCallback, report
-from .prune import encode_documents, model_device
+from .tokens import encode_documents, padded_batches
 
 DEFAULT_PROMPTS = (
     "The capital of France is",
@@ -47,8 +48,6 @@ def per_document_perplexity(model: nn.Module, tokenizer, docs, *, window: int = 
     """Perplexity with every document scored separately on its first ``window`` tokens (padding
     masked) -- the protocol of METHOD §2's measured table. Same keys as :func:`perplexity`
     (``unit_nll``/``unit_tokens`` per document when ``keep_units``)."""
-    from .prune import padded_batches
-
     sequences = encode_documents(tokenizer, docs, window)
     if not sequences:
         raise CorpusError("no held-out document has at least 2 tokens")
@@ -118,14 +117,6 @@ def perplexity(model: nn.Module, tokenizer, docs, *, window: int = 512, batch_si
     finally:
         model.train(was_training)
     return _ppl_result(unit_nll, unit_tokens, window, keep_units)
-
-
-def parameter_counts(model: nn.Module) -> dict:
-    """Total (tied parameters once) and MLP parameter counts, and per-layer MLP widths."""
-    adapters = find_mlps(model)
-    return {"total_params": sum(p.numel() for p in model.parameters()),
-            "mlp_params": sum(a.n_params for a in adapters),
-            "widths": [a.width for a in adapters]}
 
 
 def size_on_disk(path: str | os.PathLike) -> int:

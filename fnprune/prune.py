@@ -27,9 +27,19 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .mlp import MLPAdapter, _is_conv1d, backbone, default_protected_layers, find_mlps
+from .mlp import (
+    MLPAdapter,
+    _is_conv1d,
+    backbone,
+    default_protected_layers,
+    find_mlps,
+    parameter_counts,
+    total_parameters,
+)
+from .models import model_device
 from .progress import ProgressCallback, report
 from .repair import DEFAULT_RIDGE, LayerFit, down_weight_by_neuron, refit_down
+from .tokens import encode_documents, padded_batches
 
 BASELINES = ("random", "magnitude", "wanda-sp", "flap")
 
@@ -58,11 +68,6 @@ def check_target_ratio(target_ratio: float) -> float:
         raise ConfigError(f"target ratio must be strictly between 0 and 1 (fraction of all parameters "
                           f"to remove), got {target_ratio}")
     return ratio
-
-
-def total_parameters(model: nn.Module) -> int:
-    """All parameters, tied ones counted once."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def params_to_remove(model: nn.Module, target_ratio: float) -> int:
@@ -134,39 +139,6 @@ class DownInputStats:
     @property
     def widths(self) -> list[int]:
         return [int(m.numel()) for m in self.mean]
-
-
-def _text_of(doc) -> str:
-    return doc if isinstance(doc, str) else doc.text
-
-
-def encode_documents(tokenizer, docs, max_tokens: int | None) -> list[list[int]]:
-    """Token ids per document (truncated to ``max_tokens``), empty documents dropped."""
-    out = []
-    for doc in docs:
-        ids = tokenizer(_text_of(doc), add_special_tokens=True)["input_ids"]
-        if max_tokens is not None:
-            ids = ids[:max_tokens]
-        if len(ids) >= 2:
-            out.append(list(ids))
-    return out
-
-
-def padded_batches(sequences: list[list[int]], batch_size: int, pad_id: int = 0):
-    """Yield ``(input_ids, attention_mask)`` LongTensors ``(batch, max_len)``, right-padded."""
-    for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start:start + batch_size]
-        length = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), length), dtype=torch.long)
-        for row, seq in enumerate(chunk):
-            ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, :len(seq)] = 1
-        yield ids, mask
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 class _StopForward(Exception):
@@ -571,12 +543,7 @@ def prune_baseline(model: nn.Module, method: str, target_ratio: float | None = N
     return prune_model(model, keep, bias=stats if use_bias else None)
 
 
-def widths_summary(model: nn.Module) -> dict:
-    """Per-layer widths and parameter counts of a (pruned) model."""
-    adapters = find_mlps(model)
-    return {"widths": [a.width for a in adapters],
-            "mlp_params": sum(a.n_params for a in adapters),
-            "total_params": total_parameters(model)}
+widths_summary = parameter_counts  # per-layer widths and parameter counts of a (pruned) model
 
 
 # -- attention heads (whole GQA groups) ------------------------------------------------------------

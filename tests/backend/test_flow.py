@@ -165,7 +165,7 @@ def _cli_and_compare_keep_the_same_neurons(settings, analysis_id, chosen, worker
     """One recipe: `fnprune prune` and `fnprune compare` on the worker's inputs keep the very same neurons."""
     import argparse
 
-    from fnprune import cli_prune
+    from fnprune.cli import pruning as cli_pruning
     from fnprune.compare import compare
     from fnprune.corpus import load_corpus
     from fnprune.models import load_model
@@ -174,7 +174,7 @@ def _cli_and_compare_keep_the_same_neurons(settings, analysis_id, chosen, worker
 
     run_dir = settings.job_dir("analysis", analysis_id) / "run"
     parser = argparse.ArgumentParser()
-    cli_prune.add_subcommands(parser.add_subparsers())
+    cli_pruning.add_subcommands(parser.add_subparsers())
     args = parser.parse_args(["prune", str(run_dir), "--target-ratio", "0.05", "--networks",
                               ",".join(map(str, chosen)), "--heads", "0.5", "--corpus", "pydoc", "--calib-docs", "12",
                               "--max-tokens", "64", "--fidelity", "0", "--quiet", "--out", str(tmp_path / "cli")])

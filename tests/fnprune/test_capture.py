@@ -33,6 +33,22 @@ def test_padding_never_recorded_and_order_kept(tiny, tmp_path):
     assert three.token_labels[:1] == ["x"] and [d["label"] for d in three.documents] == ["x", "y", "x"]
 
 
+def test_capture_tokenises_like_calibration(tiny, tmp_path):
+    """One tokenisation (fnprune.tokens): capture records every non-special id of the same cut documents
+    that calibration, perplexity and fidelity feed the model; a truncated document loses its end."""
+    from fnprune.tokens import encode_documents
+
+    model, tok = tiny
+    docs = DOCS + [Document("d", "<eos>Hi<eos>", "z"), Document("e", "", "z")]
+    store = capture_activations(model, tok, docs, tmp_path / "s", max_tokens=8, batch_size=2)
+    ids = encode_documents(tok, docs, 8, min_tokens=0)
+    assert [len(i) for i in ids] == [8, 3, 8, 4, 0]
+    assert encode_documents(tok, docs, 8) == [i for i in ids if len(i) >= 2]
+    assert [d["n_tokens"] for d in store.documents] == [8, 3, 8, 2, 0]  # the two <eos> are fed, not recorded
+    assert store.token_ids.tolist() == [t for i in ids for t in i if t != tok.eos_token_id]
+    assert "".join(store.token_text[:8]) == DOCS[0].text[:8]
+
+
 def test_store_matches_a_plain_forward_pass(tiny, tmp_path):
     model, tok = tiny
     store = capture_activations(model, tok, DOCS[:1], tmp_path / "s", dtype="float32", signals=("act", "up", "down_in"))

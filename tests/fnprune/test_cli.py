@@ -7,7 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from fnprune.cli import main
+from fnprune.cli import build_parser, main
+from fnprune.cli._args import int_list
+from fnprune.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +36,30 @@ def test_analyze_networks_mask_export(run_dir, tmp_path, capsys):
     assert (tmp_path / "maps.nii.gz").stat().st_size > 0
 
 
+def test_every_subcommand_is_registered():
+    """No subcommand may silently disappear (an import error is an error, not a shorter command list)."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert sorted(sub.choices) == ["analyze", "compare", "evaluate", "export", "fetch-data", "mask", "networks",
+                                   "prune", "serve"]
+    for name, parser in sub.choices.items():
+        assert callable(parser.get_default("func")), name
+
+
+def test_int_list_is_one_rule():
+    assert int_list("1, 5,9", "--networks") == [1, 5, 9]
+    assert int_list(None, "--networks") is None and int_list(" ", "--networks") is None
+    assert int_list("all", "--layers", allow_all=True) is None
+    with pytest.raises(ConfigError, match="--networks must be comma-separated integers, got 'all'"):
+        int_list("all", "--networks")
+    with pytest.raises(ConfigError, match="--windows must be comma-separated integers"):
+        int_list("512,x", "--windows")
+
+
 @pytest.mark.parametrize("argv,message", [
     (["mask", "RUN", "--target-ratio", "1.5"], "target_ratio must be between 0 and 1"),
-    (["mask", "RUN", "--networks", "1,x"], "comma-separated integers"),
+    (["mask", "RUN", "--networks", "1,x"], "--networks must be comma-separated integers"),
+    (["prune", "RUN", "--networks", "1,x", "--out", "OUT"], "--networks must be comma-separated integers"),
+    (["compare", "--windows", "512,x", "--out", "OUT"], "--windows must be comma-separated integers"),
     (["mask", "/nonexistent/run"], "not an fnprune run directory"),
     (["analyze", "--model", "/no/such/model", "--corpus", "pydoc", "--out", "OUT"], "does not exist"),
     (["analyze", "--model", "tiny-llama", "--corpus", "nonsense", "--out", "OUT"], "unknown corpus"),

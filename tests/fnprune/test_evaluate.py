@@ -11,7 +11,7 @@ import pytest
 import torch
 from prune_helpers import VOCAB, FakeNetworks, documents, tiny_model, tokenizer
 
-from fnprune.cli_prune import add_subcommands
+from fnprune.cli.pruning import add_subcommands
 from fnprune.compare import METHODS, ablate_networks, compare, parse_methods, parse_ratios
 from fnprune.errors import ConfigError, RunDirError
 from fnprune.evaluate import (
@@ -230,11 +230,11 @@ def tiny_run(tmp_path_factory):
 
 
 def test_cli_prune_end_to_end(tiny_run, tmp_path, monkeypatch):
-    import fnprune.cli_prune as cli_prune
+    import fnprune.cli.pruning as cli_pruning
     from fnprune.pruned_io import load_pruned, read_pruning_info
 
     run_dir, fn = tiny_run
-    monkeypatch.setattr(cli_prune, "_calibration", lambda corpus, n: (documents(20), documents(5)))
+    monkeypatch.setattr(cli_pruning, "_calibration", lambda corpus, n: (documents(20), documents(5)))
     parser = _parser()
     # per-layer widths need fnprune's modelling file; uniform widths are the stock architecture (LLaMA's
     # own mlp_bias switch carries the down bias the repair adds)

@@ -1,23 +1,24 @@
 // Widgets shared by several views: job progress panel, analysis tabs, label selector, downloads.
-import { api, downloadFile, getToken, TERMINAL, watchJob } from "../api.js";
+import { api, downloadFile, signedDownloadUrl, TERMINAL, watchJob } from "../api.js";
 import { el, fmtDuration, fmtPct, showError, showNotice } from "../dom.js";
 import { putLabel } from "../store.js";
 
+// The stages the worker reports (backend/app/services/analyses.py, prunings.py, fnprune.recipe), and
+// "queued", which this view shows while a job waits.
 const STAGE_NAMES = {
   queued: "Waiting in the queue",
   load: "Loading the model",
-  load_model: "Loading the model",
-  corpus: "Reading the corpus",
   capture: "Recording MLP activations",
   ica: "Running ICA",
-  canica: "Running ICA",
-  networks: "Scoring networks",
-  stats: "Scoring networks",
-  save: "Saving results",
+  calibrate: "Measuring calibration activations",
+  select: "Choosing the neurons to keep",
   prune: "Pruning",
-  evaluate: "Evaluating",
+  "calibrate heads": "Measuring attention heads",
+  save: "Saving results",
+  "evaluate dense": "Evaluating the dense model",
+  "evaluate pruned": "Evaluating the pruned model",
+  fidelity: "Measuring network fidelity",
   baselines: "Running baselines",
-  export: "Exporting the model",
 };
 
 export function stageName(stage) {
@@ -186,9 +187,8 @@ export function downloadButton(path, filename, label) {
     button.textContent = `${old} …`;
     try {
       if (filename.endsWith(".zip")) {
-        // Big streamed file: let the browser stream it to disk (the API takes ?token= for links).
-        const token = getToken();
-        const href = token ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : path;
+        // Big streamed file: let the browser stream it to disk, through a short-lived signed link.
+        const href = await signedDownloadUrl(path);
         const a = el("a", { href, download: filename });
         document.body.append(a);
         a.click();

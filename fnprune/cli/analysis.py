@@ -1,44 +1,22 @@
-"""The ``fnprune`` command.
-
-    fnprune analyze --model smollm2-135m --corpus brown --texts 40 --max-tokens 512 \\
-        --components 128 --mode per-layer --runs 1 --seed 0 --out RUN_DIR
-    fnprune networks RUN_DIR
-    fnprune mask RUN_DIR --target-ratio 0.2 [--networks 1,5,9] [--threshold Z]
-    fnprune export RUN_DIR --nifti maps.nii.gz [--labels labels.txt] [--mask mask.json]
-    fnprune prune / evaluate / compare     (see fnprune/cli_prune.py)
-    fnprune fetch-data                     (Brown corpus into $FNPRUNE_HOME)
-    fnprune serve [--host H] [--port P]    (API + worker; runs the backend in its own process)
-
-Errors are printed as one line (``error: ...``) with exit status 2; no traceback.
-"""
+"""The ``analyze``, ``networks``, ``mask``, ``export`` and ``fetch-data`` subcommands: functional networks."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError, FnpruneError
+from ..errors import ConfigError
+from ._args import add_batch_options, int_list
 
 
-def _int_list(text: str | None) -> list[int] | None:
-    if text is None or text.strip() in ("", "all"):
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise ConfigError(f"expected comma-separated integers, got {text!r}") from exc
-
-
-def cmd_analyze(args) -> int:
-    from .corpus import load_corpus, split_heldout
-    from .models import load_model
-    from .networks import analyze
-    from .progress import tqdm_progress
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from ..corpus import load_corpus, split_heldout
+    from ..models import load_model
+    from ..networks import DEFAULT_N_INIT, analyze
+    from ..progress import tqdm_progress
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (out / "run.json").exists():
@@ -53,26 +31,27 @@ def cmd_analyze(args) -> int:
     print(f"loading {args.model} ...", file=sys.stderr)
     model, tokenizer = load_model(args.model, device=args.device)
     networks = analyze(model, tokenizer, calibration, n_components=args.components, mode=args.mode,
-                       n_runs=args.runs, n_init=args.n_init, max_tokens=args.max_tokens, random_state=args.seed,
-                       batch_size=args.batch_size, device=args.device, threshold=args.threshold,
-                       layers=_int_list(args.layers), model_spec=args.model, corpus_spec=args.corpus,
-                       progress=tqdm_progress())
+                       n_runs=args.runs, n_init=DEFAULT_N_INIT if args.n_init is None else args.n_init,
+                       max_tokens=args.max_tokens, random_state=args.seed, batch_size=args.batch_size,
+                       device=args.device, threshold=args.threshold,
+                       layers=int_list(args.layers, "--layers", allow_all=True), model_spec=args.model,
+                       corpus_spec=args.corpus, progress=tqdm_progress())
     networks.save(out)
     print(f"{networks.n_components} components over {len(networks.layers)} layers from "
           f"{networks.info['n_tokens']} tokens in {time.perf_counter() - started:.0f} s -> {out}")
     return 0
 
 
-def cmd_networks(args) -> int:
-    from .networks import FunctionalNetworks
+def cmd_networks(args: argparse.Namespace) -> int:
+    from ..networks import FunctionalNetworks
 
     networks = FunctionalNetworks.load(args.run_dir)
     rows = networks.component_table(threshold=args.threshold)
     if args.json:
         print(json.dumps(rows))
         return 0
-    key = lambda r: (-r["stability"], r["id"])  # noqa: E731
-    rows = sorted(rows, key=key) if args.sort == "stability" else rows
+    if args.sort == "stability":
+        rows = sorted(rows, key=lambda r: (-r["stability"], r["id"]))
     print(f"{'id':>5} {'layer':>5} {'idx':>4} {'n_key':>6} {'peak|z|':>8} {'stab':>5} {'top genre':<16} label")
     for r in rows[:args.limit] if args.limit else rows:
         print(f"{r['id']:>5} {r['layer']:>5} {r['index']:>4} {r['n_key']:>6} {r['peak_z']:>8.2f} "
@@ -80,13 +59,14 @@ def cmd_networks(args) -> int:
     return 0
 
 
-def cmd_mask(args) -> int:
-    from .io import export_mask_json
-    from .networks import FunctionalNetworks
+def cmd_mask(args: argparse.Namespace) -> int:
+    from ..io import export_mask_json
+    from ..networks import FunctionalNetworks
 
     networks = FunctionalNetworks.load(args.run_dir)
-    kwargs = dict(threshold=args.threshold, target_ratio=args.target_ratio, networks=_int_list(args.networks),
-                  protected_layers=_int_list(args.protected), uniform=args.uniform)
+    kwargs = dict(threshold=args.threshold, target_ratio=args.target_ratio,
+                  networks=int_list(args.networks, "--networks", allow_all=True),
+                  protected_layers=int_list(args.protected, "--protected", allow_all=True), uniform=args.uniform)
     if args.threshold is None and args.target_ratio is None:
         kwargs["threshold"] = networks.threshold
     plan = networks.plan(**kwargs)
@@ -103,9 +83,9 @@ def cmd_mask(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from .io import export_fix_labels, export_mask_json, export_nifti
-    from .networks import FunctionalNetworks
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..io import export_fix_labels, export_mask_json, export_nifti
+    from ..networks import FunctionalNetworks
 
     networks = FunctionalNetworks.load(args.run_dir)
     if not (args.nifti or args.labels or args.mask):
@@ -120,9 +100,9 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_fetch_data(args) -> int:
-    from .corpus import fetch_brown
-    from .models import list_models
+def cmd_fetch_data(args: argparse.Namespace) -> int:
+    from ..corpus import fetch_brown
+    from ..models import list_models
 
     fetch_brown()
     for model in list_models():
@@ -131,44 +111,27 @@ def cmd_fetch_data(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
-    # fnprune never imports the backend: the web app runs in its own interpreter.
-    command = [sys.executable, "-m", "backend.serve", "--host", args.host, "--port", str(args.port)]
-    if args.api_only:
-        command.append("--api-only")
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    try:
-        return subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        return 130
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fnprune", description="Find functional networks in a language model "
-                                     "and prune it while keeping them.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("analyze", help="capture activations and decompose them into functional networks")
+def add_subcommands(subparsers) -> None:
+    """Register ``analyze``, ``networks``, ``mask``, ``export`` and ``fetch-data``."""
+    p = subparsers.add_parser("analyze", help="capture activations and decompose them into functional networks")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--corpus", default="brown", help="brown, pydoc, a .txt/.jsonl path or hf:NAME")
     p.add_argument("--genres", default=None, help="comma-separated corpus labels to use (Brown genres)")
     p.add_argument("--texts", type=int, default=40, help="number of calibration documents")
-    p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--components", type=int, default=128)
     p.add_argument("--mode", choices=["per-layer", "whole-model"], default="per-layer")
     p.add_argument("--runs", type=int, default=1, help="disjoint batches of documents (masks OR-ed)")
-    p.add_argument("--n-init", type=int, default=None, help="FastICA restarts per decomposition, combined by consensus (default 8; 1 = the paper's single run)")
+    p.add_argument("--n-init", type=int, default=None, help="FastICA restarts per decomposition, combined by "
+                   "consensus (default 8; 1 = the paper's single run)")
     p.add_argument("--layers", default=None, help="comma-separated layers to analyse (default all)")
     p.add_argument("--threshold", type=float, default=3.0, help="default |z| threshold for display")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
+    add_batch_options(p, quiet=False)
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("networks", help="table of the components of a run")
+    p = subparsers.add_parser("networks", help="table of the components of a run")
     p.add_argument("run_dir")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--sort", choices=["id", "stability"], default="id")
@@ -176,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_networks)
 
-    p = sub.add_parser("mask", help="key-neuron mask and per-layer widths for a threshold or target ratio")
+    p = subparsers.add_parser("mask", help="key-neuron mask and per-layer widths for a threshold or target ratio")
     p.add_argument("run_dir")
     p.add_argument("--target-ratio", type=float, default=None, help="fraction of all parameters to remove")
     p.add_argument("--threshold", type=float, default=None)
@@ -187,47 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_mask)
 
-    p = sub.add_parser("export", help="export maps (NIfTI), labels (FSL FIX) and the mask (JSON)")
+    p = subparsers.add_parser("export", help="export maps (NIfTI), labels (FSL FIX) and the mask (JSON)")
     p.add_argument("run_dir")
     p.add_argument("--nifti", default=None)
     p.add_argument("--labels", default=None)
     p.add_argument("--mask", default=None)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("fetch-data", help="fetch the Brown corpus into $FNPRUNE_HOME and check the default model")
+    p = subparsers.add_parser("fetch-data", help="fetch the Brown corpus into $FNPRUNE_HOME and check the default model")
     p.set_defaults(func=cmd_fetch_data)
-
-    p = sub.add_parser("serve", help="start the web app (API + worker)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-only", action="store_true", help="start the API without a worker")
-    p.set_defaults(func=cmd_serve)
-
-    try:
-        from .cli_prune import add_subcommands
-    except ImportError:  # pruning commands not installed
-        pass
-    else:
-        add_subcommands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "n_init", "unset") is None:
-        from .networks import DEFAULT_N_INIT
-
-        args.n_init = DEFAULT_N_INIT
-    try:
-        return int(args.func(args) or 0)
-    except FnpruneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
-"""The ``prune``, ``evaluate`` and ``compare`` subcommands of the ``fnprune`` command.
+"""The ``prune``, ``evaluate`` and ``compare`` subcommands: parse the flags, call the library, report.
 
-``fnprune.cli`` calls :func:`add_subcommands` on its subparsers; each subcommand sets
-``func(args) -> int``. Failures raise :class:`fnprune.errors.FnpruneError` subclasses (the main
-CLI prints their one-line message).
+The pruning itself is :func:`fnprune.recipe.prune_with_networks` (the worker and ``compare`` call
+it too). Failures raise :class:`fnprune.errors.FnpruneError` subclasses (``fnprune.cli.main``
+prints their one-line message).
 """
 
 from __future__ import annotations
@@ -13,27 +13,19 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, RunDirError
-from .progress import tqdm_progress
+from ..errors import ConfigError, RunDirError
+from ..progress import tqdm_progress
+from ._args import add_batch_options, int_list
 
 
-def _int_list(text: str | None, what: str) -> list[int] | None:
-    if text is None or not text.strip():
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as err:
-        raise ConfigError(f"{what} must be integers separated by commas, got {text!r}") from err
-
-
-def _run_model_spec(fn, run_dir: Path) -> str | None:
+def _run_model_spec(fn) -> str | None:
     """The model a run directory was computed on (``run.json``'s ``model_spec``)."""
     spec = fn.info.get("model_spec")
     return spec if isinstance(spec, str) and spec else None
 
 
 def _calibration(corpus: str, n_docs: int):
-    from .corpus import load_corpus, split_heldout
+    from ..corpus import load_corpus, split_heldout
 
     calib, heldout = split_heldout(load_corpus(corpus))
     return calib[:n_docs], heldout
@@ -41,7 +33,7 @@ def _calibration(corpus: str, n_docs: int):
 
 def spec_from_args(args: argparse.Namespace):
     """The :class:`fnprune.recipe.PruningSpec` the ``prune`` flags describe (validated later, once)."""
-    from .recipe import PruningSpec
+    from ..recipe import PruningSpec
 
     allocation = args.allocation
     if args.uniform:
@@ -56,8 +48,8 @@ def spec_from_args(args: argparse.Namespace):
             raise ConfigError("--bias means --repair bias; it contradicts --repair none")
         repair = "bias"
     return PruningSpec(method=args.method, target_ratio=None if args.threshold is not None else args.target_ratio,
-                       threshold=args.threshold, networks=_tuple(_int_list(args.networks, "--networks")),
-                       allocation=allocation, protected_layers=_tuple(_int_list(args.protected, "--protected")),
+                       threshold=args.threshold, networks=_tuple(int_list(args.networks, "--networks")),
+                       allocation=allocation, protected_layers=_tuple(int_list(args.protected, "--protected")),
                        repair=repair, sequential=args.sequential, ridge=args.ridge, heads_fraction=args.heads,
                        seed=args.seed)
 
@@ -67,17 +59,17 @@ def _tuple(values):
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .models import load_model
-    from .networks import FunctionalNetworks
-    from .pruned_io import save_pruned
-    from .recipe import Calibration, prune_with_networks
+    from ..models import load_model
+    from ..networks import FunctionalNetworks
+    from ..pruned_io import save_pruned
+    from ..recipe import Calibration, prune_with_networks
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
     spec = spec_from_args(args).validated(have_networks=True)
     fn = FunctionalNetworks.load(run_dir)
-    model_spec = args.model or _run_model_spec(fn, run_dir)
+    model_spec = args.model or _run_model_spec(fn)
     if model_spec is None:
         raise RunDirError(f"{run_dir} does not name the model it was computed on; pass --model")
     progress = None if args.quiet else tqdm_progress()
@@ -92,7 +84,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             "bias": spec.repair != "none", "heads_fraction": spec.heads_fraction}
     fidelity = None
     if dense is not None:
-        from .fidelity import most_stable_networks, network_fidelity
+        from ..fidelity import most_stable_networks, network_fidelity
 
         ids = list(spec.networks) if spec.networks is not None else most_stable_networks(fn, args.fidelity)
         fidelity = network_fidelity(dense, model, tokenizer, heldout[:args.heldout_docs], fn, ids, outcome.keep,
@@ -126,9 +118,9 @@ def report_pruning(outcome, fidelity=None) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .corpus import load_corpus, split_heldout
-    from .evaluate import evaluate_model
-    from .models import load_model
+    from ..corpus import load_corpus, split_heldout
+    from ..evaluate import evaluate_model
+    from ..models import load_model
 
     model, tokenizer = load_model(args.model)
     _, heldout = split_heldout(load_corpus(args.corpus))
@@ -159,14 +151,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from ..compare import compare
 
     result = compare(args.model, args.corpus, args.ratios, args.methods, args.out, run_dir=args.run_dir,
-                     networks=_int_list(args.networks, "--networks"),
-                     protected_layers=_int_list(args.protected, "--protected"),
+                     networks=int_list(args.networks, "--networks"),
+                     protected_layers=int_list(args.protected, "--protected"),
                      n_calib=args.calib_docs, n_heldout=args.heldout_docs, max_tokens=args.max_tokens,
                      batch_size=args.batch_size, seed=args.seed, per_document=args.per_document,
-                     windows=tuple(_int_list(args.windows, "--windows") or (512, 128)),
+                     windows=tuple(int_list(args.windows, "--windows") or (512, 128)),
                      repairs=args.repairs, controls=args.controls, split=args.split,
                      extra_corpora=[c for c in args.extra_corpora.split(",") if c.strip()],
                      fidelity=args.fidelity or None, paper_run_dir=args.paper_run_dir,
@@ -175,15 +167,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, default=512, help="tokens per document (default 512)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
 def add_subcommands(subparsers) -> None:
     """Register ``prune``, ``evaluate`` and ``compare`` on an argparse subparsers object."""
-    from .recipe import ALLOCATIONS, METHOD_HELP, METHODS, REPAIRS
+    from ..recipe import ALLOCATIONS, METHOD_HELP, METHODS, REPAIRS
 
     p = subparsers.add_parser("prune", help="prune a model with the functional networks of a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -222,7 +208,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--overwrite", action="store_true")
-    _common(p)
+    add_batch_options(p)
     p.set_defaults(func=cmd_prune)
 
     p = subparsers.add_parser("evaluate", help="perplexity, size, speed, memory and generations of a model")
@@ -232,7 +218,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--no-generations", action="store_true")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    _common(p)
+    add_batch_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser("compare", help="functional-network pruning vs baselines at the same budgets")
@@ -260,5 +246,5 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--per-document", action="store_true",
                    help="score each held-out document alone on its first 512 tokens (METHOD §2's table)")
     p.add_argument("--out", required=True, metavar="REPORT_DIR")
-    _common(p)
+    add_batch_options(p)
     p.set_defaults(func=cmd_compare)

@@ -1,0 +1,28 @@
+"""Argument parsing the subcommands share: integer lists and the batching options."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import ConfigError
+
+
+def int_list(text: str | None, flag: str, *, allow_all: bool = False) -> list[int] | None:
+    """``"1,5,9"`` -> ``[1, 5, 9]``; empty (or ``"all"`` where ``allow_all``) -> None (the default).
+
+    A value that is not a comma-separated list of integers is a :class:`ConfigError` naming ``flag``.
+    """
+    if text is None or not text.strip() or (allow_all and text.strip() == "all"):
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"{flag} must be comma-separated integers, got {text!r}") from exc
+
+
+def add_batch_options(parser: argparse.ArgumentParser, *, quiet: bool = True) -> None:
+    """``--max-tokens`` and ``--batch-size`` (and ``--quiet``) of the commands that run a model over text."""
+    parser.add_argument("--max-tokens", type=int, default=512, help="tokens per document (default 512)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    if quiet:
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
