@@ -225,9 +225,10 @@ class StandardizedBlocks:
         for r0, r1 in self._row_chunks():
             acc = offset.neg().expand(r1 - r0, -1).clone()
             for b in range(len(self.blocks)):
-                acc += self.read(b, r0, r1) @ Ps[self._cols(b)]
-            if not bool(torch.isfinite(acc).all()):      # NaN/inf in the chunk shows in its products
-                raise _non_finite_error(acc, r0)
+                x = self.read(b, r0, r1)
+                if not bool(torch.isfinite(x).all()):
+                    raise _non_finite_error(x, r0)
+                acc += x @ Ps[self._cols(b)]
             out[r0:r1] = acc
         return out
 

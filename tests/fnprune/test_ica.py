@@ -366,3 +366,12 @@ def test_leverage_and_unresolved_energy():
     other_seed = CanICA(6, n_init=3, stable_threshold=1.0, random_state=7).fit(X)
     np.testing.assert_allclose(other_seed.unresolved_energy_, nothing_stable.unresolved_energy_, rtol=0.02, atol=0.02)
     np.testing.assert_array_equal(nothing_stable.residual_score_, nothing_stable.unresolved_energy_)  # old name
+
+
+def test_transform_rejects_non_finite_data_with_a_count():
+    X, _, _ = mixture(n_tokens=400)
+    ica = CanICA(4, n_init=2).fit(X)
+    bad = X.copy()
+    bad[10, :3] = np.inf
+    with pytest.raises(ConfigError, match=r"3 non-finite values \(NaN/inf\) in rows 0\.\.400"):
+        ica.transform(bad)
