@@ -296,6 +296,15 @@ class Layout(BaseModel):
     network: EncodedArray
 
 
+class DownloadLinkRequest(Strict):
+    path: str = Field(min_length=1, max_length=2000, description="e.g. /api/prunings/ID/download/model")
+
+
+class DownloadLink(BaseModel):
+    url: str = Field(description="the path with `expires` and `signature` added (no token)")
+    expires: int = Field(description="Unix time after which the link no longer works")
+
+
 class ErrorBody(BaseModel):
     """Every error response: a readable sentence, and the request field it is about (or null)."""
 

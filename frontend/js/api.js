@@ -167,6 +167,17 @@ export function watchJob(kind, id, onUpdate, onError) {
   };
 }
 
+/**
+ * A URL the browser can follow for a download (a plain link streams a large file to disk).
+ * With a token set, asks the server for a short-lived signed link, so the token never
+ * appears in a URL (browser history, access logs).
+ */
+export async function signedDownloadUrl(path) {
+  if (!getToken()) return path;
+  const link = await api("/api/download-links", { method: "POST", body: { path } });
+  return link.url;
+}
+
 /** Download a file from the API with the auth header, as a browser download. */
 export async function downloadFile(path, filename) {
   let response;

@@ -51,7 +51,7 @@ def test_serve_runs_api_and_worker(settings, tmp_path):
         job = httpx.post(f"{base}/api/analyses", headers=headers, json={
             "model": "tiny-llama", "corpus": "pydoc", "n_texts": 12, "max_tokens": 64, "n_components": 6}).json()
         arrivals = []
-        with httpx.stream("GET", f"{base}/api/analyses/{job['id']}/events?token=test-token-123",
+        with httpx.stream("GET", f"{base}/api/analyses/{job['id']}/events", headers=headers,
                           timeout=120) as stream:
             for line in stream.iter_lines():
                 if line.startswith("data: "):

@@ -51,7 +51,9 @@ BAD_REQUESTS = [
     ("get", "/api/analyses/doesnotexist/labels", {}, 404, None),
     ("delete", "/api/prunings/nope", {}, 404, None),
     ("post", "/api/prunings", {"json": {"analysis_id": "x", "networks": [False]}}, 422, "networks.0"),
+    ("post", "/api/download-links", {"json": {"path": "/api/health"}}, 422, "path"),
     ("patch", "/api/analyses", {}, 405, None),
+    ("get", "/api/analyses/doesnotexist/preview", {}, 405, None),  # not the static UI's 404
     ("get", "/api/nope", {}, 404, None),
 ]
 

@@ -97,6 +97,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
         status, headers = exc.status_code, getattr(exc, "headers", None)
+        if status == 404 and detail == "Not Found" and documented_methods(request):
+            status = 405  # an API path without this method (the static UI's catch-all would say 404)
         if status == 404 and detail == "Not Found":
             detail = f"no such route: {request.method} {request.url.path}"
         elif status == 405:
@@ -113,14 +115,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return _body(500, "internal error (details are in the server log)", None)
 
 
-def allowed_methods(request: Request) -> list[str]:
-    """Every method the API documents for this path (Starlette's 405 names only the first route's), plus
-    HEAD where GET is served; paths outside the document (the static UI) allow GET and HEAD."""
+def documented_methods(request: Request) -> set[str]:
+    """The methods /openapi.json lists for this request's path (empty when the path is not in it)."""
     import re
 
     path = request.url.path
     for template, operations in request.app.openapi().get("paths", {}).items():
         if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)), path):
-            methods = {m.upper() for m in operations}
-            return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
-    return ["GET", "HEAD"]
+            return {m.upper() for m in operations}
+    return set()
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents for this path (Starlette's 405 names only the first route's), plus
+    HEAD where GET is served; paths outside the document (the static UI) allow GET and HEAD."""
+    methods = documented_methods(request) or {"GET"}
+    return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
