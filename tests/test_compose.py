@@ -64,9 +64,11 @@ def _named_volume_at(service: dict, target: str) -> str | None:
     return None
 
 
-def _module_file(module: str) -> Path | None:
+def _module_file(module: str, run_as_main: bool = True) -> Path | None:
+    """The file Python runs for ``python -m module`` (a package's __main__.py), or, with
+    ``run_as_main=False``, the file that defines the module's names (a package's __init__.py)."""
     base = ROOT.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__main__.py"):
+    for candidate in (base.with_suffix(".py"), base / ("__main__.py" if run_as_main else "__init__.py")):
         if candidate.is_file():
             return candidate
     return None
@@ -124,7 +126,7 @@ def test_api_command_is_the_fnprune_console_script(services: dict, pyproject: di
     scripts = pyproject["project"]["scripts"]
     assert "fnprune" in scripts, "pyproject [project.scripts] must declare the fnprune command"
     module, _, function = scripts["fnprune"].partition(":")
-    path = _module_file(module)
+    path = _module_file(module, run_as_main=False)
     assert path is not None, f"the fnprune console script points at {module}, which is not in the repo"
     assert re.search(rf"^def {function}\(", path.read_text(), re.M), f"{path} has no {function}()"
 
