@@ -145,49 +145,71 @@ def network_fidelity(dense: nn.Module, pruned: nn.Module, tokenizer, docs, fn, c
     widths = [a.width for a in find_mlps(pruned)]
     if [len(k) for k in keep] != widths:
         raise ConfigError(f"keep has {[len(k) for k in keep]} neurons per layer, the pruned model {widths}")
-    proj = _projections(fn, components)
-    map_layers = {c: fn.map_layers(c) for c in components}
-    layers = sorted({lyr for c in components for lyr in map_layers[c]})
+    batches = list(padded_batches(sequences, batch_size))
+    layers = sorted({lyr for c in components for lyr in fn.map_layers(c)})
     row_layer = {c: fn.component_row_layer(c) for c in components}
-    out_layers = sorted(set(row_layer.values()))
-    signals = fn.signals
+    weights = _scaled_projections(dense, fn, components, layers, batches, progress)
+    tc_d, tc_p, err, ref = _paired_pass(dense, pruned, keep, fn.signals, layers, weights,
+                                        sorted(set(row_layer.values())), batches, progress)
+    n_tokens = tc_d.shape[0]
+    n_top = min(n_tokens, max(10, int(math.ceil(top_fraction * n_tokens))))
+    key = component_key_masks(fn, components, fn.threshold)
+    kept = np.zeros((fn.n_layers, fn.width), dtype=bool)
+    for layer, k in enumerate(keep):
+        kept[layer, k] = True
+    result = []
+    for i, c in enumerate(components):
+        d, p = tc_d[:, i], tc_p[:, i]
+        corr = float(np.corrcoef(d, p)[0, 1]) if d.std() > 0 and p.std() > 0 else float("nan")
+        top = np.argsort(-d, kind="stable")[:n_top]
+        e, r = err[row_layer[c]], ref[row_layer[c]]
+        result.append(NetworkFidelity(
+            id=c, layer=row_layer[c], correlation=corr,
+            output_change_top=float(np.sqrt(e[top].sum() / max(r[top].sum(), 1e-300))),
+            output_change_all=float(np.sqrt(e.sum() / max(r.sum(), 1e-300))),
+            n_key=int(key[i].sum()), n_key_kept=int((key[i] & kept).sum()), n_tokens=int(n_tokens)))
+    return result
 
-    # pass 1: the dense model's per-neuron scale (std over these tokens), as the analysis standardises
-    scaler = _Recorder(dense, None, layers, signals, {}, [], scale_only=True)
+
+def _scaled_projections(dense: nn.Module, fn, components: list[int], layers: list[int], batches,
+                        progress) -> dict[int, dict[int, torch.Tensor]]:
+    """Pass 1: per layer and signal, the components' projection columns divided by the dense model's
+    per-neuron std on these tokens (as the analysis standardises) -- ``(width, n_comp)`` each."""
+    proj = _projections(fn, components)
+    scaler = _Recorder(dense, None, layers, fn.signals, {}, [], scale_only=True)
     n = 0
-    n_batches = math.ceil(len(sequences) / batch_size)
     device = model_device(dense)
     try:
-        for b, (ids, mask) in enumerate(padded_batches(sequences, batch_size)):
+        for b, (ids, mask) in enumerate(batches):
             scaler.start_batch(mask)
             n += int(mask.sum())
             backbone(dense)(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-            report(progress, "fidelity", 0.3 * (b + 1) / n_batches, "dense scale")
+            report(progress, "fidelity", 0.3 * (b + 1) / len(batches), "dense scale")
     finally:
         scaler.remove()
     weights: dict[int, dict[int, torch.Tensor]] = {}
     for layer in layers:
         weights[layer] = {}
-        for s in range(len(signals)):
+        for s in range(len(fn.signals)):
             acc = scaler.sums[(layer, s)]
             std = (acc[1] / n - (acc[0] / n) ** 2).clamp_min(0).sqrt()
             std = torch.where(std > 0, std, torch.ones_like(std))
-            cols = []
-            for c in components:
-                if layer in map_layers[c]:
-                    cols.append(torch.from_numpy(proj[c][map_layers[c].index(layer), s]))
-                else:
-                    cols.append(torch.zeros(fn.width, dtype=torch.float64))
+            cols = [torch.from_numpy(proj[c][fn.map_layers(c).index(layer), s]) if layer in fn.map_layers(c)
+                    else torch.zeros(fn.width, dtype=torch.float64) for c in components]
             weights[layer][s] = torch.stack(cols, dim=1) / std[:, None]      # (width, n_comp)
+    return weights
 
-    # pass 2: dense and pruned side by side
+
+def _paired_pass(dense, pruned, keep, signals, layers, weights, out_layers, batches, progress):
+    """Pass 2: dense and pruned side by side; time courses ``(tokens, n_comp)`` of each and, per
+    output layer, the per-token squared output change and squared dense output."""
     rec_d = _Recorder(dense, None, layers, signals, weights, out_layers)
     rec_p = _Recorder(pruned, keep, layers, signals, weights, out_layers)
     tc_d, tc_p = [], []
-    err = {lyr: [] for lyr in out_layers}
-    ref = {lyr: [] for lyr in out_layers}
+    err: dict[int, list] = {lyr: [] for lyr in out_layers}
+    ref: dict[int, list] = {lyr: [] for lyr in out_layers}
     try:
-        for b, (ids, mask) in enumerate(padded_batches(sequences, batch_size)):
+        for b, (ids, mask) in enumerate(batches):
             for rec, model in ((rec_d, dense), (rec_p, pruned)):
                 rec.start_batch(mask)
                 dev = model_device(model)
@@ -198,33 +220,12 @@ def network_fidelity(dense: nn.Module, pruned: nn.Module, tokenizer, docs, fn, c
                 yd, yp = rec_d.outputs[lyr], rec_p.outputs[lyr]
                 err[lyr].append(((yp - yd) ** 2).sum(1))
                 ref[lyr].append((yd ** 2).sum(1))
-            report(progress, "fidelity", 0.3 + 0.7 * (b + 1) / n_batches, f"batch {b + 1}/{n_batches}")
+            report(progress, "fidelity", 0.3 + 0.7 * (b + 1) / len(batches), f"batch {b + 1}/{len(batches)}")
     finally:
         rec_d.remove()
         rec_p.remove()
-    tc_d_all = torch.cat(tc_d).numpy()      # (tokens, n_comp)
-    tc_p_all = torch.cat(tc_p).numpy()
-    err_all = {lyr: torch.cat(v).numpy() for lyr, v in err.items()}
-    ref_all = {lyr: torch.cat(v).numpy() for lyr, v in ref.items()}
-    n_tokens = tc_d_all.shape[0]
-    n_top = min(n_tokens, max(10, int(math.ceil(top_fraction * n_tokens))))
-    key = component_key_masks(fn, components, fn.threshold)
-    kept = np.zeros((fn.n_layers, fn.width), dtype=bool)
-    for layer, k in enumerate(keep):
-        kept[layer, k] = True
-    result = []
-    for i, c in enumerate(components):
-        d, p = tc_d_all[:, i], tc_p_all[:, i]
-        corr = float(np.corrcoef(d, p)[0, 1]) if d.std() > 0 and p.std() > 0 else float("nan")
-        top = np.argsort(-d, kind="stable")[:n_top]
-        lyr = row_layer[c]
-        e, r = err_all[lyr], ref_all[lyr]
-        result.append(NetworkFidelity(
-            id=c, layer=lyr, correlation=corr,
-            output_change_top=float(np.sqrt(e[top].sum() / max(r[top].sum(), 1e-300))),
-            output_change_all=float(np.sqrt(e.sum() / max(r.sum(), 1e-300))),
-            n_key=int(key[i].sum()), n_key_kept=int((key[i] & kept).sum()), n_tokens=int(n_tokens)))
-    return result
+    return (torch.cat(tc_d).numpy(), torch.cat(tc_p).numpy(), {k: torch.cat(v).numpy() for k, v in err.items()},
+            {k: torch.cat(v).numpy() for k, v in ref.items()})
 
 
 def most_stable_networks(fn, n: int = 20, protected_layers=None) -> list[int]:

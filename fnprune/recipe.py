@@ -39,7 +39,7 @@ import numpy as np
 from torch import nn
 
 from .errors import ConfigError, RunDirError
-from .mlp import find_mlps
+from .mlp import find_mlps, parameter_counts
 from .progress import ProgressCallback, report
 from .prune import (
     DownInputStats,
@@ -54,7 +54,6 @@ from .prune import (
     params_to_remove,
     prune_heads,
     prune_model,
-    total_parameters,
 )
 from .repair import DEFAULT_RIDGE, LayerFit
 from .selection import NetworkKept, forced_mask, networks_kept, neuron_scores, plan, protected_set
@@ -309,10 +308,7 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
     spec = spec.validated(fn is not None)
     if fn is not None:
         check_networks_match(fn, model)
-    adapters = find_mlps(model)
-    original_widths = [a.width for a in adapters]
-    dense_total = total_parameters(model)
-    dense_mlp = sum(a.n_params for a in adapters)
+    dense = parameter_counts(model)
     needs_stats = spec.method in ("fn-flap", "flap", "wanda-sp") or spec.repair != "none"
     if (needs_stats or spec.heads_fraction) and calibration is None:
         raise ConfigError(f"method {spec.method!r} with repair {spec.repair!r} needs calibration documents")
@@ -346,11 +342,11 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
         prune_model(model, keep, bias=stats if spec.repair == "bias" else None,
                     repair=stats if spec.repair == "lstsq" else None, ridge=spec.ridge, fits=fits)
     report(progress, "prune", 1.0, "done")
-    adapters = find_mlps(model)
+    after = parameter_counts(model)
     return PruningOutcome(spec=spec, keep=[np.asarray(k, dtype=np.int64) for k in keep],
-                          widths=[a.width for a in adapters], original_widths=original_widths,
-                          dense_total_params=dense_total, dense_mlp_params=dense_mlp,
-                          total_params=total_parameters(model), mlp_params=sum(a.n_params for a in adapters),
+                          widths=after["widths"], original_widths=dense["widths"],
+                          dense_total_params=dense["total_params"], dense_mlp_params=dense["mlp_params"],
+                          total_params=after["total_params"], mlp_params=after["mlp_params"],
                           protected_layers=[int(x) for x in protected], chosen=chosen, layer_fits=fits,
                           threshold=threshold, kv_heads=kv_heads)
 

@@ -83,7 +83,7 @@ def neuron_scores(fn, kind: str = "networks") -> np.ndarray:
         for unit in np.unique(fn.component_unit):
             first = int(np.flatnonzero(fn.component_unit == unit)[0])
             rows = fn.map_layers(first)
-            out[rows] = np.maximum(out[rows], fn.unit_residual[unit])
+            out[rows] = np.maximum(out[rows], fn.unit_unresolved[unit])
         return out
     raise ConfigError(f"unknown score {kind!r}; choose from {', '.join(SCORES)}")
 

@@ -8,8 +8,8 @@ import pytest
 from fnprune.corpus import load_corpus
 from fnprune.errors import ConfigError, RunDirError
 from fnprune.io import export_fix_labels, export_mask_json, export_nifti, fix_labels_text, load_mask_json
-from fnprune.models import load_model
 from fnprune.mlp import default_protected_layers
+from fnprune.models import load_model
 from fnprune.networks import FunctionalNetworks, analyze
 
 

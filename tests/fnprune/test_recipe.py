@@ -12,7 +12,7 @@ from fnprune.fidelity import most_stable_networks, network_fidelity
 from fnprune.mlp import find_mlps
 from fnprune.prune import collect_down_input_stats, prune_model
 from fnprune.recipe import METHODS, Calibration, PruningSpec, prune_with_networks
-from fnprune.selection import component_key_masks, forced_mask, neuron_scores, plan
+from fnprune.selection import component_key_masks, neuron_scores, plan
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +131,8 @@ def _layer_output_error(dense, pruned, tok, docs, layer) -> float:
         for name, m in (("d", dense), ("p", pruned)):
             hs.append(find_mlps(m)[layer].down.register_forward_hook(hook(name)))
         # feed the pruned layer the dense model's input: compare the layer alone
-        x = {}
-        h_in = find_mlps(dense)[layer].module.register_forward_hook(lambda m, i, o: x.setdefault("in", i[0]))
+        x: dict = {}
+        h_in = find_mlps(dense)[layer].module.register_forward_hook(lambda m, i, o, x=x: x.setdefault("in", i[0]))
         dense(ids)
         h_in.remove()
         find_mlps(pruned)[layer].module(x["in"])
