@@ -1,4 +1,5 @@
-// Screens 6 and 7: pruning progress, dense vs pruned comparison, baselines, generations, downloads.
+// Screens 6 and 7: pruning progress, dense vs pruned comparison, the chosen networks and their
+// fidelity, the repair on/off comparison, baselines, generations, downloads.
 import { api } from "../api.js";
 import { baseLayout, OKABE_ITO, react } from "../charts.js";
 import { el, fmtBytes, fmtNum, fmtParams, fmtPct, showError, showNotice } from "../dom.js";
@@ -32,11 +33,95 @@ export async function render(root, { id }, ctx) {
   return progress.stop;
 }
 
+const REPAIR_NAMES = { lstsq: "least-squares repair", bias: "mean-bias repair", none: "no repair" };
+
 function describe(p) {
-  const target = p.target_ratio != null ? `target ratio ${fmtPct(p.target_ratio, 0)}` : p.threshold != null ? `|z| ≥ ${p.threshold}` : "default threshold";
-  const nets = p.networks ? `${p.networks.length} networks kept` : "all networks kept";
-  const opts = [p.bias && "bias compensation", p.uniform && "uniform widths", p.heads && `heads ${p.heads === true ? "25 %" : fmtPct(p.heads, 0)}`].filter(Boolean);
-  return `· ${target} · ${nets}${opts.length ? ` · ${opts.join(", ")}` : ""}`;
+  const target = p.target_ratio != null ? `target ${fmtPct(p.target_ratio, 0)} of all parameters` : p.threshold != null ? `|z| ≥ ${p.threshold}` : "default threshold";
+  const nets = p.networks ? `${p.networks.length} chosen network${p.networks.length === 1 ? "" : "s"} kept` : "no network forced";
+  const repair = REPAIR_NAMES[p.repair || "lstsq"] + (p.sequential ? " (sequential)" : "");
+  const opts = [p.method || "fn-flap", repair, p.bias && "bias compensation", p.uniform && "uniform widths", p.heads && `heads ${p.heads === true ? "25 %" : fmtPct(p.heads, 0)}`].filter(Boolean);
+  return `· ${target} · ${nets} · ${opts.join(", ")}`;
+}
+
+// The networks chosen as constraints, with how many of their key neurons survived.
+function chosenSection(r, analysisId) {
+  const chosen = r.chosen_networks || [];
+  const body = chosen.length
+    ? el("ul.plain.kept-list#chosen-networks", chosen.map((c) => el("li", { dataset: { id: String(c.id) }, class: c.n_kept < c.n_key ? "short" : null },
+      analysisId ? el("a", { href: `#/analysis/${analysisId}/network/${c.id}`, text: `Network ${c.id}` }) : `Network ${c.id}`,
+      ` (L${c.layer}): key neurons kept: ${c.n_kept} of ${c.n_key}`)))
+    : el("p.muted#chosen-networks", { text: "No network was chosen: nothing was forced in; the method's score (shaped by all networks) filled the budget." });
+  return el("section.card", el("h2", { text: "Chosen networks" }), body);
+}
+
+// Per network: does it still do what it did? (fnprune.fidelity on the held-out documents)
+function fidelitySection(r, analysisId) {
+  const fid = r.fidelity || [];
+  const plot = el("div.plot#fidelity-plot");
+  if (!fid.length) {
+    return { node: el("section.card", el("h2", { text: "Network fidelity" }), el("p.muted#fidelity-table", { text: "Not measured (evaluation was switched off for this pruning)." })), plot: null, fid };
+  }
+  const scope = r.fidelity_scope === "chosen" ? "the chosen networks" : `the ${r.fidelity_scope || "listed"} networks (no network was chosen)`;
+  const caption = el("p.caption#fidelity-caption", {
+    text: `For ${scope}, dense and pruned model read the same held-out documents. Correlation: Pearson r of the network's time course `
+      + "in the dense and in the pruned model (computed from its map over the neurons that remain; 1 = unchanged). Output change: relative change of "
+      + "the layer's MLP output, on the tokens where the network is most active in the dense model (top) and on every held-out token (all); 0 = unchanged.",
+  });
+  const table = el("div.table-scroll", el("table.table#fidelity-table",
+    el("thead", el("tr", ["Network", "Layer", "Time-course correlation", "Output change (top tokens)", "Output change (all tokens)", "Key neurons kept"].map((h) => el("th", { scope: "col", text: h })))),
+    el("tbody", fid.map((f) => el("tr", { dataset: { id: String(f.id) } },
+      el("td", analysisId ? el("a", { href: `#/analysis/${analysisId}/network/${f.id}`, text: `Network ${f.id}` }) : `Network ${f.id}`),
+      el("td.num", { text: String(f.layer) }),
+      el("td.num.fid-corr", { text: fmtNum(f.correlation, 3) }),
+      el("td.num.fid-top", { text: fmtPct(f.output_change_top) }),
+      el("td.num.fid-all", { text: fmtPct(f.output_change_all) }),
+      el("td.num.fid-kept", { text: `${f.n_key_kept} of ${f.n_key}` }))))));
+  const node = el("section.card", el("h2", { text: "Network fidelity after pruning" }), caption, table, plot);
+  return { node, plot, fid };
+}
+
+function drawFidelity(plot, fid) {
+  const names = fid.map((f) => `N${f.id}`);
+  return react(plot, [
+    { type: "bar", name: "time-course correlation", x: names, y: fid.map((f) => f.correlation), marker: { color: OKABE_ITO[0] }, width: fid.length < 4 ? 0.3 : undefined,
+      customdata: fid.map((f) => [f.layer, f.output_change_top, f.output_change_all, f.n_key_kept, f.n_key]),
+      hovertemplate: "network %{x} (L%{customdata[0]})<br>r = %{y:.3f}<br>output change: %{customdata[1]:.1%} top tokens, %{customdata[2]:.1%} all<br>key neurons kept: %{customdata[3]} of %{customdata[4]}<extra></extra>" },
+    { type: "scatter", mode: "markers", name: "output change (top tokens)", x: names, y: fid.map((f) => f.output_change_top), yaxis: "y2", marker: { color: OKABE_ITO[5], symbol: "diamond", size: 8 },
+      hovertemplate: "network %{x}: output change %{y:.1%} on its top tokens<extra></extra>" },
+  ], baseLayout({
+    height: 300,
+    margin: { l: 60, r: 70, t: 40, b: 40 },
+    title: { text: "Correlation (bars) and output change (◆) per network", x: 0, xanchor: "left", font: { size: 13 } },
+    xaxis: { type: "category", automargin: true },
+    yaxis: { title: { text: "time-course r" }, range: [Math.min(0, ...fid.map((f) => f.correlation)), 1.05] },
+    yaxis2: { title: { text: "output change" }, overlaying: "y", side: "right", tickformat: ".0%", rangemode: "tozero", showgrid: false },
+    legend: { orientation: "h", y: -0.25 },
+  }));
+}
+
+// Repair on/off: held-out perplexity with and without, and the layers' output error on calibration tokens.
+function repairSection(r) {
+  const rc = r.repair_comparison;
+  const errs = r.repair_errors;
+  const parts = [];
+  if (rc) {
+    parts.push(el("table.table#repair-table",
+      el("thead", el("tr", ["Pruned model", "Held-out PPL"].map((h) => el("th", { scope: "col", text: h })))),
+      el("tbody",
+        el("tr.highlight", { dataset: { repair: r.repair || "lstsq" } }, el("th", { scope: "row", text: `with ${REPAIR_NAMES[r.repair || "lstsq"]} (this model)` }), el("td.num#ppl-repaired", { text: fmtNum(rc.repaired_ppl, 2) })),
+        el("tr", { dataset: { repair: rc.unrepaired_repair } }, el("th", { scope: "row", text: `without it (${REPAIR_NAMES[rc.unrepaired_repair] || rc.unrepaired_repair})` }), el("td.num#ppl-unrepaired", { text: fmtNum(rc.unrepaired_ppl, 2) })))));
+  }
+  if (errs) {
+    parts.push(el("p.caption", { text: `Mean relative output error of the ${errs.layers ? errs.layers.length : ""} pruned layers on the calibration tokens (0 = the dense layer's output):` }),
+      el("dl.stats#repair-errors",
+        el("div", el("dt", { text: "no repair" }), el("dd#err-pruned", { text: fmtPct(errs.error_pruned) })),
+        el("div", el("dt", { text: "mean bias" }), el("dd#err-bias", { text: fmtPct(errs.error_bias) })),
+        el("div", el("dt", { text: "least squares" }), el("dd#err-repaired", { text: fmtPct(errs.error_repaired) }))));
+  }
+  if (!parts.length) {
+    parts.push(el("p.muted", { text: r.repair === "none" ? "No repair was applied to this pruning." : "No repair comparison was recorded (it needs evaluation and the least-squares repair)." }));
+  }
+  return el("section.card#repair", el("h2", { text: "Repair of the pruned layers" }), ...parts);
 }
 
 function renderResults(root, id, job, ctx) {
@@ -73,12 +158,13 @@ function renderResults(root, id, job, ctx) {
   );
 
   const baselines = r.baselines || [];
+  const thisName = r.method || "fn-flap";
   const baselineTable = baselines.length
     ? el("table.table#baselines-table",
-      el("thead", el("tr", ["Method", "Allocation", "PPL", "Parameters removed"].map((h) => el("th", { scope: "col", text: h })))),
+      el("thead", el("tr", ["Method", "Allocation", "Repair", "PPL", "Parameters removed"].map((h) => el("th", { scope: "col", text: h })))),
       el("tbody",
-        el("tr.highlight", el("td", { text: "functional networks (this)" }), el("td", { text: "fn" }), el("td.num", { text: fmtNum(q.ppl, 2) }), el("td.num", { text: fmtPct(r.ratio_total) })),
-        baselines.map((b) => el("tr", el("td", { text: b.method }), el("td", { text: b.allocation === "fn" ? "same widths as fn" : "own" }), el("td.num", { text: fmtNum(b.ppl, 2) }), el("td.num", { text: fmtPct(b.ratio_total) })))))
+        el("tr.highlight", el("td", { text: `${thisName} (this pruning)` }), el("td", { text: allocationName(r.allocation) }), el("td", { text: REPAIR_NAMES[r.repair] || "—" }), el("td.num", { text: fmtNum(q.ppl, 2) }), el("td.num", { text: fmtPct(r.ratio_total) })),
+        baselines.map((b) => el("tr", { dataset: { name: baselineName(b) } }, el("td", { text: baselineName(b) }), el("td", { text: allocationName(b.allocation) }), el("td", { text: REPAIR_NAMES[b.repair] || "—" }), el("td.num", { text: fmtNum(b.ppl, 2) }), el("td.num", { text: fmtPct(b.ratio_total) })))))
     : el("p.muted", { text: "No baselines were requested." });
 
   const pplPlot = el("div.plot#ppl-plot");
@@ -89,8 +175,8 @@ function renderResults(root, id, job, ctx) {
     ? el("div.generations#generations", gens.map((g) => el("article.gen",
       el("p.gen-prompt", el("strong", { text: "Prompt: " }), g.prompt),
       el("div.grid-2",
-        el("div.gen-col", el("h4", { text: "Dense" }), el("p.gen-text", { text: g.dense })),
-        el("div.gen-col", el("h4", { text: "Pruned" }), el("p.gen-text", { text: g.pruned }))))))
+        el("div.gen-col", el("h4", { text: "Dense" }), genText(g.dense)),
+        el("div.gen-col", el("h4", { text: "Pruned" }), genText(g.pruned))))))
     : el("p.muted", { text: "No generations recorded." });
 
   const snippet = r.load_snippet || "";
@@ -114,8 +200,12 @@ function renderResults(root, id, job, ctx) {
     { path: `/api/prunings/${id}/download/report`, filename: `fnprune-${id}-report.html`, label: "Comparison report (HTML)", note: "Self-contained comparison report: perplexity, size, speed, baselines and generations." },
   ]);
 
+  const fidelity = fidelitySection(r, analysisId);
   root.append(
     el("section.card", el("h2", { text: "Dense vs pruned" }), headline, compare),
+    chosenSection(r, analysisId),
+    fidelity.node,
+    repairSection(r),
     el("div.grid-2",
       el("section.card", el("h2", { text: "Perplexity" }), pplPlot),
       el("section.card", el("h2", { text: "MLP width per layer" }), widthPlot,
@@ -125,13 +215,14 @@ function renderResults(root, id, job, ctx) {
     el("section.card#downloads", el("h2", { text: "Downloads" }), downloads, analysisId ? el("h3", { text: `From analysis ${analysisId}` }) : null, analysisId ? analysisDownloads(analysisId) : null),
   );
 
-  const names = ["dense", "functional networks", ...baselines.map((b) => `${b.method}${b.allocation === "fn" ? " (fn widths)" : ""}`)];
+  const names = ["dense", `${thisName} (this)`, ...baselines.map(baselineName)];
   const ppls = [d.ppl, q.ppl, ...baselines.map((b) => b.ppl)];
   const colors = ["#9aa5b1", OKABE_ITO[0], ...baselines.map((_, i) => OKABE_ITO[(i % 5) + 1])];
   const draws = [
     react(pplPlot, [{ type: "bar", x: names, y: ppls, marker: { color: colors }, text: ppls.map((v) => fmtNum(v, 1)), textposition: "outside", cliponaxis: false, hovertemplate: "%{x}: PPL %{y:.2f}<extra></extra>" }],
       baseLayout({ height: 320, yaxis: { title: { text: "perplexity (lower is better)" }, rangemode: "tozero" }, xaxis: { automargin: true, tickangle: -20 } })),
   ];
+  if (fidelity.plot) draws.push(drawFidelity(fidelity.plot, fidelity.fid));
   if (r.widths?.length) {
     draws.push(react(widthPlot, [{ type: "bar", x: r.widths.map((_, l) => `L${l}`), y: r.widths, marker: { color: OKABE_ITO[0] }, hovertemplate: "%{x}: %{y} neurons<extra></extra>" }],
       baseLayout({ height: 320, yaxis: { title: { text: "neurons kept" } } })));
@@ -141,4 +232,16 @@ function renderResults(root, id, job, ctx) {
   return Promise.all(draws).then(() => undefined).catch((err) => {
     if (ctx.alive()) showError(err);
   });
+}
+
+function baselineName(b) {
+  return b.name || `${b.method}${b.allocation === "networks" || b.allocation === "fn" ? " (networks' widths)" : ""}`;
+}
+
+function allocationName(a) {
+  return { networks: "networks' widths", fn: "networks' widths", own: "own", uniform: "uniform", unresolved: "unresolved energy" }[a] || a || "—";
+}
+
+function genText(text) {
+  return text && text.trim() ? el("p.gen-text", { text }) : el("p.gen-text.gen-empty", { text: "(nothing generated)" });
 }
