@@ -50,7 +50,8 @@ function chosenSection(r, analysisId) {
     ? el("ul.plain.kept-list#chosen-networks", chosen.map((c) => el("li", { dataset: { id: String(c.id) }, class: c.n_kept < c.n_key ? "short" : null },
       analysisId ? el("a", { href: `#/analysis/${analysisId}/network/${c.id}`, text: `Network ${c.id}` }) : `Network ${c.id}`,
       ` (L${c.layer}): key neurons kept: ${c.n_kept} of ${c.n_key}`)))
-    : el("p.muted#chosen-networks", { text: "No network was chosen: nothing was forced in; the method's score (shaped by all networks) filled the budget." });
+    : el("p.muted#chosen-networks", { text: r.chosen_networks === undefined ? "Not recorded for this pruning (made by an older version)."
+      : "No network was chosen: nothing was forced in; the method's score (shaped by all networks) filled the budget." });
   return el("section.card", el("h2", { text: "Chosen networks" }), body);
 }
 
