@@ -245,7 +245,21 @@ def parameter_counts(model: nn.Module, adapters: list[MLPAdapter] | None = None)
     adapters = find_mlps(model) if adapters is None else adapters
     return {"widths": [a.width for a in adapters],
             "mlp_params": sum(a.n_params for a in adapters),
-            "total_params": total_parameters(model)}
+            "total_params": total_parameters(model),
+            "embedding_params": embedding_parameters(model)}
+
+
+def embedding_parameters(model: nn.Module) -> int:
+    """Parameters of the token embeddings and of an untied output projection (each tensor once)."""
+    seen: set[int] = set()
+    total = 0
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(model, getter, lambda: None)()
+        weight = getattr(module, "weight", None)
+        if weight is not None and id(weight) not in seen:
+            seen.add(id(weight))
+            total += weight.numel()
+    return total
 
 
 def mlp_summary(model: nn.Module) -> dict:

@@ -247,21 +247,21 @@ class FunctionalNetworks:
 
     # -- plans and masks (the maths lives in fnprune.selection) -------------------------------------
     def key_mask(self, threshold: float | None = None, target_ratio: float | None = None, networks=None,
-                 protected_layers=None, uniform: bool = False) -> np.ndarray:
+                 protected_layers=None, uniform: bool = False, ratio_of: str = "all") -> np.ndarray:
         """``(n_layers, width)`` bool, True = keep; see :func:`fnprune.selection.plan`."""
         from .selection import plan
 
         return plan(self, threshold=threshold, target_ratio=target_ratio, networks=networks,
-                    protected_layers=protected_layers, uniform=uniform).keep
+                    protected_layers=protected_layers, uniform=uniform, ratio_of=ratio_of).keep
 
     def plan(self, threshold: float | None = None, target_ratio: float | None = None, networks=None,
-             protected_layers=None, uniform: bool = False) -> dict:
+             protected_layers=None, uniform: bool = False, ratio_of: str = "all") -> dict:
         """Projected per-layer widths and parameter counts of a choice (no model needed); see
         :func:`fnprune.selection.plan`."""
         from .selection import plan
 
         return plan(self, threshold=threshold, target_ratio=target_ratio, networks=networks,
-                    protected_layers=protected_layers, uniform=uniform).as_dict()
+                    protected_layers=protected_layers, uniform=uniform, ratio_of=ratio_of).as_dict()
 
     # -- per-component statistics ----------------------------------------------------------------
     def genre_profiles(self) -> tuple[list[str], np.ndarray]:
@@ -515,7 +515,7 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, 
             "random_state": int(random_state), "n_tokens": store.n_tokens, "n_documents": len(docs),
             "model_spec": model_spec, "corpus_spec": corpus_spec, "unit_stability": unit_stats,
             "model": {k: summary[k] for k in ("family", "n_layers", "widths", "hidden_size", "params_per_neuron",
-                                              "mlp_params", "total_params")}
+                                              "mlp_params", "total_params", "embedding_params")}
                      | {"class": type(model).__name__, "config_class": type(model.config).__name__},
         }
         return FunctionalNetworks(

@@ -34,7 +34,7 @@ from .mlp import (
     default_protected_layers,
     find_mlps,
     parameter_counts,
-    total_parameters,
+    total_parameters,  # noqa: F401  (re-exported: fnprune.prune.total_parameters)
 )
 from .models import model_device
 from .progress import ProgressCallback, report
@@ -70,9 +70,27 @@ def check_target_ratio(target_ratio: float) -> float:
     return ratio
 
 
-def params_to_remove(model: nn.Module, target_ratio: float) -> int:
-    """Number of parameters a ``target_ratio`` (fraction of all parameters) asks to remove."""
-    return int(round(check_target_ratio(target_ratio) * total_parameters(model)))
+RATIO_BASES = ("all", "mlp", "non-embedding")
+
+
+def ratio_base(counts: dict, ratio_of: str = "all") -> int:
+    """The parameter count a target ratio is a fraction of: all parameters, the MLPs' or all but the
+    embeddings (``counts``: :func:`fnprune.mlp.parameter_counts` or a run's ``info["model"]``)."""
+    if ratio_of == "all":
+        return int(counts["total_params"])
+    if ratio_of == "mlp":
+        return int(counts["mlp_params"])
+    if ratio_of == "non-embedding":
+        if counts.get("embedding_params") is None:
+            raise ConfigError("ratio_of: this run directory does not record the embedding parameters (analysed "
+                              "before fnprune counted them): analyse again or use 'all' or 'mlp'")
+        return int(counts["total_params"]) - int(counts["embedding_params"])
+    raise ConfigError(f"ratio_of: unknown {ratio_of!r}; choose from {', '.join(RATIO_BASES)}")
+
+
+def params_to_remove(model: nn.Module, target_ratio: float, ratio_of: str = "all") -> int:
+    """Number of parameters a ``target_ratio`` (a fraction of ``ratio_of``: all parameters by default) asks to remove."""
+    return int(round(check_target_ratio(target_ratio) * ratio_base(parameter_counts(model), ratio_of)))
 
 
 # -- keep indices -------------------------------------------------------------------------------
@@ -497,8 +515,10 @@ def removable_params(sizes: Sequence[int], params_per_neuron: Sequence[int], pro
 
 
 def check_budget(n_params_remove: int, sizes: Sequence[int], params_per_neuron: Sequence[int], protected: set[int],
-                 forced: Sequence[np.ndarray], min_width: int = 1, total_params: int | None = None) -> None:
-    """Raise :class:`ConfigError` when ``n_params_remove`` cannot be reached (saying by how much)."""
+                 forced: Sequence[np.ndarray], min_width: int = 1, total_params: int | None = None,
+                 base_name: str = "all") -> None:
+    """Raise :class:`ConfigError` when ``n_params_remove`` cannot be reached (saying by how much as a
+    fraction of ``total_params``, the count the ratio refers to: ``base_name`` all / mlp / non-embedding)."""
     reachable = removable_params(sizes, params_per_neuron, protected, forced, min_width)
     if n_params_remove <= reachable:
         return
@@ -506,7 +526,8 @@ def check_budget(n_params_remove: int, sizes: Sequence[int], params_per_neuron: 
     what = (f"the chosen networks' {n_forced:,} key neurons and the protected layers" if n_forced
             else "the protected layers (and one neuron per layer)")
     if total_params:
-        raise ConfigError(f"the target asks to remove {n_params_remove / total_params:.1%} of all parameters, but "
+        base = f"{base_name} parameters" if base_name != "all" else "all parameters"
+        raise ConfigError(f"the target asks to remove {n_params_remove / total_params:.1%} of {base}, but "
                           f"with {what} kept at most {reachable / total_params:.1%} can be removed "
                           f"({(n_params_remove - reachable) / total_params:.1%} too much): lower the target ratio"
                           + (" or choose fewer networks" if n_forced else ""))

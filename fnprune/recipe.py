@@ -42,6 +42,7 @@ from .errors import ConfigError, RunDirError
 from .mlp import find_mlps, parameter_counts
 from .progress import ProgressCallback, report
 from .prune import (
+    RATIO_BASES,
     DownInputStats,
     baseline_scores,
     check_target_ratio,
@@ -79,7 +80,8 @@ METHOD_HELP = {
 class PruningSpec:
     """What to prune and how; validated by :meth:`validated` before any model work starts.
 
-    ``target_ratio``: fraction of **all** parameters to remove (only MLP neurons are removed);
+    ``target_ratio``: fraction of ``ratio_of`` parameters to remove (``all`` by default, ``mlp`` or
+    ``non-embedding``; only MLP neurons are removed);
     ``threshold``: instead, keep neurons whose network score (|z|) is above it.
     """
 
@@ -94,6 +96,7 @@ class PruningSpec:
     ridge: float = DEFAULT_RIDGE
     heads_fraction: float | None = None
     seed: int = 0
+    ratio_of: str = "all"
 
     @property
     def resolved_allocation(self) -> str:
@@ -117,6 +120,8 @@ class PruningSpec:
             raise ConfigError(f"method: unknown {self.method!r}; choose from {', '.join(METHODS)}")
         if self.allocation not in ALLOCATIONS:
             raise ConfigError(f"allocation: unknown {self.allocation!r}; choose from {', '.join(ALLOCATIONS)}")
+        if self.ratio_of not in RATIO_BASES:
+            raise ConfigError(f"ratio_of: unknown {self.ratio_of!r}; choose from {', '.join(RATIO_BASES)}")
         if self.repair not in REPAIRS:
             raise ConfigError(f"repair: unknown {self.repair!r}; choose from {', '.join(REPAIRS)}")
         if (self.threshold is None) == (self.target_ratio is None):
@@ -270,7 +275,7 @@ def choose_keep(spec: PruningSpec, model: nn.Module, fn, stats: DownInputStats |
     within = _within_scores(spec, model, fn, stats)
     alloc = spec.resolved_allocation
     if alloc in ("networks", "unresolved") or (spec.threshold is not None and spec.method in ("fn", "paper")):
-        p = plan(fn, threshold=spec.threshold, target_ratio=spec.target_ratio,
+        p = plan(fn, threshold=spec.threshold, target_ratio=spec.target_ratio, ratio_of=spec.ratio_of,
                  networks=spec.networks if owner is fn else None, forced=forced,
                  protected_layers=spec.protected_layers, uniform=alloc == "uniform", score=spec.score_kind)
         if spec.method in ("fn", "paper") and alloc != "unresolved":
@@ -278,7 +283,7 @@ def choose_keep(spec: PruningSpec, model: nn.Module, fn, stats: DownInputStats |
         else:
             keep = keep_from_scores(within, ppn, widths=p.widths, forced=forced)
         return keep, p.protected_layers, p.threshold
-    n_remove = params_to_remove(model, spec.target_ratio)
+    n_remove = params_to_remove(model, spec.target_ratio, spec.ratio_of)
     if alloc == "uniform":
         keep = keep_from_scores(within, ppn, n_params_remove=n_remove, uniform=True, forced=forced)
         return keep, [], None

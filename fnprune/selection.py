@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .mlp import default_protected_layers
-from .prune import check_budget, keep_from_scores
+from .prune import RATIO_BASES, check_budget, keep_from_scores, ratio_base
 
 SCORES = ("networks", "paper", "unresolved")
 
@@ -126,6 +126,8 @@ class Plan:
     params_per_neuron: list[int]
     forced_per_layer: list[int]       # key neurons of the chosen networks per layer
     max_ratio_total: float            # the largest fraction of all parameters this choice can remove
+    ratio_of: str = "all"
+    max_ratio: dict = field(default_factory=dict)  # the same per base: {"all", "mlp", "non-embedding"}
     chosen: list[NetworkKept] = field(default_factory=list)
 
     @property
@@ -148,6 +150,7 @@ class Plan:
             "ratio_total": removed / self.total_params, "ratio_mlp": removed / self.mlp_params,
             "size_bytes": int((self.total_params - removed) * 4),
             "forced_per_layer": self.forced_per_layer, "max_ratio_total": self.max_ratio_total,
+            "ratio_of": self.ratio_of, "max_ratio": self.max_ratio,
             "chosen_networks": [vars(c) for c in self.chosen],
         }
 
@@ -175,11 +178,13 @@ def networks_kept(fn, networks, keep: np.ndarray | Sequence[np.ndarray], thresho
 
 def plan(fn, *, threshold: float | None = None, target_ratio: float | None = None, networks=None,
          protected_layers=None, uniform: bool = False, score: str = "networks",
-         key_threshold: float | None = None, forced: Sequence[np.ndarray] | None = None) -> Plan:
+         key_threshold: float | None = None, forced: Sequence[np.ndarray] | None = None,
+         ratio_of: str = "all") -> Plan:
     """The keep mask and widths of a choice, sized with ``score`` (no model needed).
 
     Exactly one of ``threshold`` (keep neurons scoring above it) and ``target_ratio`` (fraction of
-    **all** parameters to remove; the lowest-scored neurons of the unprotected layers go first).
+    ``ratio_of`` parameters to remove: ``all`` (default), ``mlp`` or ``non-embedding``; the
+    lowest-scored neurons of the unprotected layers go first).
     ``uniform``: the same width in every layer, protected layers included (a stock architecture).
     ``networks``: the chosen networks, whose key neurons (|z| > ``key_threshold``, default the
     analysis threshold) are always kept. ``forced``: instead, the per-layer masks of neurons to keep
@@ -209,9 +214,10 @@ def plan(fn, *, threshold: float | None = None, target_ratio: float | None = Non
         keep_idx = keep_from_scores(list(scores), ppn, threshold=float(threshold), protected_layers=sorted(protected),
                                     forced=list(forced))
     else:
-        goal = int(round(target_ratio * total))
+        base = ratio_base(model, ratio_of)
+        goal = int(round(target_ratio * base))
         if not uniform:
-            check_budget(goal, sizes, ppn, protected, list(forced), total_params=total)
+            check_budget(goal, sizes, ppn, protected, list(forced), total_params=base, base_name=ratio_of)
         keep_idx = keep_from_scores(list(scores), ppn, n_params_remove=goal, protected_layers=sorted(protected),
                                     uniform=uniform, forced=list(forced))
     keep = np.zeros((fn.n_layers, fn.width), dtype=bool)
@@ -229,4 +235,7 @@ def plan(fn, *, threshold: float | None = None, target_ratio: float | None = Non
                 networks=None if sel is None else [int(x) for x in sel], protected_layers=sorted(protected),
                 original_widths=[int(w) for w in model["widths"]], total_params=total, mlp_params=mlp,
                 params_per_neuron=ppn, forced_per_layer=[int(x) for x in forced.sum(axis=1)],
-                max_ratio_total=reachable / total, chosen=networks_kept(fn, networks, keep, key_threshold))
+                max_ratio_total=reachable / total, ratio_of=ratio_of,
+                max_ratio={b: reachable / ratio_base(model, b) for b in RATIO_BASES
+                           if b != "non-embedding" or model.get("embedding_params") is not None},
+                chosen=networks_kept(fn, networks, keep, key_threshold))

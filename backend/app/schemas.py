@@ -90,6 +90,8 @@ class ThresholdChoice(Strict):
     networks: list[Int] | None = Field(default=None, max_length=4096)
     threshold: Float | None = Field(default=None, gt=0, le=100)
     target_ratio: Float | None = Field(default=None, gt=0, lt=1)
+    # what target_ratio is a fraction of: all parameters, the MLPs', or all but the embeddings
+    ratio_of: Literal["all", "mlp", "non-embedding"] = "all"
 
     @model_validator(mode="after")
     def _one_of(self) -> ThresholdChoice:
@@ -131,6 +133,9 @@ class PreviewResult(BaseModel):
     size_bytes: int
     forced_per_layer: list[int] = Field(description="key neurons of the chosen networks in each layer (kept)")
     max_ratio_total: float = Field(description="the largest fraction of all parameters this choice can remove")
+    ratio_of: Literal["all", "mlp", "non-embedding"]
+    max_ratio: dict[str, float] = Field(description="the largest reachable fraction of each base (all, mlp, "
+                                                    "non-embedding when the run records embeddings)")
     chosen_networks: list[NetworkKept]
 
 
@@ -250,6 +255,11 @@ class ComponentDetail(BaseModel):
     index: int
     label: str
     stability: float
+    stable: bool = Field(description="reproduced by every FastICA restart, so a network in the key score (an "
+                         "unstable component's neurons count only through the unresolved-subspace energy)")
+    key_source: EncodedArray = Field(description="uint8 (n_map_layers, width), the map's layers: why each neuron "
+                                     "is key at the threshold, 0 not key, 1 a stable network, 2 only the "
+                                     "unresolved-subspace energy")
     threshold: float
     name: str = ""
     auto_name: str = ""
@@ -260,6 +270,18 @@ class ComponentDetail(BaseModel):
     genre_profile: dict[str, float]
 
 
+class KeySourceRow(BaseModel):
+    """One analysed layer: its stable networks, and its key neurons by why they are key."""
+
+    layer: int
+    n_components: int = Field(description="components of the layer (whole-model: those peaking in it)")
+    n_stable: int = Field(description="of them, reproduced by every FastICA restart (networks)")
+    n_key: int = Field(description="key neurons at the threshold (= n_key_network + n_key_unresolved)")
+    n_key_network: int = Field(description="key because a stable network's |z| exceeds the threshold")
+    n_key_unresolved: int = Field(description="key only through the unresolved-subspace energy (a PCA "
+                                  "statistic of the components restarts do not reproduce, not a network)")
+
+
 class Overview(BaseModel):
     n_layers: int
     width: int
@@ -267,6 +289,10 @@ class Overview(BaseModel):
     threshold: float
     density: EncodedArray
     max_z: EncodedArray
+    key_source: EncodedArray = Field(description="uint8 (n_layers, width): why each neuron is key at the "
+                                     "threshold, 0 not key, 1 a stable network, 2 only the unresolved-subspace "
+                                     "energy")
+    key_sources: list[KeySourceRow] = Field(description="per analysed layer")
 
 
 class MapSet(BaseModel):

@@ -52,11 +52,47 @@ def cmd_networks(args: argparse.Namespace) -> int:
         return 0
     if args.sort == "stability":
         rows = sorted(rows, key=lambda r: (-r["stability"], r["id"]))
+    print_key_sources(networks, args.threshold)
     print(f"{'id':>5} {'layer':>5} {'idx':>4} {'n_key':>6} {'peak|z|':>8} {'stab':>5} {'top genre':<16} label")
     for r in rows[:args.limit] if args.limit else rows:
         print(f"{r['id']:>5} {r['layer']:>5} {r['index']:>4} {r['n_key']:>6} {r['peak_z']:>8.2f} "
               f"{r['stability']:>5.2f} {str(r['top_genre']):<16} {r['label']}")
     return 0
+
+
+def key_source_rows(networks, threshold: float | None = None) -> list[dict]:
+    """Per analysed layer: stable networks (of its components) and its key neurons at ``threshold`` split
+    by ``FunctionalNetworks.key_source``: a stable network, or only the unresolved-subspace energy."""
+    import numpy as np
+
+    from ..networks import KEY_NETWORK, KEY_UNRESOLVED
+
+    source = networks.key_source(threshold)
+    home = np.asarray([networks.component_row_layer(c) for c in range(networks.n_components)])
+    rows = []
+    for layer in networks.layers:
+        counts = np.bincount(source[layer].astype(np.int64), minlength=3)
+        rows.append({"layer": int(layer), "n_components": int((home == layer).sum()),
+                     "n_stable": int((networks.stable & (home == layer)).sum()),
+                     "n_key": int(counts[KEY_NETWORK] + counts[KEY_UNRESOLVED]),
+                     "n_key_network": int(counts[KEY_NETWORK]), "n_key_unresolved": int(counts[KEY_UNRESOLVED])})
+    return rows
+
+
+def print_key_sources(networks, threshold: float | None = None) -> None:
+    """Why neurons are key, per layer (a table before the component table)."""
+    thr = networks.threshold if threshold is None else float(threshold)
+    print(f"key neurons (score > {thr:g}) per layer: from a stable network, or only from the unresolved-subspace "
+          "energy (a PCA statistic of the components FastICA restarts do not reproduce, not a network)"
+          + ("; whole-model: a network counts in the layer where its map peaks" if networks.mode == "whole-model" else ""))
+    print(f"{'layer':>5} {'stable':>11} {'key':>6} {'network':>8} {'unresolved':>10}")
+    def share(n: int, total: int) -> str:
+        return f"{100 * n / total:.0f}%" if total else "-"
+
+    for r in key_source_rows(networks, thr):
+        print(f"{r['layer']:>5} {str(r['n_stable']) + ' of ' + str(r['n_components']):>11} {r['n_key']:>6} "
+              f"{share(r['n_key_network'], r['n_key']):>8} {share(r['n_key_unresolved'], r['n_key']):>10}")
+    print()
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
@@ -66,7 +102,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
     networks = FunctionalNetworks.load(args.run_dir)
     kwargs = dict(threshold=args.threshold, target_ratio=args.target_ratio,
                   networks=int_list(args.networks, "--networks", allow_all=True),
-                  protected_layers=int_list(args.protected, "--protected", allow_all=True), uniform=args.uniform)
+                  protected_layers=int_list(args.protected, "--protected", allow_all=True), uniform=args.uniform,
+                  ratio_of=args.of)
     if args.threshold is None and args.target_ratio is None:
         kwargs["threshold"] = networks.threshold
     plan = networks.plan(**kwargs)
@@ -75,9 +112,14 @@ def cmd_mask(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan))
         return 0
-    print(f"threshold |z| > {plan['threshold']:.3f}: removes {plan['removed_neurons']} neurons = "
+    threshold = "" if plan["threshold"] is None else f"network score |z| > {plan['threshold']:.3f}: "
+    print(f"{threshold}removes {plan['removed_neurons']} neurons = "
           f"{plan['ratio_total']:.1%} of all parameters ({plan['ratio_mlp']:.1%} of MLP)")
     print("per-layer widths: " + " ".join(str(w) for w in plan["widths"]))
+    for c in plan["chosen_networks"]:
+        print(f"network {c['id']} (layer {c['layer']}): key neurons kept: {c['n_kept']} of {c['n_key']}")
+    print("largest reachable with this choice: " + ", ".join(
+        f"{v:.1%} of {'all' if k == 'all' else k} parameters" for k, v in plan["max_ratio"].items()))
     if args.out:
         print(f"mask -> {args.out}")
     return 0
@@ -131,7 +173,8 @@ def add_subcommands(subparsers) -> None:
     add_batch_options(p, quiet=False)
     p.set_defaults(func=cmd_analyze)
 
-    p = subparsers.add_parser("networks", help="table of the components of a run")
+    p = subparsers.add_parser("networks", help="per layer, why neurons are key (stable networks or unresolved "
+                              "energy); then the table of the components of a run")
     p.add_argument("run_dir")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--sort", choices=["id", "stability"], default="id")
@@ -141,9 +184,13 @@ def add_subcommands(subparsers) -> None:
 
     p = subparsers.add_parser("mask", help="key-neuron mask and per-layer widths for a threshold or target ratio")
     p.add_argument("run_dir")
-    p.add_argument("--target-ratio", type=float, default=None, help="fraction of all parameters to remove")
+    p.add_argument("--target-ratio", type=float, default=None, help="fraction of parameters to remove (see --of)")
+    p.add_argument("--of", choices=("all", "mlp", "non-embedding"), default="all",
+                   help="what --target-ratio is a fraction of: all parameters (default), the MLPs', or all but "
+                        "the embeddings")
     p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--networks", default=None, help="comma-separated component ids that count (default all)")
+    p.add_argument("--networks", default=None,
+                   help="chosen networks (comma-separated ids): every key neuron of each is kept (default: none forced)")
     p.add_argument("--protected", default=None, help="comma-separated layers kept whole (default first 3, last 2)")
     p.add_argument("--uniform", action="store_true")
     p.add_argument("--out", default=None, help="write the mask as JSON")

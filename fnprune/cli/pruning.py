@@ -51,7 +51,7 @@ def spec_from_args(args: argparse.Namespace):
                        threshold=args.threshold, networks=_tuple(int_list(args.networks, "--networks")),
                        allocation=allocation, protected_layers=_tuple(int_list(args.protected, "--protected")),
                        repair=repair, sequential=args.sequential, ridge=args.ridge, heads_fraction=args.heads,
-                       seed=args.seed)
+                       seed=args.seed, ratio_of=args.of)
 
 
 def _tuple(values):
@@ -173,7 +173,11 @@ def add_subcommands(subparsers) -> None:
 
     p = subparsers.add_parser("prune", help="prune a model with the functional networks of a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--target-ratio", type=float, default=0.2, help="fraction of ALL parameters to remove (default 0.2)")
+    p.add_argument("--target-ratio", type=float, default=0.2,
+                   help="fraction of parameters to remove (default 0.2 of all parameters; see --of)")
+    p.add_argument("--of", choices=("all", "mlp", "non-embedding"), default="all",
+                   help="what --target-ratio is a fraction of: all parameters (default), the MLPs', or all but "
+                        "the embeddings (for models whose embeddings are most of their parameters)")
     p.add_argument("--threshold", type=float, default=None, help="|z| threshold instead of a target ratio")
     p.add_argument("--networks", default=None,
                    help="chosen networks, e.g. 1,5,9: every key neuron of each is kept (default: none forced)")

@@ -226,3 +226,26 @@ def test_fidelity_is_perfect_when_nothing_changes_and_drops_when_a_network_is_cu
     assert 1.0 > key_cut.correlation > map_cut.correlation and map_cut.correlation < 0.95
     assert key_cut.output_change_top > 0
     assert most_stable_networks(fn, 3)[:1] and len(most_stable_networks(fn, 3)) <= 3
+
+
+@pytest.mark.parametrize("ratio_of", ["all", "mlp", "non-embedding"])
+def test_target_ratio_of_all_mlp_or_non_embedding_parameters(setup, ratio_of):
+    model, tok, fn = setup
+    from fnprune.mlp import parameter_counts
+    from fnprune.prune import ratio_base
+
+    counts = parameter_counts(model)
+    base = ratio_base(counts, ratio_of)
+    assert base == {"all": counts["total_params"], "mlp": counts["mlp_params"],
+                    "non-embedding": counts["total_params"] - counts["embedding_params"]}[ratio_of]
+    p = plan(fn, target_ratio=0.1, ratio_of=ratio_of).as_dict()
+    per_neuron = fn.info["model"]["params_per_neuron"][0]
+    assert 0.1 * base <= p["removed_params"] < 0.1 * base + per_neuron
+    assert set(p["max_ratio"]) == {"all", "mlp", "non-embedding"}
+    out = prune_with_networks(copy.deepcopy(model), fn, PruningSpec(method="fn", target_ratio=0.1, repair="none",
+                                                                    ratio_of=ratio_of))
+    assert out.widths == p["widths"]
+    with pytest.raises(ConfigError, match=r"can be removed \("):
+        plan(fn, target_ratio=min(0.99, p["max_ratio"][ratio_of] + 0.01), ratio_of=ratio_of)
+    with pytest.raises(ConfigError, match="ratio_of"):
+        PruningSpec(ratio_of="vocab").validated(True)

@@ -289,11 +289,14 @@ def component_map(settings: Settings, store: JobStore, job_id: str, k: int, thre
     encoded = encoding.int8_array(zmap)
     encoded.update({"layers": [int(x) for x in detail["map_layers"]], "signals": list(networks.signals),
                     "width": width, "grid": list(networks.grid)})
+    thr = _threshold(networks, threshold)
+    source = networks.key_source(thr)[[int(x) for x in detail["map_layers"]]]   # (n_map_layers, width)
     return {
         "id": int(detail.get("id", k)), "layer": plain(detail.get("layer")), "index": plain(detail.get("index")),
         "label": labels.get(str(k), "unknown"), "stability": plain(detail.get("stability")),
+        "stable": bool(networks.stable[k]), "key_source": encoding.uint8_array(source, quantise=False),
         "name": get_names(settings, job_id).get(str(k)) or detail["auto_name"], "auto_name": detail["auto_name"],
-        "threshold": _threshold(networks, threshold), "map": encoded,
+        "threshold": thr, "map": encoded,
         "histogram": encoding.histogram(zmap),
         "time_course": {"values": encoding.floats(tc[idx], 2), "tokens": [str(tokens[i]) for i in idx],
                         "docs": [int(token_docs[i]) for i in idx], "n_tokens": len(tc)},
@@ -307,9 +310,29 @@ def overview(settings: Settings, store: JobStore, job_id: str, threshold: float 
     thr = _threshold(networks, threshold)
     ov = networks.overview(threshold=thr)
     width = int(networks.width)
+    source = networks.key_source(thr)
     return {"n_layers": int(networks.n_layers), "width": width, "grid": list(networks.grid), "threshold": thr,
             "density": encoding.uint8_array(np.asarray(ov["density"]), quantise=False),
-            "max_z": encoding.uint8_array(np.asarray(ov["max_z"]), quantise=True)}
+            "max_z": encoding.uint8_array(np.asarray(ov["max_z"]), quantise=True),
+            "key_source": encoding.uint8_array(source, quantise=False),
+            "key_sources": _key_source_rows(networks, source)}
+
+
+def _key_source_rows(networks, source: np.ndarray) -> list[dict[str, int]]:
+    """Per analysed layer: stable networks of its components, and its key neurons split by why they
+    are key (``source`` = ``FunctionalNetworks.key_source``: 1 a stable network, 2 only the
+    unresolved-subspace energy). Whole-model components count in the layer where their map peaks."""
+    from fnprune.networks import KEY_NETWORK, KEY_UNRESOLVED
+
+    home = np.asarray([networks.component_row_layer(c) for c in range(networks.n_components)])
+    rows = []
+    for layer in networks.layers:
+        counts = np.bincount(source[layer].astype(np.int64), minlength=3)
+        network, unresolved = int(counts[KEY_NETWORK]), int(counts[KEY_UNRESOLVED])
+        rows.append({"layer": int(layer), "n_components": int((home == layer).sum()),
+                     "n_stable": int((networks.stable & (home == layer)).sum()),
+                     "n_key": network + unresolved, "n_key_network": network, "n_key_unresolved": unresolved})
+    return rows
 
 
 def map_set(settings: Settings, store: JobStore, job_id: str, threshold: float | None) -> dict[str, Any]:
@@ -374,8 +397,9 @@ def preview(settings: Settings, store: JobStore, job_id: str, req: PreviewReques
     networks = load_networks(settings, store, job_id)
     check_choice(networks, req.networks, req.protected_layers)
     threshold, target_ratio = default_choice(networks, req.threshold, req.target_ratio)
+    # a ConfigError (e.g. the chosen networks exceed the budget, saying by how much) answers 422
     plan = networks.plan(threshold=threshold, target_ratio=target_ratio, networks=req.networks,
-                         protected_layers=req.protected_layers, uniform=req.uniform)
+                         protected_layers=req.protected_layers, uniform=req.uniform, ratio_of=req.ratio_of)
     return plain(plan)
 
 

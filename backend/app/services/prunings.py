@@ -34,7 +34,8 @@ def _spec(req: PruningRequest, networks):
                        networks=None if req.networks is None else tuple(req.networks),
                        allocation="uniform" if req.uniform else "default",
                        protected_layers=None if req.protected_layers is None else tuple(req.protected_layers),
-                       repair=req.repair, sequential=req.sequential, heads_fraction=req.heads_fraction)
+                       repair=req.repair, sequential=req.sequential, heads_fraction=req.heads_fraction,
+                       ratio_of=req.ratio_of)
 
 
 def create(req: PruningRequest, settings: Settings, store: JobStore, enqueue) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def create(req: PruningRequest, settings: Settings, store: JobStore, enqueue) ->
         field = str(exc).split(":", 1)[0] if str(exc).split(":", 1)[0] in PruningRequest.model_fields else None
         raise ApiError(422, str(exc), field) from exc
     networks.plan(threshold=spec.threshold, target_ratio=spec.target_ratio, networks=req.networks,
-                  protected_layers=req.protected_layers, uniform=req.uniform)
+                  protected_layers=req.protected_layers, uniform=req.uniform, ratio_of=req.ratio_of)
     job = store.create("pruning", req.model_dump())
     enqueue(job["id"])
     return store.get(job["id"]) or job
