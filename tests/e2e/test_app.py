@@ -556,12 +556,11 @@ def pruned(server):
     """A tiny analysis (through the API) and one pruning of it that keeps one network, evaluated,
     with a random baseline: ``(analysis_id, table, chosen id, pruning job)``."""
     status, job = _api(server, "/api/analyses", {"model": "tiny-llama", "corpus": "pydoc", "n_texts": 6,
-                                                 "max_tokens": 64, "n_components": 8})
+                                                 "max_tokens": 64, "n_components": 16})
     assert status == 202, job
     analysis_id = _wait_succeeded(server, "analyses", job["id"], ANALYSIS_TIMEOUT_MS / 1000)["id"]
     _, table = _api(server, f"/api/analyses/{analysis_id}/networks")
-    keyed = [c for c in table["components"] if c["n_key"] > 0] or table["components"]
-    chosen = min(keyed, key=lambda c: (c["n_key"], c["id"]))["id"]
+    chosen = max(table["components"], key=lambda c: (c["n_key"], -c["id"]))["id"]  # 16 maps of 64: some |z| > 3
     status, pj = _api(server, "/api/prunings", {"analysis_id": analysis_id, "networks": [chosen], "target_ratio": 0.2,
                                                 "baselines": ["random"], "n_heldout": 3})
     assert status == 202, pj
@@ -608,6 +607,8 @@ def test_select_networks_are_constraints(server, page, pruned):
     expect(page.locator(f"#kept-{chosen}")).to_have_text(f"{kept['n_key']} of {kept['n_key']}")
     expect(page.locator("#pv-forced")).to_have_text(str(sum(one["forced_per_layer"])))
     expect(page.locator("#max-ratio")).to_contain_text(f"at most {100 * one['max_ratio_total']:.1f} %")
+    assert sum(one["forced_per_layer"]) == kept["n_key"] > 0, (one, table["components"])
+    page.wait_for_function("() => document.getElementById('width-plot').data?.[3]?.visible === true")
     forced = page.evaluate("() => document.getElementById('width-plot').data[3].y")
     assert forced == one["forced_per_layer"]
     assert previews[-1]["networks"] == [chosen]
@@ -627,6 +628,25 @@ def test_select_networks_are_constraints(server, page, pruned):
     expect(page.locator("#prune-blocked")).to_be_hidden()
     assert_fits_viewport(page, "select (constrained)")
     shot(page, "10-select-constraints")
+
+    # guided selection: the N networks most selective for a genre; the networks whose name has a word
+    comps = table["components"]
+    genre = comps[0]["top_genre"]
+    best = sorted((c for c in comps if c["top_genre"] == genre), key=lambda c: (-c["genre_selectivity"], c["id"]))[:3]
+    page.fill("#top-n", "3")
+    page.select_option("#genre-pick", genre)
+    page.locator("#select-genre").click()
+    expect(page.locator("#selected-count")).to_have_text(f"3 of {n} networks selected")
+    checked = page.eval_on_selector_all("#network-checklist input:checked", "els => els.map((e) => Number(e.value))")
+    assert sorted(checked) == sorted(c["id"] for c in best)
+    word = next(w for c in comps for w in re.findall(r"[a-z]+", c["name"].lower()))
+    named = {c["id"] for c in comps if re.search(rf"(^|[\W_]){word}($|[\W_])", c["name"].lower())}
+    page.fill("#word-pick", word)
+    page.locator("#select-word").click()
+    expect(page.locator("#selected-count")).to_have_text(f"{len(named)} of {n} networks selected")
+    checked = page.eval_on_selector_all("#network-checklist input:checked", "els => els.map((e) => Number(e.value))")
+    assert set(checked) == named
+    expect(page.locator("#guided-note")).to_contain_text(f"named with “{word}”")
     assert page.page_errors == []
 
 
@@ -660,10 +680,61 @@ def test_pruning_result_fidelity(server, page, pruned):
     for b in r["baselines"]:
         expect(page.locator(f"#baselines-table tr[data-name='{b['name']}'] td").first).to_have_text(b["name"])
     assert {b["name"] for b in r["baselines"]} == {"random (own)", "random (networks)"}
-    # an empty generation is one short line, not a tall empty box
     for box in page.locator(".gen-text").all():
         assert box.bounding_box()["height"] < 260
-    expect(page.locator(".gen-text:empty")).to_have_count(0)
     assert_fits_viewport(page, "pruning result")
     shot(page, "11-pruning-fidelity")
+    # an empty (or blank) pruned generation is one short line, not a tall empty box
+    blank = json.loads(json.dumps(job))
+    assert blank["result"]["generations"]
+    for g, text in zip(blank["result"]["generations"], ["", "\n\n\n\n\n\n", "   "], strict=False):
+        g["pruned"] = text
+    page.route(f"**/api/prunings/{job['id']}", lambda route: route.fulfill(json=blank))
+    page.reload()
+    expect(page.locator(".gen-text.gen-empty")).to_have_count(min(3, len(blank["result"]["generations"])))
+    expect(page.locator(".gen-text.gen-empty").first).to_have_text("(nothing generated)")
+    for box in page.locator(".gen-text.gen-empty").all():
+        assert box.bounding_box()["height"] < 60
+    assert page.page_errors == []
+
+
+def test_overview_key_source(server, page, pruned):
+    """The overview colours neurons by why they are key (a stable network or only the unresolved-subspace
+    energy), its hover and the neuron lookup say why, and the legend explains the unresolved energy."""
+    expect = sync_api.expect
+    analysis_id = pruned[0]
+    overview = _get_json(f"{server}/api/analyses/{analysis_id}/overview")
+    shape = (overview["n_layers"], overview["width"])
+    source = np.frombuffer(base64.b64decode(overview["key_source"]["data"]), np.uint8).reshape(shape)
+    assert [r["n_key"] for r in overview["key_sources"]] == [int((source[r["layer"]] > 0).sum())
+                                                            for r in overview["key_sources"]]
+    _, positions, _ = _layout(server, analysis_id)
+    page.goto(f"{server}/#/analysis/{analysis_id}/overview")
+    page.wait_for_selector("#overview-mosaic .main-svg")
+    expect(page.locator("#key-source-legend")).to_be_hidden()
+    page.get_by_label("key source").check()
+    expect(page.locator("#overview-mosaic")).to_have_attribute("data-measure", "source")
+    expect(page.locator("#overview-mosaic .gtitle")).to_contain_text("Why each neuron is key")
+    expect(page.locator("#key-source-legend")).to_be_visible()
+    expect(page.locator("#key-source-legend")).to_contain_text("Unresolved-subspace energy")
+    expect(page.locator("#key-source-split")).to_have_text(
+        f"{int((source == 1).sum()):,} / {int((source == 2).sum()):,}")
+    expect(page.locator("#n-key-neurons")).to_contain_text(f"{int((source > 0).sum()):,} (")  # what masks keep
+    # a neuron of the rarest source present (the unresolved energy when there is one)
+    value = 2 if (source == 2).any() else 1 if (source == 1).any() else 0
+    layer, neuron = (int(i) for i in np.argwhere(source == value)[0])
+    cols = overview["grid"][1]
+    drawn = page.evaluate(DRAWN_AT, ["overview-mosaic", f"L{layer}", int(positions[layer, neuron]), cols])
+    assert drawn["z"] == value and drawn["custom"][1:3] == [neuron, layer], drawn
+    words = {0: "not key", 1: "a stable network", 2: "only the unresolved-subspace energy"}[value]
+    page.mouse.move(*page.evaluate(CELL_PIXEL, ["overview-mosaic", drawn["x"], drawn["y"]]))
+    expect(page.locator("#overview-mosaic .hoverlayer .hovertext")).to_contain_text(words)
+    page.fill("#probe-layer", str(layer))
+    page.fill("#probe-neuron", str(neuron))
+    page.get_by_role("button", name="Find its networks").click()
+    expect(page.locator("#neuron-key-source")).to_contain_text(words)
+    page.locator("#key-source-layers summary").click()
+    expect(page.locator("#key-source-layers tbody tr")).to_have_count(len(overview["key_sources"]))
+    assert_fits_viewport(page, "overview (key source)")
+    shot(page, "03b-overview-key-source")
     assert page.page_errors == []

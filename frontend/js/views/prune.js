@@ -1,11 +1,29 @@
 // Screen 5: choose the networks to preserve and the threshold / target ratio, see the projected
 // per-layer widths and size live (POST /preview, debounced), then start a pruning.
+// A checked network is a constraint: every one of its key neurons is kept, whatever the method; no
+// check means nothing is forced (every network still shapes the scores).
 import { api } from "../api.js";
 import { baseLayout, OKABE_ITO, react } from "../charts.js";
 import { clearError, debounce, el, fmtBytes, fmtNum, fmtParams, fmtPct, fmtTime, showError } from "../dom.js";
 import { getNetworks } from "../store.js";
 import { analysisTabs, ownLayer, statusBadge } from "./common.js";
 import { waitForJob } from "./overview.js";
+
+// fnprune.recipe.METHODS and METHOD_HELP: how neurons are chosen inside a layer.
+const METHODS = [
+  ["fn-flap", "fn-flap (recommended)", "FLAP's fluctuation score inside the functional networks' per-layer widths."],
+  ["fn", "fn: network score", "The seed-robust network score: max |z| over the stable networks, else the unresolved-subspace energy."],
+  ["paper", "paper: the authors' rule", "Any |z| above the threshold in one FastICA run's maps (no unresolved-subspace energy)."],
+  ["random", "random (baseline)", "Uniformly random neurons (seeded), in the method's own per-layer allocation."],
+  ["magnitude", "magnitude (baseline)", "The L2 norm of each neuron's weights."],
+  ["wanda-sp", "Wanda-SP (baseline)", "Structured Wanda: sum of |W_down| times the neuron's input norm."],
+  ["flap", "FLAP (baseline)", "FLAP: input variance times the squared norm of the neuron's down-projection column."],
+];
+const REPAIRS = [
+  ["lstsq", "least squares (recommended)", "Re-fit each pruned layer's down projection (kept columns) and its bias by least squares to the dense layer's output on the calibration tokens."],
+  ["bias", "mean bias", "FLAP's compensation: add the mean output of the removed neurons on the calibration tokens to the layer's output bias; no other weight changes."],
+  ["none", "none", "Change no weight: the kept neurons keep their dense weights and the removed ones' output is simply lost."],
+];
 
 const BASELINES = [
   ["random", "random"],
@@ -26,14 +44,16 @@ export async function render(root, { id }, ctx) {
   // ---- network checklist ------------------------------------------------------------------
   const boxes = new Map();
   const rows = comps.map((c) => {
-    const box = el("input", { type: "checkbox", checked: true, id: `keep-${c.id}`, value: String(c.id), "aria-label": `Preserve network ${c.id}` });
+    const box = el("input", { type: "checkbox", id: `keep-${c.id}`, value: String(c.id), "aria-label": `Keep every key neuron of network ${c.id}` });
     boxes.set(c.id, box);
     return el(
       "tr",
       el("td", box),
-      el("td", el("label", { for: `keep-${c.id}` }, el("a", { href: `#/analysis/${id}/network/${c.id}`, text: `Network ${c.id}` }))),
+      el("td", el("label", { for: `keep-${c.id}` }, el("a", { href: `#/analysis/${id}/network/${c.id}`, text: `Network ${c.id}` })),
+        c.name ? el("div.muted.small.net-row-name", { text: c.name }) : null),
       el("td", { text: ownLayer(c) ?? "all" }),
       el("td.num", { text: String(c.n_key) }),
+      el("td.num.kept-cell", { id: `kept-${c.id}`, text: "" }),
       el("td.num", { text: fmtNum(c.stability) }),
       el("td", el(`span.badge.label-${c.label || "unknown"}`, { text: c.label || "unknown" })),
       el("td", { text: c.top_genre || "—" }),
@@ -50,7 +70,7 @@ export async function render(root, { id }, ctx) {
     "div.quick-actions",
     { role: "group", "aria-label": "Quick selections" },
     el("button.btn.btn-secondary", { type: "button", text: "All", onclick: () => setChecked(() => true) }),
-    el("button.btn.btn-secondary", { type: "button", text: "None", onclick: () => setChecked(() => false) }),
+    el("button.btn.btn-secondary", { type: "button", text: "None (nothing forced)", onclick: () => setChecked(() => false) }),
     el("button.btn.btn-secondary#select-signal", { type: "button", text: `All signal-labelled (${nSignal})`, onclick: () => setChecked((c) => c.label === "signal") }),
     el("span.group",
       el("button.btn.btn-secondary#select-top", {
@@ -65,29 +85,80 @@ export async function render(root, { id }, ctx) {
       el("label.sr-only", { for: "top-n", text: "N" }),
       topN),
   );
+
+  // ---- guided selection: by what the networks respond to (genre, a word of their name) ----------
+  const genres = [...new Set(comps.map((c) => c.top_genre).filter(Boolean))].sort();
+  const genrePick = el("select#genre-pick", { "aria-label": "Genre" },
+    genres.map((g) => el("option", { value: g, text: `${g} (${comps.filter((c) => c.top_genre === g).length})` })));
+  const wordPick = el("input#word-pick", { type: "search", placeholder: "e.g. was", "aria-label": "Word in the network's name or top tokens" });
+  const guidedNote = el("span.muted.small#guided-note", { "aria-live": "polite" });
+  const pickBy = (pred, what) => {
+    const hits = comps.filter(pred);
+    setChecked((c) => hits.includes(c));
+    guidedNote.textContent = hits.length ? `${hits.length} network${hits.length === 1 ? "" : "s"} ${what}.` : `No network ${what}.`;
+  };
+  const guided = el(
+    "div.quick-actions.guided",
+    { role: "group", "aria-label": "Select by function" },
+    el("span.group",
+      el("button.btn.btn-secondary#select-genre", {
+        type: "button",
+        text: "Top N most selective for",
+        disabled: genres.length === 0,
+        onclick: () => {
+          const g = genrePick.value;
+          const n = Math.max(1, Number(topN.value) || 1);
+          const top = new Set(comps.filter((c) => c.top_genre === g)
+            .sort((a, b) => (b.genre_selectivity ?? 0) - (a.genre_selectivity ?? 0) || a.id - b.id).slice(0, n).map((c) => c.id));
+          pickBy((c) => top.has(c.id), `most selective for ${g}`);
+        },
+      }),
+      genrePick),
+    el("span.group",
+      el("button.btn.btn-secondary#select-word", {
+        type: "button",
+        text: "Networks whose name has the word",
+        onclick: () => {
+          const w = wordPick.value.trim().toLowerCase();
+          if (!w) {
+            guidedNote.textContent = "Type a word first.";
+            return;
+          }
+          const re = new RegExp(`(^|[^\\p{L}\\p{N}])${w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}($|[^\\p{L}\\p{N}])`, "u");
+          pickBy((c) => re.test(String(c.name || "").toLowerCase()) || re.test(String(c.auto_name || "").toLowerCase()), `named with “${wordPick.value.trim()}”`);
+        },
+      }),
+      wordPick),
+    guidedNote,
+  );
+  wordPick.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") guided.querySelector("#select-word").click();
+  });
   const checklist = el(
     "div.table-scroll",
     el("table.table#network-checklist",
-      el("thead", el("tr", ["Keep", "Network", "Layer", "Key neurons", "Stability", "Label", "Top genre"].map((h) => el("th", { scope: "col", text: h })))),
+      el("thead", el("tr", ["Keep all key", "Network", "Layer", "Key neurons", "Key kept", "Stability", "Label", "Top genre"].map((h) => el("th", { scope: "col", text: h })))),
       el("tbody", rows)),
   );
 
   // ---- target -----------------------------------------------------------------------------
   const thr = table.threshold ?? 3;
-  const modeThreshold = el("input", { type: "radio", name: "target", value: "threshold", id: "target-threshold", checked: true });
-  const modeRatio = el("input", { type: "radio", name: "target", value: "ratio", id: "target-ratio" });
+  const modeThreshold = el("input", { type: "radio", name: "target", value: "threshold", id: "target-threshold" });
+  const modeRatio = el("input", { type: "radio", name: "target", value: "ratio", id: "target-ratio", checked: true });
   const thrSlider = el("input#threshold-slider", { type: "range", min: "1", max: "8", step: "0.1", value: String(thr) });
   const thrOut = el("output", { for: "threshold-slider", text: `|z| ≥ ${thr.toFixed(1)}` });
-  const ratioSlider = el("input#ratio-slider", { type: "range", min: "0.05", max: "0.9", step: "0.01", value: "0.3", disabled: true });
-  const ratioOut = el("output", { for: "ratio-slider", text: "30 %" });
+  const ratioSlider = el("input#ratio-slider", { type: "range", min: "0.05", max: "0.9", step: "0.01", value: "0.2", "aria-label": "Fraction of ALL model parameters removed" });
+  const ratioOut = el("output", { for: "ratio-slider", text: "20 % of all parameters" });
   const protectedInput = el("input#protected-layers", { type: "text", placeholder: "e.g. 0, 1, 29", inputmode: "numeric", "aria-describedby": "protected-hint" });
   const uniform = el("input#uniform", { type: "checkbox" });
+  const maxRatio = el("p.hint#max-ratio", { "aria-live": "polite" });
   const targetBox = el(
     "div.target",
     el("fieldset",
       el("legend", { text: "What to keep" }),
       el("div.target-row", el("label.check", { for: "target-threshold" }, modeThreshold, " key neurons at threshold"), el("div.range", thrSlider, thrOut)),
-      el("div.target-row", el("label.check", { for: "target-ratio" }, modeRatio, " target pruning ratio (MLP parameters removed)"), el("div.range", ratioSlider, ratioOut))),
+      el("div.target-row", el("label.check", { for: "target-ratio" }, modeRatio, " target pruning ratio: fraction of ALL parameters removed (embeddings, attention and MLPs counted)"), el("div.range", ratioSlider, ratioOut)),
+      maxRatio),
     el("div.field", el("label", { for: "protected-layers", text: "Protected layers (never pruned)" }), protectedInput, el("p.hint#protected-hint", { text: "Comma-separated layer numbers; empty = the server's default (listed in the preview)." })),
     el("label.check", { for: "uniform" }, uniform, " same width in every layer (uniform allocation)"),
   );
@@ -96,6 +167,7 @@ export async function render(root, { id }, ctx) {
   const previewStats = el("dl.stats#preview-stats", el("div", el("dt", { text: "Preview" }), el("dd", { text: "…" })));
   const widthPlot = el("div.plot#width-plot");
   const previewState = el("p.muted.small#preview-state", { "aria-live": "polite" });
+  const chosenList = el("div#chosen-kept", { "aria-live": "polite" });
 
   const parseProtected = () => {
     const text = protectedInput.value.trim();
@@ -105,9 +177,10 @@ export async function render(root, { id }, ctx) {
     if (nums.some((n) => !Number.isInteger(n) || n < 0)) throw new Error(`Protected layers must be whole layer numbers separated by commas, not "${text}".`);
     return nums;
   };
+  // no check = no constraint (null); every check is a constraint, "All" included
   const selection = () => {
     const chosen = comps.filter((c) => boxes.get(c.id).checked).map((c) => c.id);
-    return chosen.length === comps.length ? null : chosen;
+    return chosen.length ? chosen : null;
   };
   const request = () => ({
     networks: selection(),
@@ -119,6 +192,13 @@ export async function render(root, { id }, ctx) {
 
   let seq = 0;
   let previewFailed = false;
+  let blockedReason = ""; // why the last preview refused these settings (the Prune button says it)
+  const setBlocked = (reason) => {
+    blockedReason = reason;
+    startButton.disabled = Boolean(reason);
+    blockedNote.hidden = !reason;
+    blockedNote.textContent = reason ? `Cannot prune with these settings: ${reason}` : "";
+  };
   async function preview() {
     const mySeq = ++seq;
     let body;
@@ -128,28 +208,46 @@ export async function render(root, { id }, ctx) {
       showError(err);
       return;
     }
-    if (body.networks && body.networks.length === 0) {
-      previewState.textContent = "No network selected: choose at least one network to preserve.";
-      return;
-    }
     previewState.textContent = "Updating preview…";
     try {
       const p = await api(`/api/analyses/${id}/preview`, { method: "POST", body });
       if (mySeq !== seq || !ctx.alive()) return;
       if (previewFailed) clearError(); // the settings that failed are gone
       previewFailed = false;
-      previewState.textContent = `Preview for ${body.networks ? body.networks.length : comps.length} networks at |z| ≥ ${fmtNum(p.threshold, 2)}.`;
+      setBlocked("");
+      const nChosen = body.networks ? body.networks.length : 0;
+      previewState.textContent = nChosen
+        ? `Preview for ${nChosen} chosen network${nChosen === 1 ? "" : "s"} (every key neuron kept) at |z| ≥ ${fmtNum(p.threshold, 2)}.`
+        : `Preview with no network chosen (nothing forced) at |z| ≥ ${fmtNum(p.threshold, 2)}.`;
+      const forced = p.forced_per_layer || [];
+      const nForced = forced.reduce((a, b) => a + b, 0);
       previewStats.replaceChildren(
         el("div", el("dt", { text: "Threshold" }), el("dd#pv-threshold", { text: `|z| ≥ ${fmtNum(p.threshold, 2)}` })),
         el("div", el("dt", { text: "Parameters removed" }), el("dd#pv-removed", { text: fmtParams(p.removed_params) })),
         el("div", el("dt", { text: "Parameters kept" }), el("dd#pv-total", { text: `${fmtParams(p.total_params - p.removed_params)} of ${fmtParams(p.total_params)}` })),
-        el("div", el("dt", { text: "Pruning ratio (total)" }), el("dd#pv-ratio", { text: fmtPct(p.ratio_total) })),
-        el("div", el("dt", { text: "Pruning ratio (MLP)" }), el("dd#pv-ratio-mlp", { text: fmtPct(p.ratio_mlp) })),
+        el("div", el("dt", { text: "Removed: fraction of ALL parameters" }), el("dd#pv-ratio", { text: fmtPct(p.ratio_total) })),
+        el("div", el("dt", { text: "Removed: fraction of MLP parameters" }), el("dd#pv-ratio-mlp", { text: fmtPct(p.ratio_mlp) })),
+        el("div", el("dt", { text: "Forced in: key neurons of the chosen networks" }), el("dd#pv-forced", { text: nChosen ? String(nForced) : "none" })),
         el("div", el("dt", { text: "Size (float32)" }), el("dd#pv-size", { text: fmtBytes(p.size_bytes) })),
         el("div", el("dt", { text: "Protected layers" }), el("dd#pv-protected", { text: (p.protected_layers || []).length ? p.protected_layers.join(", ") : "none" })),
       );
+      maxRatio.textContent = p.max_ratio_total != null
+        ? `With ${nChosen ? "these networks' key neurons" : "nothing forced"} and the protected layers kept, at most ${fmtPct(p.max_ratio_total)} of all parameters can be removed.`
+        : "";
+      // per chosen network: how many of its key neurons the preview keeps
+      const chosenNets = p.chosen_networks || [];
+      const byId = new Map(chosenNets.map((c) => [c.id, c]));
+      for (const c of comps) {
+        const k = byId.get(c.id);
+        document.getElementById(`kept-${c.id}`)?.replaceChildren(k ? `${k.n_kept} of ${k.n_key}` : "");
+      }
+      chosenList.replaceChildren(chosenNets.length
+        ? el("ul.plain.kept-list", chosenNets.map((c) => el("li", { dataset: { id: String(c.id) }, class: c.n_kept < c.n_key ? "short" : null },
+          el("a", { href: `#/analysis/${id}/network/${c.id}`, text: `Network ${c.id}` }), ` (L${c.layer}): key neurons kept: ${c.n_kept} of ${c.n_key}`)))
+        : el("p.muted.small", { text: "No network chosen: nothing is forced in; the method's score (shaped by all networks) fills the whole budget." }));
       previewStats.classList.remove("stale");
       widthPlot.classList.remove("stale");
+      chosenList.classList.remove("stale");
       const layers = p.widths.map((_, l) => `L${l}`);
       const prot = new Set(p.protected_layers || []);
       await react(
@@ -158,15 +256,19 @@ export async function render(root, { id }, ctx) {
           { type: "bar", name: "original", x: layers, y: p.original_widths, marker: { color: "#cbd2d9" }, hovertemplate: "%{x}: %{y} neurons originally<extra></extra>" },
           { type: "bar", name: "kept", x: layers, y: p.widths.map((w, l) => (prot.has(l) ? null : w)), marker: { color: OKABE_ITO[0] }, hovertemplate: "%{x}: %{y} neurons kept<extra></extra>" },
           { type: "bar", name: "protected (not pruned)", x: layers, y: p.widths.map((w, l) => (prot.has(l) ? w : null)), marker: { color: OKABE_ITO[2] }, hovertemplate: "%{x}: protected, %{y} neurons<extra></extra>", showlegend: prot.size > 0 },
+          { type: "bar", name: "forced in (key neurons of the chosen networks)", x: layers, y: forced, width: 0.45, marker: { color: OKABE_ITO[1] }, hovertemplate: "%{x}: %{y} key neurons of the chosen networks, always kept<extra></extra>", visible: nForced > 0, showlegend: nForced > 0 },
         ],
-        baseLayout({ height: 300, barmode: "overlay", title: { text: "Projected MLP width per layer", x: 0, xanchor: "left", font: { size: 14 } }, yaxis: { title: { text: "neurons" } }, legend: { orientation: "h", y: -0.2 } }),
+        baseLayout({ height: 320, barmode: "overlay", title: { text: "Projected MLP width per layer", x: 0, xanchor: "left", font: { size: 14 } }, yaxis: { title: { text: "neurons" } }, legend: { orientation: "h", y: -0.2 } }),
       );
     } catch (err) {
       if (mySeq === seq && ctx.alive()) {
-        previewState.textContent = "Preview failed: change the networks or the target.";
+        const refused = err.status === 422;
+        previewState.textContent = refused ? `Preview refused: ${err.message}` : "Preview failed: change the networks or the target.";
         previewFailed = true;
         previewStats.classList.add("stale");
         widthPlot.classList.add("stale");
+        chosenList.classList.add("stale");
+        if (refused) setBlocked(err.message);
         showError(`Preview: ${err.message}`);
       }
     }
@@ -178,31 +280,41 @@ export async function render(root, { id }, ctx) {
     thrSlider.disabled = !modeThreshold.checked;
     ratioSlider.disabled = !modeRatio.checked;
     thrOut.textContent = `|z| ≥ ${Number(thrSlider.value).toFixed(1)}`;
-    ratioOut.textContent = `${Math.round(100 * Number(ratioSlider.value))} %`;
+    ratioOut.textContent = `${Math.round(100 * Number(ratioSlider.value))} % of all parameters`;
     debounced();
   }
 
   // ---- prune options and start ------------------------------------------------------------
-  const method = el("select#opt-method",
-    el("option", { value: "fn-flap", text: "fn-flap (recommended): the networks' per-layer widths, FLAP score within each layer, bias compensation" }),
-    el("option", { value: "fn", text: "fn (paper): keep every key neuron of the chosen networks" }));
-  const bias = el("input#opt-bias", { type: "checkbox" });
+  const method = el("select#opt-method", { "aria-describedby": "method-help" },
+    METHODS.map(([value, label, help]) => el("option", { value, text: label, title: help })));
+  const methodHelp = el("p.hint#method-help");
+  const repair = el("select#opt-repair", { "aria-describedby": "repair-help" },
+    REPAIRS.map(([value, label, help]) => el("option", { value, text: label, title: help })));
+  const repairHelp = el("p.hint#repair-help");
+  const sequential = el("input#opt-sequential", { type: "checkbox" });
+  const describeOptions = () => {
+    methodHelp.textContent = METHODS.find(([v]) => v === method.value)[2];
+    repairHelp.textContent = REPAIRS.find(([v]) => v === repair.value)[2];
+    sequential.disabled = repair.value !== "lstsq";
+    if (sequential.disabled) sequential.checked = false;
+  };
+  method.addEventListener("change", describeOptions);
+  repair.addEventListener("change", describeOptions);
+  describeOptions();
   const heads = el("input#opt-heads", { type: "checkbox" });
   const headsFraction = el("input#opt-heads-fraction", { type: "number", min: "0.05", max: "0.95", step: "0.05", value: "0.25", disabled: true, "aria-label": "Fraction of KV head groups to remove" });
   heads.addEventListener("change", () => (headsFraction.disabled = !heads.checked));
   const evaluate = el("input#opt-evaluate", { type: "checkbox", checked: true });
   const baselineBoxes = BASELINES.map(([value, label]) => el("label.check", el("input", { type: "checkbox", name: "baseline", value }), ` ${label}`));
-  const startButton = el("button.btn.btn-primary#start-pruning", { type: "button", text: "Prune the model" });
+  const startButton = el("button.btn.btn-primary#start-pruning", { type: "button", text: "Prune the model", "aria-describedby": "prune-blocked" });
+  const blockedNote = el("p.blocked#prune-blocked", { role: "status", hidden: true });
   startButton.addEventListener("click", async () => {
+    if (blockedReason) return;
     let body;
     try {
       body = request();
     } catch (err) {
       showError(err);
-      return;
-    }
-    if (body.networks && body.networks.length === 0) {
-      showError("Choose at least one network to preserve before pruning.");
       return;
     }
     const payload = {
@@ -211,7 +323,8 @@ export async function render(root, { id }, ctx) {
       threshold: body.threshold,
       target_ratio: body.target_ratio,
       method: method.value,
-      bias: bias.checked,
+      repair: repair.value,
+      sequential: sequential.checked,
       uniform: body.uniform,
       heads: heads.checked ? Number(headsFraction.value) : false,
       evaluate: evaluate.checked,
@@ -225,34 +338,42 @@ export async function render(root, { id }, ctx) {
     } catch (err) {
       showError(err);
     } finally {
-      startButton.disabled = false;
+      startButton.disabled = Boolean(blockedReason);
     }
   });
   const options = el(
     "section.card",
     el("h2", { text: "Prune" }),
     el("div.options",
-      el("label", { for: "opt-method" }, "Method ", method),
-      el("label.check", { for: "opt-bias" }, bias, " bias compensation ", el("span.muted.small", { text: "(fold the mean of removed neurons into the output bias)" })),
+      el("label", { for: "opt-method" }, "Method: how neurons are chosen inside a layer ", method),
+      methodHelp,
+      el("label", { for: "opt-repair" }, "Repair of the pruned layers ", repair),
+      repairHelp,
+      el("label.check", { for: "opt-sequential" }, sequential, el("span", "sequential: calibrate each layer's least-squares fit on the model whose lower layers are already pruned and repaired ", el("span.muted.small", { text: "(one calibration pass per pruned layer: slower; only with least squares)" }))),
       el("div.inline-row", el("label.check", { for: "opt-heads" }, heads, " also prune attention heads: remove a fraction"), headsFraction, el("span.muted.small", { text: "of the KV head groups of each unprotected layer (LLaMA-style attention)" })),
-      el("label.check", { for: "opt-evaluate" }, evaluate, " evaluate: perplexity, speed and generations of dense and pruned models ", el("span.muted.small", { text: "(slower)" }))),
-    el("fieldset.baselines", el("legend", { text: "Compare with baselines at the same ratio" }), el("div.checks", baselineBoxes)),
-    el("div.actions", startButton),
+      el("label.check", { for: "opt-evaluate" }, evaluate, " evaluate: perplexity, speed, generations and network fidelity of dense and pruned models, and the pruning without repair ", el("span.muted.small", { text: "(slower)" }))),
+    el("fieldset.baselines", el("legend", { text: "Compare with baselines at the same ratio (the chosen networks' key neurons are kept for them too)" }), el("div.checks", baselineBoxes)),
+    el("div.actions", startButton, blockedNote),
   );
 
   const pastSlot = el("div");
+  const keepHint = el("p.hint#keep-hint", {
+    text: `A check keeps every key neuron (|z| ≥ ${fmtNum(thr, 1)}) of that network, whatever the method; the method's score fills the rest of the budget. `
+      + "No check: nothing is forced, and all networks still shape the scores.",
+  });
   root.append(
     el("div.grid-2.prune-layout",
-      el("section.card", el("h2", { text: "Networks to preserve" }), quick, selectedCount, checklist),
+      el("section.card", el("h2", { text: "Networks to preserve" }), keepHint, quick, guided, selectedCount, checklist),
       el("div",
         el("section.card", el("h2", { text: "Target" }), targetBox),
-        el("section.card", el("h2", { text: "Projected model" }), previewState, previewStats, widthPlot),
+        el("section.card", el("h2", { text: "Projected model" }), previewState, previewStats, widthPlot,
+          el("h3.small-head", { text: "Chosen networks" }), chosenList),
         options)),
     el("section.card", el("h2", { text: "Prunings of this analysis" }), pastSlot),
   );
   const form = root.querySelector(".prune-layout");
   form.addEventListener("change", (e) => {
-    if (e.target.name !== "baseline" && e.target !== bias && e.target !== heads && e.target !== headsFraction && e.target !== evaluate) changed();
+    if (!options.contains(e.target) && e.target !== genrePick && e.target !== wordPick) changed();
   });
   thrSlider.addEventListener("input", changed);
   ratioSlider.addEventListener("input", changed);
