@@ -363,7 +363,10 @@ def test_full_workflow(server, page, tmp_path):
     # The default is a target ratio: 20 % of ALL parameters (a |z| threshold is the expert option).
     expect(page.locator("#target-ratio")).to_be_checked()
     expect(page.locator("#ratio-slider")).to_have_value("0.2")
-    expect(page.locator("label[for=target-ratio]")).to_contain_text("fraction of ALL parameters removed")
+    expect(page.locator("label[for=target-ratio]")).to_contain_text("fraction removed")
+    expect(page.locator("#ratio-of")).to_have_value("all")
+    expect(page.locator("#ratio-of option:checked")).to_contain_text("of ALL parameters")
+    expect(page.locator("output[for=ratio-slider]")).to_have_text("20 % of all parameters")
     expect(page.locator("#pv-ratio")).to_have_text(re.compile(r"^(19|20|21)\.\d %$"), timeout=30_000)
     assert_fits_viewport(page, "select")
     page.get_by_label("target pruning ratio").check()

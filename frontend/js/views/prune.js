@@ -149,6 +149,11 @@ export async function render(root, { id }, ctx) {
   const thrOut = el("output", { for: "threshold-slider", text: `|z| ≥ ${thr.toFixed(1)}` });
   const ratioSlider = el("input#ratio-slider", { type: "range", min: "0.05", max: "0.9", step: "0.01", value: "0.2", "aria-label": "Fraction of ALL model parameters removed" });
   const ratioOut = el("output", { for: "ratio-slider", text: "20 % of all parameters" });
+  const BASES = { all: "all parameters", mlp: "MLP parameters", "non-embedding": "non-embedding parameters" };
+  const ratioOf = el("select#ratio-of", { "aria-label": "What the target ratio is a fraction of" },
+    el("option", { value: "all", text: "of ALL parameters (embeddings, attention and MLPs)" }),
+    el("option", { value: "mlp", text: "of the MLP parameters" }),
+    el("option", { value: "non-embedding", text: "of all parameters but the embeddings" }));
   const protectedInput = el("input#protected-layers", { type: "text", placeholder: "e.g. 0, 1, 29", inputmode: "numeric", "aria-describedby": "protected-hint" });
   const uniform = el("input#uniform", { type: "checkbox" });
   const maxRatio = el("p.hint#max-ratio", { "aria-live": "polite" });
@@ -157,7 +162,7 @@ export async function render(root, { id }, ctx) {
     el("fieldset",
       el("legend", { text: "What to keep" }),
       el("div.target-row", el("label.check", { for: "target-threshold" }, modeThreshold, " key neurons at threshold"), el("div.range", thrSlider, thrOut)),
-      el("div.target-row", el("label.check", { for: "target-ratio" }, modeRatio, " target pruning ratio: fraction of ALL parameters removed (embeddings, attention and MLPs counted)"), el("div.range", ratioSlider, ratioOut)),
+      el("div.target-row", el("label.check", { for: "target-ratio" }, modeRatio, " target pruning ratio: fraction removed"), el("div.range", ratioSlider, ratioOut), ratioOf),
       maxRatio),
     el("div.field", el("label", { for: "protected-layers", text: "Protected layers (never pruned)" }), protectedInput, el("p.hint#protected-hint", { text: "Comma-separated layer numbers; empty = the server's default (listed in the preview)." })),
     el("label.check", { for: "uniform" }, uniform, " same width in every layer (uniform allocation)"),
@@ -186,6 +191,7 @@ export async function render(root, { id }, ctx) {
     networks: selection(),
     threshold: modeThreshold.checked ? Number(thrSlider.value) : null,
     target_ratio: modeRatio.checked ? Number(ratioSlider.value) : null,
+    ratio_of: ratioOf.value,
     protected_layers: parseProtected(),
     uniform: uniform.checked,
   });
@@ -231,8 +237,10 @@ export async function render(root, { id }, ctx) {
         el("div", el("dt", { text: "Size (float32)" }), el("dd#pv-size", { text: fmtBytes(p.size_bytes) })),
         el("div", el("dt", { text: "Protected layers" }), el("dd#pv-protected", { text: (p.protected_layers || []).length ? p.protected_layers.join(", ") : "none" })),
       );
+      const reach = p.max_ratio || { all: p.max_ratio_total };
       maxRatio.textContent = p.max_ratio_total != null
-        ? `With ${nChosen ? "these networks' key neurons" : "nothing forced"} and the protected layers kept, at most ${fmtPct(p.max_ratio_total)} of all parameters can be removed.`
+        ? `With ${nChosen ? "these networks' key neurons" : "nothing forced"} and the protected layers kept, at most ` +
+          Object.entries(reach).map(([k, v]) => `${fmtPct(v)} of ${BASES[k] || k}`).join(", or ") + " can be removed."
         : "";
       // per chosen network: how many of its key neurons the preview keeps
       const chosenNets = p.chosen_networks || [];
@@ -280,7 +288,7 @@ export async function render(root, { id }, ctx) {
     thrSlider.disabled = !modeThreshold.checked;
     ratioSlider.disabled = !modeRatio.checked;
     thrOut.textContent = `|z| ≥ ${Number(thrSlider.value).toFixed(1)}`;
-    ratioOut.textContent = `${Math.round(100 * Number(ratioSlider.value))} % of all parameters`;
+    ratioOut.textContent = `${Math.round(100 * Number(ratioSlider.value))} % of ${BASES[ratioOf.value]}`;
     debounced();
   }
 
@@ -322,6 +330,7 @@ export async function render(root, { id }, ctx) {
       networks: body.networks,
       threshold: body.threshold,
       target_ratio: body.target_ratio,
+      ratio_of: body.ratio_of,
       method: method.value,
       repair: repair.value,
       sequential: sequential.checked,
