@@ -202,6 +202,20 @@ export function regionValues(layout) {
   return out;
 }
 
+// Why a neuron is key (GET /overview "key_source"): 0 not key, 1 a stable network (reproduced by
+// every FastICA restart), 2 only the unresolved-subspace energy (a PCA statistic, not a network).
+export const KEY_SOURCES = [
+  { value: 0, colour: "#eceff3", label: "not key" },
+  { value: 1, colour: "#0072B2", label: "key: a stable network" },
+  { value: 2, colour: "#E69F00", label: "key: only the unresolved-subspace energy" },
+];
+
+/** Discrete Plotly colorscale for key-source values 0..2 (zmin 0, zmax 2). */
+export function keySourceColorscale() {
+  const n = KEY_SOURCES.length - 1;
+  return KEY_SOURCES.flatMap(({ colour }, k) => [[Math.max(0, (k - 0.5) / n), colour], [Math.min(1, (k + 0.5) / n), colour]]);
+}
+
 /** A <select id="layout"> of the layouts; remembers the choice and calls onChange(name). */
 export function layoutSelect(onChange) {
   const select = document.createElement("select");

@@ -1,8 +1,9 @@
 // Screen 2: the "digital brain" — one slice per layer, neurons on a fixed grid (the run's
 // functional atlas, each network a region; or by neuron index), coloured by key-neuron density
-// (how many networks a neuron is key in) or max |z| over all networks.
+// (how many networks a neuron is key in), max |z| over all networks, or why a neuron is key (a stable
+// network, or only the unresolved-subspace energy: a PCA statistic, not a network).
 import { api } from "../api.js";
-import { drawMosaic, drawMosaicCanvas, getLayout, layoutSelect, REGION_MAX, regionColorscale, regionRgb, regionValues, SEQUENTIAL } from "../charts.js";
+import { drawMosaic, drawMosaicCanvas, getLayout, KEY_SOURCES, keySourceColorscale, layoutSelect, REGION_MAX, regionColorscale, regionRgb, regionValues, SEQUENTIAL } from "../charts.js";
 import { decodeArray, decodeSparseMaps } from "../decode.js";
 import { el, fmtInt, fmtNum, showError } from "../dom.js";
 import { getMaps, getNetworks, getOverview } from "../store.js";
@@ -51,15 +52,58 @@ async function renderOverview(root, id, ctx) {
   };
   const density = decodeArray({ scale: 1, ...ov.density });
   const maxZ = decodeArray(ov.max_z);
+  // why each neuron is key (0 not key, 1 a stable network, 2 only the unresolved-subspace energy)
+  // (a server older than the key source sends neither array: the view then shows no key-source parts)
+  const hasSource = Boolean(ov.key_source && ov.key_sources);
+  const keySource = hasSource ? decodeArray({ scale: 1, ...ov.key_source }) : null;
+  const thrText = fmtNum(ov.threshold, 1);
+  const whyKey = (s, i) => {
+    const src = keySource?.[s * width + i];
+    if (src === 1) return `a stable network (reproduced by every FastICA restart) has |z| ≥ ${thrText}`;
+    if (src === 2) return "only the unresolved-subspace energy reaches the threshold (a PCA statistic; no stable network does)";
+    return null;
+  };
+  const reasonOf = (s, i) => (whyKey(s, i) ? `key: ${whyKey(s, i)}` : "not key");
+  // hover: the neuron's region, and why it is key
+  const describe = hasSource ? (s, i) => `${regionOf(s, i)}<br>${reasonOf(s, i)}` : regionOf;
+  let nFromNetworks = 0;
+  let nFromUnresolved = 0;
+  for (const r of ov.key_sources || []) {
+    nFromNetworks += r.n_key_network;
+    nFromUnresolved += r.n_key_unresolved;
+  }
   const sliceLabels = Array.from({ length: nLayers }, (_, l) => `L${l}`);
-  let nKeyNeurons = 0;
-  for (const v of density) if (v > 0) nKeyNeurons++;
+  let nKeyNeurons = 0; // score above the threshold: what the masks keep
+  for (const v of keySource || density) if (v > 0) nKeyNeurons++;
 
   const plot = el("div.plot.mosaic#overview-mosaic", { "aria-label": "Mosaic of all layers" });
   const measure = el("fieldset.toggle", el("legend", { text: "Colour by" }),
     el("label.check", el("input", { type: "radio", name: "measure", value: "regions", checked: true }), " network regions"),
     el("label.check", el("input", { type: "radio", name: "measure", value: "density" }), " key-neuron density"),
     el("label.check", el("input", { type: "radio", name: "measure", value: "maxz" }), " max |z|"),
+    hasSource ? el("label.check", el("input", { type: "radio", name: "measure", value: "source" }), " key source") : "",
+  );
+  const swatch = (colour) => {
+    const box = el("span.swatch", { "aria-hidden": "true" });
+    Object.assign(box.style, { display: "inline-block", width: "0.9em", height: "0.9em", background: colour, border: "1px solid #9aa5b1", verticalAlign: "-0.1em", marginRight: "0.3em" });
+    return box;
+  };
+  const legend = el(
+    "div.legend#key-source-legend",
+    { hidden: true },
+    el("ul.inline", { style: "list-style: none; padding: 0; margin: 0.4rem 0; display: flex; gap: 1.2rem; flex-wrap: wrap" },
+      KEY_SOURCES.map((k) => el("li", swatch(k.colour), k.label))),
+    el("p.muted.small", { text: "Unresolved-subspace energy: a neuron's energy in the part of the top PCA subspace that FastICA restarts do not resolve into reproducible networks — a rotation-invariant PCA statistic that stands in for those components, not a network." }),
+  );
+  const perLayer = el(
+    "details#key-source-layers",
+    el("summary", { text: "Why neurons are key, per layer" }),
+    el("table.compact",
+      el("thead", el("tr", ["layer", "stable networks", "key neurons", "from stable networks", "only unresolved energy"].map((h) => el("th", { text: h })))),
+      el("tbody", (ov.key_sources || []).map((r) => {
+        const pct = (n) => (r.n_key ? `${fmtInt(n)} (${fmtNum((100 * n) / r.n_key, 0)} %)` : "—");
+        return el("tr", el("td", { text: `L${r.layer}` }), el("td", { text: `${r.n_stable} of ${r.n_components}` }), el("td", { text: fmtInt(r.n_key) }), el("td", { text: pct(r.n_key_network) }), el("td", { text: pct(r.n_key_unresolved) }));
+      }))),
   );
   const caption = el("p.muted.small#overview-caption");
   const layoutChoice = el("div.field.inline", el("label", { for: "layout", text: "Layout" }), layoutSelect(async (name) => {
@@ -73,12 +117,23 @@ async function renderOverview(root, id, ctx) {
 
   const draw = () => {
     const m = measure.querySelector("input:checked").value;
+    legend.hidden = m !== "source";
+    if (m === "source") {
+      plot.dataset.layout = layout.name;
+      plot.dataset.measure = m;
+      caption.textContent = `${nLayers} layers × ${fmtInt(width)} neurons, each slice a ${grid[0]} × ${grid[1]} grid. Blue: a network that every FastICA restart reproduces makes the neuron key; orange: only the unresolved-subspace energy does. Hover for why; click a neuron to list its networks.`;
+      return drawMosaic(plot, keySource, {
+        sliceLabels, width, grid, positions: layout.positions, regionOf: describe,
+        colorscale: keySourceColorscale(), zmin: 0, zmax: KEY_SOURCES.length - 1, valueLabel: "", showscale: false,
+        title: `Why each neuron is key (score ≥ ${thrText}): a stable network, or only the unresolved-subspace energy`,
+      });
+    }
     if (m === "regions") {
       plot.dataset.layout = layout.name;
       plot.dataset.measure = m;
       caption.textContent = `${nLayers} layers × ${fmtInt(width)} neurons, each slice a ${grid[0]} × ${grid[1]} grid. ${layout.name === "atlas" ? "Functional atlas: each neuron sits in the region of the network where its |z| is largest; related networks lie side by side; neurons in no network last (grey)." : "By neuron index: the same networks, scattered."} Hover a region for its network; click a neuron to list its networks.`;
       return drawMosaic(plot, regionValues(layout), {
-        sliceLabels, width, grid, positions: layout.positions, regionOf,
+        sliceLabels, width, grid, positions: layout.positions, regionOf: describe,
         colorscale: regionColorscale(), zmin: 0, zmax: REGION_MAX, valueLabel: "", showscale: false,
         title: `Network regions: each colour one network (its neurons with |z| ≥ ${fmtNum(ov.threshold, 1)} where it is their strongest); grey: in no network`,
       });
@@ -100,7 +155,7 @@ async function renderOverview(root, id, ctx) {
       width,
       grid,
       positions: layout.positions,
-      regionOf,
+      regionOf: describe,
       colorscale: SEQUENTIAL,
       zmin: 0,
       zmax: vmax || 1,
@@ -152,10 +207,14 @@ async function renderOverview(root, id, ctx) {
       });
       hits.sort((a, b) => Math.abs(b.z) - Math.abs(a.z));
       const thrText = fmtNum(table.threshold, 1);
+      const inRange = layer >= 0 && layer < nLayers && neuron >= 0 && neuron < width;
       probeResult.replaceChildren(
         el("h3", { text: `Layer ${layer}, neuron ${neuron}: ${hits.length ? `key in ${hits.length} network${hits.length > 1 ? "s" : ""}` : `in no network at |z| ≥ ${thrText}`}` }),
+        inRange && hasSource
+          ? el("p#neuron-key-source", { text: whyKey(layer, neuron) ? `Why it is key: ${whyKey(layer, neuron)}.` : "This neuron is not key: neither a stable network nor the unresolved-subspace energy reaches the threshold." })
+          : "",
         hits.length
-          ? el("ul.hits", hits.map((h) => el("li", el("a", { href: `#/analysis/${id}/network/${h.c.id}`, text: `Network ${h.c.id}` }), h.c.name ? ` “${h.c.name}”` : "", ` — z = ${fmtNum(h.z)}, ${ownLayer(h.c) !== null ? `layer ${h.c.layer}` : "all layers"}, ${h.c.label || "unknown"}`)))
+          ? el("ul.hits", hits.map((h) => el("li", el("a", { href: `#/analysis/${id}/network/${h.c.id}`, text: `Network ${h.c.id}` }), h.c.name ? ` “${h.c.name}”` : "", ` — z = ${fmtNum(h.z)}, ${ownLayer(h.c) !== null ? `layer ${h.c.layer}` : "all layers"}, ${h.c.label || "unknown"}`, h.c.stable === false ? " — not reproduced across FastICA restarts (counts only through the unresolved-subspace energy)" : "")))
           : "",
       );
     } catch (err) {
@@ -171,11 +230,12 @@ async function renderOverview(root, id, ctx) {
     el("div", el("dt", { text: "Networks" }), el("dd", { text: String(table.components.length) })),
     el("div", el("dt", { text: "Key threshold" }), el("dd", { text: `|z| ≥ ${fmtNum(ov.threshold, 1)}` })),
     el("div", el("dt", { text: "Key neurons" }), el("dd#n-key-neurons", { text: `${fmtInt(nKeyNeurons)} (${fmtNum((100 * nKeyNeurons) / (nLayers * width), 1)} %)` })),
+    hasSource ? el("div", el("dt", { text: "Key: stable network / unresolved energy" }), el("dd#key-source-split", { text: `${fmtInt(nFromNetworks)} / ${fmtInt(nFromUnresolved)}` })) : "",
     el("div", el("dt", { text: "Signal-labelled" }), el("dd", { text: String(table.components.filter((c) => c.label === "signal").length) })),
   );
 
   root.append(
-    el("section.card", el("h2", { text: "Digital brain" }), stats, el("div.controls", measure, layoutChoice), plot, caption),
+    el("section.card", el("h2", { text: "Digital brain" }), stats, el("div.controls", measure, layoutChoice), plot, legend, caption, hasSource ? perLayer : ""),
     el("section.card", el("h2", { text: "Which networks is a neuron in?" }), el("p.muted", { text: "Click a neuron in the mosaic, or type its layer and index." }), probeForm, probeResult),
     el("section.card", el("h2", { text: "Downloads" }), analysisDownloads(id)),
   );
