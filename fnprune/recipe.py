@@ -5,12 +5,14 @@
 
 Methods (``PruningSpec.method``), each choosing neurons *within* a layer by its own score:
 
-- ``fn-flap`` (default): FLAP's fluctuation score inside the functional networks' layer widths;
+- ``flap`` (default, chosen on validation documents, see BENCHMARKS.md §3: with the least-squares
+  repair FLAP's own allocation beat FLAP inside the networks' widths at 20% and 30%);
+- ``fn-flap``: FLAP's fluctuation score inside the functional networks' layer widths;
 - ``fn``: the seed-robust network score (max |z| over stable networks, or the unresolved-subspace
   energy where restarts did not resolve the subspace; :func:`fnprune.selection.neuron_scores`);
 - ``paper``: the authors' rule, the largest |z| over every map (no unresolved-energy term); exact on
   a run analysed with one FastICA run per layer (``n_init=1``);
-- ``random``, ``magnitude``, ``wanda-sp``, ``flap``: the baselines of METHOD §2.
+- ``random``, ``magnitude``, ``wanda-sp``: the other baselines of METHOD §2.
 
 Allocations (``PruningSpec.allocation``: how many neurons each layer keeps):
 
@@ -63,7 +65,7 @@ METHODS = ("fn-flap", "fn", "paper", "random", "magnitude", "wanda-sp", "flap")
 NETWORK_METHODS = ("fn-flap", "fn", "paper")
 ALLOCATIONS = ("default", "networks", "own", "unresolved", "uniform")
 REPAIRS = ("lstsq", "bias", "none")
-DEFAULT_METHOD = "fn-flap"
+DEFAULT_METHOD = "flap"  # chosen on validation documents (BENCHMARKS.md §3)
 
 METHOD_HELP = {
     "fn-flap": "FLAP's fluctuation score inside the functional networks' per-layer widths",

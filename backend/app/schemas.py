@@ -156,7 +156,8 @@ class PruningRequest(ThresholdChoice):
     # fnprune.recipe.METHODS: how neurons are chosen inside a layer; chosen networks' key neurons are
     # always kept (fn-flap: FLAP's score in the networks' widths; fn: the seed-robust network score;
     # paper: any |z| above the threshold, no unresolved-subspace energy; the baselines)
-    method: Literal["fn-flap", "fn", "paper", "random", "magnitude", "wanda-sp", "flap"] = "fn-flap"
+    # default flap: chosen on validation documents (BENCHMARKS.md §3)
+    method: Literal["fn-flap", "fn", "paper", "random", "magnitude", "wanda-sp", "flap"] = "flap"
     # lstsq: re-fit each pruned layer's down projection + bias by least squares (default);
     # bias: FLAP's mean compensation only; none
     repair: Literal["lstsq", "bias", "none"] = "lstsq"

@@ -169,7 +169,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def add_subcommands(subparsers) -> None:
     """Register ``prune``, ``evaluate`` and ``compare`` on an argparse subparsers object."""
-    from ..recipe import ALLOCATIONS, METHOD_HELP, METHODS, REPAIRS
+    from ..recipe import ALLOCATIONS, DEFAULT_METHOD, METHOD_HELP, METHODS, REPAIRS
 
     p = subparsers.add_parser("prune", help="prune a model with the functional networks of a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -181,8 +181,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--threshold", type=float, default=None, help="|z| threshold instead of a target ratio")
     p.add_argument("--networks", default=None,
                    help="chosen networks, e.g. 1,5,9: every key neuron of each is kept (default: none forced)")
-    p.add_argument("--method", choices=METHODS, default="fn-flap",
-                   help="; ".join(f"{m}: {h}" for m, h in METHOD_HELP.items()) + " (default fn-flap)")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help="; ".join(f"{m}: {h}" for m, h in METHOD_HELP.items())
+                   + f" (default {DEFAULT_METHOD}: the lowest validation perplexity with the repair, BENCHMARKS.md §3)")
     p.add_argument("--allocation", choices=ALLOCATIONS, default="default",
                    help="how many neurons each layer keeps: networks (the network score's widths; default for fn, "
                         "fn-flap), own (the method's scores ranked across layers; default otherwise), unresolved "

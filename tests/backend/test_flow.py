@@ -130,7 +130,7 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
     assert all(c["n_kept"] == c["n_key"] for c in result["chosen_networks"])
     assert [f["id"] for f in result["fidelity"]] == chosen and result["fidelity_scope"] == "chosen"
     assert result["repair"] == "lstsq" and result["repair_errors"]["error_repaired"] < result["repair_errors"]["error_pruned"]
-    assert result["repair_comparison"]["unrepaired_repair"] == "bias"  # fn-flap without repair: FLAP's bias
+    assert result["repair_comparison"]["unrepaired_repair"] == "bias"  # flap without repair: FLAP's bias
     _cli_and_compare_keep_the_same_neurons(settings, job_id, chosen, result["keep_digest"], tmp_path)
     assert result["generations"] and "from_pretrained" in result["load_snippet"]
     assert client.delete(f"/api/prunings/{p_id}").status_code == 409  # finished
@@ -171,6 +171,7 @@ def _cli_and_compare_keep_the_same_neurons(settings, analysis_id, chosen, worker
     from fnprune.models import load_model
     from fnprune.networks import FunctionalNetworks
     from fnprune.pruned_io import read_pruning_info
+    from fnprune.recipe import DEFAULT_METHOD
 
     run_dir = settings.job_dir("analysis", analysis_id) / "run"
     parser = argparse.ArgumentParser()
@@ -181,7 +182,7 @@ def _cli_and_compare_keep_the_same_neurons(settings, analysis_id, chosen, worker
     assert args.func(args) == 0
     assert read_pruning_info(tmp_path / "cli")["keep_digest"] == worker_digest
     model, tok = load_model("tiny-llama", device="cpu")
-    rows = compare("tiny-llama", "pydoc", [0.05], ["fn-flap"], None, model=model, tokenizer=tok,
+    rows = compare("tiny-llama", "pydoc", [0.05], [DEFAULT_METHOD], None, model=model, tokenizer=tok,
                    docs=load_corpus("pydoc", limit=20), fn=FunctionalNetworks.load(run_dir), networks=chosen,
                    n_calib=12, n_heldout=2, max_tokens=64, windows=(32,), repairs="lstsq", fidelity=None)["rows"]
     assert rows[1]["keep_digest"] == worker_digest

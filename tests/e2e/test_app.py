@@ -598,7 +598,7 @@ def test_select_networks_are_constraints(server, page, pruned):
     page.get_by_role("button", name="Prune the model").click()
     expect(page.get_by_role("alert")).to_contain_text("test: not started")
     assert prunings[-1]["networks"] is None and prunings[-1]["repair"] == "lstsq" and "bias" not in prunings[-1]
-    assert prunings[-1]["sequential"] is False and prunings[-1]["method"] == "fn-flap"
+    assert prunings[-1]["sequential"] is False and prunings[-1]["method"] == "flap"
 
     # one network checked: every one of its key neurons is forced in, per network and per layer
     _, one = _api(server, f"/api/analyses/{analysis_id}/preview", {"networks": [chosen], "target_ratio": 0.2})

@@ -260,8 +260,8 @@ def test_cli_prune_end_to_end(tiny_run, tmp_path, monkeypatch):
             assert model(tokens).logits.shape == (1, 4, 258)
         if "--uniform" in extra:
             assert len(set(info["widths"])) == 1
-        elif not extra:
-            assert info["widths"] == fn.plan(target_ratio=0.1)["widths"]
+        elif extra[:2] == ["--method", "fn-flap"]:
+            assert info["widths"] == fn.plan(target_ratio=0.1, networks=[0, 8, 16, 24])["widths"]
         if "--networks" in extra:
             assert [c["id"] for c in info["chosen_networks"]] == [0, 8, 16, 24]
             assert all(c["n_kept"] == c["n_key"] for c in info["chosen_networks"])

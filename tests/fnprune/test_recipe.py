@@ -175,7 +175,7 @@ def test_sequential_repair_and_default_spec(setup):
                                                                        strict=True)) if w < o]
     s = out.repair_summary()
     assert s["error_repaired"] < s["error_pruned"]
-    assert PruningSpec().method == "fn-flap" and PruningSpec().repair == "lstsq"
+    assert PruningSpec().method == "flap" and PruningSpec().repair == "lstsq"
 
 
 @pytest.mark.parametrize("bad, match", [

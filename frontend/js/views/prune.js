@@ -11,13 +11,13 @@ import { waitForJob } from "./overview.js";
 
 // fnprune.recipe.METHODS and METHOD_HELP: how neurons are chosen inside a layer.
 const METHODS = [
-  ["fn-flap", "fn-flap (recommended)", "FLAP's fluctuation score inside the functional networks' per-layer widths."],
+  ["flap", "FLAP (recommended)", "FLAP: input variance times the squared norm of the neuron's down-projection column, ranked across layers. Chosen networks are kept whatever the method. Recommended: lowest validation perplexity with the least-squares repair."],
+  ["fn-flap", "fn-flap: FLAP in the networks' widths", "FLAP's fluctuation score inside the functional networks' per-layer widths."],
   ["fn", "fn: network score", "The seed-robust network score: max |z| over the stable networks, else the unresolved-subspace energy."],
   ["paper", "paper: the authors' rule", "Any |z| above the threshold in one FastICA run's maps (no unresolved-subspace energy)."],
   ["random", "random (baseline)", "Uniformly random neurons (seeded), in the method's own per-layer allocation."],
   ["magnitude", "magnitude (baseline)", "The L2 norm of each neuron's weights."],
   ["wanda-sp", "Wanda-SP (baseline)", "Structured Wanda: sum of |W_down| times the neuron's input norm."],
-  ["flap", "FLAP (baseline)", "FLAP: input variance times the squared norm of the neuron's down-projection column."],
 ];
 const REPAIRS = [
   ["lstsq", "least squares (recommended)", "Re-fit each pruned layer's down projection (kept columns) and its bias by least squares to the dense layer's output on the calibration tokens."],
