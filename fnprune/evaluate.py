@@ -119,6 +119,24 @@ def perplexity(model: nn.Module, tokenizer, docs, *, window: int = 512, batch_si
     return _ppl_result(unit_nll, unit_tokens, window, keep_units)
 
 
+def perplexity_by_label(model: nn.Module, tokenizer, docs, *, window: int = 512, batch_size: int = 4) -> dict:
+    """``{label: {"ppl", "n_tokens", "n_docs"}}``: each document scored alone on its first ``window``
+    tokens (the per-document protocol), pooled per document label (Brown: genre)."""
+    kept = [d for d in docs if encode_documents(tokenizer, [d], window)]
+    if not kept:
+        raise CorpusError("no held-out document has at least 2 tokens")
+    r = per_document_perplexity(model, tokenizer, kept, window=window, batch_size=batch_size, keep_units=True)
+    out: dict = {}
+    for doc, nll, n in zip(kept, r["unit_nll"], r["unit_tokens"], strict=True):
+        label = getattr(doc, "label", None) or "unlabelled"
+        acc = out.setdefault(label, {"nll": 0.0, "n_tokens": 0, "n_docs": 0})
+        acc["nll"] += nll
+        acc["n_tokens"] += n
+        acc["n_docs"] += 1
+    return {k: {"ppl": math.exp(v["nll"] / v["n_tokens"]), "n_tokens": v["n_tokens"], "n_docs": v["n_docs"]}
+            for k, v in sorted(out.items())}
+
+
 def size_on_disk(path: str | os.PathLike) -> int:
     """Bytes of a file, or of every file under a directory."""
     path = Path(path)
@@ -216,12 +234,17 @@ def lm_eval_tasks(model: nn.Module, tokenizer, tasks=("arc_easy", "hellaswag"), 
 def evaluate_model(model: nn.Module, tokenizer, heldout_docs, *, windows=(512, 128), batch_size: int = 4,
                    max_tokens_per_doc: int | None = None, with_speed: bool = True, batch_sizes=(1, 8),
                    with_generations: bool = True, prompts=DEFAULT_PROMPTS, model_dir: str | os.PathLike | None = None,
-                   lm_eval: tuple[str, ...] | None = None, progress: ProgressCallback | None = None) -> dict:
-    """Everything METHOD §3 asks for one model, as a plain dict."""
+                   lm_eval: tuple[str, ...] | None = None, per_label: bool = False,
+                   progress: ProgressCallback | None = None) -> dict:
+    """Everything METHOD §3 asks for one model, as a plain dict (``per_label``: also the perplexity of
+    each document label, e.g. Brown genre, see :func:`perplexity_by_label`)."""
     result: dict = {"params": parameter_counts(model)}
     ids = concatenated_ids(tokenizer, heldout_docs, max_tokens_per_doc)
     result["perplexity"] = {str(w): perplexity(model, tokenizer, None, window=w, batch_size=batch_size, ids=ids,
                                                progress=progress) for w in windows}
+    if per_label:
+        result["perplexity_by_label"] = perplexity_by_label(model, tokenizer, heldout_docs, window=windows[0],
+                                                            batch_size=batch_size)
     if model_dir is not None:
         result["size_on_disk_bytes"] = size_on_disk(model_dir)
     if with_speed:

@@ -131,7 +131,17 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
     assert [f["id"] for f in result["fidelity"]] == chosen and result["fidelity_scope"] == "chosen"
     assert result["repair"] == "lstsq" and result["repair_errors"]["error_repaired"] < result["repair_errors"]["error_pruned"]
     assert result["repair_comparison"]["unrepaired_repair"] == "bias"  # flap without repair: FLAP's bias
+    assert result["dense_cached"] is False
+    assert [g["genre"] for g in result["ppl_by_genre"]] == ["pydoc"] and result["ppl_by_genre"][0]["pruned"] > 0
     _cli_and_compare_keep_the_same_neurons(settings, job_id, chosen, result["keep_digest"], tmp_path)
+    # a second pruning of the same model and held-out documents reuses the dense evaluation
+    again = client.post("/api/prunings", json={"analysis_id": job_id, "target_ratio": 0.1, "repair": "none",
+                                               "n_heldout": 2})
+    second = sse_events(client, f"/api/prunings/{again.json()['id']}/events")[-1]
+    assert second["status"] == "succeeded", second
+    assert second["result"]["dense_cached"] is True and second["result"]["dense"] == result["dense"]
+    assert "repair_comparison" not in second["result"]  # nothing to compare without the repair
+    assert client.delete(f"/api/prunings/{again.json()['id']}").status_code == 409
     assert result["generations"] and "from_pretrained" in result["load_snippet"]
     assert client.delete(f"/api/prunings/{p_id}").status_code == 409  # finished
 
@@ -156,7 +166,7 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
     # -- a new API instance on the same data dir sees the history ------------------------------------------
     with TestClient(create_app(settings)) as restarted:
         assert job_id in [j["id"] for j in restarted.get("/api/analyses").json()]
-        assert [j["id"] for j in restarted.get("/api/prunings").json()] == [p_id]
+        assert p_id in [j["id"] for j in restarted.get("/api/prunings").json()]
         assert restarted.get(f"/api/analyses/{job_id}/networks/{k}").status_code == 200
         assert restarted.get(f"/api/prunings/{p_id}").json()["status"] == "succeeded"
 

@@ -128,12 +128,14 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     result["architecture"] = saved.get("architecture")
     result["load_snippet"] = _load_snippet(saved)
     if req.evaluate:
-        dense_eval = evaluate.evaluate_model(model, tokenizer, heldout, batch_sizes=(1,),
-                                             progress=_stage(progress, "evaluate dense"))
+        dense_eval, result["dense_cached"] = _dense_evaluation(settings, a_req, model, tokenizer, heldout, progress)
         pruned_eval = evaluate.evaluate_model(pruned, tokenizer, heldout, batch_sizes=(1,), model_dir=model_dir,
-                                              progress=_stage(progress, "evaluate pruned"))
+                                              per_label=True, progress=_stage(progress, "evaluate pruned"))
         result["dense"] = _measures(dense_eval, size_bytes=_param_bytes(model))
         result["pruned"] = _measures(pruned_eval, size_bytes=pruned_eval.get("size_on_disk_bytes"))
+        dense_by, pruned_by = dense_eval["perplexity_by_label"], pruned_eval["perplexity_by_label"]
+        result["ppl_by_genre"] = [{"genre": g, "n_docs": d["n_docs"], "dense": d["ppl"], "pruned": pruned_by[g]["ppl"]}
+                                  for g, d in dense_by.items() if g in pruned_by]
         completions = {g["prompt"]: g["completion"] for g in pruned_eval.get("generations", [])}
         result["generations"] = [{"prompt": g["prompt"], "dense": g["completion"],
                                   "pruned": completions.get(g["prompt"], "")}
@@ -172,6 +174,37 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         report(progress, "baselines", 1.0, "done")
     _write_report(job_dir, job_id, req, result)
     return analyses.plain(result)
+
+
+DENSE_CACHE_VERSION = 1  # bump when what evaluate_model measures or how changes
+
+
+def _dense_evaluation(settings: Settings, a_req: AnalysisRequest, model, tokenizer, heldout, progress
+                      ) -> tuple[dict[str, Any], bool]:
+    """The dense model's evaluation on these held-out documents, computed once per model + documents +
+    protocol and reused by every later pruning (``data_dir/cache/dense-<key>.json``, written atomically)."""
+    import hashlib
+    import tempfile
+
+    from fnprune import evaluate
+
+    key = hashlib.sha256(json.dumps({
+        "version": DENSE_CACHE_VERSION, "model": a_req.model, "max_tokens": None, "windows": [512, 128],
+        "docs": [[d.id, hashlib.sha256(d.text.encode()).hexdigest()] for d in heldout]}).encode()).hexdigest()[:32]
+    path = settings.data_dir / "cache" / f"dense-{key}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text()), True
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is recomputed
+    dense = evaluate.evaluate_model(model, tokenizer, heldout, batch_sizes=(1,), per_label=True,
+                                    progress=_stage(progress, "evaluate dense"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".dense-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(dense, f)
+    os.replace(tmp, path)
+    return dense, False
 
 
 def _measures(evaluation: dict[str, Any], size_bytes: int | None) -> dict[str, Any]:

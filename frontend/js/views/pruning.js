@@ -125,6 +125,21 @@ function repairSection(r) {
   return el("section.card#repair", el("h2", { text: "Repair of the pruned layers" }), ...parts);
 }
 
+// Per genre: did preserving the chosen networks protect that kind of text? (per-document protocol)
+function genreSection(r) {
+  const rows = r.ppl_by_genre || [];
+  if (!rows.length) return null;
+  const body = rows.map((g) => el("tr", { dataset: { genre: g.genre } },
+    el("th", { scope: "row", text: g.genre }), el("td.num", { text: String(g.n_docs) }),
+    el("td.num", { text: fmtNum(g.dense, 2) }), el("td.num", { text: fmtNum(g.pruned, 2) }),
+    el("td.num", { text: `${fmtNum(g.pruned / g.dense, 2)}×` })));
+  return el("section.card#genres", el("h2", { text: "Held-out perplexity per genre" }),
+    el("p.caption", { text: "Each held-out document scored alone on its first 512 tokens, pooled per genre (label); few documents per genre make these numbers noisy." }),
+    el("div.table-scroll", el("table.table#genre-table",
+      el("thead", el("tr", ["Genre", "Documents", "Dense PPL", "Pruned PPL", "Pruned / dense"].map((h) => el("th", { scope: "col", text: h })))),
+      el("tbody", body))));
+}
+
 function renderResults(root, id, job, ctx) {
   const r = job.result || {};
   const d = r.dense || {};
@@ -203,10 +218,12 @@ function renderResults(root, id, job, ctx) {
 
   const fidelity = fidelitySection(r, analysisId);
   root.append(
-    el("section.card", el("h2", { text: "Dense vs pruned" }), headline, compare),
+    el("section.card", el("h2", { text: "Dense vs pruned" }), headline, compare,
+      r.dense_cached ? el("p.muted.small#dense-cached", { text: "The dense model's numbers were measured once for this model and these held-out documents, and reused." }) : null),
     chosenSection(r, analysisId),
     fidelity.node,
     repairSection(r),
+    ...[genreSection(r)].filter(Boolean),
     el("div.grid-2",
       el("section.card", el("h2", { text: "Perplexity" }), pplPlot),
       el("section.card", el("h2", { text: "MLP width per layer" }), widthPlot,
