@@ -234,6 +234,21 @@ class FunctionalNetworks:
         source = np.where(unresolved.astype(np.float64) > threshold, KEY_UNRESOLVED, NOT_KEY)
         return np.where(network.astype(np.float64) > threshold, KEY_NETWORK, source).astype(np.int8)
 
+    def key_source_summary(self, source: np.ndarray | None = None, threshold: float | None = None) -> list[dict]:
+        """Per analysed layer: stable networks of its components and its key neurons split by
+        :meth:`key_source` (``source``, computed at ``threshold`` when not given): a stable network, or
+        only the unresolved-subspace energy. Whole-model components count in the layer where their map peaks."""
+        source = self.key_source(threshold) if source is None else source
+        home = np.asarray([self.component_row_layer(c) for c in range(self.n_components)])
+        rows = []
+        for layer in self.layers:
+            counts = np.bincount(source[layer].astype(np.int64), minlength=3)
+            network, unresolved = int(counts[KEY_NETWORK]), int(counts[KEY_UNRESOLVED])
+            rows.append({"layer": int(layer), "n_components": int((home == layer).sum()),
+                         "n_stable": int((self.stable & (home == layer)).sum()),
+                         "n_key": network + unresolved, "n_key_network": network, "n_key_unresolved": unresolved})
+        return rows
+
     def abs_max_map(self, component: int) -> np.ndarray:
         """``(n_map_layers, width)`` largest |z| of each neuron over the signals in one component's map."""
         return self._absmax[int(component)]

@@ -61,22 +61,8 @@ def cmd_networks(args: argparse.Namespace) -> int:
 
 
 def key_source_rows(networks, threshold: float | None = None) -> list[dict]:
-    """Per analysed layer: stable networks (of its components) and its key neurons at ``threshold`` split
-    by ``FunctionalNetworks.key_source``: a stable network, or only the unresolved-subspace energy."""
-    import numpy as np
-
-    from ..networks import KEY_NETWORK, KEY_UNRESOLVED
-
-    source = networks.key_source(threshold)
-    home = np.asarray([networks.component_row_layer(c) for c in range(networks.n_components)])
-    rows = []
-    for layer in networks.layers:
-        counts = np.bincount(source[layer].astype(np.int64), minlength=3)
-        rows.append({"layer": int(layer), "n_components": int((home == layer).sum()),
-                     "n_stable": int((networks.stable & (home == layer)).sum()),
-                     "n_key": int(counts[KEY_NETWORK] + counts[KEY_UNRESOLVED]),
-                     "n_key_network": int(counts[KEY_NETWORK]), "n_key_unresolved": int(counts[KEY_UNRESOLVED])})
-    return rows
+    """Per analysed layer: stable networks and key neurons by source (see ``key_source_summary``)."""
+    return networks.key_source_summary(threshold=threshold)
 
 
 def print_key_sources(networks, threshold: float | None = None) -> None:

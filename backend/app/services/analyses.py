@@ -315,24 +315,7 @@ def overview(settings: Settings, store: JobStore, job_id: str, threshold: float 
             "density": encoding.uint8_array(np.asarray(ov["density"]), quantise=False),
             "max_z": encoding.uint8_array(np.asarray(ov["max_z"]), quantise=True),
             "key_source": encoding.uint8_array(source, quantise=False),
-            "key_sources": _key_source_rows(networks, source)}
-
-
-def _key_source_rows(networks, source: np.ndarray) -> list[dict[str, int]]:
-    """Per analysed layer: stable networks of its components, and its key neurons split by why they
-    are key (``source`` = ``FunctionalNetworks.key_source``: 1 a stable network, 2 only the
-    unresolved-subspace energy). Whole-model components count in the layer where their map peaks."""
-    from fnprune.networks import KEY_NETWORK, KEY_UNRESOLVED
-
-    home = np.asarray([networks.component_row_layer(c) for c in range(networks.n_components)])
-    rows = []
-    for layer in networks.layers:
-        counts = np.bincount(source[layer].astype(np.int64), minlength=3)
-        network, unresolved = int(counts[KEY_NETWORK]), int(counts[KEY_UNRESOLVED])
-        rows.append({"layer": int(layer), "n_components": int((home == layer).sum()),
-                     "n_stable": int((networks.stable & (home == layer)).sum()),
-                     "n_key": network + unresolved, "n_key_network": network, "n_key_unresolved": unresolved})
-    return rows
+            "key_sources": networks.key_source_summary(source)}
 
 
 def map_set(settings: Settings, store: JobStore, job_id: str, threshold: float | None) -> dict[str, Any]:
