@@ -51,22 +51,33 @@ def per_document_perplexity(model: nn.Module, tokenizer, docs, *, window: int = 
     sequences = encode_documents(tokenizer, docs, window)
     if not sequences:
         raise CorpusError("no held-out document has at least 2 tokens")
+    unit_nll, unit_tokens = _row_nll(model, padded_batches(sequences, batch_size))
+    return _ppl_result(unit_nll, unit_tokens, window, keep_units)
+
+
+@torch.no_grad()
+def _row_nll(model: nn.Module, batches, on_batch=None) -> tuple[list[float], list[int]]:
+    """Summed next-token NLL and predicted-token count of every row of ``batches`` (``(ids, mask)``,
+    mask None = every position real), in eval mode; ``on_batch(i)`` after each batch."""
     device = model_device(model)
     was_training = model.training
     model.eval()
     unit_nll: list[float] = []
     unit_tokens: list[int] = []
     try:
-        for ids, mask in padded_batches(sequences, batch_size):
-            ids, mask = ids.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+        for i, (ids, mask) in enumerate(batches):
+            ids = ids.to(device)
+            mask = torch.ones_like(ids) if mask is None else mask.to(device)
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()  # (b, len, vocab)
             nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
             real = mask[:, 1:].bool()  # (b, len-1): the predicted token is a real one
             unit_nll += (nll * real).sum(1).tolist()
             unit_tokens += real.sum(1).tolist()
+            if on_batch is not None:
+                on_batch(i)
     finally:
         model.train(was_training)
-    return _ppl_result(unit_nll, unit_tokens, window, keep_units)
+    return unit_nll, unit_tokens
 
 
 def _ppl_result(unit_nll: list[float], unit_tokens: list[int], window: int, keep_units: bool) -> dict:
@@ -101,21 +112,9 @@ def perplexity(model: nn.Module, tokenizer, docs, *, window: int = 512, batch_si
         windows = ids[: n_windows * window].reshape(n_windows, window)  # (n_windows, window)
     if max_windows is not None:
         windows = windows[:max_windows]
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    unit_nll: list[float] = []
-    unit_tokens: list[int] = []
-    try:
-        for start in range(0, len(windows), batch_size):
-            batch = windows[start:start + batch_size].to(device)
-            logits = model(input_ids=batch, use_cache=False).logits.float()  # (b, window, vocab)
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch[:, 1:], reduction="none")
-            unit_nll += nll.sum(1).tolist()
-            unit_tokens += [batch.shape[1] - 1] * batch.shape[0]
-            report(progress, f"ppl@{window}", min(1.0, (start + batch_size) / len(windows)))
-    finally:
-        model.train(was_training)
+    batches = [(windows[s:s + batch_size], None) for s in range(0, len(windows), batch_size)]
+    unit_nll, unit_tokens = _row_nll(model, batches, lambda i: report(progress, f"ppl@{window}",
+                                                                       (i + 1) / len(batches)))
     return _ppl_result(unit_nll, unit_tokens, window, keep_units)
 
 

@@ -175,14 +175,10 @@ class FunctionalNetworks:
 
     # -- selection and scores ----------------------------------------------------------------------
     def _selected(self, networks) -> np.ndarray:
-        if networks is None:
-            return np.arange(self.n_components)
-        sel = np.unique(np.asarray(list(networks), dtype=np.int64))
-        if sel.size == 0:
-            raise ConfigError("networks: select at least one component")
-        if sel.min() < 0 or sel.max() >= self.n_components:
-            raise ConfigError(f"networks: component ids must be in 0..{self.n_components - 1}")
-        return sel
+        from .selection import chosen_components
+
+        sel = chosen_components(self, networks)
+        return np.arange(self.n_components) if sel is None else sel
 
     def neuron_scores(self, networks=None) -> np.ndarray:
         """``(n_layers, width)`` largest |z| of each neuron over the selected components and signals."""
