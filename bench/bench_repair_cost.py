@@ -1,0 +1,50 @@
+"""What the least-squares repair costs on the default model (BENCHMARKS.md §3): the calibration pass
+with and without second moments, and pruning with the mean bias vs the least-squares repair.
+
+Usage: ``python bench/bench_repair_cost.py [--ratio 0.2] [--docs 40]``. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ratio", type=float, default=0.2)
+    parser.add_argument("--docs", type=int, default=40)
+    args = parser.parse_args()
+
+    import resource
+
+    from fnprune.corpus import load_corpus, split_heldout
+    from fnprune.models import load_model
+    from fnprune.prune import collect_down_input_stats, plan_keep, prune_model
+
+    model, tok = load_model("smollm2-135m")
+    calib = split_heldout(load_corpus("brown"))[0][:args.docs]
+    out = {"docs": len(calib), "max_tokens": 512, "ratio": args.ratio}
+    t0 = time.perf_counter()
+    plain = collect_down_input_stats(model, tok, calib, 512)
+    out["calibration_plain_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    full = collect_down_input_stats(model, tok, calib, 512, second_moments=True)
+    out["calibration_second_moments_s"] = time.perf_counter() - t0
+    keep = plan_keep(model, "flap", args.ratio, stats=plain)
+    for name, kwargs in (("bias", {"bias": plain}), ("lstsq", {"repair": full})):
+        pruned = copy.deepcopy(model)
+        t0 = time.perf_counter()
+        prune_model(pruned, keep, **kwargs)
+        out[f"prune_{name}_s"] = time.perf_counter() - t0
+        del pruned
+    out["repair_extra_s"] = (out["calibration_second_moments_s"] - out["calibration_plain_s"]
+                             + out["prune_lstsq_s"] - out["prune_bias_s"])
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
