@@ -14,10 +14,11 @@ $T "$FN" analyze --model smollm2-135m --corpus brown --texts 40 --max-tokens 512
 # 2. fnprune's CanICA vs the faithful algorithm on the same activations; seed stability
 "$PY" bench/capture_default.py "$OUT/acts40" > "$OUT/capture.log" 2>&1
 "$PY" bench/bench_canica.py "$OUT/acts40" --layers 5,10,15,20,25 --out "$OUT/canica.json" > "$OUT/canica.log" 2>&1
-# 3. pruning methods at three budgets
-$T "$FN" compare --model smollm2-135m --corpus brown --ratios 0.1,0.2,0.3 \
-    --methods fn,fn-bias,fn-flap,random,magnitude,wanda-sp,flap --run-dir "$OUT/run_seed0" \
-    --heldout-docs 10 --windows 512 --out "$OUT/compare" > "$OUT/compare.log" 2>&1
+# 3. the pruning recipe: validation (defaults), held-out Brown + pydoc with bootstrap intervals, fidelity,
+#    repair on/off, allocation controls, the 20 most stable networks chosen; what the repair costs
+$T "$PY" bench/bench_recipe.py "$OUT/recipe" > "$OUT/recipe.log" 2>&1
+"$PY" bench/recipe_tables.py "$OUT/recipe" > "$OUT/recipe_tables.md"
+"$PY" bench/bench_repair_cost.py > "$OUT/repair_cost.json" 2> "$OUT/repair_cost.log"
 # 4. the map endpoint and the browser on that analysis
 "$PY" bench/bench_api.py "$OUT/run_seed0" --json "$OUT/api.json" > "$OUT/api.log" 2>&1
 "$PY" bench/bench_frontend.py --run-dir "$OUT/run_seed0" --json "$OUT/frontend.json" > "$OUT/frontend.log" 2>&1
