@@ -60,6 +60,7 @@ def main() -> int:
     parser.add_argument("--min-jaccard", type=float, default=0.8,
                         help="GPU-vs-CPU key-neuron agreement below this fails the check")
     parser.add_argument("--heldout-docs", type=int, default=5, help="held-out documents for the perplexity check")
+    parser.add_argument("--corpus", default="brown", help="calibration and held-out corpus (default brown)")
     parser.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no GPU (smoke test)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -83,7 +84,7 @@ def main() -> int:
     t0 = time.perf_counter()
     model, tok = load_model("smollm2-135m", device=device)
     result["load_s"] = round(time.perf_counter() - t0, 2)
-    calibration, heldout = split_heldout(load_corpus("brown"))
+    calibration, heldout = split_heldout(load_corpus(args.corpus))
     docs = calibration[:args.texts]
 
     # 1. the whole analysis on the device (capture + CanICA of every layer), store kept for step 2
@@ -91,7 +92,7 @@ def main() -> int:
     t0 = time.perf_counter()
     networks = analyze(model, tok, docs, n_components=args.components, max_tokens=args.max_tokens,
                        device=device, work_dir=work, random_state=0, model_spec="smollm2-135m",
-                       corpus_spec="brown", progress=clock)
+                       corpus_spec=args.corpus, progress=clock)
     result["analyze"] = {"wall_s": round(time.perf_counter() - t0, 2), "stages_s": clock.seconds(),
                          "n_tokens": networks.info["n_tokens"], "n_components": networks.n_components}
     run_dir = networks.save(work / "run")
@@ -133,6 +134,7 @@ def main() -> int:
 
     t = time.perf_counter()
     rc = cli_main(["prune", str(run_dir), "--target-ratio", "0.2", "--calib-docs", str(min(args.texts, 40)),
+                   "--corpus", args.corpus, "--heldout-docs", str(args.heldout_docs),
                    "--out", str(work / "pruned"), "--quiet"])
     result["prune"] = {"rc": rc, "s": round(time.perf_counter() - t, 2)}
     if rc != 0:
