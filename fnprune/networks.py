@@ -23,8 +23,6 @@ network or only that energy makes it key, and ``info["unit_stability"]`` holds p
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,9 +33,8 @@ from . import atlas as _atlas
 from .atlas import neuron_grid  # the one home of the neuron grid
 from .capture import ActivationStore, capture_activations
 from .corpus import Document
-from .errors import ConfigError, RunDirError
+from .errors import ConfigError
 from .ica import CanICA
-from .io import read_safetensors, write_safetensors
 from .mlp import mlp_summary
 from .progress import ProgressCallback, report
 from .stability import fit_summary
@@ -46,10 +43,6 @@ MODES = ("per-layer", "whole-model")
 NOT_KEY, KEY_NETWORK, KEY_UNRESOLVED = 0, 1, 2   # key_source: why a neuron is key
 DEFAULT_THRESHOLD = 3.0
 DEFAULT_N_INIT = 8
-# time courses at least this large are memory-mapped on load (the default model's 40-document run,
-# 157 MB, is read: one component's detail then takes no page faults)
-MMAP_TIME_COURSES_BYTES = 256 * 2 ** 20
-RUN_FORMAT = 2  # 2: time courses stored (components, tokens) as time_courses_t
 
 
 class FunctionalNetworks:
@@ -245,6 +238,11 @@ class FunctionalNetworks:
                          "n_key": network + unresolved, "n_key_network": network, "n_key_unresolved": unresolved})
         return rows
 
+    @property
+    def abs_max_maps(self) -> np.ndarray:
+        """``(n_components, n_map_layers, width)`` largest |z| of each neuron over the signals, per map."""
+        return self._absmax
+
     def abs_max_map(self, component: int) -> np.ndarray:
         """``(n_map_layers, width)`` largest |z| of each neuron over the signals in one component's map."""
         return self._absmax[int(component)]
@@ -274,171 +272,45 @@ class FunctionalNetworks:
         return plan(self, threshold=threshold, target_ratio=target_ratio, networks=networks,
                     protected_layers=protected_layers, uniform=uniform, ratio_of=ratio_of).as_dict()
 
-    # -- per-component statistics ----------------------------------------------------------------
+    # -- descriptions (fnprune.describe) and the run directory (fnprune.rundir) ---------------------
     def genre_profiles(self) -> tuple[list[str], np.ndarray]:
         """``(labels, (n_labels, n_components))``: mean z-scored time course per document label."""
-        if getattr(self, "_genres", None) is None:
-            doc_labels = [d.get("label") or "unlabelled" for d in self.documents]
-            names = sorted(set(doc_labels))
-            token_label = np.asarray([names.index(x) for x in doc_labels], dtype=np.int64)[self.token_doc]
-            onehot = np.zeros((len(names), len(token_label)), dtype=np.float32)
-            onehot[token_label, np.arange(len(token_label))] = 1.0
-            onehot /= onehot.sum(1, keepdims=True)
-            profiles = np.zeros((len(names), self.n_components), dtype=np.float32)
-            for c0 in range(0, self.n_components, 256):  # float32 blocks: never the whole matrix at once
-                tc = self.time_courses[:, c0:c0 + 256].astype(np.float32)
-                profiles[:, c0:c0 + 256] = (onehot @ tc - tc.mean(0)) / (tc.std(0) + 1e-12)
-            self._genres = (names, profiles)
-        return self._genres
+        from .describe import genre_profiles
 
-    def _genre_profile(self, component: int) -> dict:
-        names, profiles = self.genre_profiles()
-        return {g: float(v) for g, v in zip(names, profiles[:, component], strict=True)}
+        return genre_profiles(self)
 
     def component_table(self, threshold: float | None = None) -> list[dict]:
-        threshold = self.threshold if threshold is None else float(threshold)
-        n_key = (self._absmax > threshold).sum(axis=(1, 2))
-        peak = self._absmax.max(axis=(1, 2))
-        names, profiles = self.genre_profiles()
-        rows = []
-        for c in range(self.n_components):
-            values = profiles[:, c]
-            top = names[int(values.argmax())] if len(names) else None
-            layer = int(self.component_layer[c])
-            if layer < 0:  # whole-model: the layer where it peaks
-                layer_pos = int(self._absmax[c].max(axis=1).argmax())
-                layer = self.layers[layer_pos]
-            rows.append({
-                "id": c, "layer": layer, "index": int(self.component_index[c]), "run": int(self.component_run[c]),
-                "n_key": int(n_key[c]), "peak_z": float(peak[c]), "stability": float(self.stability[c]),
-                "stable": bool(self.stable[c]),
-                "top_genre": top,
-                "genre_selectivity": float(values.max() - values.mean()) if values.size > 1 else 0.0,
-                "label": self.labels.get(c, "unknown"), "name": self.name(c),
-                "auto_name": self.auto_names()[c],
-            })
-        return rows
+        from .describe import component_table
+
+        return component_table(self, threshold)
 
     def component_detail(self, component: int, n_top: int = 10, context: int = 8) -> dict:
-        if not 0 <= int(component) < self.n_components:
-            raise ConfigError(f"component {component} does not exist (0..{self.n_components - 1})")
-        c = int(component)
-        tc = self.time_courses[:, c].astype(np.float32)
-        top = np.argsort(-tc, kind="stable")[:n_top]
-        top_tokens = []
-        for i in top.tolist():
-            doc = int(self.token_doc[i])
-            lo = i
-            while lo > 0 and i - lo < context and self.token_doc[lo - 1] == doc:
-                lo -= 1
-            hi = i
-            while hi + 1 < len(tc) and hi - i < context and self.token_doc[hi + 1] == doc:
-                hi += 1
-            top_tokens.append({"token": self.token_text[i], "value": float(tc[i]), "doc": doc, "position": int(self.token_pos[i]),
-                               "label": self.documents[doc].get("label"),
-                               "left": "".join(self.token_text[lo:i]), "right": "".join(self.token_text[i + 1:hi + 1])})
-        return {
-            "id": c, "layer": int(self.component_layer[c]), "index": int(self.component_index[c]),
-            "run": int(self.component_run[c]), "label": self.labels.get(c, "unknown"),
-            "name": self.name(c), "auto_name": self.auto_names()[c], "stability": float(self.stability[c]), "map": self.maps[c], "map_layers": self.map_layers(c),
-            "signals": self.signals, "time_course": tc, "top_tokens": top_tokens,
-            "genre_profile": self._genre_profile(c),
-        }
+        from .describe import component_detail
+
+        return component_detail(self, component, n_top, context)
 
     def overview(self, threshold: float | None = None) -> dict:
         """Key-neuron density (components in which a neuron is key) and max |z|, both (n_layers, width)."""
-        threshold = self.threshold if threshold is None else float(threshold)
-        density = np.zeros((self.n_layers, self.width), dtype=np.int32)
-        key = self._absmax > threshold
-        if self.mode == "whole-model":
-            density[self.layers] = key.sum(axis=0)
-        else:
-            for layer in np.unique(self.component_layer):
-                density[layer] = key[self.component_layer == layer, 0].sum(axis=0)
-        return {"threshold": threshold, "density": density, "max_z": self.neuron_scores()}
+        from .describe import overview
 
-    # -- persistence -----------------------------------------------------------------------------
+        return overview(self, threshold)
+
     def save(self, run_dir: str | Path) -> Path:
-        """Write the run directory atomically (safetensors + JSON, no pickle)."""
-        run_dir = Path(run_dir)
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=run_dir.name + ".", suffix=".partial", dir=run_dir.parent))
-        try:
-            write_safetensors(partial / "networks.safetensors", {
-                "stable": self.stable.astype(np.uint8), "component_unit": self.component_unit,
-                "unit_unresolved_energy": self.unit_unresolved.astype(np.float16),
-                "maps": self.maps.astype(np.float16), "component_layer": self.component_layer,
-                "component_index": self.component_index, "component_run": self.component_run,
-                # (components, tokens): one component's time course is contiguous on disk
-                "stability": self.stability, "time_courses_t": self.time_courses.T,
-                "token_doc": self.token_doc, "token_pos": self.token_pos,
-            })
-            (partial / "tokens.json").write_text(json.dumps(self.token_text))
-            (partial / "documents.json").write_text(json.dumps(self.documents))
-            (partial / "labels.json").write_text(json.dumps({str(k): v for k, v in self.labels.items()}))
-            # atlas.safetensors: positions and network (n_layers, width) int32; run dirs without it
-            # compute the same atlas on load (names.json: the user's network names, optional)
-            write_safetensors(partial / "atlas.safetensors", self.atlas())
-            if self.names:
-                (partial / "names.json").write_text(json.dumps({str(k): v for k, v in self.names.items()}))
-            (partial / "run.json").write_text(json.dumps({"format": RUN_FORMAT, **self.info}, indent=1))
-            if run_dir.exists():
-                old = run_dir.with_name(run_dir.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(run_dir, old)
-                os.replace(partial, run_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(partial, run_dir)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        return run_dir
+        """Write the run directory atomically (safetensors + JSON, no pickle); see fnprune.rundir."""
+        from .rundir import save_run
 
-    def save_labels(self, run_dir: str | Path) -> None:
-        from .io import atomic_write_text
-
-        atomic_write_text(Path(run_dir) / "labels.json", json.dumps({str(k): v for k, v in self.labels.items()}))
+        return save_run(self, run_dir)
 
     def save_names(self, run_dir: str | Path) -> None:
-        from .io import atomic_write_text
+        from .rundir import save_names
 
-        atomic_write_text(Path(run_dir) / "names.json", json.dumps({str(k): v for k, v in self.names.items()}))
+        save_names(self, run_dir)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> FunctionalNetworks:
-        run_dir = Path(run_dir)
-        needed = ["run.json", "networks.safetensors", "tokens.json", "documents.json"]
-        missing = [n for n in needed if not (run_dir / n).exists()]
-        if not run_dir.is_dir() or missing:
-            raise RunDirError(f"{run_dir} is not an fnprune run directory (missing {', '.join(missing) or 'directory'})")
-        try:
-            info = json.loads((run_dir / "run.json").read_text())
-            # large time courses (2 B x tokens x components, the one token-sized array) stay on disk
-            arrays = read_safetensors(run_dir / "networks.safetensors", mmap=("time_courses_t",),
-                                      mmap_min_bytes=MMAP_TIME_COURSES_BYTES)
-            labels_file = run_dir / "labels.json"
-            labels = json.loads(labels_file.read_text()) if labels_file.exists() else {}
-            names_file = run_dir / "names.json"
-            names = json.loads(names_file.read_text()) if names_file.exists() else {}
-            atlas_file = run_dir / "atlas.safetensors"
-            atlas = read_safetensors(atlas_file) if atlas_file.exists() else None
-            tokens = json.loads((run_dir / "tokens.json").read_text())
-            documents = json.loads((run_dir / "documents.json").read_text())
-        except (ValueError, OSError) as exc:
-            raise RunDirError(f"{run_dir}: damaged run directory ({exc})") from exc
-        info.pop("format", None)
-        return cls(maps=arrays["maps"], component_layer=arrays["component_layer"],
-                   component_index=arrays["component_index"], component_run=arrays["component_run"],
-                   stability=arrays["stability"], token_text=tokens,
-                   time_courses=arrays["time_courses_t"].T if "time_courses_t" in arrays else arrays["time_courses"],
-                   token_doc=arrays["token_doc"], token_pos=arrays["token_pos"], documents=documents,
-                   info=info, labels=labels, names=names, atlas=atlas,
-                   # run dirs written before the seed-robust score lack these three: plain max |z| then
-                   stable=arrays["stable"].astype(bool) if "stable" in arrays else None,
-                   component_unit=arrays.get("component_unit"),
-                   # "unit_residual": the name in run dirs written before the unresolved-energy rename
-                   unit_unresolved=arrays.get("unit_unresolved_energy", arrays.get("unit_residual")))
+        from .rundir import load_run
+
+        return load_run(run_dir)
 
 
 def _run_slices(store: ActivationStore, n_runs: int) -> list[slice]:

@@ -102,7 +102,7 @@ def test_save_load_roundtrip_gives_identical_masks(networks, tmp_path, monkeypat
     assert (loaded.key_mask(target_ratio=0.1) == networks.key_mask(target_ratio=0.1)).all()
     np.testing.assert_array_equal(loaded.time_courses, networks.time_courses)
     assert not isinstance(loaded.time_courses.base, np.memmap)      # small: read into memory
-    monkeypatch.setattr("fnprune.networks.MMAP_TIME_COURSES_BYTES", 0)
+    monkeypatch.setattr("fnprune.rundir.MMAP_TIME_COURSES_BYTES", 0)
     mapped = FunctionalNetworks.load(tmp_path / "run")
     assert isinstance(mapped.time_courses.base, np.memmap)          # large: stays on disk
     np.testing.assert_array_equal(mapped.time_courses, networks.time_courses)
