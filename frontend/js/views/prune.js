@@ -205,15 +205,19 @@ export async function render(root, { id }, ctx) {
     blockedNote.hidden = !reason;
     blockedNote.textContent = reason ? `Cannot prune with these settings: ${reason}` : "";
   };
-  async function preview() {
-    const mySeq = ++seq;
-    let body;
+  // the request of the current settings, or null after showing why they are unusable
+  const requestOrError = () => {
     try {
-      body = request();
+      return request();
     } catch (err) {
       showError(err);
-      return;
+      return null;
     }
+  };
+  async function preview() {
+    const mySeq = ++seq;
+    const body = requestOrError();
+    if (!body) return;
     previewState.textContent = "Updating preview…";
     try {
       const p = await api(`/api/analyses/${id}/preview`, { method: "POST", body });
@@ -318,13 +322,8 @@ export async function render(root, { id }, ctx) {
   const blockedNote = el("p.blocked#prune-blocked", { role: "status", hidden: true });
   startButton.addEventListener("click", async () => {
     if (blockedReason) return;
-    let body;
-    try {
-      body = request();
-    } catch (err) {
-      showError(err);
-      return;
-    }
+    const body = requestOrError();
+    if (!body) return;
     const payload = {
       analysis_id: id,
       networks: body.networks,
