@@ -22,10 +22,11 @@ import numpy as np
 from fnprune.progress import report
 
 from ..core.config import Settings
-from ..core.errors import ApiError, not_found
+from ..core.errors import ApiError
 from ..schemas import AnalysisRequest, PreviewRequest
 from . import catalog, encoding
 from .jobs import JobStore
+from .lookup import succeeded_or_409
 
 TIME_COURSE_POINTS = 1000  # default subsampling of a component's time course
 ARTIFACTS = {"masks": ("masks.json", "application/json"), "maps": ("maps.nii.gz", "application/gzip"),
@@ -114,12 +115,7 @@ CACHE_SIZE = 4
 
 
 def finished_job(store: JobStore, job_id: str) -> dict[str, Any]:
-    job = store.get(job_id, "analysis")
-    if job is None:
-        raise not_found("analysis", job_id)
-    if job["status"] != "succeeded":
-        raise ApiError(409, f"analysis {job_id} is {job['status']}; its networks exist once it has succeeded")
-    return job
+    return succeeded_or_409(store, job_id, "analysis", "its networks")
 
 
 def load_networks(settings: Settings, store: JobStore, job_id: str):

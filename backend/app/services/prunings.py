@@ -16,10 +16,11 @@ from typing import Any
 from fnprune.progress import report
 
 from ..core.config import Settings
-from ..core.errors import ApiError, not_found
+from ..core.errors import ApiError
 from ..schemas import AnalysisRequest, PruningRequest
 from . import analyses, catalog
 from .jobs import JobStore
+from .lookup import succeeded_or_409
 
 ARTIFACTS = ("model", "report", "masks")
 
@@ -277,11 +278,7 @@ def _write_report(job_dir: Path, job_id: str, req: PruningRequest, result: dict[
 
 # -- downloads ---------------------------------------------------------------------------------------------
 def finished_dir(settings: Settings, store: JobStore, job_id: str) -> Path:
-    job = store.get(job_id, "pruning")
-    if job is None:
-        raise not_found("pruning", job_id)
-    if job["status"] != "succeeded":
-        raise ApiError(409, f"pruning {job_id} is {job['status']}; its files exist once it has succeeded")
+    succeeded_or_409(store, job_id, "pruning", "its files")
     return settings.job_dir("pruning", job_id)
 
 

@@ -3,7 +3,7 @@ from typing import Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, StreamingResponse
 
-from ...core.errors import ApiError, error_responses, not_found
+from ...core.errors import ApiError, error_responses
 from ...schemas import (
     AnalysisRequest,
     ComponentDetail,
@@ -18,6 +18,7 @@ from ...schemas import (
 )
 from ...services import analyses
 from ...services.events import job_events
+from ...services.lookup import job_or_404
 from ..deps import EnqueueDep, SettingsDep, StoreDep
 from ..responses import ANALYSIS_DOWNLOADS, EVENTS, FINISHED, FINISHED_CHOICE
 
@@ -37,10 +38,7 @@ def create_analysis(req: AnalysisRequest, settings: SettingsDep, store: StoreDep
 
 @router.get("/{job_id}", response_model=Job, responses=error_responses(404))
 def get_analysis(job_id: str, store: StoreDep) -> dict:
-    job = store.get(job_id, "analysis")
-    if job is None:
-        raise not_found("analysis", job_id)
-    return job
+    return job_or_404(store, job_id, "analysis")
 
 
 @router.delete("/{job_id}", response_model=Job, responses=error_responses(404, 409))
@@ -49,9 +47,7 @@ def cancel_analysis(job_id: str, store: StoreDep) -> dict:
 
 
 def cancel(store, job_id: str, kind: str) -> dict:
-    job = store.get(job_id, kind)
-    if job is None:
-        raise not_found(kind, job_id)
+    job_or_404(store, job_id, kind)
     if not store.cancel(job_id):
         job = store.get(job_id, kind)
         raise ApiError(409, f"{kind} {job_id} already {job['status']}; only queued or running jobs can be cancelled")
@@ -64,8 +60,7 @@ def analysis_events(job_id: str, settings: SettingsDep, store: StoreDep) -> Stre
 
 
 def events(store, settings, job_id: str, kind: str) -> StreamingResponse:
-    if store.get(job_id, kind) is None:
-        raise not_found(kind, job_id)
+    job_or_404(store, job_id, kind)
     return StreamingResponse(job_events(store, job_id, kind, settings.SSE_POLL_S, settings.SSE_MAX_S),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

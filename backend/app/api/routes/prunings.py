@@ -1,9 +1,10 @@
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, StreamingResponse
 
-from ...core.errors import error_responses, not_found
+from ...core.errors import error_responses
 from ...schemas import Job, PruningRequest
 from ...services import prunings
+from ...services.lookup import job_or_404
 from ..deps import EnqueueDep, SettingsDep, StoreDep
 from ..responses import EVENTS, PRUNING_DOWNLOADS
 from .analyses import cancel, events
@@ -23,10 +24,7 @@ def create_pruning(req: PruningRequest, settings: SettingsDep, store: StoreDep, 
 
 @router.get("/{job_id}", response_model=Job, responses=error_responses(404))
 def get_pruning(job_id: str, store: StoreDep) -> dict:
-    job = store.get(job_id, "pruning")
-    if job is None:
-        raise not_found("pruning", job_id)
-    return job
+    return job_or_404(store, job_id, "pruning")
 
 
 @router.delete("/{job_id}", response_model=Job, responses=error_responses(404, 409))
