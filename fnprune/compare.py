@@ -37,9 +37,9 @@ from torch import nn
 
 from .errors import ConfigError
 from .evaluate import concatenated_ids, per_document_perplexity, perplexity
-from .mlp import find_mlps
+from .mlp import find_mlps, total_parameters
 from .progress import ProgressCallback, report
-from .prune import check_target_ratio, total_parameters
+from .prune import check_target_ratio
 from .recipe import METHODS, Calibration, PruningSpec, check_networks_match, prune_with_networks
 
 NETWORK_METHODS = ("paper", "fn", "fn-flap")

@@ -29,9 +29,10 @@ from torch import nn
 
 from .errors import ConfigError, CorpusError
 from .mlp import backbone, find_mlps
+from .models import model_device
 from .progress import ProgressCallback, report
-from .prune import encode_documents, model_device, padded_batches
 from .selection import component_key_masks
+from .tokens import encode_documents, padded_batches
 
 DEFAULT_TOP_FRACTION = 0.05
 

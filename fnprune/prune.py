@@ -34,7 +34,6 @@ from .mlp import (
     default_protected_layers,
     find_mlps,
     parameter_counts,
-    total_parameters,  # noqa: F401  (re-exported: fnprune.prune.total_parameters)
 )
 from .models import model_device
 from .progress import ProgressCallback, report
@@ -564,7 +563,6 @@ def prune_baseline(model: nn.Module, method: str, target_ratio: float | None = N
     return prune_model(model, keep, bias=stats if use_bias else None)
 
 
-widths_summary = parameter_counts  # per-layer widths and parameter counts of a (pruned) model
 
 
 # -- attention heads (whole GQA groups) ------------------------------------------------------------

@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ModelLoadError, RunDirError
+from .mlp import parameter_counts
 from .modeling import modeling_fnprune
-from .prune import widths_summary
 
 PRUNING_FILE = "pruning.json"
 MODELING_FILE = "modeling_fnprune.py"
@@ -204,7 +204,7 @@ def save_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, info: d
         if remote:
             shutil.copyfile(modeling_fnprune.__file__, tmp / MODELING_FILE)
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        summary = widths_summary(export)
+        summary = parameter_counts(export)
         record = {
             **(info or {}),
             "widths": summary["widths"],
