@@ -58,7 +58,8 @@ def per_document_perplexity(model: nn.Module, tokenizer, docs, *, window: int = 
 @torch.no_grad()
 def _row_nll(model: nn.Module, batches, on_batch=None) -> tuple[list[float], list[int]]:
     """Summed next-token NLL and predicted-token count of every row of ``batches`` (``(ids, mask)``,
-    mask None = every position real), in eval mode; ``on_batch(i)`` after each batch."""
+    mask None = every position real), in eval mode; ``on_batch(i, unit_nll, unit_tokens)`` after each
+    batch, with the rows scored so far (a caller can report a running perplexity)."""
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -74,7 +75,7 @@ def _row_nll(model: nn.Module, batches, on_batch=None) -> tuple[list[float], lis
             unit_nll += (nll * real).sum(1).tolist()
             unit_tokens += real.sum(1).tolist()
             if on_batch is not None:
-                on_batch(i)
+                on_batch(i, unit_nll, unit_tokens)
     finally:
         model.train(was_training)
     return unit_nll, unit_tokens
@@ -113,8 +114,13 @@ def perplexity(model: nn.Module, tokenizer, docs, *, window: int = 512, batch_si
     if max_windows is not None:
         windows = windows[:max_windows]
     batches = [(windows[s:s + batch_size], None) for s in range(0, len(windows), batch_size)]
-    unit_nll, unit_tokens = _row_nll(model, batches, lambda i: report(progress, f"ppl@{window}",
-                                                                       (i + 1) / len(batches)))
+    def on_batch(i: int, nll: list[float], tokens: list[int]) -> None:
+        # the partial result streams with the progress: the perplexity of the windows scored so far
+        report(progress, f"ppl@{window}", (i + 1) / len(batches),
+               f"PPL@{window} so far {math.exp(sum(nll) / max(1, sum(tokens))):.2f} "
+               f"({len(nll)} of {len(windows)} windows, {sum(tokens):,} tokens)")
+
+    unit_nll, unit_tokens = _row_nll(model, batches, on_batch)
     return _ppl_result(unit_nll, unit_tokens, window, keep_units)
 
 

@@ -54,6 +54,23 @@ def test_perplexity_windows_are_consistent():
     assert 1 < full["ppl"] < 10 * VOCAB
 
 
+def test_perplexity_streams_the_running_value_and_ends_on_the_result():
+    """The progress messages carry the perplexity of the windows scored so far; the last one is the
+    result, and an earlier one is the perplexity of exactly its first windows."""
+    model, tok = tiny_model("llama"), tokenizer()
+    ids = concatenated_ids(tok, documents(8))
+    seen: list[tuple[str, float, str]] = []
+    full = perplexity(model, tok, None, window=32, ids=ids, batch_size=2,
+                      progress=lambda stage, fraction, message="": seen.append((stage, fraction, message)))
+    assert full["n_windows"] >= 4 and len(seen) == math.ceil(full["n_windows"] / 2)
+    assert all(stage == "ppl@32" for stage, _, _ in seen) and seen[-1][1] == 1.0
+    running = [float(m.split("so far ")[1].split(" ")[0]) for _, _, m in seen]
+    assert math.isclose(running[-1], full["ppl"], abs_tol=0.006)
+    first_two = perplexity(model, tok, None, window=32, ids=ids[:64], batch_size=2)
+    assert first_two["n_windows"] == 2 and math.isclose(running[0], first_two["ppl"], abs_tol=0.006)
+    assert f"2 of {full['n_windows']} windows" in seen[0][2]
+
+
 def test_per_document_perplexity_ignores_padding():
     from fnprune.evaluate import per_document_perplexity
 

@@ -61,9 +61,13 @@ def create(req: PruningRequest, settings: Settings, store: JobStore, enqueue) ->
 
 
 # -- running (worker side) ------------------------------------------------------------------------------
-def _stage(progress, stage: str):
-    """A progress callback for a library call, renamed to ``stage``."""
-    def inner(_stage: str, fraction: float, message: str = "") -> None:
+def _stage(progress, stage: str, dense_ppl: dict[str, float] | None = None):
+    """A progress callback for a library call, renamed to ``stage``. ``dense_ppl`` (window -> PPL):
+    the library's running perplexity messages (stage ``ppl@<window>``) also name the dense model's."""
+    def inner(lib_stage: str, fraction: float, message: str = "") -> None:
+        window = lib_stage.removeprefix("ppl@")
+        if dense_ppl and message and window in dense_ppl:
+            message = f"{message}; dense model {dense_ppl[window]:.2f}"
         report(progress, stage, fraction, message)
 
     return inner
@@ -131,7 +135,8 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     if req.evaluate:
         dense_eval, result["dense_cached"] = _dense_evaluation(settings, a_req, model, tokenizer, heldout, progress)
         pruned_eval = evaluate.evaluate_model(pruned, tokenizer, heldout, batch_sizes=(1,), model_dir=model_dir,
-                                              per_label=True, progress=_stage(progress, "evaluate pruned"))
+                                              per_label=True, progress=_stage(progress, "evaluate pruned", {
+                                                  w: p["ppl"] for w, p in dense_eval["perplexity"].items()}))
         result["dense"] = _measures(dense_eval, size_bytes=_param_bytes(model))
         result["pruned"] = _measures(pruned_eval, size_bytes=pruned_eval.get("size_on_disk_bytes"))
         dense_by, pruned_by = dense_eval["perplexity_by_label"], pruned_eval["perplexity_by_label"]
