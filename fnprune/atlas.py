@@ -216,11 +216,17 @@ def _display(token: str) -> str:
 
 def auto_names(time_courses: np.ndarray, tokens: list[str], n_top: int = 30, n_words: int = 3,
                block: int = 256) -> list[str]:
-    """A short name per network from the tokens where its time course is highest.
+    """A short name per network from the tokens where its time course is highest: the first
+    ``n_words`` of :func:`top_words`, joined with `` · ``, e.g. ``"was · had · were"``."""
+    return [" · ".join(words[:n_words]) for words in top_words(time_courses, tokens, n_top, block=block)]
 
-    ``time_courses (n_tokens, k)``; among the ``n_top`` highest tokens, the ``n_words`` most frequent
-    distinct token texts (stripped, lower-cased words; ties: the higher activation first), joined
-    with `` · ``, e.g. ``"was · had · were"``.
+
+def top_words(time_courses: np.ndarray, tokens: list[str], n_top: int = 30, n_words: int | None = None,
+              block: int = 256) -> list[list[str]]:
+    """Per network, the distinct token texts among the ``n_top`` tokens where its time course is highest.
+
+    ``time_courses (n_tokens, k)``; texts are stripped, words lower-cased; ordered by how often they
+    occur there (ties: the higher activation first); at most ``n_words`` (None: all of them).
     """
     tc = time_courses
     n_tokens, k = tc.shape
@@ -239,8 +245,7 @@ def auto_names(time_courses: np.ndarray, tokens: list[str], n_top: int = 30, n_w
             for i in idx.tolist():
                 counts[shown[i]] = counts.get(shown[i], 0) + 1
             # dict keeps first-seen (= highest activation) order; sort is stable
-            words = sorted(counts, key=lambda w: -counts[w])[:n_words]
-            names.append(" · ".join(words))
+            names.append(sorted(counts, key=lambda w: -counts[w])[:n_words])
     return names
 
 

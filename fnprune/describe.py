@@ -51,7 +51,7 @@ def component_table(fn, threshold: float | None = None) -> list[dict]:
             "top_genre": top,
             "genre_selectivity": float(values.max() - values.mean()) if values.size > 1 else 0.0,
             "label": fn.labels.get(c, "unknown"), "name": fn.name(c),
-            "auto_name": fn.auto_names()[c],
+            "auto_name": fn.auto_names()[c], "top_words": fn.top_words()[c],
         })
     return rows
 

@@ -34,7 +34,7 @@ from .atlas import neuron_grid  # the one home of the neuron grid
 from .capture import ActivationStore, capture_activations
 from .corpus import Document
 from .errors import ConfigError
-from .ica import CanICA
+from .ica import DEFAULT_N_COMPONENTS, DEFAULT_N_INIT, CanICA
 from .mlp import mlp_summary
 from .progress import ProgressCallback, report
 from .stability import fit_summary
@@ -42,7 +42,6 @@ from .stability import fit_summary
 MODES = ("per-layer", "whole-model")
 NOT_KEY, KEY_NETWORK, KEY_UNRESOLVED = 0, 1, 2   # key_source: why a neuron is key
 DEFAULT_THRESHOLD = 3.0
-DEFAULT_N_INIT = 8
 
 
 class FunctionalNetworks:
@@ -81,7 +80,7 @@ class FunctionalNetworks:
         self.labels = {int(k): v for k, v in (labels or {}).items()}
         self.names = {int(k): str(v) for k, v in (names or {}).items()}
         self._atlas = None if atlas is None else {k: np.asarray(v, np.int32) for k, v in atlas.items()}
-        self._auto_names = None
+        self._top_words = None
         self._absmax = np.abs(self.maps).max(axis=2)          # (n_comp, n_map_layers, width)
         n = self.maps.shape[0]
         self.stable = np.ones(n, bool) if stable is None else np.asarray(stable, dtype=bool)
@@ -154,9 +153,14 @@ class FunctionalNetworks:
 
     def auto_names(self) -> list[str]:
         """Per component a short name from its top-activating tokens, e.g. ``"was · had · were"``."""
-        if self._auto_names is None:
-            self._auto_names = _atlas.auto_names(self.time_courses, self.token_text)
-        return self._auto_names
+        return [" · ".join(words[:3]) for words in self.top_words()]
+
+    def top_words(self) -> list[list[str]]:
+        """Per component the distinct texts of its 30 top-activating tokens, most frequent first
+        (:func:`fnprune.atlas.top_words`); what a search for a word matches."""
+        if self._top_words is None:
+            self._top_words = _atlas.top_words(self.time_courses, self.token_text)
+        return self._top_words
 
     def name(self, component: int) -> str:
         """The user's name of the component, else its automatic name."""
@@ -324,7 +328,7 @@ def _run_slices(store: ActivationStore, n_runs: int) -> list[slice]:
     return [slice(int(starts[a]), int(starts[b])) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def analyze(model, tokenizer, docs: list[Document], *, n_components: int = 128, mode: str = "per-layer",
+def analyze(model, tokenizer, docs: list[Document], *, n_components: int = DEFAULT_N_COMPONENTS, mode: str = "per-layer",
             n_runs: int = 1, n_init: int = DEFAULT_N_INIT, max_tokens: int = 512,
             signals: tuple[str, ...] = ("act", "up"), layers: list[int] | None = None, random_state: int = 0,
             work_dir: str | Path | None = None, batch_size: int = 4, device: str = "auto",

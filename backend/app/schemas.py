@@ -75,7 +75,7 @@ class AnalysisRequest(Strict):
     genres: list[str] | None = Field(default=None, max_length=100)
     n_texts: Int = Field(default=40, ge=1, le=5000)
     max_tokens: Int = Field(default=512, ge=8, le=8192)
-    n_components: Int = Field(default=128, ge=1, le=2048)
+    n_components: Int = Field(default=48, ge=1, le=2048)  # = fnprune.ica.DEFAULT_N_COMPONENTS
     mode: Literal["per-layer", "whole-model"] = "per-layer"
     n_runs: Int = Field(default=1, ge=1, le=50)
     seed: Int = Field(default=0, ge=0, le=2**31 - 1)
@@ -217,6 +217,9 @@ class ComponentRow(BaseModel):
     label: str
     name: str = ""
     auto_name: str = ""
+    top_words: list[str] = Field(default_factory=list,
+                                 description="distinct texts of the 30 tokens where the network is most active, "
+                                             "most frequent first (what a search by word matches)")
 
 
 class NetworksTable(BaseModel):

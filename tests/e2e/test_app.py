@@ -632,7 +632,8 @@ def test_select_networks_are_constraints(server, page, pruned):
     assert_fits_viewport(page, "select (constrained)")
     shot(page, "10-select-constraints")
 
-    # guided selection: the N networks most selective for a genre; the networks whose name has a word
+    # guided selection: the N networks most selective for a genre; the networks named with a word or
+    # active on it (the word among the texts of their 30 most active tokens)
     comps = table["components"]
     genre = comps[0]["top_genre"]
     best = sorted((c for c in comps if c["top_genre"] == genre), key=lambda c: (-c["genre_selectivity"], c["id"]))[:3]
@@ -643,13 +644,15 @@ def test_select_networks_are_constraints(server, page, pruned):
     checked = page.eval_on_selector_all("#network-checklist input:checked", "els => els.map((e) => Number(e.value))")
     assert sorted(checked) == sorted(c["id"] for c in best)
     word = next(w for c in comps for w in re.findall(r"[a-z]+", c["name"].lower()))
-    named = {c["id"] for c in comps if re.search(rf"(^|[\W_]){word}($|[\W_])", c["name"].lower())}
+    named = {c["id"] for c in comps if re.search(rf"(^|[\W_]){word}($|[\W_])", c["name"].lower())
+             or word in c["top_words"]}
+    assert all(len(c["top_words"]) >= len(c["auto_name"].split(" · ")) for c in comps)
     page.fill("#word-pick", word)
     page.locator("#select-word").click()
     expect(page.locator("#selected-count")).to_have_text(f"{len(named)} of {n} networks selected")
     checked = page.eval_on_selector_all("#network-checklist input:checked", "els => els.map((e) => Number(e.value))")
     assert set(checked) == named
-    expect(page.locator("#guided-note")).to_contain_text(f"named with “{word}”")
+    expect(page.locator("#guided-note")).to_contain_text(f"named with “{word}” or active on it")
     assert page.page_errors == []
 
 

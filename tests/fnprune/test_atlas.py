@@ -138,6 +138,11 @@ def test_auto_names_from_top_tokens():
     assert atlas.auto_names(tc, tokens, n_top=3)[1] == "the · ⏎"   # count first, then activation
     with pytest.raises(ConfigError, match="tokens"):
         atlas.auto_names(tc, tokens[:3])
+    # every distinct text of the top tokens, most frequent first: what a search by word matches
+    assert atlas.top_words(tc, tokens, n_top=6)[0] == ["was", "had", "were"]
+    assert atlas.top_words(tc, tokens, n_top=10)[0][:3] == ["was", "had", "the"]   # "the" twice, "were" once
+    assert set(atlas.top_words(tc, tokens, n_top=10)[0]) == {"was", "had", "were", "the", "⏎", ","}
+    assert atlas.top_words(tc, tokens, n_top=6, n_words=2)[0] == ["was", "had"]
 
 
 def test_names_in_the_table_detail_and_run_dir(tmp_path):
@@ -147,6 +152,7 @@ def test_names_in_the_table_detail_and_run_dir(tmp_path):
     fn.names = {2: "subject verbs"}
     table = fn.component_table()
     assert table[2]["name"] == "subject verbs" and table[2]["auto_name"] == auto[2]
+    assert " · ".join(table[2]["top_words"][:3]) == auto[2] and len(table[2]["top_words"]) >= 3
     assert table[3]["name"] == auto[3]
     assert fn.component_detail(2)["name"] == "subject verbs"
     fn.save(tmp_path / "run")

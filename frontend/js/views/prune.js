@@ -90,7 +90,7 @@ export async function render(root, { id }, ctx) {
   const genres = [...new Set(comps.map((c) => c.top_genre).filter(Boolean))].sort();
   const genrePick = el("select#genre-pick", { "aria-label": "Genre" },
     genres.map((g) => el("option", { value: g, text: `${g} (${comps.filter((c) => c.top_genre === g).length})` })));
-  const wordPick = el("input#word-pick", { type: "search", placeholder: "e.g. was", "aria-label": "Word in the network's name or top tokens" });
+  const wordPick = el("input#word-pick", { type: "search", placeholder: "e.g. was", "aria-label": "Word in the network's name or among its top tokens" });
   const guidedNote = el("span.muted.small#guided-note", { "aria-live": "polite" });
   const pickBy = (pred, what) => {
     const hits = comps.filter(pred);
@@ -117,7 +117,7 @@ export async function render(root, { id }, ctx) {
     el("span.group",
       el("button.btn.btn-secondary#select-word", {
         type: "button",
-        text: "Networks whose name has the word",
+        text: "Networks named with or active on the word",
         onclick: () => {
           const w = wordPick.value.trim().toLowerCase();
           if (!w) {
@@ -125,7 +125,9 @@ export async function render(root, { id }, ctx) {
             return;
           }
           const re = new RegExp(`(^|[^\\p{L}\\p{N}])${w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}($|[^\\p{L}\\p{N}])`, "u");
-          pickBy((c) => re.test(String(c.name || "").toLowerCase()) || re.test(String(c.auto_name || "").toLowerCase()), `named with “${wordPick.value.trim()}”`);
+          // the word in the network's name, or one of the texts of its 30 most active tokens
+          pickBy((c) => re.test(String(c.name || "").toLowerCase()) || re.test(String(c.auto_name || "").toLowerCase())
+            || (c.top_words || []).some((t) => t.toLowerCase() === w), `named with “${wordPick.value.trim()}” or active on it`);
         },
       }),
       wordPick),
