@@ -80,9 +80,9 @@ def pair_stats(sets: list[set]) -> dict:
     return {"mean": float(np.mean(js)), "min": float(np.min(js)), "pair01": js[0], "n_pairs": len(js)}
 
 
-def stability_table(rows: list[dict], k: int) -> str:
+def stability_table(rows: list[dict]) -> str:
     """The per-layer stability table (BENCHMARKS.md §2) as Markdown."""
-    lines = [f"| layer | method | reproducible networks (of {k}), mean / min over seeds | key neurons from "
+    lines = ["| layer | method | reproducible networks (of k), mean / min over seeds | key neurons from "
              "reproducible networks / other networks / unresolved energy | mask Jaccard across seeds, mean "
              "(min) | leverage-control Jaccard | chance Jaccard | budget |", "|" + "---|" * 8]
     for row in rows:
@@ -90,6 +90,7 @@ def stability_table(rows: list[dict], k: int) -> str:
             lev = st["leverage_jaccard"]
             lines.append(
                 f"| {row['layer']} | {method} | {np.mean(st['n_reproducible']):.1f} / {min(st['n_reproducible'])} "
+                f"(of {st['n_components']}) "
                 f"| {st['key_share_reproducible']:.2f} / {st['key_share_other_networks']:.2f} / "
                 f"{st['key_share_unresolved']:.2f} | {st['mask_jaccard']['mean']:.2f} ({st['mask_jaccard']['min']:.2f}) "
                 f"| {'—' if lev is None else format(lev['mean'], '.2f')} | {st['chance_jaccard']:.2f} "
@@ -101,7 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("store")
     parser.add_argument("--layers", default="5,10,15,20,25")
-    parser.add_argument("--components", type=int, default=128)
+    parser.add_argument("--components", type=int, default=128, help="the faithful algorithm's (the paper's 128)")
+    parser.add_argument("--fn-components", type=int, default=None,
+                        help="fnprune's components (default: CanICA's, fnprune.ica.DEFAULT_N_COMPONENTS)")
     parser.add_argument("--threshold", type=float, default=3.46)
     parser.add_argument("--n-init", type=int, default=None, help="fnprune restarts (default: CanICA's)")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="every pair of these seeds is compared")
@@ -114,6 +117,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     n_init = args.n_init or CanICA().n_init
+    fn_k = args.fn_components or CanICA().n_components
     store = ActivationStore.open(args.store)
     seeds = [int(s) for s in args.seeds.split(",")]
     if len(seeds) < 2:
@@ -144,7 +148,7 @@ def main() -> None:
         fn_sets, consensus_scores, n_stable, times, fn_fits = [], [], [], [], []
         for seed in seeds:
             t0 = time.perf_counter()
-            ica = CanICA(args.components, n_init=n_init, random_state=seed).fit(X)
+            ica = CanICA(fn_k, n_init=n_init, random_state=seed).fit(X)
             times.append(time.perf_counter() - t0)
             # what fnprune's masks use: stable maps' |z| and the seed-free expectation for the rest
             score = ica.key_score_.reshape(-1, store.width).max(0)
@@ -157,7 +161,7 @@ def main() -> None:
             fn_fits.append(SeedFit.from_canica(ica))
         row["stability"]["fnprune"] = seed_stability(fn_fits, budget, width=store.width,
                                                      min_corr=args.min_corr).as_dict()
-        row.update(fnprune_s=float(np.mean(times)), n_init=n_init, fnprune_jaccard_seeds=pair_stats(fn_sets),
+        row.update(fnprune_s=float(np.mean(times)), n_init=n_init, fn_components=fn_k, fnprune_jaccard_seeds=pair_stats(fn_sets),
                    consensus_maps_jaccard_seeds=pair_stats([top_set(c, budget) for c in consensus_scores]),
                    n_stable_components=n_stable)
         if not args.skip_faithful:
@@ -168,7 +172,7 @@ def main() -> None:
             agree, stable_t = [], []
             for i, seed in enumerate(seeds[:2]):
                 t0 = time.perf_counter()
-                ica = CanICA(args.components, n_init=restarts, max_iter=iters, random_state=seed).fit(X)
+                ica = CanICA(fn_k, n_init=restarts, max_iter=iters, random_state=seed).fit(X)
                 row.setdefault("thorough_s", []).append(time.perf_counter() - t0)
                 agree.append(jaccard(top_set(ica.key_score_.reshape(-1, store.width).max(0), budget), fn_sets[i]))
                 stable_t.append(int(ica.stable_.sum()))
@@ -180,7 +184,7 @@ def main() -> None:
                "threshold": args.threshold, "seeds": seeds, "layers": results,
                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
     print(json.dumps({k: v for k, v in summary.items() if k != "layers"}))
-    print(stability_table(results, args.components))
+    print(stability_table(results))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(summary, indent=1))

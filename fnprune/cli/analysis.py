@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..ica import DEFAULT_N_COMPONENTS, DEFAULT_N_INIT
 from ._args import add_batch_options, int_list
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from ..corpus import load_corpus, split_heldout
     from ..models import load_model
-    from ..networks import DEFAULT_N_INIT, analyze
+    from ..networks import analyze
     from ..progress import tqdm_progress
 
     out = Path(args.out)
@@ -146,11 +147,13 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--corpus", default="brown", help="brown, pydoc, a .txt/.jsonl path or hf:NAME")
     p.add_argument("--genres", default=None, help="comma-separated corpus labels to use (Brown genres)")
     p.add_argument("--texts", type=int, default=40, help="number of calibration documents")
-    p.add_argument("--components", type=int, default=128)
+    p.add_argument("--components", type=int, default=DEFAULT_N_COMPONENTS,
+                   help=f"components per layer (per-layer mode) or in total (default {DEFAULT_N_COMPONENTS}; "
+                        "the paper's 128 gives fewer reproducible networks, BENCHMARKS.md §2)")
     p.add_argument("--mode", choices=["per-layer", "whole-model"], default="per-layer")
     p.add_argument("--runs", type=int, default=1, help="disjoint batches of documents (masks OR-ed)")
     p.add_argument("--n-init", type=int, default=None, help="FastICA restarts per decomposition, combined by "
-                   "consensus (default 8; 1 = the paper's single run)")
+                   f"consensus (default {DEFAULT_N_INIT}; 1 = the paper's single run)")
     p.add_argument("--layers", default=None, help="comma-separated layers to analyse (default all)")
     p.add_argument("--threshold", type=float, default=3.0, help="default |z| threshold for display")
     p.add_argument("--seed", type=int, default=0)

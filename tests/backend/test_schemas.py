@@ -40,3 +40,20 @@ def test_no_response_model_passes_unknown_keys_through():
         model = getattr(schemas, name)
         if isinstance(model, type) and issubclass(model, schemas.BaseModel):
             assert model.model_config.get("extra") != "allow", f"{name} lets undeclared keys through"
+
+
+def test_analysis_defaults_are_the_librarys():
+    """The API's default number of components is the library's (CLI and CanICA use the same constant)."""
+    import argparse
+    import inspect
+
+    from backend.app.schemas import AnalysisRequest
+    from fnprune.cli.analysis import add_subcommands
+    from fnprune.ica import DEFAULT_N_COMPONENTS, CanICA
+    from fnprune.networks import analyze
+
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers(dest="command"))
+    cli = parser.parse_args(["analyze", "--out", "x"]).components
+    assert AnalysisRequest.model_fields["n_components"].default == DEFAULT_N_COMPONENTS == cli == 48
+    assert CanICA().n_components == inspect.signature(analyze).parameters["n_components"].default == 48
