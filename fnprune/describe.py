@@ -48,6 +48,7 @@ def component_table(fn, threshold: float | None = None) -> list[dict]:
             "id": c, "layer": layer, "index": int(fn.component_index[c]), "run": int(fn.component_run[c]),
             "n_key": int(n_key[c]), "peak_z": float(peak[c]), "stability": float(fn.stability[c]),
             "stable": bool(fn.stable[c]),
+            "reproduced": None if fn.reproduced is None else int(fn.reproduced[c]),
             "top_genre": top,
             "genre_selectivity": float(values.max() - values.mean()) if values.size > 1 else 0.0,
             "label": fn.labels.get(c, "unknown"), "name": fn.name(c),

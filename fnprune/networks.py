@@ -37,7 +37,7 @@ from .errors import ConfigError
 from .ica import DEFAULT_N_COMPONENTS, DEFAULT_N_INIT, CanICA
 from .mlp import mlp_summary
 from .progress import ProgressCallback, report
-from .stability import fit_summary
+from .stability import fit_summary, seed_check
 
 MODES = ("per-layer", "whole-model")
 NOT_KEY, KEY_NETWORK, KEY_UNRESOLVED = 0, 1, 2   # key_source: why a neuron is key
@@ -60,11 +60,13 @@ class FunctionalNetworks:
     info : model summary, analysis parameters, corpus
     labels : {component id: "signal" | "noise" | "unknown"}
     names : {component id: name given by the user}; ``name(c)`` falls back to ``auto_names()``
+    reproduced : (n_components,) int or None: in how many of ``info["check_seeds"]`` other seeds the
+        component's map came back (``analyze(check_seeds=N)``); None when the run was not checked
     """
 
     def __init__(self, *, maps, component_layer, component_index, component_run, stability,
                  time_courses, token_text, token_doc, token_pos, documents, info, labels=None,
-                 stable=None, component_unit=None, unit_unresolved=None, atlas=None, names=None):
+                 stable=None, component_unit=None, unit_unresolved=None, atlas=None, names=None, reproduced=None):
         # maps are stored as float16; round here too so a loaded run gives the very same masks
         self.maps = np.asarray(maps, dtype=np.float16).astype(np.float32)
         self.component_layer = np.asarray(component_layer, dtype=np.int64)
@@ -84,6 +86,8 @@ class FunctionalNetworks:
         self._absmax = np.abs(self.maps).max(axis=2)          # (n_comp, n_map_layers, width)
         n = self.maps.shape[0]
         self.stable = np.ones(n, bool) if stable is None else np.asarray(stable, dtype=bool)
+        # (n_components,) in how many of info["check_seeds"] other seeds each map came back; None: not checked
+        self.reproduced = None if reproduced is None else np.asarray(reproduced, np.int64)
         if component_unit is None:  # one decomposition per (run, layer)
             component_unit = np.unique(np.stack([self.component_run, self.component_layer]), axis=1,
                                        return_inverse=True)[1].reshape(-1)
@@ -331,6 +335,7 @@ def _run_slices(store: ActivationStore, n_runs: int) -> list[slice]:
 def analyze(model, tokenizer, docs: list[Document], *, n_components: int = DEFAULT_N_COMPONENTS, mode: str = "per-layer",
             n_runs: int = 1, n_init: int = DEFAULT_N_INIT, max_tokens: int = 512,
             signals: tuple[str, ...] = ("act", "up"), layers: list[int] | None = None, random_state: int = 0,
+            check_seeds: int = 0,
             work_dir: str | Path | None = None, batch_size: int = 4, device: str = "auto",
             threshold: float = DEFAULT_THRESHOLD, model_spec: str | None = None, corpus_spec: str | None = None,
             progress: ProgressCallback | None = None) -> FunctionalNetworks:
@@ -341,12 +346,22 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = DEFAU
     batches of documents are analysed separately and their components pooled (OR-union of masks).
     The activation store lives in ``work_dir`` (a temporary directory when None) and is deleted
     at the end unless ``work_dir`` is given.
+
+    ``check_seeds=N`` (per-layer mode) refits every layer with N other seeds
+    (:func:`fnprune.stability.seed_check`, N + 1 times the decomposition time): each component's
+    ``reproduced`` count (in how many of the N seeds its map comes back at |corr| ≥ 0.9) and, per
+    layer in ``info["unit_stability"][i]["seeds"]``, the share of key neurons that reproduced networks
+    make key, the masks' Jaccard across seeds and its leverage-only and chance controls.
     """
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     for name, value in (("n_components", n_components), ("n_runs", n_runs), ("n_init", n_init)):
         if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(check_seeds, int | np.integer) or isinstance(check_seeds, bool) or check_seeds < 0:
+        raise ConfigError(f"check_seeds must be a non-negative integer, got {check_seeds!r}")
+    if check_seeds and mode != "per-layer":
+        raise ConfigError("check_seeds works in per-layer mode only (a whole-model fit per seed is too costly)")
     summary = mlp_summary(model)
     if len(set(summary["widths"])) != 1:
         raise ConfigError("the model's layers have different MLP widths (already pruned?); analyse the dense model")
@@ -362,7 +377,7 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = DEFAU
             if rows.stop - rows.start <= n_components:
                 raise ConfigError(f"run {r} has {rows.stop - rows.start} tokens, not more than n_components="
                                   f"{n_components}; use fewer runs or components, or more text")
-        maps, layer_of, index_of, run_of, stability = [], [], [], [], []
+        maps, layer_of, index_of, run_of, stability, reproduced = [], [], [], [], [], []
         stable, unit_of, unresolved, unit_stats = [], [], [], []
         units = [(r, lyr) for r in range(len(runs)) for lyr in store.layers] if mode == "per-layer" \
             else [(r, None) for r in range(len(runs))]
@@ -394,6 +409,12 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = DEFAU
             unit_of.append(np.full(n_components, u))
             unresolved.append(ica.unresolved_energy_.reshape(shape).max(axis=1))
             unit_stats.append({"run": r, "layer": layer} | fit_summary(ica, threshold, shape))
+            if check_seeds:
+                report(progress, "ica", u / len(units), f"layer {layer}: {check_seeds} more seeds")
+                counts, seeds = seed_check(ica, matrix[rows], check_seeds, budget=unit_stats[-1]["n_key"],
+                                           width=store.width)
+                reproduced.append(counts)
+                unit_stats[-1]["seeds"] = seeds
             report(progress, "ica", (u + 1) / len(units),
                    f"run {r + 1}/{len(runs)}" + ("" if layer is None else f", layer {layer}"))
         info = {
@@ -401,6 +422,7 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = DEFAU
             "n_components": n_components, "n_runs": n_runs, "n_init": n_init, "max_tokens": max_tokens,
             "random_state": int(random_state), "n_tokens": store.n_tokens, "n_documents": len(docs),
             "model_spec": model_spec, "corpus_spec": corpus_spec, "unit_stability": unit_stats,
+            "check_seeds": int(check_seeds),
             "model": {k: summary[k] for k in ("family", "n_layers", "widths", "hidden_size", "params_per_neuron",
                                               "mlp_params", "total_params", "embedding_params")}
                      | {"class": type(model).__name__, "config_class": type(model.config).__name__},
@@ -411,7 +433,8 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = DEFAU
             stability=np.concatenate(stability), time_courses=time_courses,
             token_text=store.token_text, token_doc=store.token_doc, token_pos=store.token_pos,
             documents=store.documents, info=info, stable=np.concatenate(stable),
-            component_unit=np.concatenate(unit_of), unit_unresolved=np.stack(unresolved))
+            component_unit=np.concatenate(unit_of), unit_unresolved=np.stack(unresolved),
+            reproduced=np.concatenate(reproduced) if reproduced else None)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

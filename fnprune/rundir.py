@@ -41,7 +41,7 @@ def save_run(fn, run_dir: str | Path) -> Path:
             # (components, tokens): one component's time course is contiguous on disk
             "stability": fn.stability, "time_courses_t": fn.time_courses.T,
             "token_doc": fn.token_doc, "token_pos": fn.token_pos,
-        })
+        } | ({} if fn.reproduced is None else {"reproduced": fn.reproduced}))
         (partial / "tokens.json").write_text(json.dumps(fn.token_text))
         (partial / "documents.json").write_text(json.dumps(fn.documents))
         (partial / "labels.json").write_text(json.dumps({str(k): v for k, v in fn.labels.items()}))
@@ -105,4 +105,5 @@ def load_run(run_dir: str | Path):
                stable=arrays["stable"].astype(bool) if "stable" in arrays else None,
                component_unit=arrays.get("component_unit"),
                # "unit_residual": the name in run dirs written before the unresolved-energy rename
-               unit_unresolved=arrays.get("unit_unresolved_energy", arrays.get("unit_residual")))
+               unit_unresolved=arrays.get("unit_unresolved_energy", arrays.get("unit_residual")),
+               reproduced=arrays.get("reproduced"))

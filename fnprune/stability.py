@@ -241,3 +241,33 @@ def fit_summary(ica, threshold: float, shape: tuple[int, int, int] | None = None
             "mean_stability": float(np.mean(ica.stability_)), "unresolved_dim": int((~ica.stable_).sum()),
             "n_key": n_key, "key_from_networks": n_net / n_key if n_key else 0.0,
             "key_from_unresolved": (n_key - n_net) / n_key if n_key else 0.0}
+
+
+def seed_check(ica, X, n_seeds: int, *, budget: int | None, width: int | None = None,
+               min_corr: float = DEFAULT_MIN_CORR, seed_offset: int = 7919) -> tuple[np.ndarray, dict | None]:
+    """Refit a fitted :class:`fnprune.ica.CanICA` on the same ``X`` with ``n_seeds`` other seeds.
+
+    Returns ``(reproduced, stats)``: per component of ``ica``, in how many of the other seeds its
+    Hungarian-matched map reaches ``|corr| ≥ min_corr`` (``n_seeds`` = reproduced in every one); and
+    :func:`seed_stability` over all ``1 + n_seeds`` fits at ``budget`` key neurons as a dict (None
+    when ``budget`` is None or 0). The other fits use ``ica``'s parameters with ``random_state`` moved
+    by multiples of ``seed_offset``.
+    """
+    from sklearn.base import clone
+
+    if not isinstance(n_seeds, int | np.integer) or isinstance(n_seeds, bool) or n_seeds < 1:
+        raise ConfigError(f"the seed check needs a positive number of other seeds, got {n_seeds!r}")
+    fits = [SeedFit.from_canica(ica)]
+    for s in range(1, int(n_seeds) + 1):
+        other = clone(ica).set_params(random_state=int(ica.random_state) + s * seed_offset).fit(X)
+        fits.append(SeedFit.from_canica(other))
+    reproduced = np.sum([match_maps(fits[0].maps, f.maps) >= min_corr for f in fits[1:]], axis=0).astype(np.int64)
+    stats = None
+    if budget:
+        st = seed_stability(fits, int(budget), width=width, min_corr=min_corr)
+        stats = {"n_seeds": 1 + int(n_seeds), "budget": st.budget, "n_reproducible": st.n_reproducible[0],
+                 "key_share_reproducible": st.key_share_reproducible,
+                 "key_share_other_networks": st.key_share_other_networks,
+                 "key_share_unresolved": st.key_share_unresolved, "mask_jaccard": st.mask_jaccard,
+                 "leverage_jaccard": st.leverage_jaccard, "chance_jaccard": st.chance_jaccard}
+    return reproduced, stats

@@ -82,6 +82,17 @@ class AnalysisRequest(Strict):
     # which documents: "first" = the corpus' first n_texts (file order); "stratified" = spread evenly
     # over the corpus' genres (round-robin, the same for every seed)
     sampling: Literal["first", "stratified"] = "first"
+    check_seeds: Int = Field(default=0, ge=0, le=10, description=(
+        "refit every layer with this many other seeds and record in how many each network comes back "
+        "(|corr| >= 0.9), and where the key neurons come from; (1 + check_seeds) times the ICA time; "
+        "per-layer mode only"))
+
+    @field_validator("check_seeds")
+    @classmethod
+    def _seed_check_mode(cls, value: int, info) -> int:
+        if value and info.data.get("mode", "per-layer") != "per-layer":
+            raise ValueError("needs mode 'per-layer' (a whole-model fit per seed is too costly)")
+        return value
 
 
 class ThresholdChoice(Strict):
@@ -217,6 +228,9 @@ class ComponentRow(BaseModel):
     label: str
     name: str = ""
     auto_name: str = ""
+    reproduced: int | None = Field(default=None, description=(
+        "in how many of the analysis' check_seeds other seeds this network's map came back (|corr| >= 0.9); "
+        "null when the analysis ran no seed check"))
     top_words: list[str] = Field(default_factory=list,
                                  description="distinct texts of the 30 tokens where the network is most active, "
                                              "most frequent first (what a search by word matches)")
@@ -228,6 +242,7 @@ class NetworksTable(BaseModel):
     width: int
     signals: list[str]
     mode: str
+    check_seeds: int = Field(default=0, description="other seeds each network was checked against (0: none)")
     components: list[ComponentRow]
 
 

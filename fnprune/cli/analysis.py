@@ -27,6 +27,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     calibration, _ = split_heldout(docs) if len(docs) >= 10 else (docs, [])
     if args.texts < 1:
         raise ConfigError(f"--texts must be at least 1, got {args.texts}")
+    if args.check_seeds < 0 or (args.check_seeds and args.mode != "per-layer"):
+        raise ConfigError(f"--check-seeds must be ≥ 0 and needs --mode per-layer, got {args.check_seeds}")
     calibration = calibration[:args.texts]
     started = time.perf_counter()
     print(f"loading {args.model} ...", file=sys.stderr)
@@ -36,7 +38,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                        max_tokens=args.max_tokens, random_state=args.seed, batch_size=args.batch_size,
                        device=args.device, threshold=args.threshold,
                        layers=int_list(args.layers, "--layers", allow_all=True), model_spec=args.model,
-                       corpus_spec=args.corpus, progress=tqdm_progress())
+                       corpus_spec=args.corpus, check_seeds=args.check_seeds, progress=tqdm_progress())
     networks.save(out)
     print(f"{networks.n_components} components over {len(networks.layers)} layers from "
           f"{networks.info['n_tokens']} tokens in {time.perf_counter() - started:.0f} s -> {out}")
@@ -80,6 +82,21 @@ def print_key_sources(networks, threshold: float | None = None) -> None:
         print(f"{r['layer']:>5} {str(r['n_stable']) + ' of ' + str(r['n_components']):>11} {r['n_key']:>6} "
               f"{share(r['n_key_network'], r['n_key']):>8} {share(r['n_key_unresolved'], r['n_key']):>10}")
     print()
+    checked = [u for u in networks.info.get("unit_stability", []) if u.get("seeds")]
+    if checked:
+        n = checked[0]["seeds"]["n_seeds"]
+        print(f"seed check ({n} seeds, at the run's threshold {networks.threshold:g}): networks reproduced in every "
+              "other seed (|corr| >= 0.9); where the key neurons come from; the masks' agreement and its controls")
+        print(f"{'layer':>5} {'reproduced':>11} {'key from reproduced / other / unresolved':>41} "
+              f"{'Jaccard':>8} {'leverage':>9} {'chance':>7}")
+        for u in checked:
+            s = u["seeds"]
+            lev = s["leverage_jaccard"]["mean"] if s["leverage_jaccard"] else float("nan")
+            print(f"{u['layer']:>5} {str(s['n_reproducible']) + ' of ' + str(u['n_components']):>11} "
+                  f"{s['key_share_reproducible']:>27.0%} / {s['key_share_other_networks']:>3.0%} / "
+                  f"{s['key_share_unresolved']:>3.0%} {s['mask_jaccard']['mean']:>8.2f} {lev:>9.2f} "
+                  f"{s['chance_jaccard']:>7.2f}")
+        print()
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
@@ -154,6 +171,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--runs", type=int, default=1, help="disjoint batches of documents (masks OR-ed)")
     p.add_argument("--n-init", type=int, default=None, help="FastICA restarts per decomposition, combined by "
                    f"consensus (default {DEFAULT_N_INIT}; 1 = the paper's single run)")
+    p.add_argument("--check-seeds", type=int, default=0, metavar="N",
+                   help="refit every layer with N other seeds and record which networks come back (|corr| >= 0.9) "
+                        "and where key neurons come from; N+1 times the decomposition time (per-layer mode)")
     p.add_argument("--layers", default=None, help="comma-separated layers to analyse (default all)")
     p.add_argument("--threshold", type=float, default=3.0, help="default |z| threshold for display")
     p.add_argument("--seed", type=int, default=0)

@@ -62,3 +62,20 @@ def test_network_detail_says_why_its_neurons_are_key(finished, settings):
         assert source.shape == (1, networks.width)
         np.testing.assert_array_equal(source[0], networks.key_source(8.0)[1])
         assert set(np.flatnonzero(source[0] == KEY_UNRESOLVED)) == set(range(50, 60))
+
+
+def test_networks_table_carries_the_seed_check(finished, settings):
+    """A run with a seed check: every row says in how many of the other seeds its network came back,
+    the table how many seeds were checked; a run without one says null / 0."""
+    client, job_id = finished
+    table = client.get(f"/api/analyses/{job_id}/networks").json()
+    assert table["check_seeds"] == 0 and all(r["reproduced"] is None for r in table["components"])
+    run_dir = settings.job_dir("analysis", job_id) / "run"
+    fn = FunctionalNetworks.load(run_dir)
+    fn.reproduced = np.arange(fn.n_components) % 4
+    fn.info["check_seeds"] = 3
+    fn.save(run_dir)
+    analyses._cache.clear()
+    table = client.get(f"/api/analyses/{job_id}/networks").json()
+    assert table["check_seeds"] == 3
+    assert [r["reproduced"] for r in table["components"]] == (np.arange(fn.n_components) % 4).tolist()

@@ -18,6 +18,8 @@ BAD_REQUESTS = [
     ("post", "/api/analyses", {"json": {"model": "tiny-llama", "corpus": "pydoc", "genres": ["news"]}}, 422, "genres"),
     ("post", "/api/analyses", {"json": {"n_components": -1}}, 422, "n_components"),
     ("post", "/api/analyses", {"json": {"seed": -5}}, 422, "seed"),
+    ("post", "/api/analyses", {"json": {"check_seeds": 11}}, 422, "check_seeds"),
+    ("post", "/api/analyses", {"json": {"check_seeds": 2, "mode": "whole-model"}}, 422, "check_seeds"),
     ("post", "/api/analyses", {"json": [1, 2]}, 422, None),
     ("get", "/api/analyses/doesnotexist", {}, 404, None),
     ("delete", "/api/analyses/doesnotexist", {}, 404, None),

@@ -36,6 +36,35 @@ def test_analyze_networks_mask_export(run_dir, tmp_path, capsys):
     assert (tmp_path / "maps.nii.gz").stat().st_size > 0
 
 
+def test_analyze_with_a_seed_check(tmp_path, capsys):
+    """--check-seeds 2: every network carries in how many of the 2 other seeds it came back, the run
+    directory keeps it, and `networks` prints the per-layer seed check."""
+    out = tmp_path / "run"
+    assert main(["analyze", "--model", "tiny-llama", "--corpus", "pydoc", "--texts", "6", "--max-tokens", "64",
+                 "--components", "4", "--n-init", "2", "--layers", "1,2", "--check-seeds", "2",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["networks", str(out), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 8 and all(r["reproduced"] in (0, 1, 2) for r in rows)
+    from fnprune.networks import FunctionalNetworks
+
+    fn = FunctionalNetworks.load(out)
+    assert fn.info["check_seeds"] == 2 and fn.reproduced.tolist() == [r["reproduced"] for r in rows]
+    units = fn.info["unit_stability"]
+    assert [u["layer"] for u in units] == [1, 2]
+    for u in units:
+        s = u["seeds"]
+        if u["n_key"]:
+            assert s["n_seeds"] == 3 and s["budget"] == u["n_key"]
+            assert abs(s["key_share_reproducible"] + s["key_share_other_networks"] + s["key_share_unresolved"] - 1) < 1e-9
+        else:
+            assert s is None
+    assert main(["networks", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "seed check (3 seeds" in text or all(u["seeds"] is None for u in units)
+
+
 def test_every_subcommand_is_registered():
     """No subcommand may silently disappear (an import error is an error, not a shorter command list)."""
     sub = next(a for a in build_parser()._actions if a.dest == "command")
@@ -65,6 +94,9 @@ def test_int_list_is_one_rule():
     (["analyze", "--model", "tiny-llama", "--corpus", "nonsense", "--out", "OUT"], "unknown corpus"),
     (["analyze", "--model", "tiny-llama", "--corpus", "pydoc", "--texts", "2", "--max-tokens", "16",
       "--components", "500", "--out", "OUT"], "n_components"),
+    (["analyze", "--model", "tiny-llama", "--corpus", "pydoc", "--check-seeds", "-1", "--out", "OUT"], "--check-seeds"),
+    (["analyze", "--model", "tiny-llama", "--corpus", "pydoc", "--check-seeds", "2", "--mode", "whole-model",
+      "--out", "OUT"], "needs --mode per-layer"),
 ])
 def test_errors_are_one_line(run_dir, tmp_path, argv, message):
     argv = [str(run_dir) if a == "RUN" else str(tmp_path / "out") if a == "OUT" else a for a in argv]

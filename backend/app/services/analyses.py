@@ -87,7 +87,8 @@ def run_analysis(settings: Settings, job_id: str, params: dict[str, Any], progre
         report(progress, "load", 1.0, f"{len(docs)} documents")
         networks = analyze(model, tokenizer, docs, n_components=req.n_components, mode=req.mode, n_runs=req.n_runs,
                            max_tokens=req.max_tokens, random_state=req.seed, work_dir=work_dir,
-                           progress=progress, device=settings.DEVICE, model_spec=req.model, corpus_spec=req.corpus)
+                           progress=progress, device=settings.DEVICE, model_spec=req.model, corpus_spec=req.corpus,
+                           check_seeds=req.check_seeds)
         report(progress, "save", 0.0, "saving the networks")
         shutil.rmtree(tmp_run, ignore_errors=True)
         networks.save(tmp_run)
@@ -261,7 +262,8 @@ def networks_table(settings: Settings, store: JobStore, job_id: str, threshold: 
     components = [dict(row, label=labels.get(str(row["id"]), "unknown"),
                        name=names.get(str(row["id"])) or row["auto_name"]) for row in _table(networks, thr)]
     return {"threshold": thr, "n_layers": int(networks.n_layers), "width": int(networks.width),
-            "signals": list(networks.signals), "mode": networks.mode, "components": components}
+            "signals": list(networks.signals), "mode": networks.mode,
+            "check_seeds": int(networks.info.get("check_seeds", 0)), "components": components}
 
 
 def _component(networks, k: int):

@@ -78,7 +78,10 @@ export async function render(root, { id }, ctx) {
         el("p.net-name", { title: c.name === c.auto_name ? "Named after its top-activating tokens" : "Named by you", text: c.name ? `“${c.name}”` : "" }),
         el("p.net-stats",
           el("span", { title: "Key neurons", text: `${c.n_key} key` }),
-          el("span", { title: "Stability across ICA runs", text: `stab ${fmtNum(c.stability)}` }),
+          el("span", { title: "Stability across the FastICA restarts of this analysis", text: `stab ${fmtNum(c.stability)}` }),
+          c.reproduced !== null && c.reproduced !== undefined
+            ? el("span.reproduced", { title: "In how many of the seed check's other seeds this network's map came back (|corr| ≥ 0.9)", text: `seeds ${c.reproduced}/${table.check_seeds}` })
+            : null,
           el("span", { title: "Peak |z|", text: `peak ${fmtNum(c.peak_z, 1)}` }),
         ),
         c.top_genre ? el("p.net-genre.small", { text: `${c.top_genre} (selectivity ${fmtNum(c.genre_selectivity)})` }) : null,

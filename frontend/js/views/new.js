@@ -105,6 +105,7 @@ export async function render(root, _params, ctx) {
   const nComponents = numberInput("n_components", 16, 2, 4096);
   const nRuns = numberInput("n_runs", 1, 1, 50);
   const seed = numberInput("seed", 0, 0, 2 ** 31 - 1);
+  const checkSeeds = numberInput("check_seeds", 0, 0, 10);
   const modeBox = el(
     "fieldset.mode",
     el("legend", { text: "ICA mode" }),
@@ -154,8 +155,9 @@ export async function render(root, _params, ctx) {
       field("sampling", "Which texts", sampling),
       field("max_tokens", "Max tokens per text", maxTokens),
       field("n_components", "Components", nComponents, "per layer in per-layer mode; in total in whole-model mode"),
-      field("n_runs", "ICA runs (stability)", nRuns),
+      field("n_runs", "Document batches", nRuns, "disjoint batches analysed separately, their key neurons pooled"),
       field("seed", "Seed", seed),
+      field("check_seeds", "Seed check", checkSeeds, "other seeds to refit each layer with: which networks come back (per-layer mode; that many times slower)"),
       modeBox,
     ),
     el("div.actions", startButton),
@@ -176,6 +178,7 @@ export async function render(root, _params, ctx) {
       n_runs: Number(nRuns.value),
       seed: Number(seed.value),
       sampling: sampling.value,
+      check_seeds: Number(checkSeeds.value),
     };
     startButton.disabled = true;
     try {
