@@ -52,11 +52,12 @@ from .progress import ProgressCallback, report
 ArrayLike = np.ndarray | torch.Tensor
 _EXACT_LIMIT = 12288  # largest covariance / Gram side diagonalised exactly
 # Components per decomposition and FastICA restarts. The paper uses 128 components and one run. On the
-# default model 48 components give about as many networks reproduced across seeds as 64 and 3-8x as
-# many as 128, and make them the source of most key neurons instead of the unresolved-subspace energy;
-# 16 restarts (instead of 8) reproduce more of them and raise the masks' agreement across seeds, for
-# ~0.15 s per layer (BENCHMARKS.md §2, bench/bench_components.py).
-DEFAULT_N_COMPONENTS = 48
+# default model, 32 components x 16 restarts is the setting of the sweep in BENCHMARKS.md §2
+# (bench/bench_components.py: 24-128 components, 8 or 16 restarts) that keeps, in every layer tried,
+# most key neurons from networks reproduced across seeds (instead of the unresolved-subspace energy)
+# and the masks' agreement across seeds >= 0.8; 48 or 64 find more networks in the middle layers but
+# miss one of the two in early layers. 16 restarts instead of 8 reproduce more networks for ~0.2 s a layer.
+DEFAULT_N_COMPONENTS = 32
 DEFAULT_N_INIT = 16
 
 
@@ -458,7 +459,7 @@ class CanICA(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    n_components : int, number of spatial maps k (default :data:`DEFAULT_N_COMPONENTS` = 48; the paper: 128)
+    n_components : int, number of spatial maps k (default :data:`DEFAULT_N_COMPONENTS` = 32; the paper: 128)
     n_init : int, FastICA restarts combined by consensus (1 = the paper's single run)
     subspace : "auto" | "covariance" | "gram" | "randomized"
     max_iter : int or None, FastICA iterations. None: 300 for a single run (the paper's), 50 per

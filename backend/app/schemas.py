@@ -75,7 +75,7 @@ class AnalysisRequest(Strict):
     genres: list[str] | None = Field(default=None, max_length=100)
     n_texts: Int = Field(default=40, ge=1, le=5000)
     max_tokens: Int = Field(default=512, ge=8, le=8192)
-    n_components: Int = Field(default=48, ge=1, le=2048)  # = fnprune.ica.DEFAULT_N_COMPONENTS
+    n_components: Int = Field(default=32, ge=1, le=2048)  # = fnprune.ica.DEFAULT_N_COMPONENTS
     mode: Literal["per-layer", "whole-model"] = "per-layer"
     n_runs: Int = Field(default=1, ge=1, le=50)
     seed: Int = Field(default=0, ge=0, le=2**31 - 1)

@@ -55,5 +55,5 @@ def test_analysis_defaults_are_the_librarys():
     parser = argparse.ArgumentParser()
     add_subcommands(parser.add_subparsers(dest="command"))
     cli = parser.parse_args(["analyze", "--out", "x"]).components
-    assert AnalysisRequest.model_fields["n_components"].default == DEFAULT_N_COMPONENTS == cli == 48
-    assert CanICA().n_components == inspect.signature(analyze).parameters["n_components"].default == 48
+    assert AnalysisRequest.model_fields["n_components"].default == DEFAULT_N_COMPONENTS == cli == 32
+    assert CanICA().n_components == inspect.signature(analyze).parameters["n_components"].default == 32
