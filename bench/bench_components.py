@@ -11,7 +11,8 @@ scikit-learn) on the exact top-128 subspace, as ``bench_canica.py``'s faithful a
 Prints one JSON line per layer and variant: mean fit time, reproducible networks per seed (matched
 |corr| ≥ 0.9 in every other seed), networks the key score uses, the key-neuron shares (reproducible
 networks / other networks / unresolved energy), mask Jaccard across seeds, the leverage-only control
-and the chance Jaccard. ``--out`` stores the lines as a JSON list.
+and the chance Jaccard, then a Markdown table. ``--out`` stores the rows as a JSON list;
+``--table FILE...`` prints the table of stored rows instead of fitting.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ def paper_budget(X: np.ndarray, width: int, k: int = 128, threshold: float = 3.4
     return int((np.abs(maps).max(0).reshape(-1, width).max(0) > threshold).sum())
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per layer and variant."""
+    lines = ["| layer | setting | fit time per layer | reproducible networks (of k), mean / min over 5 seeds | "
+             "key neurons from reproducible networks / other networks / unresolved energy | mask Jaccard across "
+             "seeds, mean (min) | leverage-only control | chance | budget |", "|" + "---|" * 9]
+    for r in sorted(rows, key=lambda r: r["layer"]):
+        k = r["kwargs"].get("n_components", r.get("n_components", "?"))
+        lines.append(
+            f"| {r['layer']} | {r['variant']} | {r['s']:.1f} s | {np.mean(r['n_reproducible']):.1f} / "
+            f"{min(r['n_reproducible'])} (of {k}) | {r['share_reproducible']:.2f} / {r['share_other']:.2f} / "
+            f"{r['share_unresolved']:.2f} | {r['mask_jaccard']['mean']:.2f} ({r['mask_jaccard']['min']:.2f}) | "
+            f"{r['leverage_jaccard']['mean']:.2f} | {r['chance_jaccard']:.2f} | {r['budget']} of {r['n_neurons']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("store")
@@ -55,7 +71,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--threshold", type=float, default=3.46)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--table", type=Path, nargs="+", help="print the table of these --out files and stop")
     args = parser.parse_args()
+    if args.table:
+        print(table([r for path in args.table for r in json.loads(path.read_text())]))
+        return
     variants = json.loads(args.variants)
     seeds = [int(s) for s in args.seeds.split(",")]
     store = ActivationStore.open(args.store)
@@ -71,13 +91,15 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
                 fits.append(SeedFit.from_canica(ica))
             st = seed_stability(fits, budget, width=store.width)
-            row = {"layer": layer, "variant": name, "kwargs": kwargs, "s": float(np.mean(times)), "budget": budget,
+            row = {"layer": layer, "variant": name, "kwargs": kwargs, "n_components": int(fits[0].maps.shape[0]),
+                   "s": float(np.mean(times)), "budget": budget,
                    "n_neurons": st.n_neurons, "n_reproducible": st.n_reproducible, "n_networks": st.n_networks,
                    "share_reproducible": st.key_share_reproducible, "share_other": st.key_share_other_networks,
                    "share_unresolved": st.key_share_unresolved, "mask_jaccard": st.mask_jaccard,
                    "leverage_jaccard": st.leverage_jaccard, "chance_jaccard": st.chance_jaccard}
             print(json.dumps(row), flush=True)
             rows.append(row)
+    print(table(rows))
     if args.out:
         from fnprune.io import atomic_write_text
 

@@ -10,7 +10,9 @@ skipped, so an interrupted run resumes):
    from calibration and held-out): which method + repair has the lowest PPL at 0.2 and 0.3;
 3. ``test``: every method with its native compensation and with the repair, at 0.2 and 0.3, on
    held-out Brown and pydoc, fidelity of the 20 most stable networks, allocation controls;
-4. ``chosen``: the 20 most stable networks chosen (constraints) at 0.2.
+4. ``chosen``: the 20 most stable networks chosen (constraints) at 0.2;
+5. ``validation2``: a second round on the same validation documents, for the candidates the first
+   round left out: Wanda-sp and FLAP, each with the one-shot and the sequential least-squares repair.
 
 Usage: ``python bench/bench_recipe.py OUT [--heldout-docs 20] [--stages analysis,validation,test,chosen]``
 """
@@ -29,7 +31,7 @@ def main() -> None:
     parser.add_argument("--heldout-docs", type=int, default=20)
     parser.add_argument("--validation-docs", type=int, default=10)
     parser.add_argument("--ratios", default="0.2,0.3")
-    parser.add_argument("--stages", default="analysis,validation,test,chosen")
+    parser.add_argument("--stages", default="analysis,validation,test,chosen,validation2")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,6 +75,8 @@ def main() -> None:
           n_heldout=args.validation_docs, fidelity=None, reference=None)
     stage("test", methods="paper,fn,fn-flap,wanda-sp,flap", repairs="native,lstsq", controls=True,
           extra_corpora=("pydoc",), n_heldout=args.heldout_docs, fidelity=20)
+    stage("validation2", methods="flap,wanda-sp", repairs="lstsq,sequential", split="validation",
+          n_heldout=args.validation_docs, fidelity=None, reference=None)
     top = most_stable_networks(fn, 20)
     if "chosen" in stages and not (out / "chosen" / "results.json").exists():
         t0 = time.perf_counter()
