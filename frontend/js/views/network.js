@@ -73,6 +73,10 @@ export async function render(root, { id, k }, ctx) {
       el("div", el("dt", { text: "Key neurons" }), el("dd#net-nkey", { text: fmtInt(comp.n_key) })),
       el("div", el("dt", { text: "Peak |z|" }), el("dd", { text: fmtNum(comp.peak_z ?? peak, 1) })),
       el("div", el("dt", { text: "Stability" }), el("dd#net-stability", { text: fmtNum(detail.stability ?? comp.stability) })),
+      comp.reproduced !== null && comp.reproduced !== undefined
+        ? el("div", el("dt", { text: "Seed check", title: "Other seeds in which this network's map came back (|corr| ≥ 0.9)" }),
+          el("dd#net-seeds", { text: `back in ${comp.reproduced} of ${table.check_seeds} seeds` }))
+        : null,
       el("div", el("dt", { text: "Top genre" }), el("dd", { text: comp.top_genre ? `${comp.top_genre} (${fmtNum(comp.genre_selectivity)})` : "—" })),
     ),
   );
