@@ -79,11 +79,12 @@ def register_run(data_dir: Path, run_dir: Path) -> str:
 
 
 @contextmanager
-def own_server(run_dir: Path | None = None):
+def own_server(run_dir: Path | None = None, keep_home: bool = False):
     """``python -m backend.serve`` (API + worker) on a free port, data in a temporary directory.
 
     With ``run_dir``, that run is registered first as a succeeded analysis; its id is left in the
-    module global ``REGISTERED``.
+    module global ``REGISTERED``. ``keep_home``: only the data directory (jobs, runs, caches) is
+    temporary; ``$FNPRUNE_HOME`` (the fetched Brown corpus) stays the user's.
     """
     global REGISTERED
     with tempfile.TemporaryDirectory(prefix="fnprune-bench-") as home, socket.socket() as s:
@@ -93,7 +94,9 @@ def own_server(run_dir: Path | None = None):
         port = s.getsockname()[1]
         s.close()
         env = {k: v for k, v in os.environ.items() if k != "FNPRUNE_TOKEN"}
-        env.update(FNPRUNE_HOME=home, FNPRUNE_DATA_DIR=str(Path(home) / "data"))
+        env.update(FNPRUNE_DATA_DIR=str(Path(home) / "data"))
+        if not keep_home:
+            env["FNPRUNE_HOME"] = home
         log = open(Path(home) / "server.log", "w")
         proc = subprocess.Popen(
             [

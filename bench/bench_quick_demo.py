@@ -4,8 +4,9 @@ choice ≤ 2x dense held-out perplexity).
 
     python bench/bench_quick_demo.py [--model smollm2-135m] [--corpus brown] [--json out.json]
 
-Starts ``python -m backend.serve`` (API + worker) on a free port with data in a fresh temporary
-directory, so nothing is cached: the dense model's evaluation is computed in this run (a second
+Starts ``python -m backend.serve`` (API + worker) on a free port with its data directory (jobs, runs,
+caches) in a fresh temporary directory and the corpora of ``$FNPRUNE_HOME`` (``fnprune fetch-data``),
+so nothing is cached: the dense model's evaluation is computed in this run (a second
 pruning of the same model and corpus reuses it; ``--second`` also times that). Every click is the one
 a user makes; nothing but the model and corpus ``<select>`` is changed from the page's defaults. Prints
 each step's wall time from the first click, the pruned model's size, and the result's perplexities as
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the raw timings here")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # still stops the server this script started
-    with own_server() as url:
+    with own_server(keep_home=True) as url:
         out = run(args, url)
     print(json.dumps(out, indent=1))
     for key in ("first", "second"):

@@ -180,6 +180,13 @@ class PruningRequest(ThresholdChoice):
     baselines: list[Literal["random", "magnitude", "wanda-sp", "flap"]] = Field(default_factory=list)
     evaluate: bool = True
     n_heldout: Int = Field(default=20, ge=1, le=500)
+    # The pruning's own calibration (FLAP / Wanda-sp statistics, the least-squares repair), independent of
+    # how much text the analysis read: the CLI's defaults (--calib-docs 40, --max-tokens 512) unless the
+    # analysis read more. A quick analysis of 15 x 128 tokens would otherwise calibrate on ~2k tokens.
+    calibration_texts: Int | None = Field(default=None, ge=1, le=5000, description=(
+        "calibration documents of the pruning (scores and repair); default: the analysis' number, at least 40"))
+    calibration_tokens: Int | None = Field(default=None, ge=8, le=8192, description=(
+        "tokens per calibration document; default: the analysis' max_tokens, at least 512"))
 
     @field_validator("heads")
     @classmethod

@@ -115,7 +115,8 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
     table = client.get(f"/api/analyses/{job_id}/networks").json()["components"]
     chosen = sorted(c["id"] for c in sorted((c for c in table if c["layer"] in (1, 2)), key=lambda c: -c["peak_z"])[:2])
     pruning = client.post("/api/prunings", json={"analysis_id": job_id, "target_ratio": 0.05, "networks": chosen,
-                                                 "heads": 0.5, "baselines": ["magnitude"], "n_heldout": 2})
+                                                 "heads": 0.5, "baselines": ["magnitude"], "n_heldout": 2,
+                                                 "calibration_texts": 12, "calibration_tokens": 64})
     assert pruning.status_code == 202, pruning.text
     p_id = pruning.json()["id"]
     p_events = sse_events(client, f"/api/prunings/{p_id}/events")
@@ -129,6 +130,7 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
     assert [c["id"] for c in result["chosen_networks"]] == chosen
     assert all(c["n_kept"] == c["n_key"] for c in result["chosen_networks"])
     assert [f["id"] for f in result["fidelity"]] == chosen and result["fidelity_scope"] == "chosen"
+    assert result["calibration"] == {"texts": 12, "tokens_per_text": 64}
     assert result["repair"] == "lstsq" and result["repair_errors"]["error_repaired"] < result["repair_errors"]["error_pruned"]
     assert result["repair_comparison"]["unrepaired_repair"] == "bias"  # flap without repair: FLAP's bias
     assert result["dense_cached"] is False

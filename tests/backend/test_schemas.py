@@ -57,3 +57,15 @@ def test_analysis_defaults_are_the_librarys():
     cli = parser.parse_args(["analyze", "--out", "x"]).components
     assert AnalysisRequest.model_fields["n_components"].default == DEFAULT_N_COMPONENTS == cli == 32
     assert CanICA().n_components == inspect.signature(analyze).parameters["n_components"].default == 32
+
+
+def test_pruning_calibrates_on_at_least_the_clis_default_text():
+    """The pruning's calibration is the request's, else the analysis' own but at least 40 x 512 tokens
+    (a quick analysis of 15 x 128 tokens must not calibrate the repair on ~2k tokens)."""
+    from backend.app.schemas import AnalysisRequest, PruningRequest
+    from backend.app.services.prunings import calibration_size
+
+    quick = AnalysisRequest(n_texts=15, max_tokens=128)
+    assert calibration_size(PruningRequest(analysis_id="a"), quick) == (40, 512)
+    assert calibration_size(PruningRequest(analysis_id="a"), AnalysisRequest(n_texts=100, max_tokens=1024)) == (100, 1024)
+    assert calibration_size(PruningRequest(analysis_id="a", calibration_texts=12, calibration_tokens=64), quick) == (12, 64)

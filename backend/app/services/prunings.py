@@ -61,6 +61,16 @@ def create(req: PruningRequest, settings: Settings, store: JobStore, enqueue) ->
 
 
 # -- running (worker side) ------------------------------------------------------------------------------
+MIN_CALIBRATION = (40, 512)  # documents x tokens: the CLI's --calib-docs / --max-tokens defaults
+
+
+def calibration_size(req: PruningRequest, a_req: AnalysisRequest) -> tuple[int, int]:
+    """(documents, tokens per document) the pruning calibrates on: the request's, else the analysis'
+    own but at least :data:`MIN_CALIBRATION`."""
+    return (req.calibration_texts or max(a_req.n_texts, MIN_CALIBRATION[0]),
+            req.calibration_tokens or max(a_req.max_tokens, MIN_CALIBRATION[1]))
+
+
 def _stage(progress, stage: str, dense_ppl: dict[str, float] | None = None):
     """A progress callback for a library call, renamed to ``stage``. ``dense_ppl`` (window -> PPL):
     the library's running perplexity messages (stage ``ppl@<window>``) also name the dense model's."""
@@ -102,13 +112,15 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     model, tokenizer = load_model(catalog.resolve_model(a_req.model, settings), device=settings.DEVICE,
                                   trust_remote_code=settings.TRUST_REMOTE_CODE, allowed_dirs=settings.MODEL_DIRS)
     report(progress, "load", 0.7, "loading the corpus")
-    limit = max(math.ceil(a_req.n_texts * 10 / 9) + 1, 10 * req.n_heldout)
+    n_calib, calib_tokens = calibration_size(req, a_req)
+    limit = max(math.ceil(n_calib * 10 / 9) + 1, 10 * req.n_heldout)
     calibration, heldout = split_heldout(load_corpus(catalog.resolve_corpus(a_req.corpus, settings), limit=limit,
                                                      genres=a_req.genres, sampling=a_req.sampling))
-    calibration, heldout = calibration[: a_req.n_texts], heldout[: req.n_heldout]
-    report(progress, "load", 1.0, f"{len(calibration)} calibration, {len(heldout)} held-out documents")
+    calibration, heldout = calibration[:n_calib], heldout[: req.n_heldout]
+    report(progress, "load", 1.0, f"{len(calibration)} calibration documents x {calib_tokens} tokens, "
+                                  f"{len(heldout)} held-out documents")
 
-    calib = Calibration(tokenizer, calibration, a_req.max_tokens)
+    calib = Calibration(tokenizer, calibration, calib_tokens)
     pruned = copy.deepcopy(model)
     outcome = prune_with_networks(pruned, networks, spec, calib, progress=progress)
     report(progress, "save", 0.0, "saving the pruned model")
@@ -126,7 +138,8 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         "widths": outcome.widths, "ratio_total": outcome.removed_fraction, "ratio_mlp": outcome.removed_mlp_fraction,
         "removed_params": info["removed_params"], "protected_layers": outcome.protected_layers,
         "threshold": outcome.threshold, "chosen_networks": info["chosen_networks"], "keep_digest": outcome.keep_digest,
-        "repair_errors": info["repair_errors"]}
+        "repair_errors": info["repair_errors"],
+        "calibration": {"texts": len(calibration), "tokens_per_text": calib_tokens}}
     if outcome.kv_heads is not None:
         result.update({"heads_fraction": req.heads_fraction, "kv_heads": outcome.kv_heads})
     saved = json.loads((model_dir / "pruning.json").read_text())
@@ -135,7 +148,7 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     if req.evaluate:
         dense_eval, result["dense_cached"] = _dense_evaluation(settings, a_req, model, tokenizer, heldout, progress)
         pruned_eval = evaluate.evaluate_model(pruned, tokenizer, heldout, batch_sizes=(1,), model_dir=model_dir,
-                                              per_label=True, progress=_stage(progress, "evaluate pruned", {
+                                              per_label=True, max_tokens_per_doc=EVAL_TOKENS_PER_DOC, progress=_stage(progress, "evaluate pruned", {
                                                   w: p["ppl"] for w, p in dense_eval["perplexity"].items()}))
         result["dense"] = _measures(dense_eval, size_bytes=_param_bytes(model))
         result["pruned"] = _measures(pruned_eval, size_bytes=pruned_eval.get("size_on_disk_bytes"))
@@ -167,7 +180,7 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         report(progress, "baselines", i / len(steps), name)
         other = copy.deepcopy(model)
         other_outcome = prune_with_networks(other, networks, step_spec, calib)
-        ppl = evaluate.perplexity(other, tokenizer, heldout)["ppl"]
+        ppl = evaluate.perplexity(other, tokenizer, heldout, max_tokens_per_doc=EVAL_TOKENS_PER_DOC)["ppl"]
         entry = {"name": name, "method": step_spec.method, "allocation": step_spec.resolved_allocation,
                  "repair": step_spec.repair, "ppl": ppl, "ratio_total": other_outcome.removed_fraction}
         if name == "without repair":
@@ -182,7 +195,9 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     return analyses.plain(result)
 
 
-DENSE_CACHE_VERSION = 1  # bump when what evaluate_model measures or how changes
+DENSE_CACHE_VERSION = 2  # bump when what evaluate_model measures or how changes
+# METHOD.md §2's protocol: each held-out document's first 512 tokens (concatenated, windows of 512 and 128)
+EVAL_TOKENS_PER_DOC = 512
 
 
 def _dense_evaluation(settings: Settings, a_req: AnalysisRequest, model, tokenizer, heldout, progress
@@ -195,7 +210,7 @@ def _dense_evaluation(settings: Settings, a_req: AnalysisRequest, model, tokeniz
     from fnprune import evaluate
 
     key = hashlib.sha256(json.dumps({
-        "version": DENSE_CACHE_VERSION, "model": a_req.model, "max_tokens": None, "windows": [512, 128],
+        "version": DENSE_CACHE_VERSION, "model": a_req.model, "max_tokens": EVAL_TOKENS_PER_DOC, "windows": [512, 128],
         "docs": [[d.id, hashlib.sha256(d.text.encode()).hexdigest()] for d in heldout]}).encode()).hexdigest()[:32]
     path = settings.data_dir / "cache" / f"dense-{key}.json"
     if path.is_file():
@@ -204,7 +219,7 @@ def _dense_evaluation(settings: Settings, a_req: AnalysisRequest, model, tokeniz
         except (OSError, ValueError):
             pass  # a damaged cache entry is recomputed
     dense = evaluate.evaluate_model(model, tokenizer, heldout, batch_sizes=(1,), per_label=True,
-                                    progress=_stage(progress, "evaluate dense"))
+                                    max_tokens_per_doc=EVAL_TOKENS_PER_DOC, progress=_stage(progress, "evaluate dense"))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".dense-", dir=path.parent)
     with os.fdopen(fd, "w") as f:

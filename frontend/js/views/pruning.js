@@ -147,7 +147,7 @@ function renderResults(root, id, job, ctx) {
   const analysisId = job.params?.analysis_id;
   const ratio = (a, b) => (a && b ? `${fmtNum(b / a, 2)}×` : "—");
   const rowsSpec = [
-    ["Perplexity (held-out)", "ppl", (v) => fmtNum(v, 2)],
+    ["Perplexity (held-out, first 512 tokens of each document)", "ppl", (v) => fmtNum(v, 2)],
     ["Perplexity (128-token windows)", "ppl_128", (v) => fmtNum(v, 2)],
     ["Parameters", "params", fmtParams],
     ["MLP parameters", "mlp_params", fmtParams],
@@ -219,7 +219,8 @@ function renderResults(root, id, job, ctx) {
   const fidelity = fidelitySection(r, analysisId);
   root.append(
     el("section.card", el("h2", { text: "Dense vs pruned" }), headline, compare,
-      r.dense_cached ? el("p.muted.small#dense-cached", { text: "The dense model's numbers were measured once for this model and these held-out documents, and reused." }) : null),
+      r.dense_cached ? el("p.muted.small#dense-cached", { text: "The dense model's numbers were measured once for this model and these held-out documents, and reused." }) : null,
+      r.calibration ? el("p.muted.small#calibration", { text: `Pruning scores and repair calibrated on ${r.calibration.texts} documents × ${r.calibration.tokens_per_text} tokens (not held out); perplexity on the first 512 tokens of each held-out document.` }) : null),
     chosenSection(r, analysisId),
     fidelity.node,
     repairSection(r),
