@@ -133,15 +133,20 @@ def test_bad_arguments():
         SeedFit(np.ones((2, 5)), unresolved=np.ones(4))
 
 
-def test_canica_recovers_planted_networks_across_seeds():
-    """End to end: 4 planted sparse sources, 3 seeds of CanICA: all 4 networks reproduced, every key
-    neuron (the planted ones) from a reproducible network, identical masks, a fit summary that agrees."""
-    rng = np.random.default_rng(0)
-    n_neurons, k = 300, 4
+def planted_activations(k: int, seed: int, n_neurons: int = 300, n_tokens: int = 2000) -> np.ndarray:
+    """(n_tokens, n_neurons): k sparse planted maps (15 neurons each) driven by Laplace sources, plus noise."""
+    rng = np.random.default_rng(seed)
     maps = np.zeros((k, n_neurons))
     for i in range(k):
         maps[i, rng.choice(n_neurons, 15, replace=False)] = rng.normal(4, 1, 15)
-    X = rng.laplace(size=(2000, k)) @ maps + 0.2 * rng.normal(size=(2000, n_neurons))
+    return rng.laplace(size=(n_tokens, k)) @ maps + 0.2 * rng.normal(size=(n_tokens, n_neurons))
+
+
+def test_canica_recovers_planted_networks_across_seeds():
+    """End to end: 4 planted sparse sources, 3 seeds of CanICA: all 4 networks reproduced, every key
+    neuron (the planted ones) from a reproducible network, identical masks, a fit summary that agrees."""
+    k = 4
+    X = planted_activations(k, seed=0)
     fits = [CanICA(k, n_init=3, random_state=seed).fit(X) for seed in (0, 1, 2)]
     result = seed_stability(fits, budget=50, width=150)         # two "signals" of 150 neurons
     assert result.n_reproducible == [4, 4, 4] and result.n_reproducible_networks == [4, 4, 4]
@@ -158,12 +163,8 @@ def test_seed_check_counts_the_seeds_each_network_comes_back_in():
     directions do not always; the statistics are seed_stability's over all fits."""
     from fnprune.stability import seed_check
 
-    rng = np.random.default_rng(1)
-    n_neurons, k = 300, 4
-    maps = np.zeros((k, n_neurons))
-    for i in range(k):
-        maps[i, rng.choice(n_neurons, 15, replace=False)] = rng.normal(4, 1, 15)
-    X = rng.laplace(size=(2000, k)) @ maps + 0.2 * rng.normal(size=(2000, n_neurons))
+    k = 4
+    X = planted_activations(k, seed=1)
     ica = CanICA(k, n_init=3, random_state=0).fit(X)
     reproduced, stats = seed_check(ica, X, 2, budget=50, width=150)
     assert reproduced.tolist() == [2, 2, 2, 2]
