@@ -572,7 +572,7 @@ def pruned(server):
 
 def test_select_networks_are_constraints(server, page, pruned):
     expect = sync_api.expect
-    analysis_id, table, chosen, _ = pruned
+    analysis_id, table, chosen, earlier = pruned
     n = len(table["components"])
     previews, prunings = [], []
     page.on("request", lambda r: previews.append(r.post_data_json) if r.url.endswith("/preview") else None)
@@ -590,6 +590,11 @@ def test_select_networks_are_constraints(server, page, pruned):
     assert previews and previews[-1]["networks"] is None
     expect(page.locator("#network-checklist input:checked")).to_have_count(0)
     expect(page.locator("#keep-hint")).to_contain_text("keeps every key neuron")
+    # the measured impact of the earlier pruning of this analysis, as a reference for the choice
+    r = earlier["result"]
+    expect(page.locator(f"#past-prunings li[data-id='{earlier['id']}'] .measured")).to_have_text(
+        f" · {r['method']} + {r['repair']}, {100 * r['ratio_total']:.1f}% of all parameters removed: held-out PPL "
+        f"{r['pruned']['ppl']:.2f} ({r['pruned']['ppl'] / r['dense']['ppl']:.2f}× dense {r['dense']['ppl']:.2f})")
     _, free = _api(server, f"/api/analyses/{analysis_id}/preview", {"target_ratio": 0.2})
     expect(page.locator("#max-ratio")).to_contain_text(f"at most {100 * free['max_ratio_total']:.1f} %")
     expect(page.locator("#opt-repair")).to_have_value("lstsq")

@@ -32,6 +32,15 @@ const BASELINES = [
   ["flap", "FLAP"],
 ];
 
+// One earlier pruning's measured result: method, repair, removed fraction, held-out perplexity vs dense.
+function measured(p) {
+  const r = p.result;
+  if (p.status !== "succeeded" || !r) return null;
+  const what = `${r.method} + ${r.repair}, ${fmtNum(100 * r.ratio_total, 1)}% of all parameters removed`;
+  const ppl = r.pruned && r.dense ? `: held-out PPL ${fmtNum(r.pruned.ppl, 2)} (${fmtNum(r.pruned.ppl / r.dense.ppl, 2)}× dense ${fmtNum(r.dense.ppl, 2)})` : " (not evaluated)";
+  return el("span.measured", { text: ` · ${what}${ppl}` });
+}
+
 export async function render(root, { id }, ctx) {
   const job = await api(`/api/analyses/${id}`);
   if (!ctx.alive()) return;
@@ -379,7 +388,8 @@ export async function render(root, { id }, ctx) {
         el("section.card", el("h2", { text: "Projected model" }), previewState, previewStats, widthPlot,
           el("h3.small-head", { text: "Chosen networks" }), chosenList),
         options)),
-    el("section.card", el("h2", { text: "Prunings of this analysis" }), pastSlot),
+    el("section.card", el("h2", { text: "Prunings of this analysis" }),
+      el("p.hint", { text: "What earlier choices measured on the held-out documents: the impact to expect from a similar choice." }), pastSlot),
   );
   const form = root.querySelector(".prune-layout");
   form.addEventListener("change", (e) => {
@@ -395,7 +405,9 @@ export async function render(root, { id }, ctx) {
     if (!ctx.alive()) return;
     pastSlot.replaceChildren(
       prunings.length
-        ? el("ul.plain", prunings.map((p) => el("li", el("a", { href: `#/pruning/${p.id}`, text: `Pruning ${p.id}` }), " ", statusBadge(p.status), el("span.muted.small", { text: ` ${fmtTime(p.created_at)}` }))))
+        ? el("ul.plain#past-prunings", prunings.map((p) => el("li", { dataset: { id: p.id } },
+          el("a", { href: `#/pruning/${p.id}`, text: `Pruning ${p.id}` }), " ", statusBadge(p.status),
+          el("span.muted.small", { text: ` ${fmtTime(p.created_at)}` }), measured(p))))
         : el("p.muted", { text: "None yet." }),
     );
   } catch (err) {
