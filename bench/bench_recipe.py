@@ -12,7 +12,9 @@ skipped, so an interrupted run resumes):
    held-out Brown and pydoc, fidelity of the 20 most stable networks, allocation controls;
 4. ``chosen``: the 20 most stable networks chosen (constraints) at 0.2;
 5. ``validation2``: a second round on the same validation documents, for the candidates the first
-   round left out: Wanda-sp and FLAP, each with the one-shot and the sequential least-squares repair.
+   round left out: Wanda-sp and FLAP, each with the one-shot and the sequential least-squares repair;
+6. ``unconstrained``: FLAP at 0.2 without a choice, with the fidelity of the 20 most stable networks
+   (the control of ``chosen`` when the test stage is not run, e.g. with another ``--components``).
 
 Usage: ``python bench/bench_recipe.py OUT [--heldout-docs 20] [--stages analysis,validation,test,chosen]``
 """
@@ -32,6 +34,9 @@ def main() -> None:
     parser.add_argument("--validation-docs", type=int, default=10)
     parser.add_argument("--ratios", default="0.2,0.3")
     parser.add_argument("--stages", default="analysis,validation,test,chosen,validation2")
+    parser.add_argument("--components", type=int, default=None,
+                        help="components of the networks' analysis (default: the library's; bench/results/recipe "
+                             "was made with 128, the previous default); the paper's run always uses 128")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,25 +54,31 @@ def main() -> None:
     docs = load_corpus("brown")
     calib = split_heldout(docs)[0][:40]
     runs = {}
-    for name, n_init in (("run", 8), ("paper_run", 1)):
+    # the paper's one-run networks are needed only by the stages that compare the paper's method
+    needs_paper = bool({"validation", "test"} & set(stages))
+    for name, kwargs in (("run", {} if args.components is None else {"n_components": args.components}),
+                         ("paper_run", {"n_components": 128, "n_init": 1})):
         path = out / name
+        if name == "paper_run" and not needs_paper and not (path / "run.json").exists():
+            runs[name] = None
+            continue
         if not (path / "run.json").exists():
             t0 = time.perf_counter()
-            fn = analyze(model, tok, calib, n_components=128, n_init=n_init, max_tokens=512, random_state=0,
+            fn = analyze(model, tok, calib, max_tokens=512, random_state=0, **kwargs,
                          model_spec="smollm2-135m", corpus_spec="brown", progress=tqdm_progress())
             fn.save(path)
             timings[f"analyze_{name}_s"] = time.perf_counter() - t0
             (out / "timings.json").write_text(json.dumps(timings, indent=1))
-        runs[name] = FunctionalNetworks.load(path)
+        runs[name] = runs.get(name) or FunctionalNetworks.load(path)
     fn, paper_fn = runs["run"], runs["paper_run"]
     common = dict(model=model, tokenizer=tok, docs=docs, fn=fn, paper_fn=paper_fn, n_calib=40, max_tokens=512,
                   windows=(512,), progress=tqdm_progress())
 
-    def stage(name: str, **kwargs) -> None:
+    def stage(name: str, ratios: str | None = None, **kwargs) -> None:
         if name not in stages or (out / name / "results.json").exists():
             return
         t0 = time.perf_counter()
-        compare("smollm2-135m", "brown", args.ratios, out_dir=out / name, **common, **kwargs)
+        compare("smollm2-135m", "brown", ratios or args.ratios, out_dir=out / name, **common, **kwargs)
         timings[f"{name}_s"] = time.perf_counter() - t0
         (out / "timings.json").write_text(json.dumps(timings, indent=1))
 
@@ -77,6 +88,8 @@ def main() -> None:
           extra_corpora=("pydoc",), n_heldout=args.heldout_docs, fidelity=20)
     stage("validation2", methods="flap,wanda-sp", repairs="lstsq,sequential", split="validation",
           n_heldout=args.validation_docs, fidelity=None, reference=None)
+    stage("unconstrained", methods="flap", repairs="native,lstsq", n_heldout=args.heldout_docs, fidelity=20,
+          ratios="0.2")
     top = most_stable_networks(fn, 20)
     if "chosen" in stages and not (out / "chosen" / "results.json").exists():
         t0 = time.perf_counter()

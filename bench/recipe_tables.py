@@ -61,7 +61,7 @@ def table(result: dict) -> str:
 
 def main() -> None:
     out = Path(sys.argv[1])
-    for stage in ("validation", "validation2", "test", "chosen"):
+    for stage in ("validation", "validation2", "test", "unconstrained", "chosen"):
         path = out / stage / "results.json"
         if path.exists():
             result = json.loads(path.read_text())
