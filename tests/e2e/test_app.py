@@ -556,10 +556,11 @@ def _wait_succeeded(server: str, kind: str, job_id: str, timeout_s: float) -> di
 
 @pytest.fixture(scope="module")
 def pruned(server):
-    """A tiny analysis (through the API) and one pruning of it that keeps one network, evaluated,
-    with a random baseline: ``(analysis_id, table, chosen id, pruning job)``."""
+    """A tiny analysis (through the API, with a seed check against 2 other seeds) and one pruning of
+    it that keeps one network, evaluated, with a random baseline: ``(analysis_id, table, chosen id,
+    pruning job)``."""
     status, job = _api(server, "/api/analyses", {"model": "tiny-llama", "corpus": "pydoc", "n_texts": 6,
-                                                 "max_tokens": 64, "n_components": 16})
+                                                 "max_tokens": 64, "n_components": 16, "check_seeds": 2})
     assert status == 202, job
     analysis_id = _wait_succeeded(server, "analyses", job["id"], ANALYSIS_TIMEOUT_MS / 1000)["id"]
     _, table = _api(server, f"/api/analyses/{analysis_id}/networks")
@@ -748,4 +749,20 @@ def test_overview_key_source(server, page, pruned):
     expect(page.locator("#key-source-layers tbody tr")).to_have_count(len(overview["key_sources"]))
     assert_fits_viewport(page, "overview (key source)")
     shot(page, "03b-overview-key-source")
+    assert page.page_errors == []
+
+
+def test_seed_check_is_shown_per_network(server, page, pruned):
+    """The gallery card and the network page say in how many of the other seeds each network came back."""
+    expect = sync_api.expect
+    analysis_id, table, _, _ = pruned
+    assert table["check_seeds"] == 2 and all(c["reproduced"] in (0, 1, 2) for c in table["components"])
+    page.goto(f"{server}/#/analysis/{analysis_id}/gallery")
+    page.wait_for_selector("#gallery[data-complete=true]", state="attached")
+    for c in table["components"][:4]:
+        card = page.locator(f"[data-testid=network-card][data-id='{c['id']}']")
+        expect(card.locator(".reproduced")).to_have_text(f"seeds {c['reproduced']}/2")
+    c = table["components"][0]
+    page.goto(f"{server}/#/analysis/{analysis_id}/network/{c['id']}")
+    expect(page.locator("#net-seeds")).to_have_text(f"back in {c['reproduced']} of 2 seeds")
     assert page.page_errors == []
