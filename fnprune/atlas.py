@@ -214,11 +214,16 @@ def _display(token: str) -> str:
     return text.lower() if text[:1].isalpha() else text
 
 
+def name_from_words(words: list[str], n_words: int = 3) -> str:
+    """A network's short name from its :func:`top_words`: the first ``n_words``, e.g. ``"was · had · were"``."""
+    return " · ".join(words[:n_words])
+
+
 def auto_names(time_courses: np.ndarray, tokens: list[str], n_top: int = 30, n_words: int = 3,
                block: int = 256) -> list[str]:
-    """A short name per network from the tokens where its time course is highest: the first
-    ``n_words`` of :func:`top_words`, joined with `` · ``, e.g. ``"was · had · were"``."""
-    return [" · ".join(words[:n_words]) for words in top_words(time_courses, tokens, n_top, block=block)]
+    """A short name per network from the tokens where its time course is highest
+    (:func:`name_from_words` of :func:`top_words`)."""
+    return [name_from_words(words, n_words) for words in top_words(time_courses, tokens, n_top, block=block)]
 
 
 def top_words(time_courses: np.ndarray, tokens: list[str], n_top: int = 30, n_words: int | None = None,

@@ -82,7 +82,7 @@ class FunctionalNetworks:
         self.labels = {int(k): v for k, v in (labels or {}).items()}
         self.names = {int(k): str(v) for k, v in (names or {}).items()}
         self._atlas = None if atlas is None else {k: np.asarray(v, np.int32) for k, v in atlas.items()}
-        self._top_words = None
+        self._top_words = self._auto_names = None
         self._absmax = np.abs(self.maps).max(axis=2)          # (n_comp, n_map_layers, width)
         n = self.maps.shape[0]
         self.stable = np.ones(n, bool) if stable is None else np.asarray(stable, dtype=bool)
@@ -157,7 +157,9 @@ class FunctionalNetworks:
 
     def auto_names(self) -> list[str]:
         """Per component a short name from its top-activating tokens, e.g. ``"was · had · were"``."""
-        return [" · ".join(words[:3]) for words in self.top_words()]
+        if self._auto_names is None:     # cached: the table and name() ask once per component
+            self._auto_names = [_atlas.name_from_words(words) for words in self.top_words()]
+        return self._auto_names
 
     def top_words(self) -> list[list[str]]:
         """Per component the distinct texts of its 30 top-activating tokens, most frequent first
