@@ -14,9 +14,15 @@ skipped, so an interrupted run resumes):
 5. ``validation2``: a second round on the same validation documents, for the candidates the first
    round left out: Wanda-sp and FLAP, each with the one-shot and the sequential least-squares repair;
 6. ``unconstrained``: FLAP at 0.2 without a choice, with the fidelity of the 20 most stable networks
-   (the control of ``chosen`` when the test stage is not run, e.g. with another ``--components``).
+   (the control of ``chosen`` when the test stage is not run, e.g. with another ``--components``);
+7. ``default-test``: the default chosen by ``bench/bench_default_choice.py`` (obs, calibrated on
+   ``--calib-docs`` documents, 120 by default) against FLAP + bias / + lstsq on the same calibration,
+   held-out Brown and pydoc, fidelity of the 20 most stable networks;
+8. ``default-chosen``: obs with those 20 networks chosen at 0.2 (its control: ``default-test``'s
+   unconstrained obs row, paired by ``recipe_tables.py``).
 
 Usage: ``python bench/bench_recipe.py OUT [--heldout-docs 20] [--stages analysis,validation,test,chosen]``
+(``python bench/bench_recipe.py bench/results/recipe32 --stages default-test,default-chosen`` for 7-8).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ def main() -> None:
     parser.add_argument("--validation-docs", type=int, default=10)
     parser.add_argument("--ratios", default="0.2,0.3")
     parser.add_argument("--stages", default="analysis,validation,test,chosen,validation2")
+    parser.add_argument("--calib-docs", type=int, default=120, help="calibration documents of stages 7-8")
     parser.add_argument("--components", type=int, default=None,
                         help="components of the networks' analysis (default: the library's; bench/results/recipe "
                              "was made with 128, the previous default); the paper's run always uses 128")
@@ -91,6 +98,16 @@ def main() -> None:
     stage("unconstrained", methods="flap", repairs="native,lstsq", n_heldout=args.heldout_docs, fidelity=20,
           ratios="0.2")
     top = most_stable_networks(fn, 20)
+    default_common = {**common, "n_calib": args.calib_docs}
+    for name, kwargs in (("default-test", dict(methods="obs,flap", extra_corpora=("pydoc",), fidelity=20)),
+                         ("default-chosen", dict(methods="obs", networks=top, ratios="0.2"))):
+        if name not in stages or (out / name / "results.json").exists():
+            continue
+        t0 = time.perf_counter()
+        compare("smollm2-135m", "brown", kwargs.pop("ratios", args.ratios), repairs="native,lstsq",
+                n_heldout=args.heldout_docs, out_dir=out / name, **default_common, **kwargs)
+        timings[f"{name}_s"] = time.perf_counter() - t0
+        (out / "timings.json").write_text(json.dumps(timings, indent=1))
     if "chosen" in stages and not (out / "chosen" / "results.json").exists():
         t0 = time.perf_counter()
         compare("smollm2-135m", "brown", "0.2", methods="fn-flap,flap", repairs="native,lstsq", networks=top,

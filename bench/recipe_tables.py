@@ -59,14 +59,33 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def chosen_vs_free(out: Path) -> None:
+    """Paired ratio of obs with the 20 networks chosen to obs without a choice (same documents)."""
+    from fnprune.compare import paired_ratio
+
+    paths = [out / s / "results.json" for s in ("default-chosen", "default-test")]
+    if not all(p.exists() for p in paths):
+        return
+    chosen, test = (json.loads(p.read_text()) for p in paths)
+
+    def row(result):
+        return next(r for r in result["rows"] if r["method"] == "obs" and r["allocation"] == "own"
+                    and r["repair"] == "lstsq" and abs(r["ratio"] - 0.2) < 1e-9)
+    a, b = row(chosen)["ppl"]["brown"]["512"], row(test)["ppl"]["brown"]["512"]
+    p = paired_ratio(a, b)
+    print(f"\nobs at 0.2, the 20 networks chosen / no choice (held-out Brown, paired): "
+          f"{p['ratio']:.4f} [{p['low']:.4f}, {p['high']:.4f}]")
+
+
 def main() -> None:
     out = Path(sys.argv[1])
-    for stage in ("validation", "validation2", "test", "unconstrained", "chosen"):
+    for stage in ("validation", "validation2", "test", "unconstrained", "chosen", "default-test", "default-chosen"):
         path = out / stage / "results.json"
         if path.exists():
             result = json.loads(path.read_text())
             print(f"\n### {stage}: {result['eval_sets']} ({result['split']} split)\n")
             print(table(result))
+    chosen_vs_free(out)
     if (out / "timings.json").exists():
         print("\n" + (out / "timings.json").read_text())
 

@@ -11,7 +11,7 @@ Rows: ``paper``, ``fn``, ``fn-flap`` (networks' widths), every baseline with its
 allocation and, when networks are available, inside the networks' widths; ``controls`` add FLAP in
 the widths of the unresolved-subspace energy alone and in uniform widths. Each row runs with every
 repair in ``repairs``: ``native`` (the method's own compensation: FLAP's bias for fn-flap and flap,
-none otherwise), ``lstsq`` (least-squares repair), ``bias`` or ``none``.
+the least-squares fit for obs, none otherwise), ``lstsq`` (least-squares repair), ``bias`` or ``none``.
 
 ``split="validation"`` scores on validation documents (disjoint from calibration and held-out:
 :func:`fnprune.corpus.split_validation`) -- where defaults are chosen; ``"test"`` on held-out ones.
@@ -40,10 +40,18 @@ from .evaluate import concatenated_ids, per_document_perplexity, perplexity
 from .mlp import find_mlps, total_parameters
 from .progress import ProgressCallback, report
 from .prune import check_target_ratio
-from .recipe import METHODS, Calibration, PruningSpec, check_networks_match, prune_with_networks
+from .recipe import (
+    DEFAULT_CALIBRATION_DOCS,
+    METHODS,
+    Calibration,
+    PruningSpec,
+    check_networks_match,
+    native_repair,
+    prune_with_networks,
+)
 
 NETWORK_METHODS = ("paper", "fn", "fn-flap")
-DEFAULT_METHODS = ("paper", "fn", "fn-flap", "random", "magnitude", "wanda-sp", "flap")
+DEFAULT_METHODS = ("paper", "fn", "fn-flap", "obs", "random", "magnitude", "wanda-sp", "flap")
 REPAIR_CHOICES = ("native", "lstsq", "sequential", "bias", "none")
 DEFAULT_REPAIRS = ("native", "lstsq")
 N_BOOTSTRAP = 2000
@@ -85,10 +93,6 @@ def parse_ratios(ratios: str | Sequence[float]) -> list[float]:
     return [check_target_ratio(r) for r in items]
 
 
-def _native_repair(method: str) -> str:
-    return "bias" if method in ("fn-flap", "flap") else "none"
-
-
 def _jobs(methods, ratios, repairs, have_fn: bool, controls: bool) -> list[tuple[float, str, str, str]]:
     """``(ratio, method, allocation, repair)`` rows in report order."""
     out = []
@@ -104,7 +108,7 @@ def _jobs(methods, ratios, repairs, have_fn: bool, controls: bool) -> list[tuple
         if controls and have_fn:
             pairs += [("flap", "unresolved"), ("flap", "uniform")]
         for method, allocation in pairs:
-            for repair in dict.fromkeys(_native_repair(method) if r == "native" else r for r in repairs):
+            for repair in dict.fromkeys(native_repair(method) if r == "native" else r for r in repairs):
                 out.append((ratio, method, allocation, repair))
     return out
 
@@ -153,7 +157,7 @@ class _Scorer:
 def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_METHODS,
             out_dir: str | os.PathLike | None = None, *, run_dir: str | os.PathLike | None = None,
             networks: Sequence[int] | None = None, protected_layers: Sequence[int] | None = None,
-            n_calib: int = 40, n_heldout: int = 20, max_tokens: int = 512, batch_size: int = 4,
+            n_calib: int = DEFAULT_CALIBRATION_DOCS, n_heldout: int = 20, max_tokens: int = 512, batch_size: int = 4,
             windows: Sequence[int] = (512, 128), per_document: bool = False, seed: int = 0,
             repairs: Sequence[str] | str = DEFAULT_REPAIRS, controls: bool = False,
             extra_corpora: Sequence[str] = (), split: str = "test", fidelity: int | None = 20,

@@ -31,13 +31,14 @@ from .mlp import (
     MLPAdapter,
     _is_conv1d,
     backbone,
+    decoder_layers,
     default_protected_layers,
     find_mlps,
     parameter_counts,
 )
 from .models import model_device
 from .progress import ProgressCallback, report
-from .repair import DEFAULT_RIDGE, LayerFit, down_weight_by_neuron, refit_down
+from .repair import DEFAULT_RIDGE, LayerFit, down_weight_by_neuron, obs_removal_order, refit_down
 from .tokens import encode_documents, padded_batches
 
 BASELINES = ("random", "magnitude", "wanda-sp", "flap")
@@ -145,6 +146,14 @@ class DownInputStats:
     variance over tokens, and ``sqrt(sum_t x_tj^2)`` (the Wanda ``‖x_j‖₂``). ``n_tokens``: tokens seen.
     ``second_moment[l]``: float64 ``(I_l, I_l)`` ``E_t[x_t x_tᵀ]`` (uncentred), only when collected
     with ``second_moments=True`` (what the least-squares repair needs), else None.
+
+    Residual-weighted moments (``weighted=True``; what ``obs`` selects and repairs with): each token
+    weighs ``w_t = 1 / mean_k h_tk²``, ``h_t`` the residual stream entering the decoder layer, so an
+    output error counts relative to the stream it is added to -- the next RMS/LayerNorm divides it
+    by that norm, and the few tokens with a huge residual norm (attention sinks) stop dominating.
+    ``weighted_second_moment[l]`` = ``Σ w x xᵀ / Σ w``, ``weighted_mean[l]`` = ``Σ w x / Σ w``,
+    ``weight_mean[l]`` = ``Σ w / n_tokens`` (so ``cost × weight_mean`` is ``E_t[w_t e_t²]``,
+    comparable across layers).
     """
 
     mean: list[torch.Tensor]
@@ -152,10 +161,21 @@ class DownInputStats:
     l2: list[torch.Tensor]
     n_tokens: int
     second_moment: list[torch.Tensor] | None = None
+    weighted_second_moment: list[torch.Tensor] | None = None
+    weighted_mean: list[torch.Tensor] | None = None
+    weight_mean: list[float] | None = None
 
     @property
     def widths(self) -> list[int]:
         return [int(m.numel()) for m in self.mean]
+
+    def weighted(self) -> DownInputStats:
+        """These statistics with the residual-weighted moments as ``second_moment`` and ``mean``
+        (what :func:`prune_model`'s repair reads), for the ``obs`` method."""
+        if self.weighted_second_moment is None:
+            raise ConfigError("residual-weighted moments were not collected (collect_down_input_stats(weighted=True))")
+        return DownInputStats(mean=self.weighted_mean, var=self.var, l2=self.l2, n_tokens=self.n_tokens,
+                              second_moment=self.weighted_second_moment)
 
 
 class _StopForward(Exception):
@@ -181,14 +201,15 @@ def _forward_masked(model: nn.Module, sequences: list[list[int]], batch_size: in
 @torch.no_grad()
 def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int = 512, batch_size: int = 4,
                              progress: ProgressCallback | None = None, *, second_moments: bool = False,
-                             layers: Sequence[int] | None = None) -> DownInputStats:
+                             layers: Sequence[int] | None = None, weighted: bool = False) -> DownInputStats:
     """Mean / variance / L2 norm per neuron of every layer's ``down`` input over real tokens.
 
     ``docs``: :class:`fnprune.corpus.Document` objects or strings. Padded positions are masked
     out with the attention mask (hooks may see ``(batch, seq, I)`` or, for OPT, ``(batch*seq, I)``).
     ``second_moments``: also accumulate ``E[x xᵀ]`` per layer (float32 products per batch, summed in
     float64). ``layers``: only these layers get statistics (the others stay zero and the forward
-    pass stops after the last of them) -- what the sequential repair uses.
+    pass stops after the last of them) -- what the sequential repair uses. ``weighted``: also the
+    residual-weighted moments (see :class:`DownInputStats`).
     """
     from .errors import CorpusError
 
@@ -202,19 +223,30 @@ def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int 
     wanted = set(range(len(adapters))) if layers is None else {int(x) for x in layers}
     grams = {a.layer: torch.zeros((a.width, a.width), dtype=torch.float64)
              for a in adapters if second_moments and a.layer in wanted}
-    state: dict = {"mask": None, "n": 0}
+    wgrams = {a.layer: torch.zeros((a.width, a.width), dtype=torch.float64)
+              for a in adapters if weighted and a.layer in wanted}
+    wsums = {layer: torch.zeros(g.shape[0], dtype=torch.float64) for layer, g in wgrams.items()}
+    wtotal = dict.fromkeys(wgrams, 0.0)
+    state: dict = {"mask": None, "n": 0, "weights": {}}
     last = max(wanted)
 
     def sink_for(layer: int):
         def sink(signal: str, x: torch.Tensor, post=None) -> None:  # down_in: post is always None
             x = x.reshape(-1, x.shape[-1])  # (batch*seq, I)
-            x = x[state["mask"].to(x.device)]  # (real tokens, I)
+            real = state["mask"].to(x.device)
+            x = x[real]  # (real tokens, I)
             xd = x.double()
             sums[layer] += xd.sum(0).cpu()
             sumsq[layer] += (xd * xd).sum(0).cpu()
             if layer in grams:
                 xf = x.float()
                 grams[layer] += (xf.T @ xf).double().cpu()  # (I, I)
+            if layer in wgrams:
+                w = state["weights"].pop(layer)[real]  # (real tokens,)
+                xf = x.float()
+                wgrams[layer] += ((xf * w[:, None]).T @ xf).double().cpu()
+                wsums[layer] += (xd * w.double()[:, None]).sum(0).cpu()
+                wtotal[layer] += float(w.double().sum())
             if layer == last and layers is not None:
                 raise _StopForward
         return sink
@@ -224,9 +256,13 @@ def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int 
     was_training = model.training
     model.eval()
     try:
+        blocks = decoder_layers(model) if wgrams else None
         for adapter in adapters:
             if adapter.layer in wanted:
                 handles += adapter.register_signal_hooks(("down_in",), sink_for(adapter.layer))
+            if adapter.layer in wgrams:
+                handles.append(blocks[adapter.layer].register_forward_pre_hook(
+                    _residual_weight_hook(state["weights"], adapter.layer), with_kwargs=True))
         _forward_masked(model, sequences, batch_size, state, device, progress, "stats")
     finally:
         for h in handles:
@@ -237,7 +273,23 @@ def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int 
     var = [(sq / n - m * m).clamp_min(0.0) for sq, m in zip(sumsq, means, strict=True)]
     l2 = [sq.sqrt() for sq in sumsq]
     second = [grams[a.layer] / n if a.layer in grams else None for a in adapters] if second_moments else None
-    return DownInputStats(mean=means, var=var, l2=l2, n_tokens=n, second_moment=second)
+    out = DownInputStats(mean=means, var=var, l2=l2, n_tokens=n, second_moment=second)
+    if weighted:
+        out.weighted_second_moment = [wgrams[a.layer] / wtotal[a.layer] if a.layer in wgrams else None
+                                      for a in adapters]
+        out.weighted_mean = [wsums[a.layer] / wtotal[a.layer] if a.layer in wgrams else None for a in adapters]
+        out.weight_mean = [wtotal[a.layer] / n if a.layer in wgrams else None for a in adapters]
+    return out
+
+
+def _residual_weight_hook(weights: dict, layer: int):
+    """Forward pre-hook on decoder layer ``layer``: ``weights[layer]`` = ``1 / mean_k h_tk²`` per token
+    (flat ``(batch*seq,)``) of the residual stream ``h`` the layer receives (its first argument)."""
+    def hook(module, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        ms = h.detach().float().pow(2).mean(-1).reshape(-1)
+        weights[layer] = 1.0 / ms.clamp_min(torch.finfo(torch.float32).tiny)
+    return hook
 
 
 # -- pruning --------------------------------------------------------------------------------------
@@ -385,6 +437,35 @@ def flap_scores(model: nn.Module, stats: DownInputStats, standardize: bool = Tru
         if standardize:
             std = s.std()
             s = (s - s.mean()) / (std if std > 0 else 1.0)
+        out.append(s)
+    return out
+
+
+@torch.no_grad()
+def obs_scores(model: nn.Module, stats: DownInputStats, forced: Sequence[np.ndarray] | None = None,
+               ridge: float = DEFAULT_RIDGE) -> list[np.ndarray]:
+    """Structured-OBS scores (higher = keep), comparable across layers, from the residual-weighted moments.
+
+    Each layer's neurons are ordered by :func:`fnprune.repair.obs_removal_order` (greedy least rise
+    of the re-fitted output error, never removing ``forced``); a neuron's score is the running
+    maximum of the costs up to its removal, times the layer's mean token weight -- ``E_t[w_t e_t²]``,
+    the error relative to the residual stream, so one global ranking allocates the layers. Scores
+    rise strictly along the removal order, so keeping a layer's ``k`` best is the greedy stopped at
+    ``k``. Neurons the greedy never removes (forced ones and the last of a layer) score ``+inf``.
+    """
+    adapters = _check_stats(model, stats, "obs")
+    if stats.weighted_second_moment is None:
+        raise ConfigError("obs needs residual-weighted second moments (collect_down_input_stats(weighted=True))")
+    masks = _forced_masks(forced, [a.width for a in adapters])
+    out = []
+    for a in adapters:
+        order, cost = obs_removal_order(_down_weight_by_neuron(a), stats.weighted_second_moment[a.layer],
+                                        stats.weighted_mean[a.layer], forced=masks[a.layer], ridge=ridge)
+        v = np.maximum.accumulate(cost * float(stats.weight_mean[a.layer])) if len(cost) else cost
+        for k in range(1, len(v)):  # strictly increasing: ties would lose the greedy order
+            v[k] = max(v[k], np.nextafter(v[k - 1], np.inf))
+        s = np.full(a.width, np.inf)
+        s[order] = v  # removed later = costlier = more important
         out.append(s)
     return out
 

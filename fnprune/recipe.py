@@ -5,13 +5,20 @@
 
 Methods (``PruningSpec.method``), each choosing neurons *within* a layer by its own score:
 
-- ``flap`` (default, chosen on validation documents, see BENCHMARKS.md §3: with the least-squares
-  repair FLAP's own allocation beat FLAP inside the networks' widths at 20% and 30%);
+- ``obs`` (default, chosen on validation documents, BENCHMARKS.md §3b: it beat FLAP + least squares
+  at 20% and 30%), see below;
+- ``flap`` (the previous default: with the least-squares repair FLAP's own allocation beat FLAP
+  inside the networks' widths at 20% and 30%, BENCHMARKS.md §3);
 - ``fn-flap``: FLAP's fluctuation score inside the functional networks' layer widths;
 - ``fn``: the seed-robust network score (max |z| over stable networks, or the unresolved-subspace
   energy where restarts did not resolve the subspace; :func:`fnprune.selection.neuron_scores`);
 - ``paper``: the authors' rule, the largest |z| over every map (no unresolved-energy term); exact on
   a run analysed with one FastICA run per layer (``n_init=1``);
+- ``obs`` (the default): structured Optimal Brain Surgeon (ZipLM/SlimGPT-style): in each layer, greedily remove
+  the neuron whose removal, with the least-squares repair, least raises the layer's output error
+  relative to the residual stream on the calibration tokens (:func:`fnprune.prune.obs_scores`);
+  its own allocation ranks those costs across layers. Selection and repair use the
+  residual-weighted moments (:class:`fnprune.prune.DownInputStats`);
 - ``random``, ``magnitude``, ``wanda-sp``: the other baselines of METHOD §2.
 
 Allocations (``PruningSpec.allocation``: how many neurons each layer keeps):
@@ -54,6 +61,7 @@ from .prune import (
     head_group_scores,
     keep_from_scores,
     keep_heads_from_scores,
+    obs_scores,
     params_to_remove,
     prune_heads,
     prune_model,
@@ -61,21 +69,34 @@ from .prune import (
 from .repair import DEFAULT_RIDGE, LayerFit
 from .selection import NetworkKept, forced_mask, networks_kept, neuron_scores, plan, protected_set
 
-METHODS = ("fn-flap", "fn", "paper", "random", "magnitude", "wanda-sp", "flap")
+METHODS = ("fn-flap", "fn", "paper", "obs", "random", "magnitude", "wanda-sp", "flap")
 NETWORK_METHODS = ("fn-flap", "fn", "paper")
 ALLOCATIONS = ("default", "networks", "own", "unresolved", "uniform")
 REPAIRS = ("lstsq", "bias", "none")
-DEFAULT_METHOD = "flap"  # chosen on validation documents (BENCHMARKS.md §3)
+DEFAULT_METHOD = "obs"  # chosen on validation documents (BENCHMARKS.md §3b)
+DEFAULT_CALIBRATION_DOCS = 120  # x 512 tokens; chosen on validation documents (BENCHMARKS.md §3b)
 
 METHOD_HELP = {
     "fn-flap": "FLAP's fluctuation score inside the functional networks' per-layer widths",
     "fn": "the seed-robust network score (max |z| over stable networks, else unresolved-subspace energy)",
     "paper": "the paper's rule: any |z| above the threshold in one FastICA run's maps (no unresolved energy)",
+    "obs": "structured OBS: greedy least rise of the repaired layer's output error (relative to the residual stream)",
     "random": "uniform random neurons (seeded)",
     "magnitude": "L2 norm of the neuron's weights",
     "wanda-sp": "structured Wanda: sum |W_down| x input norm",
     "flap": "FLAP: input variance x squared down-column norm",
 }
+
+
+def native_repair(method: str) -> str:
+    """The compensation a method comes with: FLAP's mean bias (flap, fn-flap), the least-squares fit
+    (obs: its selection is that fit), nothing otherwise."""
+    return "lstsq" if method == "obs" else unrepaired(method)
+
+
+def unrepaired(method: str) -> str:
+    """The repair ``--no-repair`` means: FLAP's mean bias for flap and fn-flap, nothing otherwise."""
+    return "bias" if method in ("fn-flap", "flap") else "none"
 
 
 @dataclass(frozen=True)
@@ -136,6 +157,9 @@ class PruningSpec:
             raise ConfigError(f"ridge must be a finite number ≥ 0, got {self.ridge!r}")
         if self.sequential and self.repair != "lstsq":
             raise ConfigError("sequential calibration is a mode of the least-squares repair (repair='lstsq')")
+        if self.sequential and self.method == "obs":
+            raise ConfigError("sequential calibration is not available for method 'obs' (its selection and repair "
+                              "are one fit on the dense layer's calibration moments)")
         if self.heads_fraction is not None and not 0 < float(self.heads_fraction) < 1:
             raise ConfigError(f"heads fraction must be strictly between 0 and 1, got {self.heads_fraction}")
         alloc = self.resolved_allocation
@@ -166,11 +190,29 @@ class Calibration:
     batch_size: int = 4
     _down: DownInputStats | None = field(default=None, repr=False)
     _attention: object = field(default=None, repr=False)
+    _obs: dict = field(default_factory=dict, repr=False)
 
-    def down_stats(self, model: nn.Module, second_moments: bool, progress=None) -> DownInputStats:
-        if self._down is None or (second_moments and self._down.second_moment is None):
-            self._down = collect_down_input_stats(model, self.tokenizer, self.docs, self.max_tokens,
-                                                  self.batch_size, progress, second_moments=second_moments)
+    def obs_scores(self, model: nn.Module, forced: list[np.ndarray] | None, ridge: float) -> list[np.ndarray]:
+        """:func:`fnprune.prune.obs_scores` on these statistics, computed once per (forced, ridge): the
+        web app's "without repair" comparison and ``compare``'s rows reuse the greedy order."""
+        masks = None if forced is None else [np.asarray(f) for f in forced]
+        key = (float(ridge), None if masks is None else hashlib.sha256(
+            b"".join(np.packbits(m.astype(bool)).tobytes() + str(m.shape).encode() for m in masks)).hexdigest())
+        if key not in self._obs:
+            self._obs[key] = obs_scores(model, self._down, masks, ridge)
+        return self._obs[key]
+
+    def down_stats(self, model: nn.Module, second_moments: bool, progress=None, weighted: bool = False
+                   ) -> DownInputStats:
+        """The statistics (recollected, keeping what was there, when a requested part is missing)."""
+        have = self._down
+        if (have is None or (second_moments and have.second_moment is None)
+                or (weighted and have.weighted_second_moment is None)):
+            self._obs.clear()
+            self._down = collect_down_input_stats(
+                model, self.tokenizer, self.docs, self.max_tokens, self.batch_size, progress,
+                second_moments=second_moments or (have is not None and have.second_moment is not None),
+                weighted=weighted or (have is not None and have.weighted_second_moment is not None))
         return self._down
 
     def attention_stats(self, model: nn.Module, progress=None):
@@ -250,8 +292,13 @@ def check_networks_match(fn, model: nn.Module) -> None:
                           f"{len(widths)} layers with widths {sorted(set(widths))}: run directory from another model?")
 
 
-def _within_scores(spec: PruningSpec, model: nn.Module, fn, stats: DownInputStats | None) -> list[np.ndarray]:
+def _within_scores(spec: PruningSpec, model: nn.Module, fn, stats: DownInputStats | None,
+                   forced: list[np.ndarray] | None, calibration: Calibration | None = None) -> list[np.ndarray]:
     """Per-layer scores (higher = keep) the method uses to choose neurons inside a layer."""
+    if spec.method == "obs":  # the greedy order depends on what must stay
+        if calibration is not None and calibration._down is stats:
+            return calibration.obs_scores(model, forced, spec.ridge)
+        return obs_scores(model, stats, forced, spec.ridge)
     if spec.method == "fn":
         return list(neuron_scores(fn, "networks"))
     if spec.method == "paper":
@@ -264,17 +311,18 @@ def _within_scores(spec: PruningSpec, model: nn.Module, fn, stats: DownInputStat
     return scores
 
 
-def choose_keep(spec: PruningSpec, model: nn.Module, fn, stats: DownInputStats | None, chosen_from=None
-                ) -> tuple[list[np.ndarray], list[int], float | None]:
+def choose_keep(spec: PruningSpec, model: nn.Module, fn, stats: DownInputStats | None, chosen_from=None,
+                calibration: Calibration | None = None) -> tuple[list[np.ndarray], list[int], float | None]:
     """Per-layer kept indices, the protected layers and the score threshold the allocation amounts to.
 
-    ``chosen_from``: the networks the ids of ``spec.networks`` refer to (default ``fn``)."""
+    ``chosen_from``: the networks the ids of ``spec.networks`` refer to (default ``fn``).
+    ``calibration``: where ``stats`` came from (its cache of obs orders is used)."""
     adapters = find_mlps(model)
     ppn = [a.params_per_neuron for a in adapters]
     n_layers = len(adapters)
     owner = chosen_from if chosen_from is not None else fn
     forced = list(forced_mask(owner, spec.networks)) if owner is not None else None
-    within = _within_scores(spec, model, fn, stats)
+    within = _within_scores(spec, model, fn, stats, forced, calibration)
     alloc = spec.resolved_allocation
     if alloc in ("networks", "unresolved") or (spec.threshold is not None and spec.method in ("fn", "paper")):
         p = plan(fn, threshold=spec.threshold, target_ratio=spec.target_ratio, ratio_of=spec.ratio_of,
@@ -316,15 +364,16 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
     if fn is not None:
         check_networks_match(fn, model)
     dense = parameter_counts(model)
-    needs_stats = spec.method in ("fn-flap", "flap", "wanda-sp") or spec.repair != "none"
+    needs_stats = spec.method in ("fn-flap", "flap", "wanda-sp", "obs") or spec.repair != "none"
     if (needs_stats or spec.heads_fraction) and calibration is None:
         raise ConfigError(f"method {spec.method!r} with repair {spec.repair!r} needs calibration documents")
     stats = None
     if needs_stats:
-        stats = calibration.down_stats(model, second_moments=spec.repair == "lstsq" and not spec.sequential,
-                                       progress=_renamed(progress, "calibrate"))
+        stats = calibration.down_stats(model, second_moments=spec.repair == "lstsq" and not spec.sequential
+                                       and spec.method != "obs", progress=_renamed(progress, "calibrate"),
+                                       weighted=spec.method == "obs")
     report(progress, "select", 0.0, f"{spec.method}: choosing neurons")
-    keep, protected, threshold = choose_keep(spec, model, fn, stats, chosen_from)
+    keep, protected, threshold = choose_keep(spec, model, fn, stats, chosen_from, calibration)
     owner = chosen_from if chosen_from is not None else fn
     if chosen_from is not None:
         check_networks_match(chosen_from, model)
@@ -346,8 +395,11 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
     if spec.repair == "lstsq" and spec.sequential:
         _prune_sequential(model, keep, calibration, spec.ridge, fits, progress)
     else:
-        prune_model(model, keep, bias=stats if spec.repair == "bias" else None,
-                    repair=stats if spec.repair == "lstsq" else None, ridge=spec.ridge, fits=fits)
+        repair = None
+        if spec.repair == "lstsq":  # obs repairs with the moments it selected with
+            repair = stats.weighted() if spec.method == "obs" else stats
+        prune_model(model, keep, bias=stats if spec.repair == "bias" else None, repair=repair,
+                    ridge=spec.ridge, fits=fits)
     report(progress, "prune", 1.0, "done")
     after = parameter_counts(model)
     return PruningOutcome(spec=spec, keep=[np.asarray(k, dtype=np.int64) for k in keep],

@@ -166,9 +166,10 @@ class PruningRequest(ThresholdChoice):
     protected_layers: list[Int] | None = Field(default=None, max_length=1024)
     # fnprune.recipe.METHODS: how neurons are chosen inside a layer; chosen networks' key neurons are
     # always kept (fn-flap: FLAP's score in the networks' widths; fn: the seed-robust network score;
-    # paper: any |z| above the threshold, no unresolved-subspace energy; the baselines)
-    # default flap: chosen on validation documents (BENCHMARKS.md §3)
-    method: Literal["fn-flap", "fn", "paper", "random", "magnitude", "wanda-sp", "flap"] = "flap"
+    # paper: any |z| above the threshold, no unresolved-subspace energy; obs: structured OBS, greedy
+    # least rise of the repaired output error; the baselines)
+    # default obs: chosen on validation documents (BENCHMARKS.md §3b)
+    method: Literal["fn-flap", "fn", "paper", "obs", "random", "magnitude", "wanda-sp", "flap"] = "obs"
     # lstsq: re-fit each pruned layer's down projection + bias by least squares (default);
     # bias: FLAP's mean compensation only; none
     repair: Literal["lstsq", "bias", "none"] = "lstsq"
@@ -181,10 +182,10 @@ class PruningRequest(ThresholdChoice):
     evaluate: bool = True
     n_heldout: Int = Field(default=20, ge=1, le=500)
     # The pruning's own calibration (FLAP / Wanda-sp statistics, the least-squares repair), independent of
-    # how much text the analysis read: the CLI's defaults (--calib-docs 40, --max-tokens 512) unless the
+    # how much text the analysis read: the CLI's defaults (--calib-docs 120, --max-tokens 512) unless the
     # analysis read more. A quick analysis of 15 x 128 tokens would otherwise calibrate on ~2k tokens.
     calibration_texts: Int | None = Field(default=None, ge=1, le=5000, description=(
-        "calibration documents of the pruning (scores and repair); default: the analysis' number, at least 40"))
+        "calibration documents of the pruning (scores and repair); default: the analysis' number, at least 120"))
     calibration_tokens: Int | None = Field(default=None, ge=8, le=8192, description=(
         "tokens per calibration document; default: the analysis' max_tokens, at least 512"))
 

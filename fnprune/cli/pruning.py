@@ -33,7 +33,7 @@ def _calibration(corpus: str, n_docs: int):
 
 def spec_from_args(args: argparse.Namespace):
     """The :class:`fnprune.recipe.PruningSpec` the ``prune`` flags describe (validated later, once)."""
-    from ..recipe import PruningSpec
+    from ..recipe import PruningSpec, unrepaired
 
     allocation = args.allocation
     if args.uniform:
@@ -42,7 +42,7 @@ def spec_from_args(args: argparse.Namespace):
         allocation = "uniform"
     repair = args.repair
     if args.no_repair:
-        repair = "bias" if args.method in ("fn-flap", "flap") else "none"
+        repair = unrepaired(args.method)
     if args.bias:
         if args.repair == "none":
             raise ConfigError("--bias means --repair bias; it contradicts --repair none")
@@ -169,7 +169,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def add_subcommands(subparsers) -> None:
     """Register ``prune``, ``evaluate`` and ``compare`` on an argparse subparsers object."""
-    from ..recipe import ALLOCATIONS, DEFAULT_METHOD, METHOD_HELP, METHODS, REPAIRS
+    from ..compare import DEFAULT_METHODS
+    from ..recipe import ALLOCATIONS, DEFAULT_CALIBRATION_DOCS, DEFAULT_METHOD, METHOD_HELP, METHODS, REPAIRS
+    from ..repair import DEFAULT_RIDGE
 
     p = subparsers.add_parser("prune", help="prune a model with the functional networks of a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -193,12 +195,13 @@ def add_subcommands(subparsers) -> None:
                    help="lstsq (default): re-fit each pruned layer's down projection and bias by least squares to "
                         "the dense output on calibration tokens; bias: FLAP's mean compensation; none")
     p.add_argument("--no-repair", action="store_true",
-                   help="no least-squares repair: the method's own compensation (bias for fn-flap and flap, "
-                        "nothing otherwise)")
+                   help="no least-squares repair: FLAP's mean bias for fn-flap and flap, nothing otherwise "
+                        "(obs then only selects)")
     p.add_argument("--bias", action="store_true", help="same as --repair bias")
     p.add_argument("--sequential", action="store_true",
                    help="repair layer by layer, calibrating each on the already pruned layers below (slower)")
-    p.add_argument("--ridge", type=float, default=1e-3, help="repair ridge, times the mean input power (1e-3)")
+    p.add_argument("--ridge", type=float, default=DEFAULT_RIDGE,
+                   help=f"repair ridge, times the mean input power (default {DEFAULT_RIDGE:g})")
     p.add_argument("--heads", type=float, default=None, metavar="FRACTION",
                    help="also remove this fraction of attention KV groups (a KV head with its query heads) in "
                         "each unprotected layer, lowest FLAP fluctuation first (LLaMA family; o_proj bias "
@@ -206,7 +209,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--protected", default=None, help="protected layers, e.g. 0,1,2,-2,-1 (default: paper's)")
     p.add_argument("--model", default=None, help="model spec (default: the one the run directory names)")
     p.add_argument("--corpus", default="brown", help="calibration and held-out corpus")
-    p.add_argument("--calib-docs", type=int, default=40)
+    p.add_argument("--calib-docs", type=int, default=DEFAULT_CALIBRATION_DOCS,
+                   help=f"calibration documents x --max-tokens (default {DEFAULT_CALIBRATION_DOCS})")
     p.add_argument("--heldout-docs", type=int, default=10, help="held-out documents for the fidelity report")
     p.add_argument("--fidelity", type=int, default=20, metavar="N",
                    help="report network fidelity for the chosen networks, or the N most stable (0: off)")
@@ -230,7 +234,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--corpus", default="brown")
     p.add_argument("--ratios", default="0.1,0.2,0.3")
-    p.add_argument("--methods", default="paper,fn,fn-flap,random,magnitude,wanda-sp,flap")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--repairs", default="native,lstsq",
                    help="repairs to run each method with: native (its own compensation), lstsq, bias, none")
     p.add_argument("--controls", action="store_true",
@@ -244,7 +248,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--run-dir", default=None, help="networks from this run (default: compute them)")
     p.add_argument("--networks", default=None)
     p.add_argument("--protected", default=None)
-    p.add_argument("--calib-docs", type=int, default=40)
+    p.add_argument("--calib-docs", type=int, default=DEFAULT_CALIBRATION_DOCS,
+                   help=f"calibration documents x --max-tokens (default {DEFAULT_CALIBRATION_DOCS})")
     p.add_argument("--heldout-docs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--windows", default="512,128", help="perplexity window lengths (default 512,128)")

@@ -132,7 +132,7 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
     assert [f["id"] for f in result["fidelity"]] == chosen and result["fidelity_scope"] == "chosen"
     assert result["calibration"] == {"texts": 12, "tokens_per_text": 64}
     assert result["repair"] == "lstsq" and result["repair_errors"]["error_repaired"] < result["repair_errors"]["error_pruned"]
-    assert result["repair_comparison"]["unrepaired_repair"] == "bias"  # flap without repair: FLAP's bias
+    assert result["repair_comparison"]["unrepaired_repair"] == "none"  # obs without repair: it only selects
     assert result["dense_cached"] is False
     assert [g["genre"] for g in result["ppl_by_genre"]] == ["pydoc"] and result["ppl_by_genre"][0]["pruned"] > 0
     _cli_and_compare_keep_the_same_neurons(settings, job_id, chosen, result["keep_digest"], tmp_path)

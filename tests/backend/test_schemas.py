@@ -60,12 +60,31 @@ def test_analysis_defaults_are_the_librarys():
 
 
 def test_pruning_calibrates_on_at_least_the_clis_default_text():
-    """The pruning's calibration is the request's, else the analysis' own but at least 40 x 512 tokens
+    """The pruning's calibration is the request's, else the analysis' own but at least 120 x 512 tokens
     (a quick analysis of 15 x 128 tokens must not calibrate the repair on ~2k tokens)."""
     from backend.app.schemas import AnalysisRequest, PruningRequest
     from backend.app.services.prunings import calibration_size
 
     quick = AnalysisRequest(n_texts=15, max_tokens=128)
-    assert calibration_size(PruningRequest(analysis_id="a"), quick) == (40, 512)
-    assert calibration_size(PruningRequest(analysis_id="a"), AnalysisRequest(n_texts=100, max_tokens=1024)) == (100, 1024)
+    assert calibration_size(PruningRequest(analysis_id="a"), quick) == (120, 512)
+    assert calibration_size(PruningRequest(analysis_id="a"), AnalysisRequest(n_texts=200, max_tokens=1024)) == (200, 1024)
     assert calibration_size(PruningRequest(analysis_id="a", calibration_texts=12, calibration_tokens=64), quick) == (12, 64)
+
+
+def test_pruning_methods_are_the_librarys_everywhere():
+    """The API's method choices, its default and the web form's list are fnprune.recipe's."""
+    import re
+    import typing
+    from pathlib import Path
+
+    from backend.app.schemas import PruningRequest
+    from fnprune.recipe import DEFAULT_METHOD, METHODS
+
+    field = PruningRequest.model_fields["method"]
+    assert set(typing.get_args(field.annotation)) == set(METHODS)
+    assert field.default == DEFAULT_METHOD
+    js = (Path(__file__).resolve().parents[2] / "frontend" / "js" / "views" / "prune.js").read_text()
+    block = js[js.index("const METHODS = ["):js.index("];", js.index("const METHODS = ["))]
+    assert set(re.findall(r'^\s*\["([a-z-]+)",', block, flags=re.M)) == set(METHODS)
+    recommended = re.findall(r'^\s*\["([a-z-]+)", "[^"]*\(recommended\)', block, flags=re.M)
+    assert recommended == [DEFAULT_METHOD]

@@ -599,12 +599,19 @@ def test_select_networks_are_constraints(server, page, pruned):
     _, free = _api(server, f"/api/analyses/{analysis_id}/preview", {"target_ratio": 0.2})
     expect(page.locator("#max-ratio")).to_contain_text(f"at most {100 * free['max_ratio_total']:.1f} %")
     expect(page.locator("#opt-repair")).to_have_value("lstsq")
-    expect(page.locator("#opt-method option")).to_have_count(7)
+    expect(page.locator("#opt-method option")).to_have_count(8)
+    expect(page.locator("#opt-method")).to_have_value("obs")
+    # sequential repair is refused with obs, so the form disables it (and enables it for FLAP)
+    expect(page.locator("#opt-sequential")).to_be_disabled()
+    page.locator("#opt-method").select_option("flap")
+    expect(page.locator("#opt-sequential")).to_be_enabled()
+    page.locator("#opt-method").select_option("obs")
+    expect(page.locator("#opt-sequential")).to_be_disabled()
     assert_fits_viewport(page, "select (no constraint)")
     page.get_by_role("button", name="Prune the model").click()
     expect(page.get_by_role("alert")).to_contain_text("test: not started")
     assert prunings[-1]["networks"] is None and prunings[-1]["repair"] == "lstsq" and "bias" not in prunings[-1]
-    assert prunings[-1]["sequential"] is False and prunings[-1]["method"] == "flap"
+    assert prunings[-1]["sequential"] is False and prunings[-1]["method"] == "obs"
 
     # one network checked: every one of its key neurons is forced in, per network and per layer
     _, one = _api(server, f"/api/analyses/{analysis_id}/preview", {"networks": [chosen], "target_ratio": 0.2})

@@ -137,8 +137,10 @@ def test_compare_writes_report(tmp_path):
     errors = [r for r in rows if "error" in r]
     assert not errors, errors
     # per ratio: paper, fn, fn-flap; random/magnitude/wanda-sp own + networks; flap own; 2 controls -> 12 pairs,
-    # each with its native compensation and with the least-squares repair
-    assert len(rows) - 1 == 2 * 12 * 2
+    # each with its native compensation and with the least-squares repair; obs own + networks, whose native
+    # repair is the least-squares one -> 2 more rows
+    assert len(rows) - 1 == 2 * (12 * 2 + 2)
+    assert {r["repair"] for r in rows if r["method"] == "obs"} == {"lstsq"}
     for r in rows[1:]:
         assert r["removed_fraction"] >= r["ratio"] - 0.005  # added down biases cost a few parameters
         assert r["widths"][0] == 48 or r["allocation"] == "uniform"  # uniform cuts protected layers too
@@ -258,7 +260,7 @@ def test_cli_prune_end_to_end(tiny_run, tmp_path, monkeypatch):
     cases = [([], "per-layer"), (["--method", "fn", "--repair", "none"], "per-layer"),
              (["--method", "fn", "--bias"], "per-layer"), (["--method", "fn-flap", "--networks", "0,8,16,24"], "per-layer"),
              (["--method", "fn", "--uniform"], "stock"), (["--method", "paper", "--no-repair", "--uniform"], "stock"),
-             (["--heads", "0.5", "--bias"], "per-layer"), (["--sequential", "--fidelity", "2"], "per-layer")]
+             (["--heads", "0.5", "--bias"], "per-layer"), (["--method", "flap", "--sequential", "--fidelity", "2"], "per-layer")]
     for extra, architecture in cases:
         out = tmp_path / ("m" + "".join(extra).replace("-", "").replace(",", ""))
         args = parser.parse_args(["prune", str(run_dir), "--target-ratio", "0.1", "--out", str(out), "--quiet",

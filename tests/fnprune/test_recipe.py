@@ -169,13 +169,13 @@ def test_repair_lowers_the_layer_output_error_on_calibration_tokens(setup):
 
 def test_sequential_repair_and_default_spec(setup):
     model, tok, fn = setup
-    spec = PruningSpec(target_ratio=0.08, sequential=True)
+    spec = PruningSpec(method="flap", target_ratio=0.08, sequential=True)
     out = prune_with_networks(copy.deepcopy(model), fn, spec, Calibration(tok, documents(12), 48))
     assert sorted(out.layer_fits) == [i for i, (w, o) in enumerate(zip(out.widths, out.original_widths,
                                                                        strict=True)) if w < o]
     s = out.repair_summary()
     assert s["error_repaired"] < s["error_pruned"]
-    assert PruningSpec().method == "flap" and PruningSpec().repair == "lstsq"
+    assert PruningSpec().method == "obs" and PruningSpec().repair == "lstsq"
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -249,3 +249,119 @@ def test_target_ratio_of_all_mlp_or_non_embedding_parameters(setup, ratio_of):
         plan(fn, target_ratio=min(0.99, p["max_ratio"][ratio_of] + 0.01), ratio_of=ratio_of)
     with pytest.raises(ConfigError, match="ratio_of"):
         PruningSpec(ratio_of="vocab").validated(True)
+
+
+def test_obs_removal_costs_are_the_exact_rise_of_the_refitted_error():
+    """Structured OBS, one neuron at a time: each cost is the exact rise of the least-squares error,
+    the first removal is the brute-force best, forced neurons are never removed."""
+    from fnprune.repair import obs_removal_order
+
+    rng = np.random.default_rng(0)
+    n, hidden, tokens = 10, 6, 400
+    x = rng.normal(size=(tokens, n)) @ rng.normal(size=(n, n)) + rng.normal(size=n)  # correlated, non-zero mean
+    W = torch.as_tensor(rng.normal(size=(hidden, n)))
+    S, mu = torch.as_tensor(x.T @ x / tokens), torch.as_tensor(x.mean(0))
+    forced = np.zeros(n, dtype=bool)
+    forced[3] = True
+
+    def refit_error(keep):  # E||W x - W' x_K - b||² minimised over W', b, directly on the tokens
+        z = np.hstack([x[:, keep], np.ones((tokens, 1))])
+        y = x @ W.numpy().T
+        sol = np.linalg.lstsq(z, y, rcond=None)[0]
+        return float(((y - z @ sol) ** 2).sum(1).mean())
+
+    order, cost = obs_removal_order(W, S, mu, forced=forced, ridge=0.0, block=1)
+    assert len(order) == n - 1 and 3 not in order.tolist()
+    removed: list[int] = []
+    for j, c in zip(order, cost, strict=True):
+        keep = [i for i in range(n) if i not in removed]
+        before = refit_error(keep)
+        removed.append(int(j))
+        after = refit_error([i for i in keep if i != j])
+        assert c == pytest.approx(after - before, rel=1e-6, abs=1e-9)
+    first = [refit_error([i for i in range(n) if i != j]) for j in range(n) if j != 3]
+    assert refit_error([i for i in range(n) if i != order[0]]) == pytest.approx(min(first))
+    # blocks of 4 remove the same set first (here) and never a forced neuron
+    order4, _ = obs_removal_order(W, S, mu, forced=forced, ridge=0.0, block=4)
+    assert 3 not in order4.tolist() and len(order4) == n - 1
+
+
+def test_residual_weighted_moments_match_a_direct_computation(setup):
+    model, tok, _ = setup
+    from fnprune.tokens import encode_documents, padded_batches
+
+    docs = documents(6)
+    stats = collect_down_input_stats(model, tok, docs, 48, second_moments=True, weighted=True)
+    layer = 2
+    a = find_mlps(model)[layer]
+    xs = []
+    h = a.down.register_forward_pre_hook(lambda m, i: xs.append(i[0].detach()))
+    G = torch.zeros((64, 64), dtype=torch.float64)
+    m1 = torch.zeros(64, dtype=torch.float64)
+    total = 0.0
+    try:
+        for ids, mask in padded_batches(encode_documents(tok, docs, 48), 4):
+            with torch.no_grad():
+                out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            real = mask.reshape(-1).bool()
+            w = (1.0 / out.hidden_states[layer].pow(2).mean(-1)).reshape(-1)[real].double()
+            x = xs.pop().reshape(-1, 64)[real].double()
+            G += (x * w[:, None]).T @ x
+            m1 += (x * w[:, None]).sum(0)
+            total += float(w.sum())
+    finally:
+        h.remove()
+    assert torch.allclose(stats.weighted_second_moment[layer], G / total, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(stats.weighted_mean[layer], m1 / total, rtol=1e-4, atol=1e-6)
+    assert stats.weight_mean[layer] == pytest.approx(total / stats.n_tokens, rel=1e-5)
+    # the unweighted moments are unchanged by asking for the weighted ones
+    plain = collect_down_input_stats(model, tok, docs, 48, second_moments=True)
+    assert torch.allclose(plain.second_moment[layer], stats.second_moment[layer])
+
+
+def test_obs_keeps_the_greedy_order_and_repairs_with_its_moments(setup):
+    model, tok, fn = setup
+    from fnprune.prune import obs_scores
+
+    cal = Calibration(tok, documents(12), 48)
+    stats = cal.down_stats(model, second_moments=False, weighted=True)
+    scores = obs_scores(model, stats)
+    for s in scores:  # one +inf (the last neuron standing), the rest distinct: a strict removal order
+        assert np.isinf(s).sum() == 1 and len(np.unique(s[np.isfinite(s)])) == len(s) - 1
+    out = prune_with_networks(copy.deepcopy(model), fn, PruningSpec(method="obs", target_ratio=0.08), cal)
+    from fnprune.prune import (
+        params_to_remove,  # the neurons removed reach the budget (the repair adds biases)
+    )
+
+    ppn = find_mlps(model)[0].params_per_neuron
+    assert sum(64 - len(k) for k in out.keep) * ppn >= params_to_remove(model, 0.08, "all")
+    assert out.repair_summary()["error_repaired"] < out.repair_summary()["error_pruned"]
+    # its own allocation ranks the same scores across the unprotected layers, and what a layer drops is
+    # the greedy's first removals (the cheapest), never the costliest
+    from fnprune.repair import obs_removal_order
+
+    cut = [layer for layer, keep in enumerate(out.keep) if len(keep) < 64]
+    assert cut
+    for layer in cut:
+        dropped = np.setdiff1d(np.arange(64), out.keep[layer])
+        assert scores[layer][dropped].max() < scores[layer][out.keep[layer]].min()
+        a = find_mlps(model)[layer]
+        order, _ = obs_removal_order(a.down.weight, stats.weighted_second_moment[layer], stats.weighted_mean[layer])
+        assert set(order[:len(dropped)].tolist()) == set(dropped.tolist())
+    with pytest.raises(ConfigError, match="sequential"):
+        prune_with_networks(copy.deepcopy(model), fn, PruningSpec(method="obs", sequential=True), cal)
+    # the greedy runs once per calibration, choice and ridge: another budget reuses it, a choice does not
+    import fnprune.recipe as recipe
+
+    calls = []
+    real = recipe.obs_scores
+    recipe.obs_scores = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        again = prune_with_networks(copy.deepcopy(model), fn, PruningSpec(method="obs", target_ratio=0.08), cal)
+        prune_with_networks(copy.deepcopy(model), fn, PruningSpec(method="obs", target_ratio=0.04, repair="none"), cal)
+        assert calls == [] and again.keep_digest == out.keep_digest
+        prune_with_networks(copy.deepcopy(model), fn, PruningSpec(method="obs", target_ratio=0.08,
+                                                                  networks=tuple(_chosen(fn, 1))), cal)
+        assert calls == [1]
+    finally:
+        recipe.obs_scores = real

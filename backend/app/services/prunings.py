@@ -61,7 +61,7 @@ def create(req: PruningRequest, settings: Settings, store: JobStore, enqueue) ->
 
 
 # -- running (worker side) ------------------------------------------------------------------------------
-MIN_CALIBRATION = (40, 512)  # documents x tokens: the CLI's --calib-docs / --max-tokens defaults
+MIN_CALIBRATION = (120, 512)  # documents x tokens: the CLI's --calib-docs / --max-tokens defaults
 
 
 def calibration_size(req: PruningRequest, a_req: AnalysisRequest) -> tuple[int, int]:
@@ -92,7 +92,7 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     from fnprune.models import load_model
     from fnprune.networks import FunctionalNetworks
     from fnprune.pruned_io import save_pruned
-    from fnprune.recipe import Calibration, keep_to_mask, prune_with_networks
+    from fnprune.recipe import Calibration, keep_to_mask, prune_with_networks, unrepaired
 
     req = PruningRequest(**params)
     store = JobStore(settings.jobs_path, settings.HEARTBEAT_TIMEOUT_S)
@@ -168,8 +168,7 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     # the same choice without the least-squares repair, and the baselines, at the budget actually reached
     steps: list[tuple[str, Any]] = []
     if req.evaluate and spec.repair == "lstsq":
-        steps.append(("without repair", replace(spec, repair="bias" if spec.method in ("fn-flap", "flap") else "none",
-                                                sequential=False)))
+        steps.append(("without repair", replace(spec, repair=unrepaired(spec.method), sequential=False)))
     budget = {"target_ratio": outcome.removed_fraction, "threshold": None}
     for method in req.baselines:
         for allocation in ("own", "networks"):

@@ -11,10 +11,11 @@ import { waitForJob } from "./overview.js";
 
 // fnprune.recipe.METHODS and METHOD_HELP: how neurons are chosen inside a layer.
 const METHODS = [
-  ["flap", "FLAP (recommended)", "FLAP: input variance times the squared norm of the neuron's down-projection column, ranked across layers. Chosen networks are kept whatever the method. Recommended: lowest validation perplexity with the least-squares repair."],
+  ["obs", "structured OBS (recommended)", "Structured Optimal Brain Surgeon: in each layer, remove the neuron whose removal, with the least-squares repair, least raises the layer's output error relative to the residual stream on the calibration tokens; those costs ranked across layers decide the widths. Chosen networks are kept whatever the method. Recommended: lowest validation perplexity (BENCHMARKS.md §3b)."],
   ["fn-flap", "fn-flap: FLAP in the networks' widths", "FLAP's fluctuation score inside the functional networks' per-layer widths."],
   ["fn", "fn: network score", "The seed-robust network score: max |z| over the stable networks, else the unresolved-subspace energy."],
   ["paper", "paper: the authors' rule", "Any |z| above the threshold in one FastICA run's maps (no unresolved-subspace energy)."],
+  ["flap", "FLAP", "FLAP: input variance times the squared norm of the neuron's down-projection column, ranked across layers. Chosen networks are kept whatever the method. The previous default."],
   ["random", "random (baseline)", "Uniformly random neurons (seeded), in the method's own per-layer allocation."],
   ["magnitude", "magnitude (baseline)", "The L2 norm of each neuron's weights."],
   ["wanda-sp", "Wanda-SP (baseline)", "Structured Wanda: sum of |W_down| times the neuron's input norm."],
@@ -318,7 +319,9 @@ export async function render(root, { id }, ctx) {
   const describeOptions = () => {
     methodHelp.textContent = METHODS.find(([v]) => v === method.value)[2];
     repairHelp.textContent = REPAIRS.find(([v]) => v === repair.value)[2];
-    sequential.disabled = repair.value !== "lstsq";
+    // the API refuses sequential with another repair, and with obs (its selection and repair are one fit)
+    sequential.disabled = repair.value !== "lstsq" || method.value === "obs";
+    sequential.title = method.value === "obs" ? "not with obs: its selection and repair are one fit on the dense layer's calibration moments" : "";
     if (sequential.disabled) sequential.checked = false;
   };
   method.addEventListener("change", describeOptions);
@@ -368,7 +371,7 @@ export async function render(root, { id }, ctx) {
       methodHelp,
       el("label", { for: "opt-repair" }, "Repair of the pruned layers ", repair),
       repairHelp,
-      el("label.check", { for: "opt-sequential" }, sequential, el("span", "sequential: calibrate each layer's least-squares fit on the model whose lower layers are already pruned and repaired ", el("span.muted.small", { text: "(one calibration pass per pruned layer: slower; only with least squares)" }))),
+      el("label.check", { for: "opt-sequential" }, sequential, el("span", "sequential: calibrate each layer's least-squares fit on the model whose lower layers are already pruned and repaired ", el("span.muted.small", { text: "(one calibration pass per pruned layer: slower; only with least squares, not with obs)" }))),
       el("div.inline-row", el("label.check", { for: "opt-heads" }, heads, " also prune attention heads: remove a fraction"), headsFraction, el("span.muted.small", { text: "of the KV head groups of each unprotected layer (LLaMA-style attention)" })),
       el("label.check", { for: "opt-evaluate" }, evaluate, " evaluate: perplexity, speed, generations and network fidelity of dense and pruned models, and the pruning without repair ", el("span.muted.small", { text: "(slower)" }))),
     el("fieldset.baselines", el("legend", { text: "Compare with baselines at the same ratio (the chosen networks' key neurons are kept for them too)" }), el("div.checks", baselineBoxes)),

@@ -1,0 +1,82 @@
+"""Which method and how much calibration text for the default recipe? (BENCHMARKS.md §3b)
+
+    python bench/bench_default_choice.py --split validation     # choose here
+    python bench/bench_default_choice.py --split test           # report here
+
+Candidates are ``method:calibration documents`` (x 512 tokens), each with the least-squares repair
+(for ``obs`` its selection is that fit). The same evaluation documents for every candidate, so the
+comparison is paired: the validation split is ``split_validation(docs, 120)`` (index % 10 == 5,
+disjoint from every calibration set tried and from the held-out documents), the test split is the
+first 20 held-out documents (index % 10 == 0) of §3b. Each document is scored alone on its first
+512 tokens. Prints (and writes to ``bench/results/default_choice_<split>.json``) the perplexity of
+every candidate and ratio and the paired bootstrap ratio of each candidate to the first one.
+
+The rule, written before the validation run: the default is the candidate with the lowest
+validation perplexity at both 0.2 and 0.3 whose paired interval against the first candidate (the
+previous default, flap:40) lies below 1 at both; otherwise the previous default stays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--split", choices=("validation", "test"), default="validation")
+    parser.add_argument("--candidates", default="flap:40,flap:120,obs:40,obs:120")
+    parser.add_argument("--ratios", default="0.2,0.3")
+    parser.add_argument("--docs", type=int, default=None, help="evaluation documents (10 validation / 20 test)")
+    args = parser.parse_args()
+    candidates = [(c.split(":")[0], int(c.split(":")[1])) for c in args.candidates.split(",")]
+    ratios = [float(r) for r in args.ratios.split(",")]
+
+    from fnprune.compare import paired_ratio
+    from fnprune.corpus import load_corpus, split_heldout, split_validation
+    from fnprune.evaluate import per_document_perplexity
+    from fnprune.models import load_model
+    from fnprune.recipe import Calibration, PruningSpec, prune_with_networks
+
+    model, tok = load_model("smollm2-135m")
+    docs = load_corpus("brown")
+    calib = split_heldout(docs)[0]
+    if args.split == "validation":
+        evaluation = split_validation(docs, max(n for _, n in candidates))[:args.docs or 10]
+    else:
+        evaluation = split_heldout(docs)[1][:args.docs or 20]
+    dense = per_document_perplexity(model, tok, evaluation, window=512, keep_units=True)
+    print(f"{args.split}: {len(evaluation)} documents, dense PPL {dense['ppl']:.2f}", flush=True)
+    calibrations = {}
+    res, rows = {}, []
+    for method, n in candidates:
+        if n not in calibrations:  # every moment any candidate needs, in one pass per size
+            calibrations[n] = Calibration(tok, calib[:n], 512)
+            t0 = time.perf_counter()
+            calibrations[n].down_stats(model, second_moments=True, weighted=True)
+            print(f"calibration on {n} docs: {time.perf_counter() - t0:.0f} s", flush=True)
+        for ratio in ratios:
+            pruned = copy.deepcopy(model)
+            t0 = time.perf_counter()
+            prune_with_networks(pruned, None, PruningSpec(method=method, target_ratio=ratio, repair="lstsq"),
+                                calibrations[n])
+            seconds = time.perf_counter() - t0
+            res[method, n, ratio] = r = per_document_perplexity(pruned, tok, evaluation, window=512, keep_units=True)
+            pair = paired_ratio(r, res[(*candidates[0], ratio)])
+            rows.append({"method": method, "calib_docs": n, "ratio": ratio, "ppl": r["ppl"],
+                         "x_dense": r["ppl"] / dense["ppl"], "paired_vs_first": pair, "prune_s": seconds})
+            print(f"{method} on {n} docs, ratio {ratio}: PPL {r['ppl']:.2f} ({r['ppl'] / dense['ppl']:.3f}x dense), "
+                  f"paired vs {candidates[0][0]}:{candidates[0][1]} {pair['ratio']:.3f} "
+                  f"[{pair['low']:.3f}, {pair['high']:.3f}], pruning {seconds:.1f} s", flush=True)
+            del pruned
+    out = Path("bench/results") / f"default_choice_{args.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"split": args.split, "n_docs": len(evaluation), "dense_ppl": dense["ppl"],
+                               "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
