@@ -228,12 +228,14 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
              "removed_mlp_fraction": 0.0, "widths": [a.width for a in find_mlps(model)],
              "ppl": {name: score(model) for name, score in scorers.items()}}]
     jobs = _jobs(methods, ratios, repairs, fn is not None, controls)
-    for i, (ratio, method, allocation, repair) in enumerate(jobs):
+    specs = [PruningSpec(method=method, target_ratio=ratio, networks=None if networks is None else tuple(networks),
+                         allocation=allocation, repair="lstsq" if repair == "sequential" else repair,
+                         sequential=repair == "sequential", seed=seed,
+                         protected_layers=None if protected_layers is None else tuple(protected_layers))
+             for ratio, method, allocation, repair in jobs]
+    calibration.prepare(model, specs, progress)  # one pass for every row's statistics
+    for i, ((ratio, method, allocation, repair), spec) in enumerate(zip(jobs, specs, strict=True)):
         report(progress, "compare", i / len(jobs), f"{method} ({allocation}, {repair}) at {ratio:.0%}")
-        spec = PruningSpec(method=method, target_ratio=ratio, networks=None if networks is None else tuple(networks),
-                           allocation=allocation, repair="lstsq" if repair == "sequential" else repair,
-                           sequential=repair == "sequential", seed=seed,
-                           protected_layers=None if protected_layers is None else tuple(protected_layers))
         rows.append(_run_job(model, tokenizer, fn if method != "paper" else paper_fn, fn, spec, calibration,
                              scorers, fidelity_ids, fidelity_docs, max_tokens, batch_size))
     report(progress, "compare", 1.0, "done")

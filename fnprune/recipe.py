@@ -192,6 +192,13 @@ class Calibration:
     _attention: object = field(default=None, repr=False)
     _obs: dict = field(default_factory=dict, repr=False)
 
+    def prepare(self, model: nn.Module, specs: Sequence[PruningSpec], progress=None) -> None:
+        """Collect, in one pass, every statistic these specs will ask for (``compare`` prunes many)."""
+        needs = [_stats_needed(s) for s in specs]
+        if any(n for n, _, _ in needs):
+            self.down_stats(model, second_moments=any(s for _, s, _ in needs), progress=progress,
+                            weighted=any(w for _, _, w in needs))
+
     def obs_scores(self, model: nn.Module, forced: list[np.ndarray] | None, ridge: float) -> list[np.ndarray]:
         """:func:`fnprune.prune.obs_scores` on these statistics, computed once per (forced, ridge): the
         web app's "without repair" comparison and ``compare``'s rows reuse the greedy order."""
@@ -364,14 +371,13 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
     if fn is not None:
         check_networks_match(fn, model)
     dense = parameter_counts(model)
-    needs_stats = spec.method in ("fn-flap", "flap", "wanda-sp", "obs") or spec.repair != "none"
+    needs_stats, second_moments, weighted = _stats_needed(spec)
     if (needs_stats or spec.heads_fraction) and calibration is None:
         raise ConfigError(f"method {spec.method!r} with repair {spec.repair!r} needs calibration documents")
     stats = None
     if needs_stats:
-        stats = calibration.down_stats(model, second_moments=spec.repair == "lstsq" and not spec.sequential
-                                       and spec.method != "obs", progress=_renamed(progress, "calibrate"),
-                                       weighted=spec.method == "obs")
+        stats = calibration.down_stats(model, second_moments=second_moments, progress=_renamed(progress, "calibrate"),
+                                       weighted=weighted)
     report(progress, "select", 0.0, f"{spec.method}: choosing neurons")
     keep, protected, threshold = choose_keep(spec, model, fn, stats, chosen_from, calibration)
     owner = chosen_from if chosen_from is not None else fn
@@ -408,6 +414,13 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
                           total_params=after["total_params"], mlp_params=after["mlp_params"],
                           protected_layers=[int(x) for x in protected], chosen=chosen, layer_fits=fits,
                           threshold=threshold, kv_heads=kv_heads)
+
+
+def _stats_needed(spec: PruningSpec) -> tuple[bool, bool, bool]:
+    """(calibration statistics at all, plain second moments, residual-weighted moments) ``spec`` needs."""
+    needs = spec.method in ("fn-flap", "flap", "wanda-sp", "obs") or spec.repair != "none"
+    second = spec.repair == "lstsq" and not spec.sequential and spec.method != "obs"  # obs repairs with its own
+    return needs, second, spec.method == "obs"
 
 
 def _prune_sequential(model: nn.Module, keep: list[np.ndarray], calibration: Calibration, ridge: float,

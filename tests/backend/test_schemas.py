@@ -88,3 +88,8 @@ def test_pruning_methods_are_the_librarys_everywhere():
     assert set(re.findall(r'^\s*\["([a-z-]+)",', block, flags=re.M)) == set(METHODS)
     recommended = re.findall(r'^\s*\["([a-z-]+)", "[^"]*\(recommended\)', block, flags=re.M)
     assert recommended == [DEFAULT_METHOD]
+    from backend.app.services.prunings import MIN_CALIBRATION
+    from fnprune.recipe import DEFAULT_CALIBRATION_DOCS
+
+    assert re.search(r"const CALIBRATION_DOCS = (\d+);", js).group(1) == str(DEFAULT_CALIBRATION_DOCS)
+    assert MIN_CALIBRATION[0] == DEFAULT_CALIBRATION_DOCS

@@ -181,6 +181,21 @@ def test_compare_with_chosen_networks_keeps_them_in_every_row(tmp_path):
         assert [f["id"] for f in r["fidelity"]] == chosen
 
 
+def test_compare_calibrates_once_for_every_row(tmp_path, monkeypatch):
+    """obs (residual-weighted moments) and FLAP + lstsq (plain second moments) share one calibration pass."""
+    import fnprune.recipe as recipe
+
+    calls = []
+    real = recipe.collect_down_input_stats
+    monkeypatch.setattr(recipe, "collect_down_input_stats", lambda *a, **k: calls.append(k) or real(*a, **k))
+    model, tok = tiny_model("llama", n_layers=4, width=48), tokenizer()
+    result = compare("tiny", "test", [0.05, 0.1], ["obs", "flap"], None, model=model, tokenizer=tok,
+                     docs=documents(30), fn=_fake_fn(model), protected_layers=[0], max_tokens=64, windows=(32,),
+                     repairs="native,lstsq", fidelity=None, n_calib=10)
+    assert [r["method"] for r in result["rows"][1:] if "error" not in r] == ["obs", "obs", "flap", "flap"] * 2
+    assert len(calls) == 1 and calls[0]["second_moments"] and calls[0]["weighted"]
+
+
 def test_compare_rejects_bad_arguments(tmp_path):
     model, tok = tiny_model("llama"), tokenizer()
     with pytest.raises(ConfigError, match="target ratio"):
