@@ -607,14 +607,16 @@ def test_select_networks_are_constraints(server, page, pruned):
     expect(page.locator("#opt-sequential")).to_be_enabled()
     page.locator("#opt-method").select_option("obs")
     expect(page.locator("#opt-sequential")).to_be_disabled()
-    # the calibration field shows what the API will use (the analysis' own number, at least 120 documents)
-    expect(page.locator("#opt-calib-docs")).to_have_value("120")
+    # after a quick analysis (6 texts) the calibration field proposes 40 documents and says why; the API's own
+    # default (at least 120) is what a request without the field gets
+    expect(page.locator("#opt-calib-docs")).to_have_value("40")
+    expect(page.locator("#calib-help")).to_contain_text("quick analysis (6 texts)")
     assert_fits_viewport(page, "select (no constraint)")
     page.get_by_role("button", name="Prune the model").click()
     expect(page.get_by_role("alert")).to_contain_text("test: not started")
     assert prunings[-1]["networks"] is None and prunings[-1]["repair"] == "lstsq" and "bias" not in prunings[-1]
     assert prunings[-1]["sequential"] is False and prunings[-1]["method"] == "obs"
-    assert "calibration_texts" not in prunings[-1]  # the default is left to the API
+    assert prunings[-1]["calibration_texts"] == 40
 
     # one network checked: every one of its key neurons is forced in, per network and per layer
     _, one = _api(server, f"/api/analyses/{analysis_id}/preview", {"networks": [chosen], "target_ratio": 0.2})

@@ -21,6 +21,10 @@ const METHODS = [
   ["wanda-sp", "Wanda-SP (baseline)", "Structured Wanda: sum of |W_down| times the neuron's input norm."],
 ];
 const CALIBRATION_DOCS = 120; // fnprune.recipe.DEFAULT_CALIBRATION_DOCS
+// An analysis of fewer texts than the CLI's default (40, e.g. the Quick demo) is a quick one: its pruning
+// form proposes QUICK_CALIBRATION_DOCS to stay within the quick demo's 5 minutes (BENCHMARKS.md §9).
+const QUICK_ANALYSIS_TEXTS = 40;
+const QUICK_CALIBRATION_DOCS = 40;
 
 const REPAIRS = [
   ["lstsq", "least squares (recommended)", "Re-fit each pruned layer's down projection (kept columns) and its bias by least squares to the dense layer's output on the calibration tokens."],
@@ -334,8 +338,12 @@ export async function render(root, { id }, ctx) {
   heads.addEventListener("change", () => (headsFraction.disabled = !heads.checked));
   const evaluate = el("input#opt-evaluate", { type: "checkbox", checked: true });
   // The pruning's calibration documents (x 512 tokens): the API's default is the analysis' number but at
-  // least CALIBRATION_DOCS (fnprune.recipe.DEFAULT_CALIBRATION_DOCS); the field shows it and sends a change.
-  const defaultCalib = Math.max(job.params?.n_texts ?? 0, CALIBRATION_DOCS);
+  // least CALIBRATION_DOCS (fnprune.recipe.DEFAULT_CALIBRATION_DOCS); the field proposes that, or
+  // QUICK_CALIBRATION_DOCS after a quick analysis, and sends whatever differs from the API's default.
+  const analysisTexts = job.params?.n_texts ?? 0;
+  const apiCalib = Math.max(analysisTexts, CALIBRATION_DOCS);
+  const quickAnalysis = analysisTexts < QUICK_ANALYSIS_TEXTS;
+  const defaultCalib = quickAnalysis ? QUICK_CALIBRATION_DOCS : apiCalib;
   const calibDocs = el("input#opt-calib-docs", { type: "number", min: "1", max: "5000", step: "1", value: String(defaultCalib), "aria-describedby": "calib-help" });
   const baselineBoxes = BASELINES.map(([value, label]) => el("label.check", el("input", { type: "checkbox", name: "baseline", value }), ` ${label}`));
   const startButton = el("button.btn.btn-primary#start-pruning", { type: "button", text: "Prune the model", "aria-describedby": "prune-blocked" });
@@ -364,7 +372,7 @@ export async function render(root, { id }, ctx) {
       showError(new Error("Calibration documents: a whole number from 1 to 5000"));
       return;
     }
-    if (nCalib !== defaultCalib) payload.calibration_texts = nCalib;
+    if (nCalib !== apiCalib) payload.calibration_texts = nCalib;
     startButton.disabled = true;
     try {
       const pj = await api("/api/prunings", { method: "POST", body: payload });
@@ -385,7 +393,9 @@ export async function render(root, { id }, ctx) {
       repairHelp,
       el("label.check", { for: "opt-sequential" }, sequential, el("span", "sequential: calibrate each layer's least-squares fit on the model whose lower layers are already pruned and repaired ", el("span.muted.small", { text: "(one calibration pass per pruned layer: slower; only with least squares, not with obs)" }))),
       el("div.inline-row", el("label.check", { for: "opt-heads" }, heads, " also prune attention heads: remove a fraction"), headsFraction, el("span.muted.small", { text: "of the KV head groups of each unprotected layer (LLaMA-style attention)" })),
-      el("div.inline-row", el("label", { for: "opt-calib-docs" }, "Calibration documents "), calibDocs, el("span.muted.small#calib-help", { text: `× ${Math.max(job.params?.max_tokens ?? 0, 512)} tokens of the analysis' corpus, for the scores and the repair (default ${defaultCalib}: the analysis' own number, at least ${CALIBRATION_DOCS}; fewer is faster and worse)` })),
+      el("div.inline-row", el("label", { for: "opt-calib-docs" }, "Calibration documents "), calibDocs, el("span.muted.small#calib-help", { text: `× ${Math.max(job.params?.max_tokens ?? 0, 512)} tokens of the analysis' corpus, for the scores and the repair. ` + (quickAnalysis
+        ? `A quick analysis (${analysisTexts} texts): ${QUICK_CALIBRATION_DOCS} to stay quick; the library's default of ${CALIBRATION_DOCS} gives a better pruned model and takes about 1.5 minutes more on 2 cores.`
+        : `Default ${apiCalib}: the analysis' own number, at least ${CALIBRATION_DOCS}; fewer is faster and worse.`) })),
       el("label.check", { for: "opt-evaluate" }, evaluate, " evaluate: perplexity, speed, generations and network fidelity of dense and pruned models, and the pruning without repair ", el("span.muted.small", { text: "(slower)" }))),
     el("fieldset.baselines", el("legend", { text: "Compare with baselines at the same ratio (the chosen networks' key neurons are kept for them too)" }), el("div.checks", baselineBoxes)),
     el("div.actions", startButton, blockedNote),
