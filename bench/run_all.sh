@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark quoted in BENCHMARKS.md, in order (about 1.5 h on a 2-core CPU). Outputs in $OUT.
+# Every benchmark quoted in BENCHMARKS.md, in order (about 2.5 h on a 2-core CPU). Outputs in $OUT.
 # Needs the default model and the Brown corpus (make setup). Usage: bash bench/run_all.sh [OUT]
 set -euo pipefail
 OUT="${1:-bench/results}"
@@ -29,6 +29,10 @@ $T "$PY" bench/bench_recipe.py "$OUT/recipe" > "$OUT/recipe.log" 2>&1
 "$PY" bench/recipe_tables.py "$OUT/recipe" > "$OUT/recipe_tables.md"
 "$PY" bench/bench_repair_cost.py > "$OUT/repair_cost.json" 2> "$OUT/repair_cost.log"
 "$PY" bench/bench_recipe.py "$OUT/recipe32" --stages analysis,unconstrained,chosen > "$OUT/recipe32.log" 2>&1
+# 3b. this round's default: chosen on validation (obs, 120 calibration documents), then held-out + chosen networks
+"$PY" bench/bench_default_choice.py --split validation --candidates flap:40,flap:120,obs:120 > "$OUT/default_choice.log" 2>&1
+"$PY" bench/bench_recipe.py "$OUT/recipe32" --stages default-test,default-chosen > "$OUT/recipe32_default.log" 2>&1
+"$PY" bench/recipe_tables.py "$OUT/recipe32" > "$OUT/recipe32_tables.md"
 # 4. the map endpoint and the browser on that analysis
 "$PY" bench/bench_api.py "$OUT/run_seed0" --json "$OUT/api.json" > "$OUT/api.log" 2>&1
 "$PY" bench/bench_frontend.py --run-dir "$OUT/run_seed0" --json "$OUT/frontend.json" > "$OUT/frontend.log" 2>&1
