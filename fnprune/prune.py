@@ -238,15 +238,15 @@ def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int 
             xd = x.double()
             sums[layer] += xd.sum(0).cpu()
             sumsq[layer] += (xd * xd).sum(0).cpu()
+            xf = x.float() if layer in grams or layer in wgrams else None
             if layer in grams:
-                xf = x.float()
                 grams[layer] += (xf.T @ xf).double().cpu()  # (I, I)
             if layer in wgrams:
                 w = state["weights"].pop(layer)[real]  # (real tokens,)
-                xf = x.float()
                 wgrams[layer] += ((xf * w[:, None]).T @ xf).double().cpu()
-                wsums[layer] += (xd * w.double()[:, None]).sum(0).cpu()
-                wtotal[layer] += float(w.double().sum())
+                wd = w.double()
+                wsums[layer] += (wd @ xd).cpu()  # Σ_t w_t x_t
+                wtotal[layer] += float(wd.sum())
             if layer == last and layers is not None:
                 raise _StopForward
         return sink

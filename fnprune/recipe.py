@@ -196,7 +196,7 @@ class Calibration:
         """Collect, in one pass, every statistic these specs will ask for (``compare`` prunes many)."""
         needs = [_stats_needed(s) for s in specs]
         if any(n for n, _, _ in needs):
-            self.down_stats(model, second_moments=any(s for _, s, _ in needs), progress=progress,
+            self.down_stats(model, second_moments=any(s for _, s, _ in needs), progress=_renamed(progress, "calibrate"),
                             weighted=any(w for _, _, w in needs))
 
     def obs_scores(self, model: nn.Module, forced: list[np.ndarray] | None, ridge: float) -> list[np.ndarray]:

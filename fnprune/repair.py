@@ -53,6 +53,11 @@ def _augmented_moment(second_moment: torch.Tensor, mean: torch.Tensor) -> torch.
     return g
 
 
+def _dense_map_on_z(W: torch.Tensor) -> torch.Tensor:
+    """``down``'s ``(hidden, I)`` map as one on ``z = [x; 1]``: ``[W 0]`` ``(hidden, I+1)`` (no bias)."""
+    return torch.cat([W, torch.zeros((W.shape[0], 1), dtype=W.dtype)], dim=1)
+
+
 @dataclass
 class LayerFit:
     """A re-fitted layer: new kept columns, bias delta and the calibration output errors.
@@ -85,13 +90,13 @@ def refit_down(adapter: MLPAdapter, keep_idx: torch.Tensor, second_moment: torch
     diag = torch.diagonal(M)[:n_k]
     lam = float(ridge) * float(diag.mean()) if n_k else 0.0
     M[range(n_k), range(n_k)] += lam
-    C = torch.cat([W, torch.zeros((W.shape[0], 1), dtype=torch.float64)], dim=1) @ G[:, Kz]  # (hidden, |K|+1)
+    Wz = _dense_map_on_z(W)                                             # dense map on z
+    C = Wz @ G[:, Kz]                                                   # (hidden, |K|+1)
     # M is symmetric positive definite (ridge); solve M Xᵀ = Cᵀ
     L, info = torch.linalg.cholesky_ex(M)
     sol = torch.cholesky_solve(C.T.contiguous(), L).T if int(info) == 0 else torch.linalg.lstsq(M, C.T).solution.T
     new_w, bias = sol[:, :n_k], sol[:, n_k]
 
-    Wz = torch.cat([W, torch.zeros((W.shape[0], 1), dtype=torch.float64)], dim=1)  # dense map on z
     ref = float(torch.einsum("hi,ij,hj->", Wz, G, Wz))
 
     def error(cols: torch.Tensor, b: torch.Tensor) -> float:
@@ -130,7 +135,7 @@ def obs_removal_order(weight: torch.Tensor, second_moment: torch.Tensor, mean: t
     lam = lam if lam > 0 else 1e-12 * max(float(torch.diagonal(S).max()), 1.0)  # keep H invertible
     G[range(n), range(n)] += lam
     Hinv = torch.linalg.inv(G)
-    Wz = torch.cat([W, torch.zeros((W.shape[0], 1), dtype=torch.float64)], dim=1)
+    Wz = _dense_map_on_z(W)
     forced_z = torch.zeros(n + 1, dtype=torch.bool)
     if forced is not None:
         forced_z[:n] = torch.as_tensor(np.asarray(forced, dtype=bool))
