@@ -18,9 +18,32 @@ def networks():
     return analyze(model, tok, load_corpus("pydoc")[:6], n_components=6, max_tokens=96, n_init=3, random_state=0)
 
 
+@pytest.fixture(scope="module")
+def planted(networks):
+    """The analysis with what the tests must see planted, whatever the CPU made of the real one (on
+    some CPUs every component of this tiny analysis is stable, so it has no unresolved energy): in
+    every layer components 0-2 stable and 3-5 unstable, component 0 with |z| = 5 on ten neurons, and
+    unresolved energy 0-4 on every third neuron (the rest 0), so networks and unresolved energy each
+    decide some key neurons at every threshold tested."""
+    fn = copy.copy(networks)
+    fn.stable = networks.component_index % 6 < 3
+    fn.maps = networks.maps.copy()
+    fn.maps[networks.component_index == 0, 0, 0, 1:31:3] = 5.0
+    fn._absmax = np.abs(fn.maps).max(axis=2)
+    rng = np.random.default_rng(0)
+    energy = np.zeros_like(networks.unit_unresolved)
+    energy[..., ::3] = rng.uniform(0, 4, energy[..., ::3].shape)
+    fn.unit_unresolved = energy.astype(np.float16).astype(np.float32)   # as stored in a run directory
+    return fn
+
+
 @pytest.mark.parametrize("threshold", [1.0, 2.0, 3.0])
-def test_key_source_partitions_the_key_neurons(networks, threshold):
+@pytest.mark.parametrize("which", ["analysed", "planted"])
+def test_key_source_partitions_the_key_neurons(networks, planted, which, threshold):
+    networks = planted if which == "planted" else networks
     source = networks.key_source(threshold)
+    if which == "planted":  # the test means something: both sources decide some neurons
+        assert (source == KEY_NETWORK).any() and (source == KEY_UNRESOLVED).any()
     assert source.shape == (networks.n_layers, networks.width) and source.dtype == np.int8
     np.testing.assert_array_equal(source > 0, networks.neuron_scores().astype(np.float64) > threshold)
     for layer in networks.layers:
@@ -62,12 +85,16 @@ def test_unit_stability_in_the_info_and_round_trip(networks, tmp_path):
     np.testing.assert_array_equal(loaded.key_source(2.0), networks.key_source(2.0))
 
 
-def test_run_dirs_with_the_former_key_name_still_load(networks, tmp_path):
-    run = networks.save(tmp_path / "old")
+def test_run_dirs_with_the_former_key_name_still_load(planted, tmp_path):
+    run = planted.save(tmp_path / "old")
     arrays = {k: np.asarray(v) for k, v in read_safetensors(run / "networks.safetensors").items()}
     arrays["unit_residual"] = arrays.pop("unit_unresolved_energy")
     write_safetensors(run / "networks.safetensors", arrays)
     loaded = FunctionalNetworks.load(run)
-    assert np.abs(networks.unit_unresolved).max() > 0        # the test means something
-    np.testing.assert_array_equal(loaded.unit_unresolved, networks.unit_unresolved)
-    np.testing.assert_array_equal(loaded.neuron_scores(), networks.neuron_scores())
+    np.testing.assert_array_equal(loaded.unit_unresolved, planted.unit_unresolved)
+    np.testing.assert_array_equal(loaded.stable, planted.stable)
+    np.testing.assert_array_equal(loaded.neuron_scores(), planted.neuron_scores())
+    # the renamed array matters: without it the scores differ
+    without = copy.copy(planted)
+    without.unit_unresolved = np.zeros_like(planted.unit_unresolved)
+    assert not np.array_equal(without.neuron_scores(), planted.neuron_scores())
