@@ -1,0 +1,101 @@
+"""Layer-streamed calibration: the same statistics as the all-at-once pass, one layer's alive at a time,
+on the device where each layer computes (accelerate dispatch with disk offload), and the sequential
+mode sees the pruned layers below."""
+
+import numpy as np
+import pytest
+import torch
+
+from fnprune.corpus import load_corpus
+from fnprune.layerwise import LayerStream, live_moments, streamed_layer_moments
+from fnprune.mlp import find_mlps
+from fnprune.models import load_model
+from fnprune.prune import collect_down_input_stats, prune_model
+
+
+@pytest.fixture()
+def tiny():
+    return load_model("tiny-llama", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return load_corpus("pydoc")[:6]
+
+
+def _reference(model, tok, docs, **kw):
+    return collect_down_input_stats(model, tok, docs, 96, 2, second_moments=True, weighted=True, **kw)
+
+
+def test_streamed_moments_equal_the_all_at_once_pass_with_one_layer_alive(tiny, docs):
+    model, tok = tiny
+    ref = _reference(model, tok, docs)
+    seen, alive = [], []
+    for adapter, m in streamed_layer_moments(model, tok, docs, max_tokens=96, batch_size=2, plain=True, weighted=True):
+        layer = adapter.layer
+        seen.append(layer)
+        alive.append(live_moments())
+        assert m.n == ref.n_tokens
+        for got, want in ((m.mean, ref.mean[layer]), (m.var, ref.var[layer]), (m.l2, ref.l2[layer]),
+                          (m.second_moment, ref.second_moment[layer]),
+                          (m.weighted_second_moment, ref.weighted_second_moment[layer]),
+                          (m.weighted_mean, ref.weighted_mean[layer])):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert m.weight_mean == pytest.approx(ref.weight_mean[layer], rel=1e-12)
+    assert seen == list(range(len(find_mlps(model))))
+    assert alive == [1] * len(seen)           # never two layers' (I, I) moments at once
+    assert live_moments() == 0                # and none after the pass
+
+
+def test_the_model_is_unchanged_after_recording(tiny, docs):
+    model, tok = tiny
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    before = model(input_ids=ids).logits
+    LayerStream(model, tok, docs[:2], 32, 2)
+    assert all("forward" not in layer.__dict__ for layer in model.model.layers)
+    torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=0, atol=0)
+
+
+def test_layers_run_in_order_only(tiny, docs):
+    model, tok = tiny
+    stream = LayerStream(model, tok, docs[:2], 32, 2)
+    with pytest.raises(RuntimeError, match="expected layer 0, got 1"):
+        stream.run(1)
+
+
+def test_sequential_mode_calibrates_each_layer_on_the_pruned_layers_below(tiny, docs):
+    model, tok = tiny
+    pruned_copy, _ = load_model("tiny-llama", device="cpu")
+    keep0 = np.arange(0, 64, 2)
+    layers = []
+    for adapter, m in streamed_layer_moments(model, tok, docs, max_tokens=96, batch_size=2, plain=True,
+                                             sequential=True):
+        layers.append(adapter.layer)
+        if adapter.layer == 0:  # prune layer 0 in place; the stream must carry the pruned outputs on
+            keep = [keep0] + [np.arange(a.width) for a in find_mlps(model)[1:]]
+            prune_model(model, keep)
+            prune_model(pruned_copy, keep)
+        if adapter.layer == 1:
+            ref = collect_down_input_stats(pruned_copy, tok, docs, 96, 2, second_moments=True, layers=[1])
+            torch.testing.assert_close(m.second_moment, ref.second_moment[1], rtol=1e-12, atol=1e-12)
+            dense, _ = load_model("tiny-llama", device="cpu")
+            dense_ref = collect_down_input_stats(dense, tok, docs, 96, 2, second_moments=True, layers=[1])
+            assert not torch.allclose(m.second_moment, dense_ref.second_moment[1])   # the test means something
+    assert layers == [0, 1, 2, 3]
+
+
+def test_accelerate_dispatch_with_disk_offload(tiny, docs, tmp_path):
+    """Odd layers' weights rest on disk (the meta device) until accelerate loads them to compute: the
+    statistics are made where the layer computes and equal those of the undispatched model."""
+    import accelerate
+    model, tok = tiny
+    ref = _reference(model, tok, docs)
+    device_map = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    device_map |= {f"model.layers.{i}": "cpu" if i % 2 == 0 else "disk" for i in range(len(model.model.layers))}
+    model = accelerate.dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path))
+    assert model.model.layers[1].mlp.down_proj.weight.device.type == "meta"
+    for adapter, m in streamed_layer_moments(model, tok, docs, max_tokens=96, batch_size=2, plain=True, weighted=True):
+        assert m.device.type == "cpu"
+        torch.testing.assert_close(m.second_moment, ref.second_moment[adapter.layer], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(m.weighted_second_moment, ref.weighted_second_moment[adapter.layer],
+                                   rtol=1e-12, atol=1e-12)
