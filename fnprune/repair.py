@@ -1,39 +1,78 @@
-"""Repair of a pruned MLP layer: re-fit ``down`` on the kept neurons by least squares.
+"""Repair of a pruned MLP layer and the structured-OBS order of its neurons: one objective.
 
-After a layer's kept neurons ``K`` are chosen, its output ``y = W x (+ b0)`` (``W``: ``down``'s
-weight ``(hidden, I)``, ``x``: ``down``'s input over calibration tokens) is re-fitted from the kept
-inputs alone::
+A layer's output is ``y = W x (+ b0)`` (``W``: ``down``'s weight ``(hidden, I)``, ``x``: ``down``'s
+input over calibration tokens). Keeping only the neurons ``K``, its ``down`` is re-fitted on them by
+ridge least squares, the ridge pulling the new columns toward the dense ones::
 
-    min over W', b   E_t || W x_t - W' x_t[K] - b ||²  +  λ ||W'||²_F
+    F(K) = min over W', b   E_t || W x_t - W' x_t[K] - b ||²  +  λ || Ŵ - W ||²_F
 
-which has the closed form ``[W' b] = W [Σ[:, K]  μ] · [[Σ[K, K] + λ I, μ[K]], [μ[K]ᵀ, 1]]⁻¹`` from the
-calibration second moment ``Σ = E[x xᵀ]`` and mean ``μ = E[x]`` (float64; ``λ`` = ``ridge`` × the
-mean of ``diag Σ[K, K]``; the bias is not penalised). FLAP's bias compensation is the special case
-that keeps ``W' = W[:, K]`` and sets ``b = W[:, pruned] μ[pruned]``; this is the full layer-wise
-reconstruction of SlimGPT/ZipLM-style pruners (METHOD §2, "Repair").
+with ``Ŵ`` the pruned ``(hidden, I)`` weight (``W'`` on ``K``, zero elsewhere; the bias is not
+penalised), so ``λ||Ŵ - W||²_F = λ||W' - W[:, K]||²_F + λ||W[:, pruned]||²_F`` -- the second term
+does not depend on ``W'``, so the fitted weights are those of the ridge pulled toward ``W[:, K]``,
+and ``F(all) = 0``. ``λ`` = ``ridge`` × the mean of ``diag Σ`` over **all** ``I`` neurons, whatever
+``K`` is; ``ridge = 0`` is the plain least squares (and an error where the kept moments are
+singular). With ``z = [x; 1]``, ``G = E[z zᵀ]`` (built from ``Σ = E[x xᵀ]`` and ``μ = E[x]``) and
+``H = G + λ diag(1, …, 1, 0)``, the fit has the closed form ``[W' b] = W H[:I, K+] H[K+, K+]⁻¹``
+(``K+``: ``K`` and the bias column) and ``F(K) = tr(Wz (H - H[:, K+] H[K+, K+]⁻¹ H[K+, :]) Wzᵀ)``,
+``Wz = [W 0]``. The moments may use any token weighting (``obs`` uses the residual-weighted ones),
+as long as ``Σ`` and ``μ`` use the same. FLAP's bias compensation is the special case that keeps
+``W' = W[:, K]`` and sets ``b = W[:, pruned] μ[pruned]``; this is the layer-wise reconstruction of
+SlimGPT/ZipLM-style pruners (METHOD §2, "Repair"). :func:`refit_down` computes it.
 
 Selection by the same objective (``obs``, ZipLM/SlimGPT-style structured Optimal Brain Surgeon):
-:func:`obs_removal_order` removes neurons greedily, each time the one whose removal -- with the
-other columns and the bias re-fitted as above -- raises that error least: with ``H⁻¹`` the inverse
-of the (ridged, augmented) second moment and ``W`` the current re-fitted map, removing ``j`` costs
-``‖W[:, j]‖² / H⁻¹[j, j]`` and updates ``W -= W[:, j] H⁻¹[j, :] / H⁻¹[j, j]`` (and ``H⁻¹`` likewise).
-Neurons are removed ``block`` at a time (the lowest costs, one joint update), which changes the
-order little and makes it ~10x faster on a CPU.
+:func:`obs_removal_order` removes neurons one at a time, each time the one whose removal raises
+``F`` least, and reports that rise exactly: with ``P = H[L, L]⁻¹`` over the live columns ``L`` and
+``V`` the current re-fitted map, removing ``j`` raises ``F`` by ``‖V[:, j]‖² / P[j, j]`` and updates
+``V -= V[:, j] P[j, :] / P[j, j]`` and ``P -= P[:, j] P[j, :] / P[j, j]``. So the greedy stopped at
+``K`` ends at ``F(K)`` (the sum of its costs), and :func:`refit_down` on ``K`` returns the weights it
+ends with -- greedy and repair share the objective, ridge included; the repair is recomputed from
+the moments rather than carried over, so that any kept set (another method's, a width the greedy
+was not stopped at) gets the same fit. Why the ridge pulls toward ``W`` (not toward zero): it is
+there to keep ``H`` invertible, not to shrink; toward zero it shrinks the columns of kept neurons
+with little calibration variance (which the calibration error barely constrains) for nothing, and
+the OBS update above is the fit with the pull toward ``W`` (``H`` in place of ``G``) by construction.
+
+Exactness and speed: every removal is chosen by its exact current cost -- the order is the
+one-at-a-time greedy's, whatever :data:`OBS_BLOCK` is -- but the ``(I+1)²`` updates are batched.
+Within a block, the two diagonals that set the costs (``diag P`` and ``diag Q``, ``Q = VᵀV``) get
+rank-1 updates from the removed neuron's current rows of ``P`` and ``Q`` (computed from the
+block-start matrices and the block's updates so far, ``O(I b)``); at the block's end ``P`` gets one
+rank-``b`` product and ``Q`` two. ``V`` itself is never formed. The block size changes the speed,
+not the order (beyond round-off ties). Removed rows and columns are zeroed and masked, and the
+matrices are cut to the live rows only once a quarter of them is dead (a few copies per layer).
+
+Numerics: Cholesky factorisations (``H``; the kept block in :func:`refit_down`), ``H⁻¹`` by
+``cholesky_solve``. ``P`` and ``Q`` are symmetric by construction: only their lower triangles are
+ever read (row ``j`` is read as ``X[j, :j]`` then ``X[j:, j]``), so the round-off of the updates
+cannot make them asymmetric (mirroring the matrices after each block cost more than the greedy
+itself on a CPU). A moment that is not positive definite to working precision (a failed Cholesky,
+or a pivot ``L[i, i]²`` below ``size · eps · max diag``) raises :class:`~fnprune.errors.ConfigError`
+naming the layer -- at ``ridge = 0`` too: nothing is added behind the user's back. ``P[k, k]`` is
+at least ``1/H[k, k]`` exactly: in the costs a smaller value (round-off) is raised to that floor
+(the cost is then its upper bound ``Q[k, k] · H[k, k]``); a removal whose pivot ``P[j, j]`` is below
+the floor by more than a relative ``√eps`` (``dtype``'s) stops the greedy with a
+:class:`~fnprune.errors.ConfigError` naming the layer (precision is lost: raise the ridge, use
+float64). ``Q[k, k] = ‖V[:, k]‖²`` is clamped at 0 in the costs. The maths runs on the moments'
+device (CPU or CUDA, one code path) in ``dtype``, float64 by default (moments and weights in
+another dtype are converted there).
 
 The functions here compute; :func:`fnprune.prune.prune_model` applies them.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .errors import ConfigError
 from .mlp import MLPAdapter, _is_conv1d
 
 DEFAULT_RIDGE = 1e-4  # chosen on validation documents (BENCHMARKS.md §3b)
-OBS_BLOCK = 16
+OBS_BLOCK = 16  # removals per batched update of H⁻¹ (speed only: the order is the one-at-a-time greedy's)
+_SHRINK_AT = 0.75  # the greedy's matrices are cut to the live rows once fewer than this share is live
 
 
 def down_weight_by_neuron(adapter: MLPAdapter) -> torch.Tensor:
@@ -42,10 +81,11 @@ def down_weight_by_neuron(adapter: MLPAdapter) -> torch.Tensor:
     return w.t() if _is_conv1d(adapter.down) else w
 
 
-def _augmented_moment(second_moment: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """``E[z zᵀ]`` of ``z = [x; 1]``: ``[[Σ, μ], [μᵀ, 1]]`` ``(I+1, I+1)``."""
+def _augmented_moment(second_moment: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype = torch.float64
+                      ) -> torch.Tensor:
+    """``E[z zᵀ]`` of ``z = [x; 1]``: ``[[Σ, μ], [μᵀ, 1]]`` ``(I+1, I+1)`` in ``dtype`` on ``Σ``'s device."""
     n = second_moment.shape[0]
-    g = torch.empty((n + 1, n + 1), dtype=torch.float64)
+    g = torch.empty((n + 1, n + 1), dtype=dtype, device=second_moment.device)
     g[:n, :n] = second_moment
     g[:n, n] = mean
     g[n, :n] = mean
@@ -55,21 +95,52 @@ def _augmented_moment(second_moment: torch.Tensor, mean: torch.Tensor) -> torch.
 
 def _dense_map_on_z(W: torch.Tensor) -> torch.Tensor:
     """``down``'s ``(hidden, I)`` map as one on ``z = [x; 1]``: ``[W 0]`` ``(hidden, I+1)`` (no bias)."""
-    return torch.cat([W, torch.zeros((W.shape[0], 1), dtype=W.dtype)], dim=1)
+    return torch.cat([W, W.new_zeros((W.shape[0], 1))], dim=1)
+
+
+def ridge_lambda(second_moment: torch.Tensor, ridge: float) -> float:
+    """``λ`` of the objective: ``ridge`` × the mean of ``diag Σ`` over all the layer's neurons."""
+    if not (math.isfinite(ridge) and ridge >= 0):
+        raise ConfigError(f"ridge must be a finite number ≥ 0, got {ridge!r}")
+    n = second_moment.shape[0]
+    return float(ridge) * float(torch.diagonal(second_moment).double().mean()) if n and ridge else 0.0
+
+
+def _where(layer: int | None) -> str:
+    return "" if layer is None else f"layer {layer}: "
+
+
+def _cholesky(M: torch.Tensor, layer: int | None, what: str) -> torch.Tensor:
+    """Lower Cholesky factor of the symmetric ``M``; :class:`ConfigError` naming ``layer`` when ``M``
+    is not positive definite to working precision (a failed factorisation, or a pivot ``L[i, i]²``
+    below ``size · eps · max diag M``)."""
+    if not bool(torch.isfinite(M).all()):
+        raise ConfigError(f"{_where(layer)}{what} has non-finite entries (NaN or inf activations in calibration?)")
+    L, info = torch.linalg.cholesky_ex(M)
+    scale = float(torch.diagonal(M).abs().max()) if M.numel() else 0.0
+    tiny = M.shape[0] * torch.finfo(M.dtype).eps * scale
+    if int(info) != 0 or not float(torch.diagonal(L).min()) ** 2 > tiny:
+        raise ConfigError(f"{_where(layer)}{what} is singular to working precision ({M.dtype}): the calibration "
+                          "moments do not determine the fit; use a ridge > 0 (or a larger one) or more calibration "
+                          "tokens")
+    return L
 
 
 @dataclass
 class LayerFit:
-    """A re-fitted layer: new kept columns, bias delta and the calibration output errors.
+    """A re-fitted layer: new kept columns, bias delta, the objective and the calibration output errors.
 
-    ``weight``: ``(hidden, |K|)`` float64 new ``down`` columns of the kept neurons; ``bias``:
-    ``(hidden,)`` float64 to add to ``down``'s bias. Errors are ``E||y_dense - y||² / E||y_dense||²``
-    on the calibration tokens (from the moments): ``error_pruned`` (kept columns, no bias),
-    ``error_bias`` (FLAP's mean bias), ``error_repaired`` (this fit).
+    ``weight``: ``(hidden, |K|)`` new ``down`` columns of the kept neurons; ``bias``: ``(hidden,)``
+    to add to ``down``'s bias (both in the fit's dtype, float64 by default, on the moments' device).
+    ``objective``: ``F(K)`` of the module docstring at this fit (moments' units), what
+    :func:`obs_removal_order`'s costs add up to. Errors are ``E||y_dense - y||² / E||y_dense||²`` on
+    the calibration tokens (from the moments, no ridge term): ``error_pruned`` (kept columns, no
+    bias), ``error_bias`` (FLAP's mean bias), ``error_repaired`` (this fit).
     """
 
     weight: torch.Tensor
     bias: torch.Tensor
+    objective: float
     error_pruned: float
     error_bias: float
     error_repaired: float
@@ -77,84 +148,166 @@ class LayerFit:
 
 @torch.no_grad()
 def refit_down(adapter: MLPAdapter, keep_idx: torch.Tensor, second_moment: torch.Tensor, mean: torch.Tensor,
-               ridge: float = DEFAULT_RIDGE) -> LayerFit:
-    """Least-squares ``down`` columns and bias for the kept neurons ``keep_idx`` of a dense layer."""
-    W = down_weight_by_neuron(adapter).detach().double().cpu()         # (hidden, I)
-    S = second_moment.double().cpu()                                    # (I, I)
-    mu = mean.double().cpu()                                            # (I,)
-    K = keep_idx.long().cpu()
+               ridge: float = DEFAULT_RIDGE, *, layer: int | None = None, dtype: torch.dtype = torch.float64
+               ) -> LayerFit:
+    """The ``down`` columns and bias minimising ``F(keep_idx)`` (module docstring) for a dense layer.
+
+    ``second_moment`` ``(I, I)`` and ``mean`` ``(I,)``: ``down``'s input moments; the maths runs on
+    their device in ``dtype``. ``layer`` (default ``adapter.layer`` where it has one) names the layer
+    in errors: a kept block that is singular at this ridge raises :class:`ConfigError`.
+    """
+    layer = getattr(adapter, "layer", None) if layer is None else layer
+    device = second_moment.device
+    W = down_weight_by_neuron(adapter).detach().to(device=device, dtype=dtype)    # (hidden, I)
+    n = W.shape[1]
+    lam = ridge_lambda(second_moment, ridge)
+    H = _augmented_moment(second_moment, mean.to(device), dtype)                   # G, then G + λ D: (I+1, I+1)
+    H.diagonal()[:n] += lam
+    K = keep_idx.to(device=device, dtype=torch.long)
     n_k = K.numel()
-    G = _augmented_moment(S, mu)                                        # (I+1, I+1)
-    Kz = torch.cat([K, torch.tensor([S.shape[0]])])                     # kept columns of z = [x; 1]
-    M = G[Kz][:, Kz].clone()                                            # (|K|+1, |K|+1)
-    diag = torch.diagonal(M)[:n_k]
-    lam = float(ridge) * float(diag.mean()) if n_k else 0.0
-    M[range(n_k), range(n_k)] += lam
-    Wz = _dense_map_on_z(W)                                             # dense map on z
-    C = Wz @ G[:, Kz]                                                   # (hidden, |K|+1)
-    # M is symmetric positive definite (ridge); solve M Xᵀ = Cᵀ
-    L, info = torch.linalg.cholesky_ex(M)
-    sol = torch.cholesky_solve(C.T.contiguous(), L).T if int(info) == 0 else torch.linalg.lstsq(M, C.T).solution.T
+    Kz = torch.cat([K, torch.tensor([n], device=device)])                          # kept columns of z = [x; 1]
+    M = H.index_select(0, Kz).index_select(1, Kz)                                  # (|K|+1, |K|+1)
+    L = _cholesky(M, layer, "the kept neurons' (ridged) second moment")
+    C = W @ H[:n].index_select(1, Kz)                                              # Wz H[:, K+]: (hidden, |K|+1)
+    sol = torch.cholesky_solve(C.T, L).T
     new_w, bias = sol[:, :n_k], sol[:, n_k]
 
-    ref = float(torch.einsum("hi,ij,hj->", Wz, G, Wz))
+    Wz = _dense_map_on_z(W)
 
-    def error(cols: torch.Tensor, b: torch.Tensor) -> float:
+    def residual(cols: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # Wz - [Ŵ b]: (hidden, I+1)
         A = Wz.clone()
         A[:, K] -= cols
-        A[:, -1] -= b
-        return float(torch.einsum("hi,ij,hj->", A, G, A)) / max(ref, 1e-300)
+        A[:, n] -= b
+        return A
 
-    pruned = torch.ones(S.shape[0], dtype=torch.bool)
+    def squared_error(A: torch.Tensor) -> float:  # E||A z||² = tr(A G Aᵀ), G = H - λ D
+        return float(torch.einsum("hi,ij,hj->", A, H, A)) - lam * float(A[:, :n].pow(2).sum())
+
+    ref = max(squared_error(Wz), 1e-300)
+    pruned = torch.ones(n, dtype=torch.bool, device=device)
     pruned[K] = False
-    flap_bias = W[:, pruned] @ mu[pruned]
-    zero = torch.zeros(W.shape[0], dtype=torch.float64)
-    return LayerFit(weight=new_w, bias=bias, error_pruned=error(W[:, K], zero),
-                    error_bias=error(W[:, K], flap_bias), error_repaired=error(new_w, bias))
+    flap_bias = W[:, pruned] @ mean.to(device=device, dtype=dtype)[pruned]
+    zero = W.new_zeros(W.shape[0])
+    fitted = residual(new_w, bias)
+    fitted_error = squared_error(fitted)
+    return LayerFit(weight=new_w, bias=bias, objective=fitted_error + lam * float(fitted[:, :n].pow(2).sum()),
+                    error_pruned=squared_error(residual(W[:, K], zero)) / ref,
+                    error_bias=squared_error(residual(W[:, K], flap_bias)) / ref, error_repaired=fitted_error / ref)
 
 
 @torch.no_grad()
 def obs_removal_order(weight: torch.Tensor, second_moment: torch.Tensor, mean: torch.Tensor,
                       forced: np.ndarray | None = None, ridge: float = DEFAULT_RIDGE, block: int = OBS_BLOCK,
-                      min_width: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy structured-OBS removal order of one layer's neurons and the cost of each removal.
+                      min_width: int = 1, *, layer: int | None = None, dtype: torch.dtype = torch.float64
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy structured-OBS removal order of one layer's neurons and the exact cost of each removal.
 
-    ``weight``: ``down``'s ``(hidden, I)`` weight; ``second_moment``/``mean``: its input's calibration
-    moments (any token weighting, as long as both use the same). ``forced``: bool ``(I,)`` of neurons
-    never removed. Removes until ``max(min_width, forced.sum())`` neurons are left.
+    ``weight``: ``down``'s ``(hidden, I)`` weight; ``second_moment`` ``(I, I)`` / ``mean`` ``(I,)``:
+    its input's calibration moments (any token weighting, as long as both use the same); the maths
+    runs on their device in ``dtype``. ``forced``: bool ``(I,)`` of neurons never removed. Removes
+    until ``max(min_width, forced.sum())`` neurons are left, each time the neuron whose removal
+    raises ``F`` (module docstring) least. ``block``: removals per batched update (speed only).
+    ``layer`` names the layer in errors.
 
-    Returns ``(order, cost)``: neuron indices in removal order and, for each, the rise of
-    ``E||y_dense - y||²`` (in the moments' units) its removal was estimated to cost when it was
-    removed (the costs of a block are their individual costs before the block's joint update).
+    Returns ``(order, cost)``: neuron indices in removal order and, for each, the exact rise of ``F``
+    (moments' units) its removal caused, so ``cost[:k].sum()`` is ``F`` of the neurons left after
+    ``k`` removals (what :func:`refit_down` on them reaches).
     """
-    W = weight.detach().double().cpu()
-    S = second_moment.double().cpu()
-    n = S.shape[0]
-    G = _augmented_moment(S, mean.double().cpu())
-    lam = float(ridge) * float(torch.diagonal(S).mean()) if n else 0.0
-    lam = lam if lam > 0 else 1e-12 * max(float(torch.diagonal(S).max()), 1.0)  # keep H invertible
-    G[range(n), range(n)] += lam
-    Hinv = torch.linalg.inv(G)
-    Wz = _dense_map_on_z(W)
-    forced_z = torch.zeros(n + 1, dtype=torch.bool)
+    if int(block) < 1:
+        raise ConfigError(f"block must be ≥ 1, got {block}")
+    device = second_moment.device
+    W = weight.detach().to(device=device, dtype=dtype)                 # (hidden, I)
+    n = W.shape[1]
+    forced_z = torch.zeros(n + 1, dtype=torch.bool, device=device)
     if forced is not None:
-        forced_z[:n] = torch.as_tensor(np.asarray(forced, dtype=bool))
-    forced_z[n] = True                      # the bias column is never removed
-    idx = torch.arange(n + 1)               # original index of each row still in H⁻¹
+        forced_z[:n] = torch.as_tensor(np.asarray(forced, dtype=bool), device=device)
+    forced_z[n] = True                                                  # the bias column is never removed
     n_remove = n - max(int(min_width), int(forced_z[:n].sum()))
-    order: list[int] = []
-    costs: list[float] = []
-    while len(order) < n_remove:
-        cost = (Wz ** 2).sum(0) / torch.diagonal(Hinv).clamp_min(1e-300)
-        cost[forced_z[idx]] = float("inf")
-        b = min(int(block), n_remove - len(order))
-        cb, B = torch.topk(cost, b, largest=False)
-        order += idx[B].tolist()
-        costs += cb.tolist()
-        X = torch.linalg.solve(Hinv[B][:, B], Hinv[B])                    # (b, live)
-        Wz -= Wz[:, B] @ X
-        Hinv -= Hinv[:, B] @ X
-        live = torch.ones(idx.numel(), dtype=torch.bool)
-        live[B] = False
-        Hinv, Wz, idx = Hinv[live][:, live].contiguous(), Wz[:, live].contiguous(), idx[live]
-    return np.asarray(order, dtype=np.int64), np.asarray(costs, dtype=np.float64)
+    if n_remove <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    H = _augmented_moment(second_moment, mean.to(device), dtype)
+    H.diagonal()[:n] += ridge_lambda(second_moment, ridge)
+    floor = 1.0 / torch.diagonal(H)                                     # P[k, k] ≥ 1 / H[k, k], exactly
+    L = _cholesky(H, layer, "the (ridged) second moment of down's input")
+    P = torch.cholesky_solve(torch.eye(n + 1, dtype=dtype, device=device), L)  # H⁻¹ (its lower triangle is read)
+    Wz = _dense_map_on_z(W)
+    Q = Wz.T @ Wz                                                       # VᵀV of the current re-fitted map V
+    greedy = _Greedy(P, Q, floor, forced_z, n_remove, layer)
+    while greedy.n_removed < n_remove:
+        greedy.remove_block(min(int(block), n_remove - greedy.n_removed))
+    return greedy.order.cpu().numpy(), greedy.cost.double().cpu().numpy()
+
+
+class _Greedy:
+    """State of :func:`obs_removal_order` over the live columns (rows of ``P``, ``Q`` are indexed by
+    position; ``index`` maps them to the columns of ``z``). See the module docstring for the maths."""
+
+    def __init__(self, P: torch.Tensor, Q: torch.Tensor, floor: torch.Tensor, forced: torch.Tensor,
+                 n_remove: int, layer: int | None):
+        self.P, self.Q, self.floor, self.layer = P, Q, floor, layer
+        self.index = torch.arange(P.shape[0], device=P.device)
+        self.live = torch.ones(P.shape[0], dtype=torch.bool, device=P.device)
+        self.fixed = forced.clone()                                     # never removed (or already removed)
+        self.d = torch.diagonal(P).clone()                             # diag P (current)
+        self.q = torch.diagonal(Q).clone()                             # ‖V[:, k]‖² (current)
+        self.tol = math.sqrt(torch.finfo(P.dtype).eps)
+        self.order = torch.empty(n_remove, dtype=torch.long, device=P.device)
+        self.cost = torch.empty(n_remove, dtype=P.dtype, device=P.device)
+        self.n_removed = 0
+
+    def remove_block(self, b: int) -> None:
+        """Remove ``b`` neurons one at a time by exact cost, then update ``P`` and ``Q`` once."""
+        P0, Q0, d, q, floor = self.P, self.Q, self.d, self.q, self.floor
+        m = P0.shape[0]
+        U = P0.new_zeros((m, b))        # P = P0 - U Uᵀ: the block's rank-1 downdates of P
+        R = P0.new_zeros((b, m))        # V = V0 M, M = I - E_B R: the block's updates of V
+        QB = P0.new_zeros((m, b))       # Q0[:, B]
+        pivot = P0.new_zeros(b)         # P[j, j] of each removal, before the floor
+        B = torch.empty(b, dtype=torch.long, device=P0.device)
+        done = self.n_removed
+        for r in range(b):
+            cost = q.clamp_min(0).div_(torch.maximum(d, floor)).masked_fill_(self.fixed, float("inf"))
+            j = int(torch.argmin(cost))
+            self.order[done + r] = self.index[j]
+            self.cost[done + r] = cost[j]
+            Qj = _row(Q0, j)
+            p = torch.addmv(_row(P0, j), U[:, :r], U[j, :r], alpha=-1)      # row j of P: (m,)
+            pivot[r] = p[j]
+            pjj = torch.maximum(p[j], floor[j])
+            w = torch.addmv(Qj, QB[:, :r], R[:r, j], alpha=-1)              # Q0 M e_j
+            g = torch.addmv(w, R[:r].T, w[B[:r]], alpha=-1)                 # Mᵀ Q0 M e_j = Vᵀ V[:, j]: (m,)
+            c = p / pjj
+            d.addcmul_(p, c, value=-1)                                      # diag of P - p pᵀ / p_jj
+            q.addcmul_(c, c * g[j]).addcmul_(c, g, value=-2)                # ‖V[:, k] - c_k V[:, j]‖²
+            R[:r].addr_(R[:r, j].clone(), c, alpha=-1)
+            R[r] = c
+            torch.mul(p, pjj.rsqrt(), out=U[:, r])
+            QB[:, r] = Qj
+            B[r] = j
+            self.fixed[j] = True
+            self.live[j] = False
+        if bool((pivot < floor[B] * (1 - self.tol)).any()):
+            raise ConfigError(f"{_where(self.layer)}the inverse second moment lost its precision during the OBS "
+                              f"greedy (a diagonal below its exact floor by more than {self.tol:.1e}): use a larger "
+                              "ridge or float64")
+        self.n_removed += b
+        A = QB.T - QB[B] @ R                                               # Q0[B, :] - Q0[B, B] R: (b, m)
+        P0.addmm_(U, U.T, alpha=-1)                                        # P0 - U Uᵀ
+        Q0.addmm_(QB, R, alpha=-1).addmm_(R.T, A, alpha=-1)                # Mᵀ Q0 M
+        for X in (P0, Q0):
+            X.index_fill_(0, B, 0).index_fill_(1, B, 0)
+        self.d, self.q = torch.diagonal(P0).clone(), torch.diagonal(Q0).clone()
+        if int(self.live.sum()) <= _SHRINK_AT * m:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        keep = torch.nonzero(self.live).squeeze(1)
+        self.P = self.P.index_select(0, keep).index_select(1, keep)
+        self.Q = self.Q.index_select(0, keep).index_select(1, keep)
+        self.d, self.q, self.floor = self.d[keep], self.q[keep], self.floor[keep]
+        self.index, self.fixed, self.live = self.index[keep], self.fixed[keep], self.live[keep]
+
+
+def _row(X: torch.Tensor, j: int) -> torch.Tensor:
+    """Row ``j`` of the symmetric matrix whose lower triangle ``X`` holds: ``(X[j, :j], X[j:, j])``."""
+    return torch.cat([X[j, :j], X[j:, j]])
