@@ -34,7 +34,7 @@ help:
 	@echo "fnprune make targets:"
 	@echo "  make run      set up (first time) and start the API + worker + UI on http://$(HOST):$(PORT)"
 	@echo "  make test     set up, install Chromium (e2e tests) and redis-server (scale-out test) if missing, run the whole pytest suite"
-	@echo "  make setup    create .venv, install torch ($(if $(HAVE_GPU),GPU,CPU) build), fnprune[dev,e2e], the default model and the Brown corpus"
+	@echo "  make setup    create .venv, install torch ($(if $(HAVE_GPU),GPU,CPU) build), fnprune[dev,e2e], the default model, the Brown corpus and llama.cpp (node-llama-cpp, for the GGUF tests)"
 	@echo "  make lint     ruff check ."
 	@echo "  make bench    run the benchmark scripts in bench/"
 	@echo "  make clean    remove caches and build outputs (keeps .venv); 'make distclean' also removes .venv"
@@ -80,7 +80,30 @@ $(STAMPS)/model: $(STAMPS)/torch
 corpus:
 	@bash scripts/fetch_brown.sh
 
-setup: $(STAMPS)/project $(STAMPS)/model corpus
+# llama.cpp for the GGUF export tests (tests/fnprune/test_gguf_export.py): node-llama-cpp pinned in
+# tools/llama/package-lock.json, its prebuilt CPU binary only (no CUDA/Vulkan packages, no build:
+# --ignore-scripts skips its postinstall, which would fall back to compiling llama.cpp). Without npm
+# (or the registry) setup goes on with one line and no stamp; the GGUF tests then fail and say why.
+LLAMA_DIR := tools/llama
+LLAMA_VERSION := 3.21.1
+$(STAMPS)/llama: $(LLAMA_DIR)/package.json $(LLAMA_DIR)/package-lock.json | $(PY)
+	@mkdir -p $(STAMPS)
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  echo "fnprune: npm not found; skipping llama.cpp (node-llama-cpp) for the GGUF tests (install node >= 20 and npm, rerun 'make setup')"; \
+	else \
+	  case "$$(uname -s)-$$(uname -m)" in \
+	    Linux-x86_64) platform=linux-x64 ;; Linux-aarch64) platform=linux-arm64 ;; \
+	    Darwin-arm64) platform=mac-arm64-metal ;; Darwin-x86_64) platform=mac-x64 ;; *) platform="" ;; \
+	  esac; \
+	  if [ -z "$$platform" ]; then echo "fnprune: no prebuilt node-llama-cpp binary for $$(uname -s)-$$(uname -m); the GGUF tests will fail" >&2; exit 0; fi; \
+	  echo "==> installing node-llama-cpp $(LLAMA_VERSION) ($$platform CPU binary) into $(LLAMA_DIR)"; \
+	  (cd $(LLAMA_DIR) && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error \
+	     && npm install --no-save --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error \
+	          "@node-llama-cpp/$$platform@$(LLAMA_VERSION)") && touch $@ \
+	    || echo "fnprune: installing node-llama-cpp failed; the GGUF tests fail until 'make setup' installs it" >&2; \
+	fi
+
+setup: $(STAMPS)/project $(STAMPS)/model $(STAMPS)/llama corpus
 	@echo "==> setup done ($(VENV), FNPRUNE_HOME=$(FNPRUNE_HOME))"
 
 # ---------------------------------------------------------------------------------------------
@@ -145,4 +168,4 @@ clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -print0 | xargs -0 rm -rf
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LLAMA_DIR)/node_modules
