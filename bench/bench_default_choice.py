@@ -11,6 +11,10 @@ first 20 held-out documents (index % 10 == 0) of §3b. Each document is scored a
 512 tokens. Prints (and writes to ``bench/results/default_choice_<split>.json``) the perplexity of
 every candidate and ratio and the paired bootstrap ratio of each candidate to the first one.
 
+``--units-out FILE`` saves every row's per-document NLL (numbers only) and ``--pair-with FILE`` pairs
+each row with the same candidate and ratio of such a file -- e.g. the same candidate run with an
+earlier version of the library (``PYTHONPATH=<checkout of that commit>``) on the same documents.
+
 The rule, written before the validation run: the default is the candidate with the lowest
 validation perplexity at both 0.2 and 0.3 whose paired interval against the first candidate (the
 previous default, flap:40) lies below 1 at both; otherwise the previous default stays.
@@ -31,6 +35,10 @@ def main() -> None:
     parser.add_argument("--candidates", default="flap:40,flap:120,obs:40,obs:120")
     parser.add_argument("--ratios", default="0.2,0.3")
     parser.add_argument("--docs", type=int, default=None, help="evaluation documents (10 validation / 20 test)")
+    parser.add_argument("--corpus", default="brown", help="evaluation corpus for --split test (brown or pydoc)")
+    parser.add_argument("--units-out", type=Path, default=None, help="save per-document NLL of every row here")
+    parser.add_argument("--pair-with", type=Path, default=None,
+                        help="a --units-out file of an earlier run: pair each row with its same candidate and ratio")
     args = parser.parse_args()
     candidates = [(c.split(":")[0], int(c.split(":")[1])) for c in args.candidates.split(",")]
     ratios = [float(r) for r in args.ratios.split(",")]
@@ -47,11 +55,12 @@ def main() -> None:
     if args.split == "validation":
         evaluation = split_validation(docs, max(n for _, n in candidates))[:args.docs or 10]
     else:
-        evaluation = split_heldout(docs)[1][:args.docs or 20]
+        evaluation = split_heldout(docs if args.corpus == "brown" else load_corpus(args.corpus))[1][:args.docs or 20]
     dense = per_document_perplexity(model, tok, evaluation, window=512, keep_units=True)
     print(f"{args.split}: {len(evaluation)} documents, dense PPL {dense['ppl']:.2f}", flush=True)
     calibrations = {}
     res, rows = {}, []
+    earlier = json.loads(args.pair_with.read_text()) if args.pair_with else {}
     for method, n in candidates:
         if n not in calibrations:  # every moment any candidate needs, in one pass per size
             calibrations[n] = Calibration(tok, calib[:n], 512)
@@ -66,13 +75,24 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             res[method, n, ratio] = r = per_document_perplexity(pruned, tok, evaluation, window=512, keep_units=True)
             pair = paired_ratio(r, res[(*candidates[0], ratio)])
+            key = f"{method}:{n}:{ratio}"
             rows.append({"method": method, "calib_docs": n, "ratio": ratio, "ppl": r["ppl"],
-                         "x_dense": r["ppl"] / dense["ppl"], "paired_vs_first": pair, "prune_s": seconds})
+                         "x_dense": r["ppl"] / dense["ppl"], "paired_vs_first": pair, "prune_s": seconds,
+                         "x_dense_interval": paired_ratio(r, dense)})
+            if key in earlier:
+                rows[-1]["paired_vs_earlier"] = p_earlier = paired_ratio(r, earlier[key])
+                print(f"  vs the earlier run of {key}: {p_earlier['ratio']:.3f} [{p_earlier['low']:.3f}, "
+                      f"{p_earlier['high']:.3f}] (earlier PPL {earlier[key]['ppl']:.2f})", flush=True)
             print(f"{method} on {n} docs, ratio {ratio}: PPL {r['ppl']:.2f} ({r['ppl'] / dense['ppl']:.3f}x dense), "
                   f"paired vs {candidates[0][0]}:{candidates[0][1]} {pair['ratio']:.3f} "
                   f"[{pair['low']:.3f}, {pair['high']:.3f}], pruning {seconds:.1f} s", flush=True)
             del pruned
-    out = Path("bench/results") / f"default_choice_{args.split}.json"
+    if args.units_out:
+        args.units_out.write_text(json.dumps({f"{m}:{n}:{r}": {k: v for k, v in res[m, n, r].items()
+                                                              if k in ("ppl", "unit_nll", "unit_tokens")}
+                                              for (m, n, r) in res} | {"dense": {k: dense[k] for k in
+                                                                        ("ppl", "unit_nll", "unit_tokens")}}))
+    out = Path("bench/results") / f"default_choice_{args.split}{'' if args.corpus == 'brown' else '_' + args.corpus}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"split": args.split, "n_docs": len(evaluation), "dense_ppl": dense["ppl"],
                                "rows": rows}, indent=1))

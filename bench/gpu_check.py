@@ -4,8 +4,10 @@
 
 CI has no GPU, so this script is where the CUDA branches run: capture on the GPU, CanICA's
 covariance pass / block-Krylov eigenpairs / batched FastICA / consensus on the GPU (per-layer and
-whole-model, i.e. the randomized subspace), the key-neuron plan, fn-flap pruning + saving with the
-model on the GPU, and held-out perplexity of the pruned model there. It checks that the GPU's
+whole-model, i.e. the randomized subspace), the key-neuron plan, ``fnprune prune`` (the default
+method) + saving with the model on the GPU, held-out perplexity of the pruned model there, and the
+layer-streamed default method (obs selection + least-squares repair, one layer's statistics on the
+device at a time) on the GPU against the same on the CPU: kept neurons and perplexity. It checks that the GPU's
 results agree with the CPU's (same activations, same seed: key-neuron Jaccard at the same budget)
 and exits non-zero when a check fails. Needs the default model and the Brown corpus (make setup);
 ``--allow-cpu --texts 4`` runs the same steps on a CPU as a smoke test of this script.
@@ -51,6 +53,39 @@ class StageClock:
         return out
 
 
+def streamed_obs_check(device: str, docs, heldout, args, failures: list[str]) -> dict:
+    """The default method (obs + least-squares repair), layer-streamed, on ``device`` and on the CPU
+    (float32 weights on both): per-layer kept-neuron Jaccard and held-out perplexity."""
+    from fnprune.evaluate import perplexity
+    from fnprune.recipe import Calibration, PruningSpec, prune_with_networks
+
+    keeps, ppls, streamed = {}, {}, {}
+    for dev in dict.fromkeys(["cpu", device]):
+        m, mtok = load_model("smollm2-135m", device=dev, dtype=torch.float32)
+        if dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        outcome = prune_with_networks(m, None, PruningSpec(), Calibration(mtok, docs[:min(args.texts, 40)],
+                                                                          max_tokens=args.max_tokens, streamed=True))
+        row = {"s": round(time.perf_counter() - t, 2), "widths": outcome.widths}
+        if dev == "cuda":
+            row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+        keeps[dev] = outcome.keep
+        ppls[dev] = perplexity(m, mtok, heldout[:args.heldout_docs], window=512)["ppl"]
+        row["ppl"] = round(ppls[dev], 3)
+        streamed[dev] = row
+        del m
+    jac = [len(np.intersect1d(a, b)) / max(len(np.union1d(a, b)), 1) for a, b in zip(keeps["cpu"], keeps[device],
+                                                                                      strict=True)]
+    streamed["min_layer_keep_jaccard"] = round(float(min(jac)), 4)
+    streamed["ppl_change"] = round(abs(ppls[device] / ppls["cpu"] - 1), 5)
+    if streamed["min_layer_keep_jaccard"] < args.min_keep_jaccard:
+        failures.append(f"streamed obs: kept neurons {device} vs cpu, per-layer Jaccard {min(jac):.3f}")
+    if streamed["ppl_change"] > args.max_ppl_change:
+        failures.append(f"streamed obs: perplexity {device} {ppls[device]:.2f} vs cpu {ppls['cpu']:.2f}")
+    return streamed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--texts", type=int, default=40)
@@ -60,6 +95,10 @@ def main() -> int:
     parser.add_argument("--min-jaccard", type=float, default=0.8,
                         help="GPU-vs-CPU key-neuron agreement below this fails the check")
     parser.add_argument("--heldout-docs", type=int, default=5, help="held-out documents for the perplexity check")
+    parser.add_argument("--min-keep-jaccard", type=float, default=0.95,
+                        help="streamed obs: per-layer kept-neuron Jaccard device vs CPU below this fails the check")
+    parser.add_argument("--max-ppl-change", type=float, default=0.01,
+                        help="streamed obs: relative perplexity difference device vs CPU above this fails the check")
     parser.add_argument("--corpus", default="brown", help="calibration and held-out corpus (default brown)")
     parser.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no GPU (smoke test)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -127,7 +166,7 @@ def main() -> int:
     if not np.isfinite(whole.components_).all():
         failures.append("whole-model CanICA gave non-finite maps")
 
-    # 4. fn-flap pruning at 20 % with the model on the device, saved, reloaded, held-out perplexity
+    # 4. the default method at 20 % with the model on the device, saved, reloaded, held-out perplexity
     from fnprune.cli import main as cli_main
     from fnprune.evaluate import perplexity
     from fnprune.pruned_io import load_pruned
@@ -147,6 +186,9 @@ def main() -> int:
                                pruned_ppl=round(pruned_ppl, 2))
         if not (np.isfinite(pruned_ppl) and pruned_ppl < 10 * dense_ppl):
             failures.append(f"pruned perplexity {pruned_ppl:.1f} vs dense {dense_ppl:.1f}")
+
+    # 5. obs + least-squares repair, layer-streamed, on the device and on the CPU
+    result["streamed_obs_device_vs_cpu"] = streamed_obs_check(device, docs, heldout, args, failures)
 
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
     if device == "cuda":

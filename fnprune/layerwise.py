@@ -289,3 +289,53 @@ def streamed_layer_moments(model: nn.Module, tokenizer, docs, *, max_tokens: int
         if sequential:
             stream.run(i)                          # the layer as the caller left it
         report(progress, stage, (wanted.index(i) + 1) / len(wanted), f"layer {i}")
+
+
+# -- the streamed uses: obs selection and the least-squares repair --------------------------------
+def streamed_obs_scores(model: nn.Module, tokenizer, docs, *, forced=None, ridge: float, skip: Sequence[int] = (),
+                        max_tokens: int = 512, batch_size: int = 4, dtype: torch.dtype = torch.float64,
+                        progress: ProgressCallback | None = None) -> list:
+    """:func:`fnprune.prune.obs_scores` with one layer's residual-weighted moments alive at a time (the
+    dense model's, layer by layer); protected layers (``skip``) get ``+inf`` and no greedy."""
+    import numpy as np
+
+    from .prune import _forced_masks, obs_layer_scores
+
+    adapters = find_mlps(model)
+    masks = _forced_masks(forced, [a.width for a in adapters])
+    skip = {int(x) for x in skip}
+    out = [np.full(a.width, np.inf) for a in adapters]
+    todo = [a.layer for a in adapters if a.layer not in skip]
+    if not todo:
+        return out
+    for adapter, m in streamed_layer_moments(model, tokenizer, docs, max_tokens=max_tokens, batch_size=batch_size,
+                                             weighted=True, layers=todo, dtype=dtype, progress=progress):
+        out[adapter.layer] = obs_layer_scores(adapter, m.weighted_second_moment, m.weighted_mean, m.weight_mean,
+                                              masks[adapter.layer], ridge)
+    return out
+
+
+def streamed_repair(model: nn.Module, keep, tokenizer, docs, *, ridge: float, weighted: bool, sequential: bool,
+                    max_tokens: int = 512, batch_size: int = 4, fits: dict | None = None,
+                    dtype: torch.dtype = torch.float64, progress: ProgressCallback | None = None) -> None:
+    """Prune every layer to ``keep`` and re-fit its ``down`` by least squares, one layer at a time.
+
+    The moments are the plain ones, or the residual-weighted ones (``weighted``: what obs selects
+    with); ``sequential``: each layer calibrated on the already pruned and repaired layers below it,
+    else on the dense model (the same fit as :func:`fnprune.prune.prune_model` with ``repair``)."""
+    from .prune import finish_pruning, normalize_keep, repair_layer
+
+    adapters = find_mlps(model)
+    keep_idx = normalize_keep(keep, [a.width for a in adapters])
+    todo = [a.layer for a, k in zip(adapters, keep_idx, strict=True) if k.numel() < a.width]
+    added = False
+    if todo:
+        for adapter, m in streamed_layer_moments(model, tokenizer, docs, max_tokens=max_tokens, batch_size=batch_size,
+                                                 plain=not weighted, weighted=weighted, layers=todo,
+                                                 sequential=sequential, dtype=dtype, progress=progress, stage="prune"):
+            moment, mean = (m.weighted_second_moment, m.weighted_mean) if weighted else (m.second_moment, m.mean)
+            added |= getattr(adapter.down, "bias", None) is None
+            fit = repair_layer(adapter, keep_idx[adapter.layer], moment, mean, ridge)
+            if fits is not None:
+                fits[adapter.layer] = fit
+    finish_pruning(model, added)

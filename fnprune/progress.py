@@ -22,12 +22,22 @@ def report(progress: ProgressCallback | None, stage: str, fraction: float, messa
 
 
 def tqdm_progress() -> ProgressCallback:
-    """A callback that draws one tqdm bar per stage (for the CLI)."""
+    """A callback that draws one tqdm bar per stage (for the CLI). With ``FNPRUNE_PROGRESS_LOG`` set to
+    a path it also appends one JSON line per event (``{"t", "stage", "fraction", "message"}``, ``t``:
+    seconds since the epoch), what ``bench/bench_scale.py`` reads its per-stage times from."""
+    import json
+    import os
+    import time
+
     from tqdm.auto import tqdm
 
     bars: dict[str, tqdm] = {}
+    log_path = os.environ.get("FNPRUNE_PROGRESS_LOG")
 
     def callback(stage: str, fraction: float, message: str) -> None:
+        if log_path:
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(json.dumps({"t": time.time(), "stage": stage, "fraction": fraction, "message": message}) + "\n")
         bar = bars.get(stage)
         if bar is None:
             for other in bars.values():

@@ -26,6 +26,9 @@ def test_gpu_check_runs_on_cpu_as_a_smoke_test(tmp_path):
     assert result["canica_device_vs_cpu"][0]["jaccard_device_vs_cpu"] == 1.0   # same device: same result
     assert result["whole_model"]["subspace"] == "randomized"
     assert result["prune"]["rc"] == 0 and result["prune"]["pruned_ppl"] > 0
+    streamed = result["streamed_obs_device_vs_cpu"]   # same device twice: the same pruning
+    assert streamed["min_layer_keep_jaccard"] == 1.0 and streamed["ppl_change"] == 0.0
+    assert any(w < 1536 for w in streamed["cpu"]["widths"])
 
 
 def test_gpu_check_without_a_gpu_says_so():

@@ -99,3 +99,67 @@ def test_accelerate_dispatch_with_disk_offload(tiny, docs, tmp_path):
         torch.testing.assert_close(m.second_moment, ref.second_moment[adapter.layer], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(m.weighted_second_moment, ref.weighted_second_moment[adapter.layer],
                                    rtol=1e-12, atol=1e-12)
+
+
+# -- the recipe on the streamed path ---------------------------------------------------------------
+def _prune(docs, streamed, **spec):
+    from fnprune.recipe import Calibration, PruningSpec, prune_with_networks
+
+    model, tok = load_model("tiny-llama", device="cpu")
+    calibration = Calibration(tok, docs, max_tokens=96, batch_size=2, streamed=streamed)
+    outcome = prune_with_networks(model, None, PruningSpec(**spec), calibration)
+    return outcome, model
+
+
+@pytest.mark.parametrize("method", ["obs", "flap", "wanda-sp"])
+def test_streamed_pruning_equals_the_all_at_once_pruning(docs, method, monkeypatch):
+    import fnprune.layerwise as layerwise
+    from fnprune import prune as prune_module
+
+    at_once, dense_path = _prune(docs, False, method=method, target_ratio=0.2)
+    greedy_layers, alive = [], []
+    real_scores, real_repair = prune_module.obs_layer_scores, prune_module.repair_layer
+
+    def counting_scores(adapter, *args, **kw):
+        greedy_layers.append(adapter.layer)
+        alive.append(live_moments())
+        return real_scores(adapter, *args, **kw)
+
+    def counting_repair(adapter, *args, **kw):
+        alive.append(live_moments())
+        return real_repair(adapter, *args, **kw)
+
+    monkeypatch.setattr(prune_module, "obs_layer_scores", counting_scores)
+    monkeypatch.setattr(prune_module, "repair_layer", counting_repair)
+    streamed, streamed_path = _prune(docs, True, method=method, target_ratio=0.2)
+    assert streamed.keep_digest == at_once.keep_digest
+    for a, b in zip(at_once.keep, streamed.keep, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert streamed.widths == at_once.widths and any(w < 64 for w in streamed.widths)
+    for (name, p), (_, q) in zip(dense_path.state_dict().items(), streamed_path.state_dict().items(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7, msg=name)
+    assert alive and max(alive) == 1                     # one layer's moments alive at any time
+    if method == "obs":                                   # the protected layers (0 and 3) pay for no greedy
+        assert greedy_layers == [1, 2]
+    assert layerwise.live_moments() == 0
+
+
+def test_sequential_repair_is_the_layer_by_layer_fit_on_the_pruned_layers_below(docs):
+    """The streamed sequential repair equals re-collecting each layer's moments on the partly pruned model
+    (what the former implementation did with one full forward pass per layer)."""
+    from fnprune.prune import finish_pruning, normalize_keep, repair_layer
+
+    outcome, streamed_model = _prune(docs, None, method="flap", target_ratio=0.2, sequential=True)
+    model, tok = load_model("tiny-llama", device="cpu")
+    keep = normalize_keep(outcome.keep, [a.width for a in find_mlps(model)])
+    for adapter in find_mlps(model):
+        if keep[adapter.layer].numel() < adapter.width:
+            stats = collect_down_input_stats(model, tok, docs, 96, 2, second_moments=True, layers=[adapter.layer])
+            repair_layer(adapter, keep[adapter.layer], stats.second_moment[adapter.layer], stats.mean[adapter.layer],
+                         outcome.spec.ridge)
+    finish_pruning(model, True)
+    expected, got = model.state_dict(), streamed_model.state_dict()
+    assert sorted(expected) == sorted(got)
+    for name, p in expected.items():
+        torch.testing.assert_close(got[name], p, rtol=1e-6, atol=1e-7, msg=name)
+    assert sorted(outcome.layer_fits) == [1, 2]
