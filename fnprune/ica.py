@@ -47,18 +47,11 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .devices import resolve_device
 from .errors import ConfigError
+from .options import DEFAULT_N_COMPONENTS, DEFAULT_N_INIT  # why 32 x 16: see fnprune.options
 from .progress import ProgressCallback, report
 
 ArrayLike = np.ndarray | torch.Tensor
 _EXACT_LIMIT = 12288  # largest covariance / Gram side diagonalised exactly
-# Components per decomposition and FastICA restarts. The paper uses 128 components and one run. On the
-# default model, 32 components x 16 restarts is the setting of the sweep in BENCHMARKS.md §2
-# (bench/bench_components.py: 24-128 components, 8 or 16 restarts) that keeps, in every layer tried,
-# most key neurons from networks reproduced across seeds (instead of the unresolved-subspace energy)
-# and the masks' agreement across seeds >= 0.8; 48 or 64 find more networks in the middle layers but
-# miss one of the two in early layers. 16 restarts instead of 8 reproduce more networks for ~0.2 s a layer.
-DEFAULT_N_COMPONENTS = 32
-DEFAULT_N_INIT = 16
 
 
 # -- the standardised data as a streamed operator --------------------------------------------------

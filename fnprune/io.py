@@ -1,5 +1,10 @@
 """Atomic writes and exports: NIfTI maps, FSL FIX labels, key-neuron masks as JSON.
 
+Every file fnprune and the backend write goes through :func:`atomic_path` (or its shorthands
+:func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_write_json`): written to a
+temporary ``.tmp-*`` name beside it and renamed into place (directories: ``rundir.save_run``,
+``pruned_io.save_pruned``).
+
 NIfTI layout (METHOD.md §4): x, y = the neuron grid (``neuron_grid(width)``; in the ``"index"``
 layout neuron ``j`` sits at ``x = j % cols, y = j // cols``, in the ``"atlas"`` layout at cell
 ``networks.layout("atlas")[layer, j]``, same formula), z = layer, t = component, identity affine. In
@@ -13,7 +18,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,23 +30,38 @@ from .errors import ConfigError
 LABELS = ("signal", "noise", "unknown")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A new temporary file beside ``path`` to write to (``.tmp-<random>-<name>``: same directory, so the
+    rename is atomic; same suffix, for writers that read it, e.g. nibabel's ``.nii.gz``), renamed onto
+    ``path`` when the block ends and removed if it raises. Concurrent writers of one path each get their
+    own temporary file; the backend's leftover sweep removes ``.tmp-*`` names of a killed process."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{path.name}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, value: Any, **dumps) -> Path:
+    """``json.dumps(value, **dumps)`` written atomically."""
+    return atomic_write_text(path, json.dumps(value, **dumps))
 
 
 # -- safetensors, streamed ------------------------------------------------------------------------
@@ -144,16 +167,8 @@ def export_nifti(networks, path: str | Path, layout: str = "index") -> Path:
     img = nib.Nifti1Image(nifti_volume(networks, layout), affine=np.eye(4))
     img.header.set_xyzt_units("mm", "sec")
     img.header["descrip"] = b"fnprune z-maps; x,y neuron grid, z layer, t component"
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent if path.parent.exists() else None)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, tmp)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -20,8 +20,7 @@ import torch
 
 from . import devices
 from .errors import ConfigError, ModelLoadError
-
-DEFAULT_MODEL = "smollm2-135m"
+from .options import DEFAULT_MODEL
 
 NAMED_MODELS = {
     "smollm2-135m": "SmolLM2-135M-Instruct (LLaMA architecture, 30 layers x 1536 MLP neurons), "

@@ -34,14 +34,20 @@ from .atlas import neuron_grid  # the one home of the neuron grid
 from .capture import ActivationStore, capture_activations
 from .corpus import Document
 from .errors import ConfigError
-from .ica import DEFAULT_N_COMPONENTS, DEFAULT_N_INIT, CanICA
+from .ica import CanICA
 from .mlp import mlp_summary
+from .options import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_MODE,
+    DEFAULT_N_COMPONENTS,
+    DEFAULT_N_INIT,
+    DEFAULT_THRESHOLD,
+    MODES,
+)
 from .progress import ProgressCallback, report
 from .stability import fit_summary, seed_check
 
-MODES = ("per-layer", "whole-model")
 NOT_KEY, KEY_NETWORK, KEY_UNRESOLVED = 0, 1, 2   # key_source: why a neuron is key
-DEFAULT_THRESHOLD = 3.0
 
 
 class FunctionalNetworks:
@@ -206,15 +212,6 @@ class FunctionalNetworks:
             scores[rows] = np.maximum(scores[rows], unit_score)
         return scores
 
-    @property
-    def unit_residual(self) -> np.ndarray:
-        """The former name of ``unit_unresolved``."""
-        return self.unit_unresolved
-
-    @unit_residual.setter
-    def unit_residual(self, value) -> None:
-        self.unit_unresolved = value
-
     def key_source(self, threshold: float | None = None) -> np.ndarray:
         """``(n_layers, width)`` int8: why each neuron is key at ``threshold`` with every component
         chosen. ``KEY_NETWORK`` (1): a stable network's |z| exceeds it; ``KEY_UNRESOLVED`` (2): only the
@@ -311,11 +308,6 @@ class FunctionalNetworks:
 
         return save_run(self, run_dir)
 
-    def save_names(self, run_dir: str | Path) -> None:
-        from .rundir import save_names
-
-        save_names(self, run_dir)
-
     @classmethod
     def load(cls, run_dir: str | Path) -> FunctionalNetworks:
         from .rundir import load_run
@@ -334,8 +326,8 @@ def _run_slices(store: ActivationStore, n_runs: int) -> list[slice]:
     return [slice(int(starts[a]), int(starts[b])) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def analyze(model, tokenizer, docs: list[Document], *, n_components: int = DEFAULT_N_COMPONENTS, mode: str = "per-layer",
-            n_runs: int = 1, n_init: int = DEFAULT_N_INIT, max_tokens: int = 512,
+def analyze(model, tokenizer, docs: list[Document], *, n_components: int = DEFAULT_N_COMPONENTS, mode: str = DEFAULT_MODE,
+            n_runs: int = 1, n_init: int = DEFAULT_N_INIT, max_tokens: int = DEFAULT_MAX_TOKENS,
             signals: tuple[str, ...] = ("act", "up"), layers: list[int] | None = None, random_state: int = 0,
             check_seeds: int = 0,
             work_dir: str | Path | None = None, batch_size: int = 4, device: str = "auto",

@@ -37,21 +37,13 @@ from .mlp import (
     parameter_counts,
 )
 from .models import model_device
+from .options import BASELINES, RATIO_BASES
 from .progress import ProgressCallback, report
 from .repair import DEFAULT_RIDGE, LayerFit, down_weight_by_neuron, obs_removal_order, refit_down
 from .tokens import encode_documents, padded_batches
 
-BASELINES = ("random", "magnitude", "wanda-sp", "flap")
-
 
 # -- layers and budgets -------------------------------------------------------------------------
-def resolve_layers(layers: Sequence[int] | None, n_layers: int) -> list[int] | None:
-    """Layer indices with negatives counted from the end (``-1`` = last); None stays None."""
-    if layers is None:
-        return None
-    return sorted(_protected(layers, n_layers))
-
-
 def _protected(protected_layers: Sequence[int] | None, n_layers: int) -> set[int]:
     if protected_layers is None:
         return set(default_protected_layers(n_layers))
@@ -62,15 +54,23 @@ def _protected(protected_layers: Sequence[int] | None, n_layers: int) -> set[int
     return out
 
 
+def check_uniform_protection(uniform: bool, protected_layers: Sequence[int] | None) -> None:
+    """A uniform allocation gives every layer the same width (a stock architecture), so no layer can
+    be kept whole: explicitly given protected layers are refused (:class:`ConfigError`, field
+    ``protected_layers``), never silently ignored. None (the default protected layers) and an empty
+    list are fine: under ``uniform`` no layer is protected."""
+    if uniform and protected_layers is not None and len(protected_layers) > 0:
+        raise ConfigError(f"protected_layers: a uniform allocation prunes every layer to the same width, so "
+                          f"layers {sorted(int(x) for x in protected_layers)} cannot be kept whole; drop the "
+                          "protected layers or choose another allocation", field="protected_layers")
+
+
 def check_target_ratio(target_ratio: float) -> float:
     ratio = float(target_ratio)
     if not 0.0 < ratio < 1.0 or math.isnan(ratio):
         raise ConfigError(f"target ratio must be strictly between 0 and 1 (fraction of all parameters "
-                          f"to remove), got {target_ratio}")
+                          f"to remove), got {target_ratio}", field="target_ratio")
     return ratio
-
-
-RATIO_BASES = ("all", "mlp", "non-embedding")
 
 
 def ratio_base(counts: dict, ratio_of: str = "all") -> int:
@@ -293,7 +293,7 @@ def _residual_weight_hook(weights: dict, layer: int):
 
 
 # -- pruning --------------------------------------------------------------------------------------
-_down_weight_by_neuron = down_weight_by_neuron
+_down_weight_by_neuron = down_weight_by_neuron  # TODO(issue 20.5): last use in obs_layer_scores; then delete
 
 
 @torch.no_grad()
@@ -301,7 +301,7 @@ def compensation_bias(adapter: MLPAdapter, keep_idx: torch.Tensor, mean: torch.T
     """``W_down[:, pruned] @ mean[pruned]`` -- ``(hidden,)``, the pruned neurons' average output."""
     pruned = torch.ones(adapter.width, dtype=torch.bool)
     pruned[keep_idx.cpu()] = False
-    w = _down_weight_by_neuron(adapter)  # (hidden, I)
+    w = down_weight_by_neuron(adapter)  # (hidden, I)
     pruned = pruned.to(w.device)
     return w[:, pruned].double() @ mean.to(w.device).double()[pruned]
 
@@ -341,8 +341,9 @@ def prune_model(model: nn.Module, keep, *, bias: DownInputStats | Sequence[torch
     - ``bias``: calibration statistics (or one mean vector ``(I_l,)`` per layer) for FLAP-style bias
       compensation -- ``down`` gets the bias ``W_down[:, pruned] @ mean(x[pruned])``;
     - ``repair``: statistics collected with ``second_moments=True``: ``down``'s kept columns and a
-      bias are re-fitted by ridge least squares to the dense layer's output
-      (:func:`fnprune.repair.refit_down`, ridge ``ridge`` × mean diagonal); each layer's
+      bias are re-fitted by ridge least squares to the dense layer's output, the ridge (``ridge`` ×
+      the mean diagonal over all the layer's neurons) pulling the kept columns toward the dense ones
+      (:func:`fnprune.repair.refit_down`: the objective obs selects by); each layer's
       :class:`~fnprune.repair.LayerFit` goes into ``fits`` when given.
 
     A bias is added where the layer had none (and then to every layer, zero where nothing changed).
@@ -370,24 +371,43 @@ def prune_model(model: nn.Module, keep, *, bias: DownInputStats | Sequence[torch
         if idx.numel() == adapter.width:
             continue
         if repair is not None:
-            fit = refit_down(adapter, idx, repair.second_moment[adapter.layer], repair.mean[adapter.layer], ridge)
-            w = down_weight_by_neuron(adapter)
-            w[:, idx.to(w.device)] = fit.weight.to(device=w.device, dtype=w.dtype)
             added |= getattr(adapter.down, "bias", None) is None
-            _add_down_bias(adapter, fit.bias)
+            fit = repair_layer(adapter, idx, repair.second_moment[adapter.layer], repair.mean[adapter.layer], ridge)
             if fits is not None:
                 fits[adapter.layer] = fit
-        elif means is not None:
+            continue
+        if means is not None:
             delta = compensation_bias(adapter, idx, torch.as_tensor(means[adapter.layer]))
             added |= getattr(adapter.down, "bias", None) is None
             _add_down_bias(adapter, delta)
         adapter.select(idx)
-    if added:  # the saved architecture gives every layer's down a bias: keep them uniform
+    finish_pruning(model, added)
+    return model
+
+
+@torch.no_grad()
+def repair_layer(adapter: MLPAdapter, keep_idx: torch.Tensor, second_moment: torch.Tensor, mean: torch.Tensor,
+                 ridge: float = DEFAULT_RIDGE) -> LayerFit:
+    """Re-fit one dense layer's ``down`` on its kept neurons (:func:`fnprune.repair.refit_down`), add the
+    fitted bias and remove the other neurons, in place. The moments are of that layer's ``down`` input
+    on the calibration tokens. Call :func:`finish_pruning` once every layer is done."""
+    fit = refit_down(adapter, keep_idx, second_moment, mean, ridge)
+    w = down_weight_by_neuron(adapter)
+    w[:, keep_idx.to(w.device)] = fit.weight.to(device=w.device, dtype=w.dtype)
+    _add_down_bias(adapter, fit.bias)
+    adapter.select(keep_idx)
+    return fit
+
+
+def finish_pruning(model: nn.Module, bias_added: bool) -> None:
+    """After some layers were pruned: every ``down`` gets a bias when one did (the saved architecture
+    gives all or none one), and the config gets the widths (see :func:`prune_model`)."""
+    adapters = find_mlps(model)
+    if bias_added:
         for adapter in adapters:
             if getattr(adapter.down, "bias", None) is None:
                 _add_down_bias(adapter, torch.zeros(adapter.hidden_size))
-    _set_width_config(model, [a.width for a in adapters], added)
-    return model
+    _set_width_config(model, [a.width for a in adapters], bias_added)
 
 
 # -- baseline scores (higher = more important) -----------------------------------------------------
@@ -402,7 +422,7 @@ def magnitude_scores(model: nn.Module) -> list[np.ndarray]:
     """L2 norm of every weight tied to the neuron: its in-projection rows and its down column."""
     out = []
     for a in find_mlps(model):
-        sq = _down_weight_by_neuron(a).double().pow(2).sum(0)  # (I,)
+        sq = down_weight_by_neuron(a).double().pow(2).sum(0)  # (I,)
         for proj in a.in_projs:
             w = proj.weight.double()
             sq = sq + (w.pow(2).sum(0) if _is_conv1d(proj) else w.pow(2).sum(1))
@@ -423,7 +443,7 @@ def _check_stats(model: nn.Module, stats: DownInputStats | None, method: str) ->
 def wanda_sp_scores(model: nn.Module, stats: DownInputStats) -> list[np.ndarray]:
     """Structured Wanda: ``score_j = Σ_i |W_down[i, j]| · ‖x_j‖₂``."""
     adapters = _check_stats(model, stats, "wanda-sp")
-    return [(_down_weight_by_neuron(a).double().abs().sum(0).cpu() * stats.l2[a.layer]).numpy()
+    return [(down_weight_by_neuron(a).double().abs().sum(0).cpu() * stats.l2[a.layer]).numpy()
             for a in adapters]
 
 
@@ -433,7 +453,7 @@ def flap_scores(model: nn.Module, stats: DownInputStats, standardize: bool = Tru
     adapters = _check_stats(model, stats, "flap")
     out = []
     for a in adapters:
-        s = (stats.var[a.layer] * _down_weight_by_neuron(a).double().pow(2).sum(0).cpu()).numpy()
+        s = (stats.var[a.layer] * down_weight_by_neuron(a).double().pow(2).sum(0).cpu()).numpy()
         if standardize:
             std = s.std()
             s = (s - s.mean()) / (std if std > 0 else 1.0)
@@ -443,7 +463,8 @@ def flap_scores(model: nn.Module, stats: DownInputStats, standardize: bool = Tru
 
 @torch.no_grad()
 def obs_scores(model: nn.Module, stats: DownInputStats, forced: Sequence[np.ndarray] | None = None,
-               ridge: float = DEFAULT_RIDGE) -> list[np.ndarray]:
+               ridge: float = DEFAULT_RIDGE, skip: Sequence[int] = (),
+               progress: ProgressCallback | None = None) -> list[np.ndarray]:
     """Structured-OBS scores (higher = keep), comparable across layers, from the residual-weighted moments.
 
     Each layer's neurons are ordered by :func:`fnprune.repair.obs_removal_order` (greedy least rise
@@ -452,36 +473,48 @@ def obs_scores(model: nn.Module, stats: DownInputStats, forced: Sequence[np.ndar
     the error relative to the residual stream, so one global ranking allocates the layers. Scores
     rise strictly along the removal order, so keeping a layer's ``k`` best is the greedy stopped at
     ``k``. Neurons the greedy never removes (forced ones and the last of a layer) score ``+inf``.
+    ``skip``: layers kept whole anyway (protected): all ``+inf``, no greedy run for them.
+    ``progress`` gets ``("select", fraction, "layer l")`` after each layer's greedy.
     """
     adapters = _check_stats(model, stats, "obs")
     if stats.weighted_second_moment is None:
         raise ConfigError("obs needs residual-weighted second moments (collect_down_input_stats(weighted=True))")
     masks = _forced_masks(forced, [a.width for a in adapters])
+    skip = {int(x) for x in skip}
     out = []
-    for a in adapters:
-        order, cost = obs_removal_order(_down_weight_by_neuron(a), stats.weighted_second_moment[a.layer],
-                                        stats.weighted_mean[a.layer], forced=masks[a.layer], ridge=ridge)
-        v = np.maximum.accumulate(cost * float(stats.weight_mean[a.layer])) if len(cost) else cost
-        for k in range(1, len(v)):  # strictly increasing: ties would lose the greedy order
-            v[k] = max(v[k], np.nextafter(v[k - 1], np.inf))
-        s = np.full(a.width, np.inf)
-        s[order] = v  # removed later = costlier = more important
-        out.append(s)
+    for i, a in enumerate(adapters):
+        out.append(np.full(a.width, np.inf) if a.layer in skip else
+                   obs_layer_scores(a, stats.weighted_second_moment[a.layer], stats.weighted_mean[a.layer],
+                                    float(stats.weight_mean[a.layer]), masks[a.layer], ridge))
+        report(progress, "select", (i + 1) / len(adapters), f"layer {a.layer}")
     return out
+
+
+def obs_layer_scores(adapter: MLPAdapter, second_moment: torch.Tensor, mean: torch.Tensor, weight_mean: float,
+                     forced: np.ndarray | None, ridge: float = DEFAULT_RIDGE) -> np.ndarray:
+    """One layer's :func:`obs_scores` from its residual-weighted moments (what the layer-streamed
+    calibration calls with one layer's statistics at a time)."""
+    order, cost = obs_removal_order(_down_weight_by_neuron(adapter), second_moment, mean, forced=forced, ridge=ridge,
+                                    layer=adapter.layer)
+    v = np.maximum.accumulate(cost * float(weight_mean)) if len(cost) else cost
+    for k in range(1, len(v)):  # strictly increasing: ties would lose the greedy order
+        v[k] = max(v[k], np.nextafter(v[k - 1], np.inf))
+    s = np.full(adapter.width, np.inf)
+    s[order] = v  # removed later = costlier = more important
+    return s
 
 
 def baseline_scores(method: str, model: nn.Module, stats: DownInputStats | None = None,
                     seed: int = 0) -> list[np.ndarray]:
-    """Scores of one of :data:`BASELINES` (``random``, ``magnitude``, ``wanda-sp``, ``flap``)."""
-    if method == "random":
-        return random_scores(model, seed)
-    if method == "magnitude":
-        return magnitude_scores(model)
-    if method == "wanda-sp":
-        return wanda_sp_scores(model, stats)
-    if method == "flap":
-        return flap_scores(model, stats)
-    raise ConfigError(f"unknown baseline {method!r}; choose from {', '.join(BASELINES)}")
+    """Scores of one of :data:`BASELINES` (``random``, ``magnitude``, ``wanda-sp``, ``flap``): its
+    record's score function (:mod:`fnprune.methods`), as the recipe ranks them across layers
+    (magnitude's and Wanda-sp's z-scored within each layer, FLAP's standardised)."""
+    from .methods import ScoreInputs
+    from .methods import get as get_method
+
+    if method not in BASELINES:
+        raise ConfigError(f"unknown baseline {method!r}; choose from {', '.join(BASELINES)}")
+    return get_method(method).scores(ScoreInputs(model=model, stats=stats, seed=seed))
 
 
 # -- scores -> keep indices at a budget ------------------------------------------------------------
@@ -622,10 +655,7 @@ def plan_keep(model: nn.Module, method: str, target_ratio: float | None = None, 
     """Keep indices for a baseline (or given ``scores``) at ``target_ratio`` or at given ``widths``."""
     adapters = find_mlps(model)
     if scores is None:
-        scores = baseline_scores(method, model, stats, seed)
-        if method in ("magnitude", "wanda-sp") and widths is None:
-            # make layers comparable for the global ranking: z-score within each layer
-            scores = [(s - s.mean()) / (s.std() if s.std() > 0 else 1.0) for s in scores]
+        scores = baseline_scores(method, model, stats, seed)  # comparable across layers
     n_remove = None if widths is not None else params_to_remove(model, target_ratio)
     return keep_from_scores(scores, [a.params_per_neuron for a in adapters], n_params_remove=n_remove,
                             widths=widths, protected_layers=protected_layers, uniform=uniform)
@@ -635,10 +665,13 @@ def prune_baseline(model: nn.Module, method: str, target_ratio: float | None = N
                    stats: DownInputStats | None = None, widths: Sequence[int] | None = None,
                    protected_layers: Sequence[int] | None = None, uniform: bool = False,
                    bias: bool | None = None, seed: int = 0) -> nn.Module:
-    """Prune ``model`` in place with a baseline; ``bias`` defaults to True for ``flap`` only."""
+    """Prune ``model`` in place with a baseline; ``bias`` defaults to the method's native repair
+    being the mean bias (``flap``)."""
+    from .methods import get as get_method
+
     keep = plan_keep(model, method, target_ratio, stats=stats, widths=widths,
                      protected_layers=protected_layers, uniform=uniform, seed=seed)
-    use_bias = (method == "flap") if bias is None else bias
+    use_bias = (get_method(method).native_repair == "bias") if bias is None else bias
     if use_bias and stats is None:
         raise ConfigError("bias compensation needs calibration statistics (collect_down_input_stats)")
     return prune_model(model, keep, bias=stats if use_bias else None)
@@ -703,17 +736,25 @@ def find_attentions(model: nn.Module) -> list[AttentionAdapter]:
 
 @dataclass
 class AttentionInputStats:
-    """Per-layer mean and variance over real tokens of ``o_proj``'s input channels ``(n_heads*head_dim,)``."""
+    """Per-layer statistics over real tokens of ``o_proj``'s input channels ``(n_heads*head_dim,)``.
+
+    ``mean[l]``, ``var[l]``: float64 ``(C,)``; ``second_moment[l]``: float64 ``(C, C)`` ``E_t[x_t x_tᵀ]``
+    (uncentred), only when collected with ``second_moments=True`` (the least-squares re-fit of
+    ``o_proj`` needs it), else None.
+    """
 
     mean: list[torch.Tensor]
     var: list[torch.Tensor]
     n_tokens: int
+    second_moment: list[torch.Tensor] | None = None
 
 
 @torch.no_grad()
 def collect_attention_stats(model: nn.Module, tokenizer, docs, max_tokens: int = 512, batch_size: int = 4,
-                            progress: ProgressCallback | None = None) -> AttentionInputStats:
-    """Mean / variance of every layer's ``o_proj`` input channel over real (non-padding) tokens."""
+                            progress: ProgressCallback | None = None, *,
+                            second_moments: bool = False) -> AttentionInputStats:
+    """Mean / variance of every layer's ``o_proj`` input channel over real (non-padding) tokens;
+    ``second_moments``: also ``E[x xᵀ]`` per layer (float32 products per batch, summed in float64)."""
     from .errors import CorpusError
 
     attentions = find_attentions(model)
@@ -722,13 +763,18 @@ def collect_attention_stats(model: nn.Module, tokenizer, docs, max_tokens: int =
         raise CorpusError("no calibration document has at least 2 tokens")
     sums: dict[int, torch.Tensor] = {}
     sumsq: dict[int, torch.Tensor] = {}
+    grams: dict[int, torch.Tensor] = {}
     state: dict = {"mask": None, "n": 0}
 
     def hook_for(layer: int):
         def hook(module, inputs):
-            x = inputs[0].reshape(-1, inputs[0].shape[-1])[state["mask"].to(inputs[0].device)].double()
-            sums[layer] = sums.get(layer, 0) + x.sum(0).cpu()
-            sumsq[layer] = sumsq.get(layer, 0) + (x * x).sum(0).cpu()
+            x = inputs[0].reshape(-1, inputs[0].shape[-1])[state["mask"].to(inputs[0].device)]  # (real tokens, C)
+            xd = x.double()
+            sums[layer] = sums.get(layer, 0) + xd.sum(0).cpu()
+            sumsq[layer] = sumsq.get(layer, 0) + (xd * xd).sum(0).cpu()
+            if second_moments:
+                xf = x.float()
+                grams[layer] = grams.get(layer, 0) + (xf.T @ xf).double().cpu()  # (C, C)
         return hook
 
     handles = [a.module.o_proj.register_forward_pre_hook(hook_for(a.layer)) for a in attentions]
@@ -741,7 +787,8 @@ def collect_attention_stats(model: nn.Module, tokenizer, docs, max_tokens: int =
     n = state["n"]
     means = [sums[a.layer] / n for a in attentions]
     var = [(sumsq[a.layer] / n - m * m).clamp_min(0.0) for a, m in zip(attentions, means, strict=True)]
-    return AttentionInputStats(mean=means, var=var, n_tokens=n)
+    second = [grams[a.layer] / n for a in attentions] if second_moments else None
+    return AttentionInputStats(mean=means, var=var, n_tokens=n, second_moment=second)
 
 
 @torch.no_grad()
@@ -777,24 +824,58 @@ def _slice_rows(proj: nn.Linear, idx: torch.Tensor) -> None:
         proj.bias = nn.Parameter(proj.bias.index_select(0, idx).contiguous())
 
 
+@dataclass
+class _OutputProjection:
+    """``o_proj`` seen as :func:`fnprune.repair.refit_down` sees an MLP: the projection whose input
+    columns are re-fitted (it reads only ``down``)."""
+
+    down: nn.Module
+
+
 @torch.no_grad()
-def prune_heads(model: nn.Module, keep_kv_heads: Sequence, *, bias: AttentionInputStats | None = None) -> nn.Module:
+def prune_heads(model: nn.Module, keep_kv_heads: Sequence, *, bias: AttentionInputStats | None = None,
+                repair: AttentionInputStats | None = None, ridge: float = DEFAULT_RIDGE,
+                fits: dict[int, LayerFit] | None = None) -> nn.Module:
     """Keep only the KV groups ``keep_kv_heads[l]`` (indices) of each layer, in place.
 
-    A KV group goes with all its query heads. ``bias``: statistics of ``o_proj``'s input for
-    FLAP-style compensation (``o_proj`` gets ``W_o[:, pruned] @ mean(x[pruned])``). The config gets
-    ``num_key_value_heads`` / ``num_attention_heads`` / ``head_dim`` when every layer keeps the same
-    number of groups, else ``config.fnprune_num_key_value_heads`` (per-layer list).
+    A KV group goes with all its query heads. For each layer that loses groups, at most one of:
+
+    - ``bias``: statistics of ``o_proj``'s input for FLAP-style compensation (``o_proj`` gets
+      ``W_o[:, pruned] @ mean(x[pruned])``);
+    - ``repair``: statistics collected with ``second_moments=True``: ``o_proj``'s columns of the kept
+      channels and a bias are re-fitted by ridge least squares to the dense ``o_proj`` output on the
+      calibration tokens -- the closed form of the MLP repair (:func:`fnprune.repair.refit_down`,
+      ridge ``ridge`` × mean diagonal); each layer's :class:`~fnprune.repair.LayerFit` goes into
+      ``fits`` when given.
+
+    An ``o_proj`` bias is added where there was none (then to every layer; ``config.fnprune_o_bias``).
+    The config gets ``num_key_value_heads`` / ``num_attention_heads`` / ``head_dim`` when every layer
+    keeps the same number of groups, else ``config.fnprune_num_key_value_heads`` (per-layer list).
     """
+    if bias is not None and repair is not None:
+        raise ConfigError("give either bias (mean compensation) or repair (least squares), not both")
     attentions = find_attentions(model)
     keep = normalize_keep(list(keep_kv_heads), [a.n_kv_heads for a in attentions], unit="KV head")
+    if repair is not None and (repair.second_moment is None or [int(m.numel()) for m in repair.mean]
+                               != [int(a.module.o_proj.weight.shape[1]) for a in attentions]):
+        raise ConfigError("the heads' repair needs o_proj input second moments collected on the unpruned model "
+                          "(collect_attention_stats(..., second_moments=True))")
     added = False
     for a, kv in zip(attentions, keep, strict=True):
         if kv.numel() == a.n_kv_heads:
             continue
         o = a.module.o_proj
         q_keep = a.q_channels(kv)
-        if bias is not None:
+        if repair is not None:
+            fit = refit_down(_OutputProjection(o), q_keep, repair.second_moment[a.layer], repair.mean[a.layer], ridge,
+                             layer=a.layer)
+            o.weight[:, q_keep.to(o.weight.device)] = fit.weight.to(device=o.weight.device, dtype=o.weight.dtype)
+            added |= o.bias is None
+            delta = fit.bias.to(device=o.weight.device)
+            o.bias = nn.Parameter((delta if o.bias is None else o.bias.double() + delta).to(o.weight.dtype))
+            if fits is not None:
+                fits[a.layer] = fit
+        elif bias is not None:
             pruned = torch.ones(o.weight.shape[1], dtype=torch.bool)
             pruned[q_keep] = False
             delta = o.weight[:, pruned.to(o.weight.device)].double() @ bias.mean[a.layer].to(o.weight.device)[pruned]

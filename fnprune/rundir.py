@@ -65,12 +65,6 @@ def save_run(fn, run_dir: str | Path) -> Path:
     return run_dir
 
 
-def save_names(fn, run_dir: str | Path) -> None:
-    from .io import atomic_write_text
-
-    atomic_write_text(Path(run_dir) / "names.json", json.dumps({str(k): v for k, v in fn.names.items()}))
-
-
 def load_run(run_dir: str | Path):
     run_dir = Path(run_dir)
     needed = ["run.json", "networks.safetensors", "tokens.json", "documents.json"]

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .mlp import default_protected_layers
-from .prune import RATIO_BASES, check_budget, keep_from_scores, ratio_base
+from .prune import RATIO_BASES, check_budget, check_uniform_protection, keep_from_scores, ratio_base
 
 SCORES = ("networks", "paper", "unresolved")
 
@@ -35,7 +35,8 @@ SCORES = ("networks", "paper", "unresolved")
 def check_ratio(target_ratio) -> float:
     if (isinstance(target_ratio, bool) or not isinstance(target_ratio, int | float | np.floating)
             or not np.isfinite(target_ratio) or not 0 < target_ratio < 1):
-        raise ConfigError(f"target_ratio must be between 0 and 1 (exclusive), got {target_ratio!r}")
+        raise ConfigError(f"target_ratio must be between 0 and 1 (exclusive), got {target_ratio!r}",
+                          field="target_ratio")
     return float(target_ratio)
 
 
@@ -95,7 +96,8 @@ def protected_set(fn, protected_layers) -> set[int]:
     out = set()
     for layer in protected:
         if isinstance(layer, bool) or not isinstance(layer, int | np.integer) or not -n <= int(layer) < n:
-            raise ConfigError(f"protected_layers: {layer!r} is not a layer index in 0..{n - 1}")
+            raise ConfigError(f"protected_layers: {layer!r} is not a layer index in 0..{n - 1}",
+                              field="protected_layers")
         out.add(int(layer) % n)
     return out | (set(range(n)) - set(fn.layers))
 
@@ -185,7 +187,8 @@ def plan(fn, *, threshold: float | None = None, target_ratio: float | None = Non
     Exactly one of ``threshold`` (keep neurons scoring above it) and ``target_ratio`` (fraction of
     ``ratio_of`` parameters to remove: ``all`` (default), ``mlp`` or ``non-embedding``; the
     lowest-scored neurons of the unprotected layers go first).
-    ``uniform``: the same width in every layer, protected layers included (a stock architecture).
+    ``uniform``: the same width in every layer, protected layers included (a stock architecture;
+    explicitly given ``protected_layers`` are refused, :func:`fnprune.prune.check_uniform_protection`).
     ``networks``: the chosen networks, whose key neurons (|z| > ``key_threshold``, default the
     analysis threshold) are always kept. ``forced``: instead, the per-layer masks of neurons to keep
     (when the chosen networks come from another decomposition).
@@ -196,6 +199,7 @@ def plan(fn, *, threshold: float | None = None, target_ratio: float | None = Non
         raise ConfigError(f"threshold must be a finite number ≥ 0, got {threshold!r}")
     if target_ratio is not None:
         target_ratio = check_ratio(target_ratio)
+    check_uniform_protection(uniform, protected_layers)
     model = fn.info["model"]
     ppn = [int(p) for p in model["params_per_neuron"]]
     total, mlp = int(model["total_params"]), int(model["mlp_params"])

@@ -1,12 +1,40 @@
-"""Every serialisable type of the HTTP API (the backend owns these; fnprune never sees pydantic)."""
+"""Every serialisable type of the HTTP API (the backend owns these; fnprune never sees pydantic).
+
+Names, choices and defaults are fnprune's (:mod:`fnprune.options`, torch-free), never typed again here:
+the fixed choices become ``Literal`` types; the pruning methods, a registry that can grow
+(:mod:`fnprune.methods`), are checked and stated (as a JSON Schema ``enum``) when used: :class:`OneOf`.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError, core_schema
 
-DEFAULT_HEADS_FRACTION = 0.25
+from fnprune.options import (
+    ALLOCATIONS,
+    BASELINES,
+    DEFAULT_ANALYSIS_TEXTS,
+    DEFAULT_CALIBRATION_DOCS,
+    DEFAULT_CALIBRATION_TOKENS,
+    DEFAULT_CORPUS,
+    DEFAULT_HEADS_FRACTION,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_METHOD,
+    DEFAULT_MODE,
+    DEFAULT_MODEL,
+    DEFAULT_N_COMPONENTS,
+    DEFAULT_RATIO_OF,
+    DEFAULT_REPAIR,
+    DEFAULT_SAMPLING,
+    METHODS,
+    MODES,
+    RATIO_BASES,
+    REPAIRS,
+    SAMPLINGS,
+)
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -19,10 +47,63 @@ def _not_a_bool(value: Any) -> Any:
 # request numbers: JSON true/false are not numbers
 Int = Annotated[int, BeforeValidator(_not_a_bool)]
 Float = Annotated[float, BeforeValidator(_not_a_bool)]
+# optional bounded numbers: the bounds sit on the number, inside the bool check, so the schema states them
+# as JSON Schema keywords (pydantic writes non-standard "gt"/"le" for bounds outside the validator)
+Ratio = Annotated[float, Field(gt=0, lt=1), BeforeValidator(_not_a_bool)]
+ZThreshold = Annotated[float, Field(gt=0, le=100), BeforeValidator(_not_a_bool)]
+CalibrationTexts = Annotated[int, Field(ge=1, le=5000), BeforeValidator(_not_a_bool)]
+CalibrationTokens = Annotated[int, Field(ge=8, le=8192), BeforeValidator(_not_a_bool)]
+
+
+class OneOf:
+    """``Annotated[str, OneOf(names)]``: one of a *live* list of names (fnprune.options.METHODS, BASELINES:
+    views of the method registry), checked when a request is validated and stated as the schema's ``enum``
+    when the schema is generated, so a method registered after this module was imported is both accepted
+    and documented. The error reads like a ``Literal``'s."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def __get_pydantic_core_schema__(self, source, handler):
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema, handler):
+        out = handler(schema)
+        out["enum"] = list(self.names)
+        return out
+
+    def _check(self, value: str) -> str:
+        if value not in self.names:
+            names = [repr(n) for n in self.names]
+            raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                      {"expected": ", ".join(names[:-1]) + f" or {names[-1]}"})
+        return value
+
+
+MethodName = Annotated[str, OneOf(METHODS)]
+BaselineName = Annotated[str, OneOf(BASELINES)]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# What the server takes as a model (services/catalog.resolve_model): a named model or hub id
+# ("name" / "org/name", not ending in .gguf: that is a relative path), or an absolute path ("/..." or
+# "~/..."; whether it may be read depends on FNPRUNE_MODEL_DIRS). Relative paths are refused.
+MODEL_PATTERN = (r"^\s*(?:~?/[^\x00]*|~\s*|(?!.*\.gguf\s*$)[A-Za-z0-9][A-Za-z0-9_.-]*"
+                 r"(?:/[A-Za-z0-9][A-Za-z0-9_.-]*)?\s*)$")
+# A corpus name from GET /api/corpora (never a path: no slash, backslash or leading dot)
+CORPUS_PATTERN = r"^[^/\\.][^/\\]*$"
+# What POST /api/download-links signs: a download path of this server (no scheme, no host)
+DOWNLOAD_PATH_PATTERN = r"^/api(?:/[^?#]*)?/download/"
+# the readable reason a value not matching one of these patterns gets (core/errors.py)
+PATTERN_HINTS = {
+    MODEL_PATTERN: "give a model name from GET /api/models, a hub id (org/name) or an absolute path; "
+                   "relative paths are refused",
+    CORPUS_PATTERN: "give a corpus name from GET /api/corpora, not a path",
+    DOWNLOAD_PATH_PATTERN: "give an /api/.../download/... path of this server",
+}
 
 
 class Health(BaseModel):
@@ -70,18 +151,22 @@ class Job(BaseModel):
 
 
 class AnalysisRequest(Strict):
-    model: str = Field(default="smollm2-135m", min_length=1, max_length=500)
-    corpus: str = Field(default="brown", min_length=1, max_length=200)
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")  # MODEL_PATTERN looks ahead
+
+    model: str = Field(default=DEFAULT_MODEL, min_length=1, max_length=500, pattern=MODEL_PATTERN, description=(
+        "a model name from GET /api/models, a hub id (org/name) or an absolute path inside FNPRUNE_MODEL_DIRS"))
+    corpus: str = Field(default=DEFAULT_CORPUS, min_length=1, max_length=200, pattern=CORPUS_PATTERN,
+                        description="a corpus name from GET /api/corpora")
     genres: list[str] | None = Field(default=None, max_length=100)
-    n_texts: Int = Field(default=40, ge=1, le=5000)
-    max_tokens: Int = Field(default=512, ge=8, le=8192)
-    n_components: Int = Field(default=32, ge=1, le=2048)  # = fnprune.ica.DEFAULT_N_COMPONENTS
-    mode: Literal["per-layer", "whole-model"] = "per-layer"
+    n_texts: Int = Field(default=DEFAULT_ANALYSIS_TEXTS, ge=1, le=5000)
+    max_tokens: Int = Field(default=DEFAULT_MAX_TOKENS, ge=8, le=8192)
+    n_components: Int = Field(default=DEFAULT_N_COMPONENTS, ge=1, le=2048)
+    mode: Literal[MODES] = DEFAULT_MODE
     n_runs: Int = Field(default=1, ge=1, le=50)
     seed: Int = Field(default=0, ge=0, le=2**31 - 1)
     # which documents: "first" = the corpus' first n_texts (file order); "stratified" = spread evenly
     # over the corpus' genres (round-robin, the same for every seed)
-    sampling: Literal["first", "stratified"] = "first"
+    sampling: Literal[SAMPLINGS] = DEFAULT_SAMPLING
     check_seeds: Int = Field(default=0, ge=0, le=10, description=(
         "refit every layer with this many other seeds and record in how many each network comes back "
         "(|corr| >= 0.9), and where the key neurons come from; (1 + check_seeds) times the ICA time; "
@@ -96,13 +181,18 @@ class AnalysisRequest(Strict):
 
 
 class ThresholdChoice(Strict):
-    """At most one of ``threshold`` / ``target_ratio``; neither means the analysis' default threshold."""
+    """At most one of ``threshold`` / ``target_ratio`` (the schema says so with ``not``); neither: see the
+    route (the preview: the analysis' threshold; a pruning: fnprune.recipe.default_target)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {
+        "required": ["threshold", "target_ratio"],
+        "properties": {"threshold": {"type": "number"}, "target_ratio": {"type": "number"}}}})
 
     networks: list[Int] | None = Field(default=None, max_length=4096)
-    threshold: Float | None = Field(default=None, gt=0, le=100)
-    target_ratio: Float | None = Field(default=None, gt=0, lt=1)
+    threshold: ZThreshold | None = None
+    target_ratio: Ratio | None = None
     # what target_ratio is a fraction of: all parameters, the MLPs', or all but the embeddings
-    ratio_of: Literal["all", "mlp", "non-embedding"] = "all"
+    ratio_of: Literal[RATIO_BASES] = DEFAULT_RATIO_OF
 
     @model_validator(mode="after")
     def _one_of(self) -> ThresholdChoice:
@@ -144,7 +234,7 @@ class PreviewResult(BaseModel):
     size_bytes: int
     forced_per_layer: list[int] = Field(description="key neurons of the chosen networks in each layer (kept)")
     max_ratio_total: float = Field(description="the largest fraction of all parameters this choice can remove")
-    ratio_of: Literal["all", "mlp", "non-embedding"]
+    ratio_of: Literal[RATIO_BASES]
     max_ratio: dict[str, float] = Field(description="the largest reachable fraction of each base (all, mlp, "
                                                     "non-embedding when the run records embeddings)")
     chosen_networks: list[NetworkKept]
@@ -164,36 +254,35 @@ class Labels(Strict):
 class PruningRequest(ThresholdChoice):
     analysis_id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-zA-Z_-]+$")
     protected_layers: list[Int] | None = Field(default=None, max_length=1024)
-    # fnprune.recipe.METHODS: how neurons are chosen inside a layer; chosen networks' key neurons are
-    # always kept (fn-flap: FLAP's score in the networks' widths; fn: the seed-robust network score;
-    # paper: any |z| above the threshold, no unresolved-subspace energy; obs: structured OBS, greedy
-    # least rise of the repaired output error; the baselines)
-    # default obs: chosen on validation documents (BENCHMARKS.md §3b)
-    method: Literal["fn-flap", "fn", "paper", "obs", "random", "magnitude", "wanda-sp", "flap"] = "obs"
-    # lstsq: re-fit each pruned layer's down projection + bias by least squares (default);
-    # bias: FLAP's mean compensation only; none
-    repair: Literal["lstsq", "bias", "none"] = "lstsq"
+    method: MethodName = Field(default=DEFAULT_METHOD, description=(
+        "how neurons are chosen inside a layer (GET /api/options lists each with its help); the chosen "
+        "networks' key neurons are always kept"))
+    repair: Literal[REPAIRS] = Field(default=DEFAULT_REPAIR, description=(
+        "lstsq: re-fit each pruned layer's down projection + bias by least squares; bias: FLAP's mean "
+        "compensation only; none"))
     sequential: bool = False
     uniform: bool = False
     # Attention: false = keep every head; a fraction in (0, 1) = remove that fraction of the KV groups
-    # (a key/value head with its query heads) of every unprotected layer; true = 0.25.
-    heads: bool | float = False
-    baselines: list[Literal["random", "magnitude", "wanda-sp", "flap"]] = Field(default_factory=list)
+    # (a key/value head with its query heads) of every unprotected layer; true = DEFAULT_HEADS_FRACTION.
+    heads: bool | float = Field(default=False, json_schema_extra={"anyOf": [
+        {"type": "boolean"}, {"type": "number", "minimum": 0, "exclusiveMaximum": 1}]})
+    baselines: list[BaselineName] = Field(default_factory=list)
     evaluate: bool = True
     n_heldout: Int = Field(default=20, ge=1, le=500)
     # The pruning's own calibration (FLAP / Wanda-sp statistics, the least-squares repair), independent of
-    # how much text the analysis read: the CLI's defaults (--calib-docs 120, --max-tokens 512) unless the
+    # how much text the analysis read: the CLI's defaults (--calib-docs, --max-tokens) unless the
     # analysis read more. A quick analysis of 15 x 128 tokens would otherwise calibrate on ~2k tokens.
-    calibration_texts: Int | None = Field(default=None, ge=1, le=5000, description=(
-        "calibration documents of the pruning (scores and repair); default: the analysis' number, at least 120"))
-    calibration_tokens: Int | None = Field(default=None, ge=8, le=8192, description=(
-        "tokens per calibration document; default: the analysis' max_tokens, at least 512"))
+    calibration_texts: CalibrationTexts | None = Field(default=None, description=(
+        "calibration documents of the pruning (scores and repair); default: the analysis' number, at least "
+        f"{DEFAULT_CALIBRATION_DOCS}"))
+    calibration_tokens: CalibrationTokens | None = Field(default=None, description=(
+        f"tokens per calibration document; default: the analysis' max_tokens, at least {DEFAULT_CALIBRATION_TOKENS}"))
 
     @field_validator("heads")
     @classmethod
     def _heads_fraction(cls, value: bool | float) -> bool | float:
         if not isinstance(value, bool) and value != 0 and not 0 < value < 1:
-            raise ValueError("give false, true (0.25) or a fraction of KV groups between 0 and 1")
+            raise ValueError(f"give false, true ({DEFAULT_HEADS_FRACTION:g}) or a fraction of KV groups between 0 and 1")
         return value
 
     @property
@@ -349,8 +438,93 @@ class Layout(BaseModel):
     network: EncodedArray
 
 
+class Choice(BaseModel):
+    """One value a request field takes: ``name`` (what the request sends), a short ``label``, a ``help`` line."""
+
+    name: str
+    label: str
+    help: str
+
+
+class MethodChoice(Choice):
+    """A pruning method (a record of fnprune.methods): what the form needs to offer it and to follow its rules."""
+
+    default_allocation: Literal[ALLOCATIONS[1:]] = Field(description="the layer widths it uses by default")
+    native_repair: Literal[REPAIRS] = Field(description="the compensation it comes with")
+    unrepaired: Literal[REPAIRS] = Field(description="what 'without repair' means for it (the result's comparison)")
+    needs_networks: bool = Field(description="it reads the functional networks")
+    takes_threshold: bool = Field(description="a |z| threshold sizes its layers (it is a network score)")
+    baseline: bool = Field(description="one of the baselines a pruning can be compared with (`baselines`)")
+    refuses: dict[str, str] = Field(description="request options it refuses (e.g. `sequential`), each with the "
+                                                "reason; such a request is answered 422")
+
+
+class Preset(BaseModel):
+    """A preset of the new-analysis form (the AnalysisRequest fields it sets)."""
+
+    name: str
+    label: str
+    n_texts: int
+    max_tokens: int
+    n_components: int
+    n_runs: int
+    sampling: Literal[SAMPLINGS]
+
+
+class AnalysisDefaults(BaseModel):
+    """What an AnalysisRequest gets for each field it omits (fnprune's defaults)."""
+
+    model: str
+    corpus: str
+    n_texts: int
+    max_tokens: int
+    n_components: int
+    n_init: int = Field(description="FastICA restarts per decomposition (not a request field)")
+    mode: Literal[MODES]
+    sampling: Literal[SAMPLINGS]
+    threshold: float = Field(description="the analysis' |z| threshold for key neurons")
+
+
+class PruningDefaults(BaseModel):
+    """What a PruningRequest gets for each field it omits, and the rules a form follows."""
+
+    method: str
+    method_reason: str = Field(description="why the default method is the default")
+    repair: Literal[REPAIRS]
+    ratio_of: Literal[RATIO_BASES]
+    target_ratio: float = Field(description="used when neither threshold nor target_ratio is given and the "
+                                            "method does not size layers by a |z| threshold")
+    calibration_texts: int = Field(description="calibration documents: the analysis' number, at least this")
+    calibration_tokens: int = Field(description="tokens per calibration document: the analysis', at least this")
+    ridge: float = Field(description="the least-squares repair's ridge, times the mean input power")
+    heads_fraction: float = Field(description="the fraction of KV groups `heads: true` removes")
+    sequential_repair: Literal[REPAIRS] = Field(description="`sequential` is a mode of this repair only")
+    quick_analysis_texts: int = Field(description="an analysis of fewer texts is a quick one (the form then "
+                                                  "proposes quick_calibration_texts)")
+    quick_calibration_texts: int = Field(description="calibration documents the form proposes after a quick "
+                                                     "analysis (BENCHMARKS.md §9: stays within the quick demo's "
+                                                     "5 minutes)")
+
+
+class Options(BaseModel):
+    """GET /api/options: fnprune's vocabulary (fnprune.options and the method registry), so a client
+    builds its forms from the server's names, help and defaults instead of copying them."""
+
+    methods: list[MethodChoice] = Field(description="in the library's order")
+    repairs: list[Choice]
+    allocations: list[Choice] = Field(description="how many neurons each layer keeps (the CLI's --allocation; "
+                                                  "the API sends `uniform` or the method's default)")
+    ratio_bases: list[Choice] = Field(description="what a target ratio is a fraction of (`ratio_of`)")
+    modes: list[Choice]
+    samplings: list[Choice]
+    presets: list[Preset]
+    analysis: AnalysisDefaults
+    pruning: PruningDefaults
+
+
 class DownloadLinkRequest(Strict):
-    path: str = Field(min_length=1, max_length=2000, description="e.g. /api/prunings/ID/download/model")
+    path: str = Field(min_length=1, max_length=2000, pattern=DOWNLOAD_PATH_PATTERN,
+                      description="e.g. /api/prunings/ID/download/model")
 
 
 class DownloadLink(BaseModel):

@@ -7,6 +7,7 @@
     fnprune export RUN_DIR --nifti maps.nii.gz [--labels labels.txt] [--mask mask.json]
     fnprune fetch-data                     (Brown corpus into $FNPRUNE_HOME)
     fnprune prune / evaluate / compare     (see fnprune/cli/pruning.py)
+    fnprune export-gguf MODEL_DIR OUT.gguf [--type f32|f16|q8_0]   (llama.cpp; fnprune/cli/export.py)
     fnprune serve [--host H] [--port P]    (API + worker; runs the backend in its own process)
 
 Each module registers its subcommands (``add_subcommands``); every subcommand sets
@@ -20,7 +21,7 @@ import argparse
 import sys
 
 from ..errors import FnpruneError
-from . import analysis, pruning, serve
+from . import analysis, export, pruning, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     analysis.add_subcommands(subparsers)
     pruning.add_subcommands(subparsers)
+    export.add_subcommands(subparsers)
     serve.add_subcommands(subparsers)
     return parser
 

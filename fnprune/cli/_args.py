@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
+from ..options import DEFAULT_MAX_TOKENS
 
 
 def int_list(text: str | None, flag: str, *, allow_all: bool = False) -> list[int] | None:
@@ -22,7 +23,8 @@ def int_list(text: str | None, flag: str, *, allow_all: bool = False) -> list[in
 
 def add_batch_options(parser: argparse.ArgumentParser, *, quiet: bool = True) -> None:
     """``--max-tokens`` and ``--batch-size`` (and ``--quiet``) of the commands that run a model over text."""
-    parser.add_argument("--max-tokens", type=int, default=512, help="tokens per document (default 512)")
+    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                        help=f"tokens per document (default {DEFAULT_MAX_TOKENS})")
     parser.add_argument("--batch-size", type=int, default=4)
     if quiet:
         parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from .. import options
 from ..errors import ConfigError
-from ..ica import DEFAULT_N_COMPONENTS, DEFAULT_N_INIT
 from ._args import add_batch_options, int_list
 
 
@@ -34,7 +34,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(f"loading {args.model} ...", file=sys.stderr)
     model, tokenizer = load_model(args.model, device=args.device)
     networks = analyze(model, tokenizer, calibration, n_components=args.components, mode=args.mode,
-                       n_runs=args.runs, n_init=DEFAULT_N_INIT if args.n_init is None else args.n_init,
+                       n_runs=args.runs, n_init=options.DEFAULT_N_INIT if args.n_init is None else args.n_init,
                        max_tokens=args.max_tokens, random_state=args.seed, batch_size=args.batch_size,
                        device=args.device, threshold=args.threshold,
                        layers=int_list(args.layers, "--layers", allow_all=True), model_spec=args.model,
@@ -160,22 +160,24 @@ def cmd_fetch_data(args: argparse.Namespace) -> int:
 def add_subcommands(subparsers) -> None:
     """Register ``analyze``, ``networks``, ``mask``, ``export`` and ``fetch-data``."""
     p = subparsers.add_parser("analyze", help="capture activations and decompose them into functional networks")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--corpus", default="brown", help="brown, pydoc, a .txt/.jsonl path or hf:NAME")
+    p.add_argument("--model", default=options.DEFAULT_MODEL)
+    p.add_argument("--corpus", default=options.DEFAULT_CORPUS, help="brown, pydoc, a .txt/.jsonl path or hf:NAME")
     p.add_argument("--genres", default=None, help="comma-separated corpus labels to use (Brown genres)")
-    p.add_argument("--texts", type=int, default=40, help="number of calibration documents")
-    p.add_argument("--components", type=int, default=DEFAULT_N_COMPONENTS,
-                   help=f"components per layer (per-layer mode) or in total (default {DEFAULT_N_COMPONENTS}; "
-                        "the paper's 128 gives fewer reproducible networks, BENCHMARKS.md §2)")
-    p.add_argument("--mode", choices=["per-layer", "whole-model"], default="per-layer")
+    p.add_argument("--texts", type=int, default=options.DEFAULT_ANALYSIS_TEXTS, help="number of calibration documents")
+    p.add_argument("--components", type=int, default=options.DEFAULT_N_COMPONENTS,
+                   help=f"components per layer (per-layer mode) or in total (default {options.DEFAULT_N_COMPONENTS}; "
+                        f"the paper's {options.PAPER_COMPONENTS} gives fewer reproducible networks, BENCHMARKS.md §2)")
+    p.add_argument("--mode", choices=options.MODES, default=options.DEFAULT_MODE,
+                   help="; ".join(f"{m}: {h}" for m, h in options.MODE_HELP.items()))
     p.add_argument("--runs", type=int, default=1, help="disjoint batches of documents (masks OR-ed)")
     p.add_argument("--n-init", type=int, default=None, help="FastICA restarts per decomposition, combined by "
-                   f"consensus (default {DEFAULT_N_INIT}; 1 = the paper's single run)")
+                   f"consensus (default {options.DEFAULT_N_INIT}; 1 = the paper's single run)")
     p.add_argument("--check-seeds", type=int, default=0, metavar="N",
                    help="refit every layer with N other seeds and record which networks come back (|corr| >= 0.9) "
                         "and where key neurons come from; N+1 times the decomposition time (per-layer mode)")
     p.add_argument("--layers", default=None, help="comma-separated layers to analyse (default all)")
-    p.add_argument("--threshold", type=float, default=3.0, help="default |z| threshold for display")
+    p.add_argument("--threshold", type=float, default=options.DEFAULT_THRESHOLD,
+                   help=f"default |z| threshold for display (default {options.DEFAULT_THRESHOLD:g})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
@@ -194,9 +196,9 @@ def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("mask", help="key-neuron mask and per-layer widths for a threshold or target ratio")
     p.add_argument("run_dir")
     p.add_argument("--target-ratio", type=float, default=None, help="fraction of parameters to remove (see --of)")
-    p.add_argument("--of", choices=("all", "mlp", "non-embedding"), default="all",
-                   help="what --target-ratio is a fraction of: all parameters (default), the MLPs', or all but "
-                        "the embeddings")
+    p.add_argument("--of", choices=options.RATIO_BASES, default=options.DEFAULT_RATIO_OF,
+                   help="what --target-ratio is a fraction of: " + "; ".join(
+                       f"{b}: {h}" for b, h in options.RATIO_BASE_HELP.items()) + f" (default {options.DEFAULT_RATIO_OF})")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--networks", default=None,
                    help="chosen networks (comma-separated ids): every key neuron of each is kept (default: none forced)")

@@ -25,14 +25,24 @@ def _run_model_spec(fn) -> str | None:
 
 
 def _calibration(corpus: str, n_docs: int):
+    """``(calibration, heldout)`` documents: at most ``n_docs`` calibration ones (fewer when the corpus
+    has fewer; the recipe records and reports how many were used)."""
     from ..corpus import load_corpus, split_heldout
 
+    if n_docs < 1:
+        raise ConfigError(f"--calib-docs must be at least 1, got {n_docs}")
     calib, heldout = split_heldout(load_corpus(corpus))
     return calib[:n_docs], heldout
 
 
 def spec_from_args(args: argparse.Namespace):
-    """The :class:`fnprune.recipe.PruningSpec` the ``prune`` flags describe (validated later, once)."""
+    """The :class:`fnprune.recipe.PruningSpec` the ``prune`` flags describe (validated later, once).
+
+    Flags that contradict each other are refused here, never resolved by one silently winning:
+    ``--threshold`` with ``--target-ratio``, and ``--repair`` / ``--no-repair`` / ``--bias`` asking
+    for different repairs (``--target-ratio`` and ``--repair`` default to None so that a flag the
+    user gave is told from a default)."""
+    from ..options import DEFAULT_REPAIR, DEFAULT_TARGET_RATIO
     from ..recipe import PruningSpec, unrepaired
 
     allocation = args.allocation
@@ -40,14 +50,23 @@ def spec_from_args(args: argparse.Namespace):
         if allocation not in ("default", "uniform"):
             raise ConfigError(f"--uniform and --allocation {allocation} contradict each other")
         allocation = "uniform"
-    repair = args.repair
+    asked = {}  # flag -> the repair it asks for
+    if args.repair is not None:
+        asked[f"--repair {args.repair}"] = args.repair
     if args.no_repair:
-        repair = unrepaired(args.method)
+        asked["--no-repair"] = unrepaired(args.method)
     if args.bias:
-        if args.repair == "none":
-            raise ConfigError("--bias means --repair bias; it contradicts --repair none")
-        repair = "bias"
-    return PruningSpec(method=args.method, target_ratio=None if args.threshold is not None else args.target_ratio,
+        asked["--bias"] = "bias"
+    if len(set(asked.values())) > 1:
+        flags = list(asked)
+        raise ConfigError(f"{' and '.join(flags)} ask for different repairs "
+                          f"({', '.join(f'{f}: {r}' for f, r in asked.items())}): give one")
+    repair = next(iter(asked.values()), DEFAULT_REPAIR)
+    if args.threshold is not None and args.target_ratio is not None:
+        raise ConfigError("--threshold and --target-ratio both give the budget: give one")
+    target_ratio = None if args.threshold is not None else (
+        args.target_ratio if args.target_ratio is not None else DEFAULT_TARGET_RATIO)
+    return PruningSpec(method=args.method, target_ratio=target_ratio,
                        threshold=args.threshold, networks=_tuple(int_list(args.networks, "--networks")),
                        allocation=allocation, protected_layers=_tuple(int_list(args.protected, "--protected")),
                        repair=repair, sequential=args.sequential, ridge=args.ridge, heads_fraction=args.heads,
@@ -64,20 +83,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from ..pruned_io import save_pruned
     from ..recipe import Calibration, prune_with_networks
 
+    spec = spec_from_args(args).validated(have_networks=True)  # contradicting flags: exit 2 before any work
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
-    spec = spec_from_args(args).validated(have_networks=True)
     fn = FunctionalNetworks.load(run_dir)
     model_spec = args.model or _run_model_spec(fn)
     if model_spec is None:
         raise RunDirError(f"{run_dir} does not name the model it was computed on; pass --model")
     progress = None if args.quiet else tqdm_progress()
+    calib, heldout = _calibration(args.corpus, args.calib_docs)  # a corpus error stops before the model loads
     model, tokenizer = load_model(model_spec)
-    calib, heldout = _calibration(args.corpus, args.calib_docs)
     dense = copy.deepcopy(model) if args.fidelity else None
-    outcome = prune_with_networks(model, fn, spec, Calibration(tokenizer, calib, args.max_tokens, args.batch_size),
-                                  progress)
+    outcome = prune_with_networks(model, fn, spec, Calibration(tokenizer, calib, args.max_tokens, args.batch_size,
+                                                                requested_docs=args.calib_docs), progress)
     info = {"source_model": model_spec, "run_dir": str(run_dir.absolute()), **outcome.info(),
             "networks": None if spec.networks is None else list(spec.networks), "threshold": spec.threshold,
             "target_ratio": spec.target_ratio, "uniform": spec.resolved_allocation == "uniform",
@@ -103,11 +122,17 @@ def report_pruning(outcome, fidelity=None) -> str:
              f"widths {outcome.widths}"]
     for c in outcome.chosen:
         lines.append(f"  network {c.id} (layer {c.layer}): key neurons kept: {c.n_kept} of {c.n_key}")
-    summary = outcome.repair_summary()
-    if summary:
-        lines.append(f"  calibration output error of the pruned layers (mean relative): no repair "
-                     f"{summary['error_pruned']:.4f}, mean bias {summary['error_bias']:.4f}, "
-                     f"least squares {summary['error_repaired']:.4f}")
+    docs = outcome.calibration_docs
+    if docs and docs["used"]:
+        lines.append(f"  calibration: {docs['used']} documents x {docs['tokens_per_doc']} tokens"
+                     + (f" ({docs['requested']} requested)" if docs["used"] < docs["requested"] else ""))
+    for heads, summary in ((False, outcome.repair_summary()), (True, outcome.repair_summary(heads=True))):
+        if summary:
+            lines.append(f"  calibration output error of the pruned {'attention outputs' if heads else 'layers'} "
+                         f"(mean relative): no repair {summary['error_pruned']:.4f}, mean bias "
+                         f"{summary['error_bias']:.4f}, least squares {summary['error_repaired']:.4f}")
+    for note in outcome.notes:
+        lines.append(f"  note: {note}")
     if fidelity:
         lines.append("  network fidelity on held-out text (time-course correlation dense vs pruned; relative change "
                      "of the layer output on the network's top tokens / on all tokens):")
@@ -168,49 +193,66 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def add_subcommands(subparsers) -> None:
-    """Register ``prune``, ``evaluate`` and ``compare`` on an argparse subparsers object."""
-    from ..compare import DEFAULT_METHODS
-    from ..recipe import ALLOCATIONS, DEFAULT_CALIBRATION_DOCS, DEFAULT_METHOD, METHOD_HELP, METHODS, REPAIRS
-    from ..repair import DEFAULT_RIDGE
+    """Register ``prune``, ``evaluate`` and ``compare`` on an argparse subparsers object.
 
+    Names, help and defaults come from :mod:`fnprune.options`; the method choices are the registry's
+    (:mod:`fnprune.methods`) when the parser is built, so a registered method is a choice here."""
+    from .. import options
+    from ..methods import registered
+
+    methods = registered()
     p = subparsers.add_parser("prune", help="prune a model with the functional networks of a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--target-ratio", type=float, default=0.2,
-                   help="fraction of parameters to remove (default 0.2 of all parameters; see --of)")
-    p.add_argument("--of", choices=("all", "mlp", "non-embedding"), default="all",
-                   help="what --target-ratio is a fraction of: all parameters (default), the MLPs', or all but "
-                        "the embeddings (for models whose embeddings are most of their parameters)")
-    p.add_argument("--threshold", type=float, default=None, help="|z| threshold instead of a target ratio")
+    p.add_argument("--target-ratio", type=float, default=None,
+                   help=f"fraction of parameters to remove (default {options.DEFAULT_TARGET_RATIO:g} of "
+                        f"{options.RATIO_BASE_LABELS[options.DEFAULT_RATIO_OF]}; see --of)")
+    p.add_argument("--of", choices=options.RATIO_BASES, default=options.DEFAULT_RATIO_OF,
+                   help="what --target-ratio is a fraction of: " + "; ".join(
+                       f"{b}: {h}" for b, h in options.RATIO_BASE_HELP.items()) + f" (default {options.DEFAULT_RATIO_OF})")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="|z| threshold instead of a target ratio (not both)")
     p.add_argument("--networks", default=None,
                    help="chosen networks, e.g. 1,5,9: every key neuron of each is kept (default: none forced)")
-    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
-                   help="; ".join(f"{m}: {h}" for m, h in METHOD_HELP.items())
-                   + f" (default {DEFAULT_METHOD}: the lowest validation perplexity with the repair, BENCHMARKS.md §3)")
-    p.add_argument("--allocation", choices=ALLOCATIONS, default="default",
-                   help="how many neurons each layer keeps: networks (the network score's widths; default for fn, "
-                        "fn-flap), own (the method's scores ranked across layers; default otherwise), unresolved "
-                        "(control), uniform (same width everywhere, protected layers too: a stock architecture)")
+    p.add_argument("--method", choices=options.METHODS, default=options.DEFAULT_METHOD,
+                   help="; ".join(f"{m.name}: {m.help}" for m in methods.values())
+                   + f" (default {options.DEFAULT_METHOD}: {options.DEFAULT_METHOD_REASON})")
+    by_default = {}
+    for m in methods.values():
+        by_default.setdefault(m.default_allocation, []).append(m.name)
+    allocation_help = {**options.ALLOCATION_HELP, "default": "the method's own: " + "; ".join(
+        f"{a} for {', '.join(names)}" for a, names in by_default.items())}
+    p.add_argument("--allocation", choices=options.ALLOCATIONS, default="default",
+                   help="how many neurons each layer keeps: " + "; ".join(
+                       f"{a}: {h}" for a, h in allocation_help.items()))
     p.add_argument("--uniform", action="store_true", help="same as --allocation uniform")
-    p.add_argument("--repair", choices=REPAIRS, default="lstsq",
-                   help="lstsq (default): re-fit each pruned layer's down projection and bias by least squares to "
-                        "the dense output on calibration tokens; bias: FLAP's mean compensation; none")
+    p.add_argument("--repair", choices=options.REPAIRS, default=None,
+                   help=" ".join(f"{r}: {h}" for r, h in options.REPAIR_HELP.items())
+                   + f" (default {options.DEFAULT_REPAIR}; with --heads, o_proj is repaired the same way). "
+                   "--no-repair or --bias asking for another repair is refused")
+    no_repair = {}
+    for m in methods.values():
+        no_repair.setdefault(m.unrepaired, []).append(m.name)
     p.add_argument("--no-repair", action="store_true",
-                   help="no least-squares repair: FLAP's mean bias for fn-flap and flap, nothing otherwise "
-                        "(obs then only selects)")
+                   help="no least-squares repair: " + "; ".join(f"{r} for {', '.join(names)}"
+                                                                for r, names in no_repair.items()))
     p.add_argument("--bias", action="store_true", help="same as --repair bias")
     p.add_argument("--sequential", action="store_true",
-                   help="repair layer by layer, calibrating each on the already pruned layers below (slower)")
-    p.add_argument("--ridge", type=float, default=DEFAULT_RIDGE,
-                   help=f"repair ridge, times the mean input power (default {DEFAULT_RIDGE:g})")
+                   help="repair layer by layer, calibrating each on the already pruned layers below (slower; "
+                        f"with --repair {options.SEQUENTIAL_REPAIR} only)" + "".join(
+                            f"; not with {m.name}: {m.refuses['sequential']}" for m in methods.values()
+                            if "sequential" in m.refuses))
+    p.add_argument("--ridge", type=float, default=options.DEFAULT_RIDGE,
+                   help=f"repair ridge, times the mean input power (default {options.DEFAULT_RIDGE:g})")
     p.add_argument("--heads", type=float, default=None, metavar="FRACTION",
                    help="also remove this fraction of attention KV groups (a KV head with its query heads) in "
-                        "each unprotected layer, lowest FLAP fluctuation first (LLaMA family; o_proj bias "
-                        "compensation unless --repair none)")
+                        "each unprotected layer, lowest FLAP fluctuation first (LLaMA family; o_proj is repaired "
+                        "like the MLPs: least squares with lstsq, mean bias with bias)")
     p.add_argument("--protected", default=None, help="protected layers, e.g. 0,1,2,-2,-1 (default: paper's)")
     p.add_argument("--model", default=None, help="model spec (default: the one the run directory names)")
-    p.add_argument("--corpus", default="brown", help="calibration and held-out corpus")
-    p.add_argument("--calib-docs", type=int, default=DEFAULT_CALIBRATION_DOCS,
-                   help=f"calibration documents x --max-tokens (default {DEFAULT_CALIBRATION_DOCS})")
+    p.add_argument("--corpus", default=options.DEFAULT_CORPUS, help="calibration and held-out corpus")
+    p.add_argument("--calib-docs", type=int, default=options.DEFAULT_CALIBRATION_DOCS,
+                   help=f"calibration documents x --max-tokens (default {options.DEFAULT_CALIBRATION_DOCS}; a "
+                        "smaller corpus gives fewer: the number used is printed and saved in pruning.json)")
     p.add_argument("--heldout-docs", type=int, default=10, help="held-out documents for the fidelity report")
     p.add_argument("--fidelity", type=int, default=20, metavar="N",
                    help="report network fidelity for the chosen networks, or the N most stable (0: off)")
@@ -222,7 +264,7 @@ def add_subcommands(subparsers) -> None:
 
     p = subparsers.add_parser("evaluate", help="perplexity, size, speed, memory and generations of a model")
     p.add_argument("model", metavar="MODEL_OR_DIR")
-    p.add_argument("--corpus", default="brown")
+    p.add_argument("--corpus", default=options.DEFAULT_CORPUS)
     p.add_argument("--heldout-docs", type=int, default=20)
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--no-generations", action="store_true")
@@ -231,10 +273,11 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser("compare", help="functional-network pruning vs baselines at the same budgets")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--corpus", default="brown")
+    p.add_argument("--model", default=options.DEFAULT_MODEL)
+    p.add_argument("--corpus", default=options.DEFAULT_CORPUS)
     p.add_argument("--ratios", default="0.1,0.2,0.3")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--methods", default=",".join(methods),
+                   help="comma-separated methods, from " + ", ".join(methods) + " (default: all)")
     p.add_argument("--repairs", default="native,lstsq",
                    help="repairs to run each method with: native (its own compensation), lstsq, bias, none")
     p.add_argument("--controls", action="store_true",
@@ -248,8 +291,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--run-dir", default=None, help="networks from this run (default: compute them)")
     p.add_argument("--networks", default=None)
     p.add_argument("--protected", default=None)
-    p.add_argument("--calib-docs", type=int, default=DEFAULT_CALIBRATION_DOCS,
-                   help=f"calibration documents x --max-tokens (default {DEFAULT_CALIBRATION_DOCS})")
+    p.add_argument("--calib-docs", type=int, default=options.DEFAULT_CALIBRATION_DOCS,
+                   help=f"calibration documents x --max-tokens (default {options.DEFAULT_CALIBRATION_DOCS})")
     p.add_argument("--heldout-docs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--windows", default="512,128", help="perplexity window lengths (default 512,128)")

@@ -1,8 +1,38 @@
-// Fetch wrapper for the fnprune HTTP API (backend/API.md).
+// Fetch wrapper for the fnprune HTTP API (backend/API.md), and every URL of it this client uses (`urls`).
 // Every failure becomes a thrown Error whose message is a readable sentence
 // (the API's `detail` when it sent one).
 
 const TOKEN_KEY = "fnprune.token";
+
+const seg = (value) => encodeURIComponent(String(value));
+
+/** `path` with the query parameters that are set (null, undefined and "" are left out). */
+function withQuery(path, params) {
+  const query = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) if (value !== null && value !== undefined && value !== "") query.set(key, String(value));
+  const text = query.toString();
+  return text ? `${path}?${text}` : path;
+}
+
+/** The API's paths (backend/API.md); `kind` is "analyses" or "prunings". Views never build a URL. */
+export const urls = {
+  health: () => "/api/health",
+  options: () => "/api/options",
+  models: () => "/api/models",
+  corpora: () => "/api/corpora",
+  downloadLinks: () => "/api/download-links",
+  jobs: (kind) => `/api/${kind}`,
+  job: (kind, id) => `/api/${kind}/${seg(id)}`,
+  jobEvents: (kind, id) => `${urls.job(kind, id)}/events`,
+  download: (kind, id, artifact) => `${urls.job(kind, id)}/download/${seg(artifact)}`,
+  networks: (id) => `${urls.job("analyses", id)}/networks`,
+  network: (id, k, threshold = null) => withQuery(`${urls.networks(id)}/${seg(k)}`, { threshold }),
+  maps: (id, threshold = null) => withQuery(`${urls.job("analyses", id)}/maps`, { threshold }),
+  overview: (id) => `${urls.job("analyses", id)}/overview`,
+  layout: (id, name) => withQuery(`${urls.job("analyses", id)}/layout`, { name }),
+  labels: (id) => `${urls.job("analyses", id)}/labels`,
+  preview: (id) => `${urls.job("analyses", id)}/preview`,
+};
 
 export function getToken() {
   try {
@@ -99,7 +129,7 @@ export function watchJob(kind, id, onUpdate, onError) {
   async function poll() {
     while (!stopped) {
       try {
-        const job = await api(`/api/${kind}/${id}`, { signal: controller.signal });
+        const job = await api(urls.job(kind, id), { signal: controller.signal });
         deliver(job);
         if (TERMINAL.has(job.status)) return;
       } catch (err) {
@@ -113,7 +143,7 @@ export function watchJob(kind, id, onUpdate, onError) {
   async function stream() {
     let response;
     try {
-      response = await fetch(`/api/${kind}/${id}/events`, {
+      response = await fetch(urls.jobEvents(kind, id), {
         headers: authHeaders({ Accept: "text/event-stream" }),
         signal: controller.signal,
       });
@@ -174,7 +204,7 @@ export function watchJob(kind, id, onUpdate, onError) {
  */
 export async function signedDownloadUrl(path) {
   if (!getToken()) return path;
-  const link = await api("/api/download-links", { method: "POST", body: { path } });
+  const link = await api(urls.downloadLinks(), { method: "POST", body: { path } });
   return link.url;
 }
 

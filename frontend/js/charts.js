@@ -2,7 +2,7 @@
 // atlas or index), colour scales, Plotly defaults.
 // Colours are colour-blind safe: blue–white–orange diverging map, viridis for sequential
 // values, Okabe–Ito for categories.
-import { api } from "./api.js";
+import { api, urls } from "./api.js";
 import { decodeUint32 } from "./decode.js";
 
 export const OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
@@ -144,7 +144,7 @@ export function preferredLayout() {
 export function getLayout(id, name = preferredLayout()) {
   const key = `${id}:${name}`;
   if (!layoutCache.has(key)) {
-    const load = api(`/api/analyses/${id}/layout?name=${encodeURIComponent(name)}`).then((lay) => {
+    const load = api(urls.layout(id, name)).then((lay) => {
       const [nLayers, width] = lay.positions.shape;
       const pos = decodeUint32(lay.positions.data);
       const net = decodeUint32(lay.network.data);

@@ -5,7 +5,7 @@
 //   #/analysis/{id}/network/{k}             one network in detail
 //   #/analysis/{id}/prune                   select networks, preview, start pruning
 //   #/pruning/{id}                          pruning progress, results, downloads
-import { api, getToken, setToken } from "./api.js";
+import { api, getToken, setToken, urls } from "./api.js";
 import { clear, clearError, el, showError } from "./dom.js";
 import * as gallery from "./views/gallery.js";
 import * as network from "./views/network.js";
@@ -83,7 +83,7 @@ function setupToken() {
 
 async function serverInfo() {
   try {
-    const health = await api("/api/health");
+    const health = await api(urls.health());
     const info = document.getElementById("server-info");
     info.textContent = `v${health.version} · ${health.device}`;
     if (health.workers === 0) {

@@ -1,5 +1,5 @@
 // Cached reads of an analysis' data, so moving between views does not refetch everything.
-import { api } from "./api.js";
+import { api, urls } from "./api.js";
 
 const cache = new Map();
 
@@ -18,18 +18,19 @@ export function invalidate(prefix) {
   for (const key of [...cache.keys()]) if (key.startsWith(prefix)) cache.delete(key);
 }
 
-export const getNetworks = (id) => cached(`${id}:networks`, () => api(`/api/analyses/${id}/networks`));
+/** fnprune's names, help texts and defaults (GET /api/options): fetched once per page load. */
+export const getOptions = () => cached("options", () => api(urls.options()));
+
+export const getNetworks = (id) => cached(`${id}:networks`, () => api(urls.networks(id)));
 /** Every component's map, sparse (|z| > threshold), from GET /maps. */
 export function getMaps(id, threshold = null) {
-  const q = threshold === null || threshold === undefined ? "" : `?threshold=${encodeURIComponent(threshold)}`;
-  return cached(`${id}:maps:${threshold ?? ""}`, () => api(`/api/analyses/${id}/maps${q}`));
+  return cached(`${id}:maps:${threshold ?? ""}`, () => api(urls.maps(id, threshold)));
 }
-export const getOverview = (id) => cached(`${id}:overview`, () => api(`/api/analyses/${id}/overview`));
+export const getOverview = (id) => cached(`${id}:overview`, () => api(urls.overview(id)));
 
 /** One component's detail; threshold null = the analysis' own threshold. */
 export function getNetwork(id, k, threshold = null) {
-  const q = threshold === null || threshold === undefined ? "" : `?threshold=${encodeURIComponent(threshold)}`;
-  return cached(`${id}:network:${k}:${threshold ?? ""}`, () => api(`/api/analyses/${id}/networks/${k}${q}`));
+  return cached(`${id}:network:${k}:${threshold ?? ""}`, () => api(urls.network(id, k, threshold)));
 }
 
 /** Update the cached component table after a label change. */
@@ -41,7 +42,7 @@ export async function applyLabels(id, labels) {
 }
 
 export async function putLabel(id, k, label) {
-  const reply = await api(`/api/analyses/${id}/labels`, { method: "PUT", body: { labels: { [String(k)]: label } } });
+  const reply = await api(urls.labels(id), { method: "PUT", body: { labels: { [String(k)]: label } } });
   await applyLabels(id, reply?.labels || { [String(k)]: label });
   for (const key of [...cache.keys()]) {
     if (key.startsWith(`${id}:network:${k}:`)) {

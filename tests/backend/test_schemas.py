@@ -71,25 +71,36 @@ def test_pruning_calibrates_on_at_least_the_clis_default_text():
     assert calibration_size(PruningRequest(analysis_id="a", calibration_texts=12, calibration_tokens=64), quick) == (12, 64)
 
 
-def test_pruning_methods_are_the_librarys_everywhere():
-    """The API's method choices, its default and the web form's list are fnprune.recipe's."""
-    import re
-    import typing
+def test_pruning_choices_are_the_librarys_and_the_form_copies_none(client):
+    """The API's choices and defaults are fnprune's (fnprune.options, the method registry): in the schema,
+    in GET /api/options, in the calibration rule; the web form reads them from GET /api/options and holds
+    no copy of a method name (the regex test that kept a copy equal is gone with the copy)."""
     from pathlib import Path
 
-    from backend.app.schemas import PruningRequest
-    from fnprune.recipe import DEFAULT_METHOD, METHODS
-
-    field = PruningRequest.model_fields["method"]
-    assert set(typing.get_args(field.annotation)) == set(METHODS)
-    assert field.default == DEFAULT_METHOD
-    js = (Path(__file__).resolve().parents[2] / "frontend" / "js" / "views" / "prune.js").read_text()
-    block = js[js.index("const METHODS = ["):js.index("];", js.index("const METHODS = ["))]
-    assert set(re.findall(r'^\s*\["([a-z-]+)",', block, flags=re.M)) == set(METHODS)
-    recommended = re.findall(r'^\s*\["([a-z-]+)", "[^"]*\(recommended\)', block, flags=re.M)
-    assert recommended == [DEFAULT_METHOD]
+    from backend.app.schemas import Options, PruningRequest
     from backend.app.services.prunings import MIN_CALIBRATION
-    from fnprune.recipe import DEFAULT_CALIBRATION_DOCS
+    from fnprune import methods, options
 
-    assert re.search(r"const CALIBRATION_DOCS = (\d+);", js).group(1) == str(DEFAULT_CALIBRATION_DOCS)
-    assert MIN_CALIBRATION[0] == DEFAULT_CALIBRATION_DOCS
+    schema = PruningRequest.model_json_schema()["properties"]
+    assert schema["method"]["enum"] == list(options.METHODS) and schema["method"]["default"] == options.DEFAULT_METHOD
+    assert schema["repair"]["enum"] == list(options.REPAIRS) and schema["ratio_of"]["enum"] == list(options.RATIO_BASES)
+    assert schema["baselines"]["items"]["enum"] == list(options.BASELINES)
+    assert MIN_CALIBRATION == (options.DEFAULT_CALIBRATION_DOCS, options.DEFAULT_CALIBRATION_TOKENS)
+    body = client.get("/api/options").json()
+    assert set(body) == set(Options.model_fields)
+    assert [m["name"] for m in body["methods"]] == list(options.METHODS)
+    assert [m["help"] for m in body["methods"]] == [m.help for m in methods.registered().values()]
+    assert {m["name"]: m["refuses"] for m in body["methods"] if m["refuses"]} == {
+        "obs": dict(methods.get("obs").refuses)}
+    assert [r["name"] for r in body["repairs"]] == list(options.REPAIRS)
+    assert body["pruning"]["method"] == options.DEFAULT_METHOD
+    assert (body["pruning"]["calibration_texts"], body["pruning"]["calibration_tokens"]) == MIN_CALIBRATION
+    assert body["analysis"]["n_components"] == options.DEFAULT_N_COMPONENTS
+    assert {p["name"]: p["n_components"] for p in body["presets"]} == {
+        "quick": options.QUICK_COMPONENTS, "paper": options.PAPER_COMPONENTS}
+    js = Path(__file__).resolve().parents[2] / "frontend" / "js"
+    forms = (js / "views" / "prune.js").read_text() + (js / "views" / "new.js").read_text()
+    assert not [m for m in options.METHODS if f'"{m}"' in forms], "a method name is copied into a form"
+    built_elsewhere = [p.name for p in js.rglob("*.js") if p.name != "api.js"
+                       and any(q + "/api/" in p.read_text() for q in "\"'`")]
+    assert not built_elsewhere, f"API URLs are built in api.js (urls), not in {built_elsewhere}"

@@ -68,7 +68,6 @@ def test_key_source_on_a_planted_unit(networks):
     assert (source[:10] == KEY_NETWORK).all()                 # a network wins where both are above
     assert (source[10:20] == KEY_UNRESOLVED).all()
     assert (source[20:] == NOT_KEY).all()
-    assert fn.unit_residual is fn.unit_unresolved             # the former name still reads
 
 
 def test_unit_stability_in_the_info_and_round_trip(networks, tmp_path):

@@ -37,7 +37,7 @@ def test_neuron_scores_and_selection(networks):
     layer1 = [r["id"] for r in networks.component_table() if r["layer"] == 1]
     stable = [c for c in layer1 if networks.stable[c]]
     unit = networks.component_unit[layer1[0]]
-    expected = networks.unit_residual[unit, 0]
+    expected = networks.unit_unresolved[unit, 0]
     if stable:
         expected = np.maximum(expected, np.abs(networks.maps[stable]).max(axis=(0, 1, 2)))
     if all(networks.stable[layer1]):
@@ -168,14 +168,14 @@ def test_residual_replaces_unstable_maps_only_when_all_are_chosen(networks):
     fn.stable = networks.stable.copy()
     fn.stable[layer1] = [True, True] + [False] * (len(layer1) - 2)
     unit = fn.component_unit[layer1[0]]
-    fn.unit_residual = networks.unit_residual.copy()
-    fn.unit_residual[unit, 0] = np.linspace(0, 9, fn.width)
+    fn.unit_unresolved = networks.unit_unresolved.copy()
+    fn.unit_unresolved[unit, 0] = np.linspace(0, 9, fn.width)
     unstable, stable = layer1[2:], layer1[:2]
     # all unstable chosen: the residual stands in for their maps
-    np.testing.assert_allclose(fn.neuron_scores(unstable)[1], fn.unit_residual[unit, 0])
+    np.testing.assert_allclose(fn.neuron_scores(unstable)[1], fn.unit_unresolved[unit, 0])
     # with the stable ones too: the max of both
     np.testing.assert_allclose(fn.neuron_scores(layer1)[1], np.maximum(
-        fn.unit_residual[unit, 0], np.abs(fn.maps[stable, 0]).max(axis=(0, 1))))
+        fn.unit_unresolved[unit, 0], np.abs(fn.maps[stable, 0]).max(axis=(0, 1))))
     # a strict subset of the unstable ones: their own maps count
     np.testing.assert_allclose(fn.neuron_scores(unstable[:1])[1], np.abs(fn.maps[unstable[0], 0]).max(0))
 

@@ -4,11 +4,12 @@ from fastapi import APIRouter, Depends
 
 from ..core.errors import error_responses
 from .deps import require_token
-from .routes import analyses, corpora, health, links, models, prunings
+from .routes import analyses, corpora, health, links, models, options, prunings
 
 api_router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=error_responses(401, 500))
 api_router.include_router(health.router)
 api_router.include_router(models.router)
+api_router.include_router(options.router)
 api_router.include_router(corpora.router)
 api_router.include_router(analyses.router)
 api_router.include_router(prunings.router)

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fnprune.errors import ConfigError, CorpusError, FnpruneError, ModelLoadError, RunDirError
 
-from ..schemas import ErrorBody
+from ..schemas import PATTERN_HINTS, ErrorBody
 
 log = logging.getLogger("fnprune.backend")
 
@@ -52,7 +52,9 @@ def _body(status: int, detail: str, field: str | None, headers: dict | None = No
 
 
 def _loc_to_field(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form", "cookie")]
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "form", "cookie"):  # where, not which field
+        parts = parts[1:]
     return ".".join(parts) or None
 
 
@@ -84,6 +86,8 @@ def install_error_handlers(app: FastAPI) -> None:
             msg = "unknown field"
         elif first.get("type") == "missing":
             msg = "this field is required"
+        elif first.get("type") == "string_pattern_mismatch":
+            msg = PATTERN_HINTS.get(str(first.get("ctx", {}).get("pattern")), msg)
         detail = f"{field}: {msg}" if field else msg
         if len(errors) > 1:
             detail += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"

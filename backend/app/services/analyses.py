@@ -6,9 +6,7 @@ import fcntl
 import html
 import json
 import math
-import os
 import shutil
-import tempfile
 import threading
 import weakref
 from collections import OrderedDict
@@ -37,25 +35,20 @@ ARTIFACTS = {"masks": ("masks.json", "application/json"), "maps": ("maps.nii.gz"
 def create(req: AnalysisRequest, settings: Settings, store: JobStore, enqueue) -> dict[str, Any]:
     catalog.resolve_model(req.model, settings)
     catalog.resolve_corpus(req.corpus, settings)
-    if req.genres:
-        labels = catalog.corpus_info(req.corpus, settings)["labels"]
-        unknown = [g for g in req.genres if g not in labels]
-        if unknown:
-            raise ApiError(422, f"genres: {', '.join(map(repr, unknown))} not in corpus {req.corpus!r} "
-                                f"(labels: {', '.join(labels) or 'none'})", "genres")
+    if req.genres:  # the library's rule (fnprune.corpus.check_genres), before a job is queued: 422, field genres
+        from fnprune.corpus import check_genres
+
+        check_genres(req.genres, catalog.corpus_info(req.corpus, settings)["labels"], req.corpus)
     job = store.create("analysis", req.model_dump())
     enqueue(job["id"])
     return store.get(job["id"]) or job
 
 
 def _calibration_docs(docs: list) -> list:
-    try:
-        from fnprune.corpus import split_heldout
+    from fnprune.corpus import split_heldout
 
-        calibration, _ = split_heldout(docs)
-        return list(calibration)
-    except ImportError:
-        return [d for i, d in enumerate(docs) if i % 10 != 0]
+    calibration, _ = split_heldout(docs)
+    return list(calibration)
 
 
 def run_analysis(settings: Settings, job_id: str, params: dict[str, Any], progress) -> dict[str, Any]:
@@ -68,7 +61,6 @@ def run_analysis(settings: Settings, job_id: str, params: dict[str, Any], progre
     job_dir = settings.job_dir("analysis", job_id)
     job_dir.mkdir(parents=True, exist_ok=True)
     work_dir = job_dir / "work"
-    tmp_run = job_dir / ".tmp-run"
     final_run = job_dir / "run"
     try:
         report(progress, "load", 0.0, f"loading model {req.model}")
@@ -90,13 +82,10 @@ def run_analysis(settings: Settings, job_id: str, params: dict[str, Any], progre
                            progress=progress, device=settings.DEVICE, model_spec=req.model, corpus_spec=req.corpus,
                            check_seeds=req.check_seeds)
         report(progress, "save", 0.0, "saving the networks")
-        shutil.rmtree(tmp_run, ignore_errors=True)
-        networks.save(tmp_run)
-        os.replace(tmp_run, final_run)
+        networks.save(final_run)  # atomic (fnprune.rundir.save_run: a .partial directory renamed)
         report(progress, "save", 1.0, "saved")
         return summary(networks, n_documents=len(docs))
     finally:
-        shutil.rmtree(tmp_run, ignore_errors=True)
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
@@ -178,21 +167,10 @@ def _merge(stored: dict[str, str], changes: dict[str, str], n: int, field: str, 
     return merged
 
 
-def _tmp_beside(path: Path) -> Path:
-    """A new, unique temporary file next to ``path`` (same directory, so ``os.replace`` is atomic); two
-    requests writing the same artifact at once each get their own."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"-{path.name}")
-    os.close(fd)
-    return Path(name)
-
-
 def _write_json(path: Path, value: dict) -> None:
-    tmp = _tmp_beside(path)
-    try:
-        tmp.write_text(json.dumps(value, sort_keys=True))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from fnprune.io import atomic_write_json
+
+    atomic_write_json(path, value, sort_keys=True)
 
 
 @contextmanager
@@ -435,12 +413,10 @@ def artifact(settings: Settings, store: JobStore, job_id: str, name: str, thresh
     path = export_dir / (Path(filename).stem.split(".")[0] + suffix + "".join(Path(filename).suffixes))
     if name == "maps" and path.exists():
         return path, media, f"fnprune-{job_id}-{path.name}"
-    tmp = _tmp_beside(path)
-    try:
+    from fnprune.io import atomic_path
+
+    with atomic_path(path) as tmp:  # two requests writing the same artifact at once each get their own
         _write_artifact(settings, store, job, networks, name, tmp, threshold, target_ratio, layout_name)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path, media, f"fnprune-{job_id}-{path.name}"
 
 

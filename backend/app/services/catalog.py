@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from fnprune.errors import CorpusError
+from fnprune.io import atomic_path, atomic_write_json
 
 from ..core.config import Settings
 from ..core.errors import ApiError
 
 UPLOAD_RE = re.compile(r"^upload:([0-9a-f]{12})$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+BARE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 UPLOAD_SUFFIXES = (".txt", ".jsonl")
 
 
@@ -35,6 +37,9 @@ def resolve_model(spec: str, settings: Settings) -> str:
     named = {m["name"] for m in list_models()}
     if spec in named:
         return spec
+    if BARE_NAME_RE.match(spec) and not spec.endswith(".gguf"):  # a name, not a path (schemas.MODEL_PATTERN)
+        raise ApiError(404, f"model: no model named {spec!r} (named models: {', '.join(sorted(named))}; or a hub "
+                            "id org/name, or an absolute path)", "model")
     looks_like_path = spec.startswith(("/", ".", "~")) or "\\" in spec or ".." in spec.split("/") \
         or spec.endswith(".gguf") or not HUB_ID_RE.match(spec)
     if not looks_like_path:
@@ -123,10 +128,9 @@ async def save_upload(upload, settings: Settings) -> dict[str, Any]:
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     upload_id = uuid.uuid4().hex[:12]
     final = settings.uploads_dir / f"{upload_id}{suffix}"
-    tmp = settings.uploads_dir / f".tmp-{upload_id}{suffix}"
     size = 0
     limit = settings.max_upload_bytes
-    try:
+    with atomic_path(final) as tmp:  # renamed to ``final`` only once the whole file is checked
         with open(tmp, "wb") as f:
             first = True
             while chunk := await upload.read(1 << 20):
@@ -150,14 +154,9 @@ async def save_upload(upload, settings: Settings) -> dict[str, Any]:
         if not docs:
             raise ApiError(422, "file: holds no usable text", "file")
         labels = sorted({str(d.label) for d in docs if getattr(d, "label", None)})
-        os.replace(tmp, final)
-        meta = {"name": f"upload:{upload_id}", "file": final.name, "filename": filename,
-                "n_documents": len(docs), "labels": labels}
-        meta_tmp = settings.uploads_dir / f".tmp-{upload_id}.json"
-        meta_tmp.write_text(json.dumps(meta))
-        os.replace(meta_tmp, _upload_meta_path(settings, upload_id))
-    finally:
-        tmp.unlink(missing_ok=True)
+    meta = {"name": f"upload:{upload_id}", "file": final.name, "filename": filename,
+            "n_documents": len(docs), "labels": labels}
+    atomic_write_json(_upload_meta_path(settings, upload_id), meta)
     return {"name": meta["name"], "n_documents": meta["n_documents"], "labels": labels}
 
 

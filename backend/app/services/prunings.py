@@ -6,13 +6,13 @@ import copy
 import html
 import json
 import math
-import os
 import shutil
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fnprune.options import DEFAULT_CALIBRATION_DOCS, DEFAULT_CALIBRATION_TOKENS, DEFAULT_MAX_TOKENS
 from fnprune.progress import report
 
 from ..core.config import Settings
@@ -27,16 +27,29 @@ ARTIFACTS = ("model", "report", "masks")
 
 # -- creating -----------------------------------------------------------------------------------------
 def _spec(req: PruningRequest, networks):
-    """The library's PruningSpec for a request (the analysis' default threshold when neither is given)."""
-    from fnprune.recipe import PruningSpec
+    """``(the library's PruningSpec for a request, where its target came from)``. Neither threshold
+    nor target ratio: the analysis' threshold where the method sizes layers by the network score,
+    else the default target ratio (:func:`fnprune.recipe.default_target`), so the defaults always
+    work together."""
+    from fnprune.recipe import PruningSpec, default_target
 
-    threshold, target_ratio = analyses.default_choice(networks, req.threshold, req.target_ratio)
-    return PruningSpec(method=req.method, target_ratio=target_ratio, threshold=threshold,
+    spec = PruningSpec(method=req.method, target_ratio=req.target_ratio, threshold=req.threshold,
                        networks=None if req.networks is None else tuple(req.networks),
                        allocation="uniform" if req.uniform else "default",
                        protected_layers=None if req.protected_layers is None else tuple(req.protected_layers),
                        repair=req.repair, sequential=req.sequential, heads_fraction=req.heads_fraction,
                        ratio_of=req.ratio_of)
+    return default_target(spec, networks.threshold)
+
+
+# PruningSpec fields named differently in the request
+_REQUEST_FIELD = {"allocation": "uniform", "heads_fraction": "heads"}
+
+
+def request_field(field: str | None) -> str | None:
+    """The request field a library error's ``field`` is about (None when the request has no such field)."""
+    field = _REQUEST_FIELD.get(field, field)
+    return field if field in PruningRequest.model_fields else None
 
 
 def create(req: PruningRequest, settings: Settings, store: JobStore, enqueue) -> dict[str, Any]:
@@ -47,21 +60,20 @@ def create(req: PruningRequest, settings: Settings, store: JobStore, enqueue) ->
     networks = analyses.load_networks(settings, store, req.analysis_id)
     analyses.check_choice(networks, req.networks, req.protected_layers)
     # Everything the recipe checks before touching a model fails here (422), before a job is queued.
-    spec = _spec(req, networks)
+    spec, _ = _spec(req, networks)
     try:
         spec.validated(have_networks=True)
+        networks.plan(threshold=spec.threshold, target_ratio=spec.target_ratio, networks=req.networks,
+                      protected_layers=req.protected_layers, uniform=req.uniform, ratio_of=req.ratio_of)
     except ConfigError as exc:
-        field = str(exc).split(":", 1)[0] if str(exc).split(":", 1)[0] in PruningRequest.model_fields else None
-        raise ApiError(422, str(exc), field) from exc
-    networks.plan(threshold=spec.threshold, target_ratio=spec.target_ratio, networks=req.networks,
-                  protected_layers=req.protected_layers, uniform=req.uniform, ratio_of=req.ratio_of)
+        raise ApiError(422, str(exc), request_field(exc.field)) from exc
     job = store.create("pruning", req.model_dump())
     enqueue(job["id"])
     return store.get(job["id"]) or job
 
 
 # -- running (worker side) ------------------------------------------------------------------------------
-MIN_CALIBRATION = (120, 512)  # documents x tokens: the CLI's --calib-docs / --max-tokens defaults
+MIN_CALIBRATION = (DEFAULT_CALIBRATION_DOCS, DEFAULT_CALIBRATION_TOKENS)  # the CLI's --calib-docs / --max-tokens
 
 
 def calibration_size(req: PruningRequest, a_req: AnalysisRequest) -> tuple[int, int]:
@@ -107,7 +119,13 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
 
     report(progress, "load", 0.0, "loading the networks")
     networks = FunctionalNetworks.load(settings.job_dir("analysis", req.analysis_id) / "run")
-    spec = _spec(req, networks)
+    spec, target_source = _spec(req, networks)
+    notes = []
+    if target_source == "analysis threshold":
+        notes.append(f"no threshold or target ratio given: the analysis' threshold |z| > {spec.threshold:g}")
+    elif target_source == "default target ratio":
+        notes.append(f"no threshold or target ratio given: removing {spec.target_ratio:.0%} of all parameters (the "
+                     f"default target ratio; method {spec.method!r} does not size layers by a |z| threshold)")
     report(progress, "load", 0.3, f"loading model {a_req.model}")
     model, tokenizer = load_model(catalog.resolve_model(a_req.model, settings), device=settings.DEVICE,
                                   trust_remote_code=settings.TRUST_REMOTE_CODE, allowed_dirs=settings.MODEL_DIRS)
@@ -117,16 +135,20 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     calibration, heldout = split_heldout(load_corpus(catalog.resolve_corpus(a_req.corpus, settings), limit=limit,
                                                      genres=a_req.genres, sampling=a_req.sampling))
     calibration, heldout = calibration[:n_calib], heldout[: req.n_heldout]
-    report(progress, "load", 1.0, f"{len(calibration)} calibration documents x {calib_tokens} tokens, "
-                                  f"{len(heldout)} held-out documents")
+    report(progress, "load", 1.0, f"{len(calibration)} calibration documents"
+                                  + (f" (of {n_calib} requested: the corpus has no more)" if len(calibration) < n_calib
+                                     else "") + f" x {calib_tokens} tokens, {len(heldout)} held-out documents")
 
-    calib = Calibration(tokenizer, calibration, calib_tokens)
+    calib = Calibration(tokenizer, calibration, calib_tokens, requested_docs=n_calib)
     pruned = copy.deepcopy(model)
     outcome = prune_with_networks(pruned, networks, spec, calib, progress=progress)
+    notes += outcome.notes
+    for note in notes:  # announced in the job's progress too, not only in the result
+        report(progress, "prune", 1.0, f"note: {note}")
     report(progress, "save", 0.0, "saving the pruned model")
     model_dir = save_pruned(pruned, tokenizer, job_dir / "model", info={
         "source_model": a_req.model, "analysis_id": req.analysis_id, "pruning_id": job_id, **outcome.info(),
-        "heads_fraction": req.heads_fraction}, overwrite=True)
+        "notes": notes, "target_source": target_source, "heads_fraction": req.heads_fraction}, overwrite=True)
     keep = keep_to_mask(outcome.keep, networks.width)
     info = outcome.info()
     _write_masks(job_dir / "masks.json", keep, {"analysis_id": req.analysis_id, "pruning_id": job_id,
@@ -135,11 +157,14 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
 
     result: dict[str, Any] = {
         "method": spec.method, "allocation": spec.resolved_allocation, "repair": spec.repair,
-        "widths": outcome.widths, "ratio_total": outcome.removed_fraction, "ratio_mlp": outcome.removed_mlp_fraction,
+        "widths": outcome.widths, "original_widths": outcome.original_widths, "ratio_total": outcome.removed_fraction, "ratio_mlp": outcome.removed_mlp_fraction,
         "removed_params": info["removed_params"], "protected_layers": outcome.protected_layers,
         "threshold": outcome.threshold, "chosen_networks": info["chosen_networks"], "keep_digest": outcome.keep_digest,
-        "repair_errors": info["repair_errors"],
-        "calibration": {"texts": len(calibration), "tokens_per_text": calib_tokens}}
+        "repair_errors": info["repair_errors"], "head_repair_errors": info["head_repair_errors"],
+        "target": {"threshold": spec.threshold, "target_ratio": spec.target_ratio, "ratio_of": spec.ratio_of,
+                   "source": target_source},
+        "calibration": {"texts": len(calibration), "requested_texts": n_calib, "tokens_per_text": calib_tokens},
+        "notes": notes}
     if outcome.kv_heads is not None:
         result.update({"heads_fraction": req.heads_fraction, "kv_heads": outcome.kv_heads})
     saved = json.loads((model_dir / "pruning.json").read_text())
@@ -165,12 +190,23 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
             model, pruned, tokenizer, heldout, networks, ids, outcome.keep, max_tokens=a_req.max_tokens,
             progress=_stage(progress, "fidelity"))]
     del pruned
-    # the same choice without the least-squares repair, and the baselines, at the budget actually reached
+    # the same choice without the least-squares repair, and the baselines. A baseline removes the MLP neurons'
+    # parameters the method removed (the same number of neurons) and no attention head, so it is compared on
+    # the MLP choice alone, never with a larger MLP budget standing in for the method's pruned heads.
     steps: list[tuple[str, Any]] = []
     if req.evaluate and spec.repair == "lstsq":
         steps.append(("without repair", replace(spec, repair=unrepaired(spec.method), sequential=False)))
-    budget = {"target_ratio": outcome.removed_fraction, "threshold": None}
-    for method in req.baselines:
+    removed_neurons, removed_neuron_params = _removed_neurons(outcome, model)
+    if req.baselines:
+        result["baseline_budget"] = {
+            "mlp_neurons_removed": removed_neurons, "mlp_params_removed": removed_neuron_params, "heads": "not pruned",
+            "description": "each baseline removes as many MLP neurons as the method"
+                           + (" and no attention head (the method's pruned heads are not part of its budget)"
+                              if outcome.kv_heads is not None else "")}
+        if removed_neurons == 0:
+            notes.append("no baseline was run: the method removed no MLP neuron")
+    budget = {"target_ratio": removed_neuron_params / outcome.dense_mlp_params, "threshold": None, "ratio_of": "mlp"}
+    for method in req.baselines if removed_neurons > 0 else ():
         for allocation in ("own", "networks"):
             steps.append((f"{method} ({allocation})", replace(spec, method=method, allocation=allocation,
                                                               heads_fraction=None, **budget)))
@@ -181,7 +217,9 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         other_outcome = prune_with_networks(other, networks, step_spec, calib)
         ppl = evaluate.perplexity(other, tokenizer, heldout, max_tokens_per_doc=EVAL_TOKENS_PER_DOC)["ppl"]
         entry = {"name": name, "method": step_spec.method, "allocation": step_spec.resolved_allocation,
-                 "repair": step_spec.repair, "ppl": ppl, "ratio_total": other_outcome.removed_fraction}
+                 "repair": step_spec.repair, "ppl": ppl, "ratio_total": other_outcome.removed_fraction,
+                 "ratio_mlp": other_outcome.removed_mlp_fraction,
+                 "mlp_neurons_removed": _removed_neurons(other_outcome, model)[0]}
         if name == "without repair":
             result["repair_comparison"] = {"repaired_ppl": result["pruned"]["ppl"], "unrepaired_ppl": ppl,
                                            "unrepaired_repair": step_spec.repair}
@@ -194,9 +232,18 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     return analyses.plain(result)
 
 
+def _removed_neurons(outcome, dense_model) -> tuple[int, int]:
+    """(MLP neurons removed, their parameters) -- without the biases a repair adds."""
+    from fnprune.mlp import find_mlps
+
+    per_neuron = [a.params_per_neuron for a in find_mlps(dense_model)]
+    gone = [o - w for o, w in zip(outcome.original_widths, outcome.widths, strict=True)]
+    return int(sum(gone)), int(sum(g * p for g, p in zip(gone, per_neuron, strict=True)))
+
+
 DENSE_CACHE_VERSION = 2  # bump when what evaluate_model measures or how changes
 # METHOD.md §2's protocol: each held-out document's first 512 tokens (concatenated, windows of 512 and 128)
-EVAL_TOKENS_PER_DOC = 512
+EVAL_TOKENS_PER_DOC = DEFAULT_MAX_TOKENS
 
 
 def _dense_evaluation(settings: Settings, a_req: AnalysisRequest, model, tokenizer, heldout, progress
@@ -204,9 +251,9 @@ def _dense_evaluation(settings: Settings, a_req: AnalysisRequest, model, tokeniz
     """The dense model's evaluation on these held-out documents, computed once per model + documents +
     protocol and reused by every later pruning (``data_dir/cache/dense-<key>.json``, written atomically)."""
     import hashlib
-    import tempfile
 
     from fnprune import evaluate
+    from fnprune.io import atomic_write_json
 
     key = hashlib.sha256(json.dumps({
         "version": DENSE_CACHE_VERSION, "model": a_req.model, "max_tokens": EVAL_TOKENS_PER_DOC, "windows": [512, 128],
@@ -219,11 +266,7 @@ def _dense_evaluation(settings: Settings, a_req: AnalysisRequest, model, tokeniz
             pass  # a damaged cache entry is recomputed
     dense = evaluate.evaluate_model(model, tokenizer, heldout, batch_sizes=(1,), per_label=True,
                                     max_tokens_per_doc=EVAL_TOKENS_PER_DOC, progress=_stage(progress, "evaluate dense"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".dense-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(dense, f)
-    os.replace(tmp, path)
+    atomic_write_json(path, dense)
     return dense, False
 
 
@@ -253,9 +296,7 @@ def _load_snippet(info: dict[str, Any]) -> str:
 def _write_masks(path: Path, keep, info: dict[str, Any]) -> None:
     from fnprune import io as fio
 
-    tmp = path.with_name(".tmp-" + path.name)
-    fio.export_mask_json(keep, tmp, info)
-    os.replace(tmp, path)
+    fio.export_mask_json(keep, path, info)  # atomic
 
 
 def _write_report(job_dir: Path, job_id: str, req: PruningRequest, result: dict[str, Any]) -> None:
@@ -266,7 +307,9 @@ def _write_report(job_dir: Path, job_id: str, req: PruningRequest, result: dict[
                 f"<td>{d.get('size_bytes', 0) / 2**20:.1f} MB</td><td>{d.get('tokens_per_s', 0):.1f}</td></tr>")
 
     baselines = "".join(f"<tr><td>{html.escape(b['name'])}</td><td>{b['ppl']:.2f}</td>"
-                        f"<td colspan=3>{b['ratio_total']:.1%} removed</td></tr>" for b in result["baselines"])
+                        f"<td colspan=3>{b['ratio_total']:.1%} removed ({b.get('ratio_mlp', 0):.1%} of MLP)</td></tr>"
+                        for b in result["baselines"])
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.get("notes", []))
     chosen = "".join(f"<li>network {c['id']} (layer {c['layer']}): key neurons kept: {c['n_kept']} of {c['n_key']}</li>"
                      for c in result.get("chosen_networks", []))
     fidelity = "".join(f"<tr><td>{f['id']}</td><td>{f['layer']}</td><td>{f['correlation']:.3f}</td>"
@@ -288,11 +331,12 @@ def _write_report(job_dir: Path, job_id: str, req: PruningRequest, result: dict[
             f" Widths: {result['widths']}</p>"
             "<table><tr><th>model</th><th>held-out PPL</th><th>params</th><th>size</th><th>tokens/s</th></tr>"
             f"{row('dense', result.get('dense'))}{row('pruned', result.get('pruned'))}{baselines}</table>"
-            f"{'<ul>' + chosen + '</ul>' if chosen else ''}{repair}{fidelity}{gens}"
+            f"{'<ul>' + chosen + '</ul>' if chosen else ''}{'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}"
+            f"{repair}{fidelity}{gens}"
             f"<pre>{html.escape(result['load_snippet'])}</pre>")
-    tmp = job_dir / ".tmp-report.html"
-    tmp.write_text(text)
-    os.replace(tmp, job_dir / "report.html")
+    from fnprune.io import atomic_write_text
+
+    atomic_write_text(job_dir / "report.html", text)
 
 
 # -- downloads ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-// Widgets shared by several views: job progress panel, analysis tabs, label selector, downloads.
-import { api, downloadFile, signedDownloadUrl, TERMINAL, watchJob } from "../api.js";
+// Widgets shared by several views: job progress panel, waiting for an analysis, analysis tabs, label
+// selector, downloads.
+import { api, downloadFile, signedDownloadUrl, TERMINAL, urls, watchJob } from "../api.js";
 import { el, fmtDuration, fmtPct, showError, showNotice } from "../dom.js";
 import { putLabel } from "../store.js";
 
@@ -70,7 +71,7 @@ export function jobProgress(kind, id, { onDone, onStatus, title } = {}) {
   cancel.addEventListener("click", async () => {
     cancel.disabled = true;
     try {
-      await api(`/api/${kind}/${id}`, { method: "DELETE" });
+      await api(urls.job(kind, id), { method: "DELETE" });
       showNotice("Cancel requested.");
     } catch (err) {
       showError(err);
@@ -118,6 +119,24 @@ export function jobProgress(kind, id, { onDone, onStatus, title } = {}) {
       stop();
     },
   };
+}
+
+/** Shared by the analysis views: show progress until the analysis is done, then re-route. */
+export function waitForJob(root, id, job, ctx) {
+  if (job.status === "failed" || job.status === "cancelled") {
+    const reason = job.status === "failed" ? `This analysis failed: ${job.error || "no reason given"}` : "This analysis was cancelled.";
+    if (job.status === "failed") showError(reason);
+    root.append(el("section.card", el("h2", { text: job.status === "failed" ? "Analysis failed" : "Analysis cancelled" }), el("p", { text: reason }), el("a.btn.btn-primary", { href: "#/new", text: "Start a new analysis" })));
+    return;
+  }
+  const progress = jobProgress("analyses", id, {
+    title: `Analysis ${id}`,
+    onDone: () => {
+      if (ctx.alive()) window.dispatchEvent(new HashChangeEvent("hashchange"));
+    },
+  });
+  root.append(progress.node);
+  return progress.stop;
 }
 
 export function analysisTabs(id, active, job) {
@@ -217,25 +236,25 @@ export function downloadsList(items) {
 export function analysisDownloads(id) {
   return downloadsList([
     {
-      path: `/api/analyses/${id}/download/maps`,
+      path: urls.download("analyses", id, "maps"),
       filename: `fnprune-${id}-maps.nii.gz`,
       label: "Maps (NIfTI)",
       note: el("span", "4-D NIfTI: x, y = neuron grid, z = layer, t = component. Open with ", el("code", { text: "nilearn.image.load_img(path)" }), " or FSLeyes."),
     },
     {
-      path: `/api/analyses/${id}/download/labels`,
+      path: urls.download("analyses", id, "labels"),
       filename: `fnprune-${id}-labels.txt`,
       label: "Labels (FIX)",
       note: "Your signal / noise labels in FSL FIX's text format (the last line lists the noise components, 1-based).",
     },
     {
-      path: `/api/analyses/${id}/download/masks`,
+      path: urls.download("analyses", id, "masks"),
       filename: `fnprune-${id}-masks.json`,
       label: "Key-neuron masks (JSON)",
       note: el("span", "Per layer, the indices of the key neurons: ", el("code", { text: "json.load(open(path))" }), "."),
     },
     {
-      path: `/api/analyses/${id}/download/report`,
+      path: urls.download("analyses", id, "report"),
       filename: `fnprune-${id}-report.html`,
       label: "Analysis report (HTML)",
       note: "A self-contained report of the analysis; open it in any browser.",

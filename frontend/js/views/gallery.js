@@ -1,13 +1,12 @@
 // Screen 3: one small brain-style map per network (drawn on <canvas>, in the run's functional atlas
 // layout or by neuron index), sortable and filterable, with its name and a signal / noise / unknown
 // label per network.
-import { api } from "../api.js";
+import { api, urls } from "../api.js";
 import { drawMosaicCanvas, getLayout, layoutSelect } from "../charts.js";
 import { decodeSparseMaps } from "../decode.js";
 import { el, fmtNum, showError } from "../dom.js";
 import { getMaps, getNetworks } from "../store.js";
-import { analysisTabs, labelSelect, LABELS, ownLayer } from "./common.js";
-import { waitForJob } from "./overview.js";
+import { analysisTabs, labelSelect, LABELS, ownLayer, waitForJob } from "./common.js";
 
 const SORTS = {
   id: ["Network number", (a, b) => a.id - b.id],
@@ -19,7 +18,7 @@ const SORTS = {
 };
 
 export async function render(root, { id }, ctx) {
-  const job = await api(`/api/analyses/${id}`);
+  const job = await api(urls.job("analyses", id));
   if (!ctx.alive()) return;
   root.append(analysisTabs(id, "gallery", job));
   if (job.status !== "succeeded") return waitForJob(root, id, job, ctx);

@@ -1,15 +1,14 @@
 // Screen 4: one network in detail — its name (editable), thresholded mosaic (functional atlas or
 // neuron index layout), time course, histogram, top tokens in context, mean activity per genre.
-import { api } from "../api.js";
+import { api, urls } from "../api.js";
 import { baseLayout, combineSignals, DIVERGING, drawMosaic, getLayout, layoutSelect, OKABE_ITO, react } from "../charts.js";
 import { decodeArray } from "../decode.js";
 import { debounce, el, fmtInt, fmtNum, showError, showNotice } from "../dom.js";
 import { getNetwork, getNetworks } from "../store.js";
-import { analysisTabs, labelSelect, ownLayer } from "./common.js";
-import { waitForJob } from "./overview.js";
+import { analysisTabs, labelSelect, ownLayer, waitForJob } from "./common.js";
 
 export async function render(root, { id, k }, ctx) {
-  const job = await api(`/api/analyses/${id}`);
+  const job = await api(urls.job("analyses", id));
   if (!ctx.alive()) return;
   root.append(analysisTabs(id, "gallery", job));
   if (job.status !== "succeeded") return waitForJob(root, id, job, ctx);
@@ -43,7 +42,7 @@ export async function render(root, { id, k }, ctx) {
   const saveName = async () => {
     const value = nameInput.value.trim();
     try {
-      const reply = await api(`/api/analyses/${id}/labels`, { method: "PUT", body: { names: { [String(k)]: value } } });
+      const reply = await api(urls.labels(id), { method: "PUT", body: { names: { [String(k)]: value } } });
       const name = reply?.names?.[String(k)] || autoName;
       nameInput.value = name;
       comp.name = name; // the cached table serves the gallery, select list and overview hover

@@ -1,18 +1,12 @@
 // Screen 1: start a new analysis; live progress; past analyses and prunings.
-import { api } from "../api.js";
+import { api, urls } from "../api.js";
 import { el, fmtPct, fmtTime, showError, showNotice } from "../dom.js";
+import { getOptions } from "../store.js";
 import { jobProgress, statusBadge } from "./common.js";
 
-// Quick demo: a few short texts spread over every genre (stratified: the same documents for every
-// seed), so the genre views have something to show; Paper: the paper's 40 texts in corpus order.
-const PRESETS = {
-  quick: { label: "Quick demo", n_texts: 15, max_tokens: 128, n_components: 16, n_runs: 1, sampling: "stratified" },
-  paper: { label: "Paper", n_texts: 40, max_tokens: 512, n_components: 128, n_runs: 1, sampling: "first" },
-};
-const SAMPLINGS = {
-  stratified: "spread over all genres (stratified, the same for every seed)",
-  first: "the corpus' first texts, in its own order",
-};
+// The presets, samplings, modes and the default model and corpus are the server's (GET /api/options,
+// fnprune.options): Quick demo, a few short texts spread over every genre (the form starts with it), and
+// Paper, the paper's texts in corpus order.
 
 function field(id, label, input, hint) {
   return el("div.field", el("label", { for: id, text: label }), input, hint ? el("p.hint", { id: `${id}-hint`, text: hint }) : null);
@@ -24,8 +18,10 @@ function numberInput(id, value, min, max, step = 1) {
 
 export async function render(root, _params, ctx) {
   const stops = [];
-  const [models, corpora] = await Promise.all([api("/api/models"), api("/api/corpora")]);
+  const [models, corpora, options] = await Promise.all([api(urls.models()), api(urls.corpora()), getOptions()]);
   if (!ctx.alive()) return;
+  const presets = Object.fromEntries(options.presets.map((p) => [p.name, p]));
+  const start = presets.quick || options.analysis;
 
   // ---- form -------------------------------------------------------------------------------
   const modelSelect = el(
@@ -35,7 +31,7 @@ export async function render(root, _params, ctx) {
       el("option", { value: m.name, text: m.available === false ? `${m.name} (not available)` : m.name, disabled: m.available === false, title: m.description || "" }),
     ),
   );
-  const preferred = models.find((m) => m.default && m.available !== false) || models.find((m) => m.available !== false);
+  const preferred = models.find((m) => m.name === options.analysis.model && m.available !== false) || models.find((m) => m.available !== false);
   if (preferred) modelSelect.value = preferred.name;
   const modelHint = el("p.hint", { text: "" });
   const updateModelHint = () => (modelHint.textContent = models.find((m) => m.name === modelSelect.value)?.description || "");
@@ -52,7 +48,7 @@ export async function render(root, _params, ctx) {
         el("option", { value: c.name, text: c.available === false ? `${c.name} (not available)` : c.name, disabled: c.available === false }),
       ),
     );
-    const pick = selected || corpusList.find((c) => c.name === "brown" && c.available !== false)?.name || corpusList.find((c) => c.available !== false)?.name;
+    const pick = selected || corpusList.find((c) => c.name === options.analysis.corpus && c.available !== false)?.name || corpusList.find((c) => c.available !== false)?.name;
     if (pick) corpusSelect.value = pick;
     updateCorpus();
   };
@@ -81,8 +77,8 @@ export async function render(root, _params, ctx) {
     form.append("file", file, file.name);
     uploadStatus.textContent = `Uploading ${file.name}…`;
     try {
-      const created = await api("/api/corpora", { method: "POST", form });
-      corpusList = await api("/api/corpora");
+      const created = await api(urls.corpora(), { method: "POST", form });
+      corpusList = await api(urls.corpora());
       if (!corpusList.some((c) => c.name === created.name)) corpusList.push({ ...created, available: true, description: file.name });
       fillCorpora(created.name);
       uploadStatus.textContent = `Uploaded ${file.name}: ${created.n_documents} documents.`;
@@ -98,36 +94,35 @@ export async function render(root, _params, ctx) {
     }
   });
 
-  const nTexts = numberInput("n_texts", PRESETS.quick.n_texts, 1, 100000);
-  const sampling = el("select#sampling", { name: "sampling" }, Object.entries(SAMPLINGS).map(([value, text]) => el("option", { value, text })));
-  sampling.value = PRESETS.quick.sampling;
-  const maxTokens = numberInput("max_tokens", 128, 8, 8192);
-  const nComponents = numberInput("n_components", 16, 2, 4096);
-  const nRuns = numberInput("n_runs", 1, 1, 50);
+  const nTexts = numberInput("n_texts", start.n_texts, 1, 100000);
+  const sampling = el("select#sampling", { name: "sampling" }, options.samplings.map((s) => el("option", { value: s.name, text: s.help })));
+  sampling.value = start.sampling;
+  const maxTokens = numberInput("max_tokens", start.max_tokens, 8, 8192);
+  const nComponents = numberInput("n_components", start.n_components, 2, 4096);
+  const nRuns = numberInput("n_runs", start.n_runs ?? 1, 1, 50);
   const seed = numberInput("seed", 0, 0, 2 ** 31 - 1);
   const checkSeeds = numberInput("check_seeds", 0, 0, 10);
   const modeBox = el(
     "fieldset.mode",
     el("legend", { text: "ICA mode" }),
-    el("label.check", el("input", { type: "radio", name: "mode", value: "per-layer", checked: true }), " per-layer ", el("span.muted.small", { text: "(one ICA per layer)" })),
-    el("label.check", el("input", { type: "radio", name: "mode", value: "whole-model" }), " whole-model ", el("span.muted.small", { text: "(networks may span layers)" })),
+    options.modes.map((m) => el("label.check", el("input", { type: "radio", name: "mode", value: m.name, checked: m.name === options.analysis.mode }), ` ${m.label} `, el("span.muted.small", { text: `(${m.help})` }))),
   );
 
   const applyPreset = (key) => {
-    const p = PRESETS[key];
+    const p = presets[key];
     nTexts.value = String(p.n_texts);
     maxTokens.value = String(p.max_tokens);
     nComponents.value = String(p.n_components);
     nRuns.value = String(p.n_runs);
     sampling.value = p.sampling;
-    showNotice(`${p.label} preset: ${p.n_texts} texts × ${p.max_tokens} tokens (${p.sampling === "stratified" ? "spread over all genres" : "in corpus order"}), ${p.n_components} components.`);
+    const which = options.samplings.find((s) => s.name === p.sampling)?.help || p.sampling;
+    showNotice(`${p.label} preset: ${p.n_texts} texts × ${p.max_tokens} tokens (${which}), ${p.n_components} components.`);
   };
-  const presets = el(
+  const presetButtons = el(
     "div.presets",
     { role: "group", "aria-label": "Presets" },
     el("span.muted", { text: "Presets:" }),
-    el("button.btn.btn-secondary", { type: "button", onclick: () => applyPreset("quick"), text: "Quick demo" }),
-    el("button.btn.btn-secondary", { type: "button", onclick: () => applyPreset("paper"), text: "Paper" }),
+    options.presets.map((p) => el("button.btn.btn-secondary", { type: "button", onclick: () => applyPreset(p.name), text: p.label })),
   );
 
   const startButton = el("button.btn.btn-primary#start", { type: "submit", text: "Start analysis" });
@@ -137,7 +132,7 @@ export async function render(root, _params, ctx) {
     { novalidate: false },
     el("h1", { text: "New analysis" }),
     el("p.lead", { text: "Record the MLP neurons of a language model on calibration text, decompose them with ICA into functional networks, then prune the model while keeping the networks you choose." }),
-    presets,
+    presetButtons,
     el(
       "div.grid-2",
       el("div", field("model", "Model", modelSelect), modelHint),
@@ -182,7 +177,7 @@ export async function render(root, _params, ctx) {
     };
     startButton.disabled = true;
     try {
-      const job = await api("/api/analyses", { method: "POST", body });
+      const job = await api(urls.jobs("analyses"), { method: "POST", body });
       const progress = jobProgress("analyses", job.id, {
         title: `Analysis ${job.id}`,
         onStatus: () => refreshLists(),
@@ -206,7 +201,7 @@ export async function render(root, _params, ctx) {
   const pruningsSlot = el("div");
   async function refreshLists() {
     try {
-      const [analyses, prunings] = await Promise.all([api("/api/analyses"), api("/api/prunings")]);
+      const [analyses, prunings] = await Promise.all([api(urls.jobs("analyses")), api(urls.jobs("prunings"))]);
       if (!ctx.alive()) return;
       analysesSlot.replaceChildren(analysesTable(analyses));
       pruningsSlot.replaceChildren(pruningsTable(prunings));

@@ -2,37 +2,19 @@
 // functional atlas, each network a region; or by neuron index), coloured by key-neuron density
 // (how many networks a neuron is key in), max |z| over all networks, or why a neuron is key (a stable
 // network, or only the unresolved-subspace energy: a PCA statistic, not a network).
-import { api } from "../api.js";
+import { api, urls } from "../api.js";
 import { drawMosaic, drawMosaicCanvas, getLayout, KEY_SOURCES, keySourceColorscale, layoutSelect, REGION_MAX, regionColorscale, regionRgb, regionValues, SEQUENTIAL } from "../charts.js";
 import { decodeArray, decodeSparseMaps } from "../decode.js";
 import { el, fmtInt, fmtNum, showError } from "../dom.js";
 import { getMaps, getNetworks, getOverview } from "../store.js";
-import { analysisDownloads, analysisTabs, jobProgress, ownLayer } from "./common.js";
+import { analysisDownloads, analysisTabs, ownLayer, waitForJob } from "./common.js";
 
 export async function render(root, { id }, ctx) {
-  const job = await api(`/api/analyses/${id}`);
+  const job = await api(urls.job("analyses", id));
   if (!ctx.alive()) return;
   root.append(analysisTabs(id, "overview", job));
   if (job.status !== "succeeded") return waitForJob(root, id, job, ctx);
   return renderOverview(root, id, ctx);
-}
-
-/** Shared by the analysis views: show progress until the analysis is done, then re-route. */
-export function waitForJob(root, id, job, ctx) {
-  if (job.status === "failed" || job.status === "cancelled") {
-    const reason = job.status === "failed" ? `This analysis failed: ${job.error || "no reason given"}` : "This analysis was cancelled.";
-    if (job.status === "failed") showError(reason);
-    root.append(el("section.card", el("h2", { text: job.status === "failed" ? "Analysis failed" : "Analysis cancelled" }), el("p", { text: reason }), el("a.btn.btn-primary", { href: "#/new", text: "Start a new analysis" })));
-    return;
-  }
-  const progress = jobProgress("analyses", id, {
-    title: `Analysis ${id}`,
-    onDone: () => {
-      if (ctx.alive()) window.dispatchEvent(new HashChangeEvent("hashchange"));
-    },
-  });
-  root.append(progress.node);
-  return progress.stop;
 }
 
 async function renderOverview(root, id, ctx) {

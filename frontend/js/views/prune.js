@@ -2,42 +2,16 @@
 // per-layer widths and size live (POST /preview, debounced), then start a pruning.
 // A checked network is a constraint: every one of its key neurons is kept, whatever the method; no
 // check means nothing is forced (every network still shapes the scores).
-import { api } from "../api.js";
+//
+// Methods, repairs, ratio bases, their help, the defaults and the methods' rules (e.g. which refuse the
+// sequential repair) are the server's (GET /api/options, fnprune.options and fnprune.methods): nothing
+// here copies them. The page is assembled from one function per section: networks (with the guided
+// selection), budget, projected model, method, calibration.
+import { api, urls } from "../api.js";
 import { baseLayout, OKABE_ITO, react } from "../charts.js";
 import { clearError, debounce, el, fmtBytes, fmtNum, fmtParams, fmtPct, fmtTime, showError } from "../dom.js";
-import { getNetworks } from "../store.js";
-import { analysisTabs, ownLayer, statusBadge } from "./common.js";
-import { waitForJob } from "./overview.js";
-
-// fnprune.recipe.METHODS and METHOD_HELP: how neurons are chosen inside a layer.
-const METHODS = [
-  ["obs", "structured OBS (recommended)", "Structured Optimal Brain Surgeon: in each layer, remove the neuron whose removal, with the least-squares repair, least raises the layer's output error relative to the residual stream on the calibration tokens; those costs ranked across layers decide the widths. Chosen networks are kept whatever the method. Recommended: lowest validation perplexity (BENCHMARKS.md §3b)."],
-  ["fn-flap", "fn-flap: FLAP in the networks' widths", "FLAP's fluctuation score inside the functional networks' per-layer widths."],
-  ["fn", "fn: network score", "The seed-robust network score: max |z| over the stable networks, else the unresolved-subspace energy."],
-  ["paper", "paper: the authors' rule", "Any |z| above the threshold in one FastICA run's maps (no unresolved-subspace energy)."],
-  ["flap", "FLAP", "FLAP: input variance times the squared norm of the neuron's down-projection column, ranked across layers. Chosen networks are kept whatever the method. The previous default."],
-  ["random", "random (baseline)", "Uniformly random neurons (seeded), in the method's own per-layer allocation."],
-  ["magnitude", "magnitude (baseline)", "The L2 norm of each neuron's weights."],
-  ["wanda-sp", "Wanda-SP (baseline)", "Structured Wanda: sum of |W_down| times the neuron's input norm."],
-];
-const CALIBRATION_DOCS = 120; // fnprune.recipe.DEFAULT_CALIBRATION_DOCS
-// An analysis of fewer texts than the CLI's default (40, e.g. the Quick demo) is a quick one: its pruning
-// form proposes QUICK_CALIBRATION_DOCS to stay within the quick demo's 5 minutes (BENCHMARKS.md §9).
-const QUICK_ANALYSIS_TEXTS = 40;
-const QUICK_CALIBRATION_DOCS = 40;
-
-const REPAIRS = [
-  ["lstsq", "least squares (recommended)", "Re-fit each pruned layer's down projection (kept columns) and its bias by least squares to the dense layer's output on the calibration tokens."],
-  ["bias", "mean bias", "FLAP's compensation: add the mean output of the removed neurons on the calibration tokens to the layer's output bias; no other weight changes."],
-  ["none", "none", "Change no weight: the kept neurons keep their dense weights and the removed ones' output is simply lost."],
-];
-
-const BASELINES = [
-  ["random", "random"],
-  ["magnitude", "magnitude"],
-  ["wanda-sp", "Wanda-SP"],
-  ["flap", "FLAP"],
-];
+import { getNetworks, getOptions } from "../store.js";
+import { analysisTabs, ownLayer, statusBadge, waitForJob } from "./common.js";
 
 // One earlier pruning's measured result: method, repair, removed fraction, held-out perplexity vs dense.
 function measured(p) {
@@ -49,18 +23,146 @@ function measured(p) {
 }
 
 export async function render(root, { id }, ctx) {
-  const job = await api(`/api/analyses/${id}`);
+  const job = await api(urls.job("analyses", id));
   if (!ctx.alive()) return;
   root.append(analysisTabs(id, "prune", job));
   if (job.status !== "succeeded") return waitForJob(root, id, job, ctx);
-  const table = await getNetworks(id);
+  const [table, options] = await Promise.all([getNetworks(id), getOptions()]);
   if (!ctx.alive()) return;
   const comps = [...table.components].sort((a, b) => a.id - b.id);
+  const thr = table.threshold ?? options.analysis.threshold;
 
-  // ---- network checklist ------------------------------------------------------------------
+  let debounced = () => {};
+  const changed = () => {
+    networks.updateCount();
+    budget.refresh();
+    debounced();
+  };
+  const networks = networksSection(id, comps, thr, changed);
+  const budget = budgetSection(thr, options, changed);
+  const projection = projectionSection(id);
+  const method = methodSection(options);
+  const calibration = calibrationSection(job, options);
+
+  // ---- the request, the live preview and the start button ---------------------------------------
+  const startButton = el("button.btn.btn-primary#start-pruning", { type: "button", text: "Prune the model", "aria-describedby": "prune-blocked" });
+  const blockedNote = el("p.blocked#prune-blocked", { role: "status", hidden: true });
+  let blockedReason = ""; // why the last preview refused these settings (the Prune button says it)
+  const setBlocked = (reason) => {
+    blockedReason = reason;
+    startButton.disabled = Boolean(reason);
+    blockedNote.hidden = !reason;
+    blockedNote.textContent = reason ? `Cannot prune with these settings: ${reason}` : "";
+  };
+  // the request of the current settings, or null after showing why they are unusable
+  const requestOrError = () => {
+    try {
+      return { networks: networks.selection(), ...budget.request() };
+    } catch (err) {
+      showError(err);
+      return null;
+    }
+  };
+  let seq = 0;
+  let previewFailed = false;
+  async function preview() {
+    const mySeq = ++seq;
+    const body = requestOrError();
+    if (!body) return;
+    projection.updating();
+    try {
+      const p = await api(urls.preview(id), { method: "POST", body });
+      if (mySeq !== seq || !ctx.alive()) return;
+      if (previewFailed) clearError(); // the settings that failed are gone
+      previewFailed = false;
+      setBlocked("");
+      budget.showReach(p, body.networks ? body.networks.length : 0);
+      networks.showKept(p.chosen_networks || []);
+      await projection.show(p, body);
+    } catch (err) {
+      if (mySeq === seq && ctx.alive()) {
+        const refused = err.status === 422;
+        projection.failed(refused ? `Preview refused: ${err.message}` : "Preview failed: change the networks or the target.");
+        previewFailed = true;
+        if (refused) setBlocked(err.message);
+        showError(`Preview: ${err.message}`);
+      }
+    }
+  }
+  debounced = debounce(preview, 300);
+
+  startButton.addEventListener("click", async () => {
+    if (blockedReason) return;
+    const body = requestOrError();
+    if (!body) return;
+    const nCalib = calibration.value();
+    if (nCalib === null) {
+      showError(new Error("Calibration documents: a whole number from 1 to 5000"));
+      return;
+    }
+    const payload = {
+      analysis_id: id,
+      networks: body.networks,
+      threshold: body.threshold,
+      target_ratio: body.target_ratio,
+      ratio_of: body.ratio_of,
+      uniform: body.uniform,
+      ...method.request(),
+    };
+    if (body.protected_layers) payload.protected_layers = body.protected_layers;
+    if (nCalib !== calibration.apiDefault) payload.calibration_texts = nCalib;
+    startButton.disabled = true;
+    try {
+      const pj = await api(urls.jobs("prunings"), { method: "POST", body: payload });
+      location.hash = `#/pruning/${pj.id}`;
+    } catch (err) {
+      showError(err);
+    } finally {
+      startButton.disabled = Boolean(blockedReason);
+    }
+  });
+
+  const pruneCard = el(
+    "section.card",
+    el("h2", { text: "Prune" }),
+    el("div.options", method.choices, calibration.node, method.evaluate),
+    method.baselines,
+    el("div.actions", startButton, blockedNote),
+  );
+  const pastSlot = el("div");
+  root.append(
+    el("div.grid-2.prune-layout",
+      networks.node,
+      el("div",
+        el("section.card", el("h2", { text: "Target" }), budget.node),
+        projection.node,
+        pruneCard)),
+    el("section.card", el("h2", { text: "Prunings of this analysis" }),
+      el("p.hint", { text: "What earlier choices measured on the held-out documents: the impact to expect from a similar choice." }), pastSlot),
+  );
+  changed();
+
+  try {
+    const prunings = (await api(urls.jobs("prunings"))).filter((p) => p.params?.analysis_id === id);
+    if (!ctx.alive()) return;
+    pastSlot.replaceChildren(
+      prunings.length
+        ? el("ul.plain#past-prunings", prunings.map((p) => el("li", { dataset: { id: p.id } },
+          el("a", { href: `#/pruning/${p.id}`, text: `Pruning ${p.id}` }), " ", statusBadge(p.status),
+          el("span.muted.small", { text: ` ${fmtTime(p.created_at)}` }), measured(p))))
+        : el("p.muted", { text: "None yet." }),
+    );
+  } catch (err) {
+    showError(err);
+  }
+}
+
+// ---- networks to preserve: the checklist, quick and guided selections -----------------------------
+function networksSection(id, comps, thr, onChange) {
   const boxes = new Map();
   const rows = comps.map((c) => {
     const box = el("input", { type: "checkbox", id: `keep-${c.id}`, value: String(c.id), "aria-label": `Keep every key neuron of network ${c.id}` });
+    box.addEventListener("change", onChange);
     boxes.set(c.id, box);
     return el(
       "tr",
@@ -78,7 +180,7 @@ export async function render(root, { id }, ctx) {
   const selectedCount = el("span.muted#selected-count");
   const setChecked = (pred) => {
     for (const c of comps) boxes.get(c.id).checked = pred(c);
-    changed();
+    onChange();
   };
   const topN = el("input#top-n", { type: "number", min: "1", max: String(comps.length), value: String(Math.min(10, comps.length)) });
   const nSignal = comps.filter((c) => c.label === "signal").length;
@@ -101,8 +203,40 @@ export async function render(root, { id }, ctx) {
       el("label.sr-only", { for: "top-n", text: "N" }),
       topN),
   );
+  const checklist = el(
+    "div.table-scroll",
+    el("table.table#network-checklist",
+      el("thead", el("tr", ["Keep all key", "Network", "Layer", "Key neurons", "Key kept", "Stability", "Label", "Top genre"].map((h) => el("th", { scope: "col", text: h })))),
+      el("tbody", rows)),
+  );
+  const keepHint = el("p.hint#keep-hint", {
+    text: `A check keeps every key neuron (|z| ≥ ${fmtNum(thr, 1)}) of that network, whatever the method; the method's score fills the rest of the budget. `
+      + "No check: nothing is forced, and all networks still shape the scores.",
+  });
+  return {
+    node: el("section.card", el("h2", { text: "Networks to preserve" }), keepHint, quick, guidedSelection(comps, topN, setChecked), selectedCount, checklist),
+    // no check = no constraint (null); every check is a constraint, "All" included
+    selection: () => {
+      const chosen = comps.filter((c) => boxes.get(c.id).checked).map((c) => c.id);
+      return chosen.length ? chosen : null;
+    },
+    updateCount: () => {
+      const n = comps.filter((c) => boxes.get(c.id).checked).length;
+      selectedCount.textContent = `${n} of ${comps.length} networks selected`;
+    },
+    // per network: how many of its key neurons the preview keeps
+    showKept: (chosenNets) => {
+      const byId = new Map(chosenNets.map((c) => [c.id, c]));
+      for (const c of comps) {
+        const k = byId.get(c.id);
+        document.getElementById(`kept-${c.id}`)?.replaceChildren(k ? `${k.n_kept} of ${k.n_key}` : "");
+      }
+    },
+  };
+}
 
-  // ---- guided selection: by what the networks respond to (genre, a word of their name) ----------
+// Guided selection: by what the networks respond to (genre, a word of their name or top tokens).
+function guidedSelection(comps, topN, setChecked) {
   const genres = [...new Set(comps.map((c) => c.top_genre).filter(Boolean))].sort();
   const genrePick = el("select#genre-pick", { "aria-label": "Genre" },
     genres.map((g) => el("option", { value: g, text: `${g} (${comps.filter((c) => c.top_genre === g).length})` })));
@@ -113,7 +247,25 @@ export async function render(root, { id }, ctx) {
     setChecked((c) => hits.includes(c));
     guidedNote.textContent = hits.length ? `${hits.length} network${hits.length === 1 ? "" : "s"} ${what}.` : `No network ${what}.`;
   };
-  const guided = el(
+  const byWord = el("button.btn.btn-secondary#select-word", {
+    type: "button",
+    text: "Networks named with or active on the word",
+    onclick: () => {
+      const w = wordPick.value.trim().toLowerCase();
+      if (!w) {
+        guidedNote.textContent = "Type a word first.";
+        return;
+      }
+      const re = new RegExp(`(^|[^\\p{L}\\p{N}])${w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}($|[^\\p{L}\\p{N}])`, "u");
+      // the word in the network's name, or one of the texts of its 30 most active tokens
+      pickBy((c) => re.test(String(c.name || "").toLowerCase()) || re.test(String(c.auto_name || "").toLowerCase())
+        || (c.top_words || []).some((t) => t.toLowerCase() === w), `named with “${wordPick.value.trim()}” or active on it`);
+    },
+  });
+  wordPick.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") byWord.click();
+  });
+  return el(
     "div.quick-actions.guided",
     { role: "group", "aria-label": "Select by function" },
     el("span.group",
@@ -130,119 +282,86 @@ export async function render(root, { id }, ctx) {
         },
       }),
       genrePick),
-    el("span.group",
-      el("button.btn.btn-secondary#select-word", {
-        type: "button",
-        text: "Networks named with or active on the word",
-        onclick: () => {
-          const w = wordPick.value.trim().toLowerCase();
-          if (!w) {
-            guidedNote.textContent = "Type a word first.";
-            return;
-          }
-          const re = new RegExp(`(^|[^\\p{L}\\p{N}])${w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}($|[^\\p{L}\\p{N}])`, "u");
-          // the word in the network's name, or one of the texts of its 30 most active tokens
-          pickBy((c) => re.test(String(c.name || "").toLowerCase()) || re.test(String(c.auto_name || "").toLowerCase())
-            || (c.top_words || []).some((t) => t.toLowerCase() === w), `named with “${wordPick.value.trim()}” or active on it`);
-        },
-      }),
-      wordPick),
+    el("span.group", byWord, wordPick),
     guidedNote,
   );
-  wordPick.addEventListener("keydown", (e) => {
-    if (e.key === "Enter") guided.querySelector("#select-word").click();
-  });
-  const checklist = el(
-    "div.table-scroll",
-    el("table.table#network-checklist",
-      el("thead", el("tr", ["Keep all key", "Network", "Layer", "Key neurons", "Key kept", "Stability", "Label", "Top genre"].map((h) => el("th", { scope: "col", text: h })))),
-      el("tbody", rows)),
-  );
+}
 
-  // ---- target -----------------------------------------------------------------------------
-  const thr = table.threshold ?? 3;
+// ---- budget: threshold or target ratio (of which parameters), protected layers, uniform ------------
+function budgetSection(thr, options, onChange) {
+  const bases = Object.fromEntries(options.ratio_bases.map((b) => [b.name, b]));
+  const ratio = options.pruning.target_ratio;
   const modeThreshold = el("input", { type: "radio", name: "target", value: "threshold", id: "target-threshold" });
   const modeRatio = el("input", { type: "radio", name: "target", value: "ratio", id: "target-ratio", checked: true });
   const thrSlider = el("input#threshold-slider", { type: "range", min: "1", max: "8", step: "0.1", value: String(thr) });
   const thrOut = el("output", { for: "threshold-slider", text: `|z| ≥ ${thr.toFixed(1)}` });
-  const ratioSlider = el("input#ratio-slider", { type: "range", min: "0.05", max: "0.9", step: "0.01", value: "0.2", "aria-label": "Fraction of ALL model parameters removed" });
-  const ratioOut = el("output", { for: "ratio-slider", text: "20 % of all parameters" });
-  const BASES = { all: "all parameters", mlp: "MLP parameters", "non-embedding": "non-embedding parameters" };
+  const ratioSlider = el("input#ratio-slider", { type: "range", min: "0.05", max: "0.9", step: "0.01", value: String(ratio), "aria-label": "Fraction of ALL model parameters removed" });
+  const ratioOut = el("output", { for: "ratio-slider", text: "" });
   const ratioOf = el("select#ratio-of", { "aria-label": "What the target ratio is a fraction of" },
-    el("option", { value: "all", text: "of ALL parameters (embeddings, attention and MLPs)" }),
-    el("option", { value: "mlp", text: "of the MLP parameters" }),
-    el("option", { value: "non-embedding", text: "of all parameters but the embeddings" }));
+    options.ratio_bases.map((b) => el("option", { value: b.name, text: `of ${b.help}`, selected: b.name === options.pruning.ratio_of })));
   const protectedInput = el("input#protected-layers", { type: "text", placeholder: "e.g. 0, 1, 29", inputmode: "numeric", "aria-describedby": "protected-hint" });
   const uniform = el("input#uniform", { type: "checkbox" });
   const maxRatio = el("p.hint#max-ratio", { "aria-live": "polite" });
-  const targetBox = el(
-    "div.target",
-    el("fieldset",
-      el("legend", { text: "What to keep" }),
-      el("div.target-row", el("label.check", { for: "target-threshold" }, modeThreshold, " key neurons at threshold"), el("div.range", thrSlider, thrOut)),
-      el("div.target-row", el("label.check", { for: "target-ratio" }, modeRatio, " target pruning ratio: fraction removed"), el("div.range", ratioSlider, ratioOut), ratioOf),
-      maxRatio),
-    el("div.field", el("label", { for: "protected-layers", text: "Protected layers (never pruned)" }), protectedInput, el("p.hint#protected-hint", { text: "Comma-separated layer numbers; empty = the server's default (listed in the preview)." })),
-    el("label.check", { for: "uniform" }, uniform, " same width in every layer (uniform allocation)"),
-  );
+  for (const input of [modeThreshold, modeRatio, ratioOf, uniform]) input.addEventListener("change", onChange);
+  for (const input of [thrSlider, ratioSlider, protectedInput]) input.addEventListener("input", onChange);
+  const parseProtected = () => {
+    const text = protectedInput.value.trim();
+    if (!text) return null;
+    const nums = text.split(/[\s,;]+/).filter(Boolean).map(Number);
+    if (nums.some((n) => !Number.isInteger(n) || n < 0)) throw new Error(`Protected layers must be whole layer numbers separated by commas, not "${text}".`);
+    return nums;
+  };
+  return {
+    node: el(
+      "div.target",
+      el("fieldset",
+        el("legend", { text: "What to keep" }),
+        el("div.target-row", el("label.check", { for: "target-threshold" }, modeThreshold, " key neurons at threshold"), el("div.range", thrSlider, thrOut)),
+        el("div.target-row", el("label.check", { for: "target-ratio" }, modeRatio, " target pruning ratio: fraction removed"), el("div.range", ratioSlider, ratioOut), ratioOf),
+        maxRatio),
+      el("div.field", el("label", { for: "protected-layers", text: "Protected layers (never pruned)" }), protectedInput, el("p.hint#protected-hint", { text: "Comma-separated layer numbers; empty = the server's default (listed in the preview)." })),
+      el("label.check", { for: "uniform" }, uniform, " same width in every layer (uniform allocation)"),
+    ),
+    request: () => ({
+      threshold: modeThreshold.checked ? Number(thrSlider.value) : null,
+      target_ratio: modeRatio.checked ? Number(ratioSlider.value) : null,
+      ratio_of: ratioOf.value,
+      protected_layers: parseProtected(),
+      uniform: uniform.checked,
+    }),
+    refresh: () => {
+      thrSlider.disabled = !modeThreshold.checked;
+      ratioSlider.disabled = !modeRatio.checked;
+      thrOut.textContent = `|z| ≥ ${Number(thrSlider.value).toFixed(1)}`;
+      ratioOut.textContent = `${Math.round(100 * Number(ratioSlider.value))} % of ${bases[ratioOf.value]?.label ?? ratioOf.value}`;
+    },
+    // the largest reachable ratio of each base, with this choice
+    showReach: (p, nChosen) => {
+      const reach = p.max_ratio || { all: p.max_ratio_total };
+      maxRatio.textContent = p.max_ratio_total != null
+        ? `With ${nChosen ? "these networks' key neurons" : "nothing forced"} and the protected layers kept, at most ` +
+          Object.entries(reach).map(([k, v]) => `${fmtPct(v)} of ${bases[k]?.label ?? k}`).join(", or ") + " can be removed."
+        : "";
+    },
+  };
+}
 
-  // ---- preview ----------------------------------------------------------------------------
+// ---- the projected model: the preview's numbers and per-layer widths -------------------------------
+function projectionSection(id) {
   const previewStats = el("dl.stats#preview-stats", el("div", el("dt", { text: "Preview" }), el("dd", { text: "…" })));
   const widthPlot = el("div.plot#width-plot");
   const previewState = el("p.muted.small#preview-state", { "aria-live": "polite" });
   const chosenList = el("div#chosen-kept", { "aria-live": "polite" });
-
-  const parseProtected = () => {
-    const text = protectedInput.value.trim();
-    if (!text) return null;
-    const parts = text.split(/[\s,;]+/).filter(Boolean);
-    const nums = parts.map(Number);
-    if (nums.some((n) => !Number.isInteger(n) || n < 0)) throw new Error(`Protected layers must be whole layer numbers separated by commas, not "${text}".`);
-    return nums;
-  };
-  // no check = no constraint (null); every check is a constraint, "All" included
-  const selection = () => {
-    const chosen = comps.filter((c) => boxes.get(c.id).checked).map((c) => c.id);
-    return chosen.length ? chosen : null;
-  };
-  const request = () => ({
-    networks: selection(),
-    threshold: modeThreshold.checked ? Number(thrSlider.value) : null,
-    target_ratio: modeRatio.checked ? Number(ratioSlider.value) : null,
-    ratio_of: ratioOf.value,
-    protected_layers: parseProtected(),
-    uniform: uniform.checked,
-  });
-
-  let seq = 0;
-  let previewFailed = false;
-  let blockedReason = ""; // why the last preview refused these settings (the Prune button says it)
-  const setBlocked = (reason) => {
-    blockedReason = reason;
-    startButton.disabled = Boolean(reason);
-    blockedNote.hidden = !reason;
-    blockedNote.textContent = reason ? `Cannot prune with these settings: ${reason}` : "";
-  };
-  // the request of the current settings, or null after showing why they are unusable
-  const requestOrError = () => {
-    try {
-      return request();
-    } catch (err) {
-      showError(err);
-      return null;
-    }
-  };
-  async function preview() {
-    const mySeq = ++seq;
-    const body = requestOrError();
-    if (!body) return;
-    previewState.textContent = "Updating preview…";
-    try {
-      const p = await api(`/api/analyses/${id}/preview`, { method: "POST", body });
-      if (mySeq !== seq || !ctx.alive()) return;
-      if (previewFailed) clearError(); // the settings that failed are gone
-      previewFailed = false;
-      setBlocked("");
+  const stale = (yes) => [previewStats, widthPlot, chosenList].forEach((n) => n.classList.toggle("stale", yes));
+  return {
+    node: el("section.card", el("h2", { text: "Projected model" }), previewState, previewStats, widthPlot,
+      el("h3.small-head", { text: "Chosen networks" }), chosenList),
+    updating: () => (previewState.textContent = "Updating preview…"),
+    failed: (message) => {
+      previewState.textContent = message;
+      stale(true);
+    },
+    show: async (p, body) => {
       const nChosen = body.networks ? body.networks.length : 0;
       previewState.textContent = nChosen
         ? `Preview for ${nChosen} chosen network${nChosen === 1 ? "" : "s"} (every key neuron kept) at |z| ≥ ${fmtNum(p.threshold, 2)}.`
@@ -259,25 +378,12 @@ export async function render(root, { id }, ctx) {
         el("div", el("dt", { text: "Size (float32)" }), el("dd#pv-size", { text: fmtBytes(p.size_bytes) })),
         el("div", el("dt", { text: "Protected layers" }), el("dd#pv-protected", { text: (p.protected_layers || []).length ? p.protected_layers.join(", ") : "none" })),
       );
-      const reach = p.max_ratio || { all: p.max_ratio_total };
-      maxRatio.textContent = p.max_ratio_total != null
-        ? `With ${nChosen ? "these networks' key neurons" : "nothing forced"} and the protected layers kept, at most ` +
-          Object.entries(reach).map(([k, v]) => `${fmtPct(v)} of ${BASES[k] || k}`).join(", or ") + " can be removed."
-        : "";
-      // per chosen network: how many of its key neurons the preview keeps
       const chosenNets = p.chosen_networks || [];
-      const byId = new Map(chosenNets.map((c) => [c.id, c]));
-      for (const c of comps) {
-        const k = byId.get(c.id);
-        document.getElementById(`kept-${c.id}`)?.replaceChildren(k ? `${k.n_kept} of ${k.n_key}` : "");
-      }
       chosenList.replaceChildren(chosenNets.length
         ? el("ul.plain.kept-list", chosenNets.map((c) => el("li", { dataset: { id: String(c.id) }, class: c.n_kept < c.n_key ? "short" : null },
           el("a", { href: `#/analysis/${id}/network/${c.id}`, text: `Network ${c.id}` }), ` (L${c.layer}): key neurons kept: ${c.n_kept} of ${c.n_key}`)))
         : el("p.muted.small", { text: "No network chosen: nothing is forced in; the method's score (shaped by all networks) fills the whole budget." }));
-      previewStats.classList.remove("stale");
-      widthPlot.classList.remove("stale");
-      chosenList.classList.remove("stale");
+      stale(false);
       const layers = p.widths.map((_, l) => `L${l}`);
       const prot = new Set(p.protected_layers || []);
       await react(
@@ -290,153 +396,91 @@ export async function render(root, { id }, ctx) {
         ],
         baseLayout({ height: 320, barmode: "overlay", title: { text: "Projected MLP width per layer", x: 0, xanchor: "left", font: { size: 14 } }, yaxis: { title: { text: "neurons" } }, legend: { orientation: "h", y: -0.2 } }),
       );
-    } catch (err) {
-      if (mySeq === seq && ctx.alive()) {
-        const refused = err.status === 422;
-        previewState.textContent = refused ? `Preview refused: ${err.message}` : "Preview failed: change the networks or the target.";
-        previewFailed = true;
-        previewStats.classList.add("stale");
-        widthPlot.classList.add("stale");
-        chosenList.classList.add("stale");
-        if (refused) setBlocked(err.message);
-        showError(`Preview: ${err.message}`);
-      }
-    }
-  }
-  const debounced = debounce(preview, 300);
-  function changed() {
-    const n = comps.filter((c) => boxes.get(c.id).checked).length;
-    selectedCount.textContent = `${n} of ${comps.length} networks selected`;
-    thrSlider.disabled = !modeThreshold.checked;
-    ratioSlider.disabled = !modeRatio.checked;
-    thrOut.textContent = `|z| ≥ ${Number(thrSlider.value).toFixed(1)}`;
-    ratioOut.textContent = `${Math.round(100 * Number(ratioSlider.value))} % of ${BASES[ratioOf.value]}`;
-    debounced();
-  }
+    },
+  };
+}
 
-  // ---- prune options and start ------------------------------------------------------------
+// ---- method: how neurons are chosen, the repair, attention heads, evaluation, baselines ----------
+function methodSection(options) {
+  const defaults = options.pruning;
+  const methods = new Map(options.methods.map((m) => [m.name, m]));
+  const ordered = [...options.methods].sort((a, b) => (b.name === defaults.method) - (a.name === defaults.method));
+  const methodLabel = (m) => `${m.label}${m.baseline ? " (baseline)" : ""}${m.name === defaults.method ? " (recommended)" : ""}`;
   const method = el("select#opt-method", { "aria-describedby": "method-help" },
-    METHODS.map(([value, label, help]) => el("option", { value, text: label, title: help })));
+    ordered.map((m) => el("option", { value: m.name, text: methodLabel(m), title: m.help, selected: m.name === defaults.method })));
   const methodHelp = el("p.hint#method-help");
+  const repairs = new Map(options.repairs.map((r) => [r.name, r]));
   const repair = el("select#opt-repair", { "aria-describedby": "repair-help" },
-    REPAIRS.map(([value, label, help]) => el("option", { value, text: label, title: help })));
+    options.repairs.map((r) => el("option", { value: r.name, text: `${r.label}${r.name === defaults.repair ? " (recommended)" : ""}`, title: r.help, selected: r.name === defaults.repair })));
   const repairHelp = el("p.hint#repair-help");
   const sequential = el("input#opt-sequential", { type: "checkbox" });
-  const describeOptions = () => {
-    methodHelp.textContent = METHODS.find(([v]) => v === method.value)[2];
-    repairHelp.textContent = REPAIRS.find(([v]) => v === repair.value)[2];
-    // the API refuses sequential with another repair, and with obs (its selection and repair are one fit)
-    sequential.disabled = repair.value !== "lstsq" || method.value === "obs";
-    sequential.title = method.value === "obs" ? "not with obs: its selection and repair are one fit on the dense layer's calibration moments" : "";
+  const refusingSequential = options.methods.filter((m) => m.refuses.sequential).map((m) => m.name);
+  const describe = () => {
+    const m = methods.get(method.value);
+    methodHelp.textContent = m.name === defaults.method ? `${m.help}. Recommended: ${defaults.method_reason}.` : `${m.help}.`;
+    repairHelp.textContent = repairs.get(repair.value).help;
+    // the API refuses sequential with another repair, and with the methods that refuse it (obs: its
+    // selection and repair are one fit)
+    const refused = m.refuses.sequential;
+    sequential.disabled = repair.value !== defaults.sequential_repair || Boolean(refused);
+    sequential.title = refused ? `not with ${m.name}: ${refused}` : "";
     if (sequential.disabled) sequential.checked = false;
   };
-  method.addEventListener("change", describeOptions);
-  repair.addEventListener("change", describeOptions);
-  describeOptions();
+  method.addEventListener("change", describe);
+  repair.addEventListener("change", describe);
+  describe();
   const heads = el("input#opt-heads", { type: "checkbox" });
-  const headsFraction = el("input#opt-heads-fraction", { type: "number", min: "0.05", max: "0.95", step: "0.05", value: "0.25", disabled: true, "aria-label": "Fraction of KV head groups to remove" });
+  const headsFraction = el("input#opt-heads-fraction", { type: "number", min: "0.05", max: "0.95", step: "0.05", value: String(defaults.heads_fraction), disabled: true, "aria-label": "Fraction of KV head groups to remove" });
   heads.addEventListener("change", () => (headsFraction.disabled = !heads.checked));
   const evaluate = el("input#opt-evaluate", { type: "checkbox", checked: true });
-  // The pruning's calibration documents (x 512 tokens): the API's default is the analysis' number but at
-  // least CALIBRATION_DOCS (fnprune.recipe.DEFAULT_CALIBRATION_DOCS); the field proposes that, or
-  // QUICK_CALIBRATION_DOCS after a quick analysis, and sends whatever differs from the API's default.
-  const analysisTexts = job.params?.n_texts ?? 0;
-  const apiCalib = Math.max(analysisTexts, CALIBRATION_DOCS);
-  const quickAnalysis = analysisTexts < QUICK_ANALYSIS_TEXTS;
-  const defaultCalib = quickAnalysis ? QUICK_CALIBRATION_DOCS : apiCalib;
-  const calibDocs = el("input#opt-calib-docs", { type: "number", min: "1", max: "5000", step: "1", value: String(defaultCalib), "aria-describedby": "calib-help" });
-  const baselineBoxes = BASELINES.map(([value, label]) => el("label.check", el("input", { type: "checkbox", name: "baseline", value }), ` ${label}`));
-  const startButton = el("button.btn.btn-primary#start-pruning", { type: "button", text: "Prune the model", "aria-describedby": "prune-blocked" });
-  const blockedNote = el("p.blocked#prune-blocked", { role: "status", hidden: true });
-  startButton.addEventListener("click", async () => {
-    if (blockedReason) return;
-    const body = requestOrError();
-    if (!body) return;
-    const payload = {
-      analysis_id: id,
-      networks: body.networks,
-      threshold: body.threshold,
-      target_ratio: body.target_ratio,
-      ratio_of: body.ratio_of,
-      method: method.value,
-      repair: repair.value,
-      sequential: sequential.checked,
-      uniform: body.uniform,
-      heads: heads.checked ? Number(headsFraction.value) : false,
-      evaluate: evaluate.checked,
-      baselines: [...document.querySelectorAll('input[name="baseline"]:checked')].map((b) => b.value),
-    };
-    if (body.protected_layers) payload.protected_layers = body.protected_layers;
-    const nCalib = Number(calibDocs.value);
-    if (!Number.isInteger(nCalib) || nCalib < 1 || nCalib > 5000) {
-      showError(new Error("Calibration documents: a whole number from 1 to 5000"));
-      return;
-    }
-    if (nCalib !== apiCalib) payload.calibration_texts = nCalib;
-    startButton.disabled = true;
-    try {
-      const pj = await api("/api/prunings", { method: "POST", body: payload });
-      location.hash = `#/pruning/${pj.id}`;
-    } catch (err) {
-      showError(err);
-    } finally {
-      startButton.disabled = Boolean(blockedReason);
-    }
-  });
-  const options = el(
-    "section.card",
-    el("h2", { text: "Prune" }),
-    el("div.options",
+  const baselineBoxes = options.methods.filter((m) => m.baseline)
+    .map((m) => el("label.check", el("input", { type: "checkbox", name: "baseline", value: m.name }), ` ${m.label}`));
+  const sequentialNote = `(one calibration pass per pruned layer: slower; only with ${repairs.get(defaults.sequential_repair)?.label ?? defaults.sequential_repair}`
+    + (refusingSequential.length ? `, not with ${refusingSequential.join(", ")})` : ")");
+  return {
+    choices: [
       el("label", { for: "opt-method" }, "Method: how neurons are chosen inside a layer ", method),
       methodHelp,
       el("label", { for: "opt-repair" }, "Repair of the pruned layers ", repair),
       repairHelp,
-      el("label.check", { for: "opt-sequential" }, sequential, el("span", "sequential: calibrate each layer's least-squares fit on the model whose lower layers are already pruned and repaired ", el("span.muted.small", { text: "(one calibration pass per pruned layer: slower; only with least squares, not with obs)" }))),
+      el("label.check", { for: "opt-sequential" }, sequential, el("span", "sequential: calibrate each layer's least-squares fit on the model whose lower layers are already pruned and repaired ", el("span.muted.small", { text: sequentialNote }))),
       el("div.inline-row", el("label.check", { for: "opt-heads" }, heads, " also prune attention heads: remove a fraction"), headsFraction, el("span.muted.small", { text: "of the KV head groups of each unprotected layer (LLaMA-style attention)" })),
-      el("div.inline-row", el("label", { for: "opt-calib-docs" }, "Calibration documents "), calibDocs, el("span.muted.small#calib-help", { text: `× ${Math.max(job.params?.max_tokens ?? 0, 512)} tokens of the analysis' corpus, for the scores and the repair. ` + (quickAnalysis
-        ? `A quick analysis (${analysisTexts} texts): ${QUICK_CALIBRATION_DOCS} to stay quick; the library's default of ${CALIBRATION_DOCS} gives a better pruned model (the Quick demo measured 1.47× dense perplexity instead of 1.54×) and took about 2 minutes more on 2 cores (BENCHMARKS.md §9).`
-        : `Default ${apiCalib}: the analysis' own number, at least ${CALIBRATION_DOCS}; fewer is faster and worse.`) })),
-      el("label.check", { for: "opt-evaluate" }, evaluate, " evaluate: perplexity, speed, generations and network fidelity of dense and pruned models, and the pruning without repair ", el("span.muted.small", { text: "(slower)" }))),
-    el("fieldset.baselines", el("legend", { text: "Compare with baselines at the same ratio (the chosen networks' key neurons are kept for them too)" }), el("div.checks", baselineBoxes)),
-    el("div.actions", startButton, blockedNote),
-  );
+    ],
+    evaluate: el("label.check", { for: "opt-evaluate" }, evaluate, " evaluate: perplexity, speed, generations and network fidelity of dense and pruned models, and the pruning without repair ", el("span.muted.small", { text: "(slower)" })),
+    baselines: el("fieldset.baselines", el("legend", { text: "Compare with baselines at the same ratio (the chosen networks' key neurons are kept for them too)" }), el("div.checks", baselineBoxes)),
+    request: () => ({
+      method: method.value,
+      repair: repair.value,
+      sequential: sequential.checked,
+      heads: heads.checked ? Number(headsFraction.value) : false,
+      evaluate: evaluate.checked,
+      baselines: baselineBoxes.map((b) => b.querySelector("input")).filter((b) => b.checked).map((b) => b.value),
+    }),
+  };
+}
 
-  const pastSlot = el("div");
-  const keepHint = el("p.hint#keep-hint", {
-    text: `A check keeps every key neuron (|z| ≥ ${fmtNum(thr, 1)}) of that network, whatever the method; the method's score fills the rest of the budget. `
-      + "No check: nothing is forced, and all networks still shape the scores.",
-  });
-  root.append(
-    el("div.grid-2.prune-layout",
-      el("section.card", el("h2", { text: "Networks to preserve" }), keepHint, quick, guided, selectedCount, checklist),
-      el("div",
-        el("section.card", el("h2", { text: "Target" }), targetBox),
-        el("section.card", el("h2", { text: "Projected model" }), previewState, previewStats, widthPlot,
-          el("h3.small-head", { text: "Chosen networks" }), chosenList),
-        options)),
-    el("section.card", el("h2", { text: "Prunings of this analysis" }),
-      el("p.hint", { text: "What earlier choices measured on the held-out documents: the impact to expect from a similar choice." }), pastSlot),
-  );
-  const form = root.querySelector(".prune-layout");
-  form.addEventListener("change", (e) => {
-    if (!options.contains(e.target) && e.target !== genrePick && e.target !== wordPick) changed();
-  });
-  thrSlider.addEventListener("input", changed);
-  ratioSlider.addEventListener("input", changed);
-  protectedInput.addEventListener("input", changed);
-  changed();
-
-  try {
-    const prunings = (await api("/api/prunings")).filter((p) => p.params?.analysis_id === id);
-    if (!ctx.alive()) return;
-    pastSlot.replaceChildren(
-      prunings.length
-        ? el("ul.plain#past-prunings", prunings.map((p) => el("li", { dataset: { id: p.id } },
-          el("a", { href: `#/pruning/${p.id}`, text: `Pruning ${p.id}` }), " ", statusBadge(p.status),
-          el("span.muted.small", { text: ` ${fmtTime(p.created_at)}` }), measured(p))))
-        : el("p.muted", { text: "None yet." }),
-    );
-  } catch (err) {
-    showError(err);
-  }
+// ---- calibration: how many documents the scores and the repair read ----------------------------------
+// The API's default is the analysis' number of texts but at least the library's (options.pruning); after
+// a quick analysis the field proposes fewer, to stay quick, and says why. It sends what differs from the
+// API's default.
+function calibrationSection(job, options) {
+  const defaults = options.pruning;
+  const analysisTexts = job.params?.n_texts ?? 0;
+  const apiDefault = Math.max(analysisTexts, defaults.calibration_texts);
+  const quickAnalysis = analysisTexts < defaults.quick_analysis_texts;
+  const proposed = quickAnalysis ? defaults.quick_calibration_texts : apiDefault;
+  const calibDocs = el("input#opt-calib-docs", { type: "number", min: "1", max: "5000", step: "1", value: String(proposed), "aria-describedby": "calib-help" });
+  const tokens = Math.max(job.params?.max_tokens ?? 0, defaults.calibration_tokens);
+  const help = `× ${tokens} tokens of the analysis' corpus, for the scores and the repair. ` + (quickAnalysis
+    ? `A quick analysis (${analysisTexts} texts): ${defaults.quick_calibration_texts} to stay quick; the library's default of ${defaults.calibration_texts} gives a better pruned model (the Quick demo measured 1.47× dense perplexity instead of 1.54×) and took about 2 minutes more on 2 cores (BENCHMARKS.md §9).`
+    : `Default ${apiDefault}: the analysis' own number, at least ${defaults.calibration_texts}; fewer is faster and worse.`);
+  return {
+    node: el("div.inline-row", el("label", { for: "opt-calib-docs" }, "Calibration documents "), calibDocs, el("span.muted.small#calib-help", { text: help })),
+    apiDefault,
+    // the number asked for, or null when it is not a whole number in [1, 5000]
+    value: () => {
+      const n = Number(calibDocs.value);
+      return Number.isInteger(n) && n >= 1 && n <= 5000 ? n : null;
+    },
+  };
 }

