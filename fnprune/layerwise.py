@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -317,12 +318,17 @@ def streamed_obs_scores(model: nn.Module, tokenizer, docs, *, forced=None, ridge
 
 def streamed_repair(model: nn.Module, keep, tokenizer, docs, *, ridge: float, weighted: bool, sequential: bool,
                     max_tokens: int = 512, batch_size: int = 4, fits: dict | None = None,
-                    dtype: torch.dtype = torch.float64, progress: ProgressCallback | None = None) -> None:
+                    dtype: torch.dtype = torch.float64, progress: ProgressCallback | None = None,
+                    reselect=None) -> list[np.ndarray]:
     """Prune every layer to ``keep`` and re-fit its ``down`` by least squares, one layer at a time.
 
     The moments are the plain ones, or the residual-weighted ones (``weighted``: what obs selects
     with); ``sequential``: each layer calibrated on the already pruned and repaired layers below it,
-    else on the dense model (the same fit as :func:`fnprune.prune.prune_model` with ``repair``)."""
+    else on the dense model (the same fit as :func:`fnprune.prune.prune_model` with ``repair``).
+    ``reselect(adapter, second_moment, mean, width) -> kept indices``: choose the layer's kept
+    neurons again on the moments just collected, at the width ``keep`` gives it (sequential obs: the
+    widths come from the dense pass, the choice inside each layer from its inputs after the layers
+    below were pruned). Returns the kept indices of every layer (``keep``'s, or the re-selected)."""
     from .prune import finish_pruning, normalize_keep, repair_layer
 
     adapters = find_mlps(model)
@@ -335,7 +341,11 @@ def streamed_repair(model: nn.Module, keep, tokenizer, docs, *, ridge: float, we
                                                  sequential=sequential, dtype=dtype, progress=progress, stage="prune"):
             moment, mean = (m.weighted_second_moment, m.weighted_mean) if weighted else (m.second_moment, m.mean)
             added |= getattr(adapter.down, "bias", None) is None
+            if reselect is not None:
+                chosen = reselect(adapter, moment, mean, int(keep_idx[adapter.layer].numel()))
+                keep_idx[adapter.layer] = torch.as_tensor(np.sort(np.asarray(chosen, dtype=np.int64)))
             fit = repair_layer(adapter, keep_idx[adapter.layer], moment, mean, ridge)
             if fits is not None:
                 fits[adapter.layer] = fit
     finish_pruning(model, added)
+    return [k.cpu().numpy().astype(np.int64) for k in keep_idx]

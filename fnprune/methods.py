@@ -225,8 +225,7 @@ register(Method(
     "structured Optimal Brain Surgeon: in each layer, greedily remove the neuron whose removal, with the "
     "least-squares repair, least raises the layer's output error relative to the residual stream on the "
     "calibration tokens; those costs ranked across layers decide the widths",
-    _obs, statistics=WEIGHTED_MOMENTS, repair_moments="weighted", native_repair="lstsq",
-    refuses={"sequential": "its selection and repair are one fit on the dense layer's calibration moments"}))
+    _obs, statistics=WEIGHTED_MOMENTS, repair_moments="weighted", native_repair="lstsq"))
 register(Method(
     "random", "random", "uniformly random neurons (seeded)", _random, baseline=True))
 register(Method(

@@ -476,9 +476,12 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
     report(progress, "prune", 0.0, "pruning MLP neurons")
     weighted_repair = spec.method_record.repair_moments == "weighted"  # obs repairs with the moments it selected with
     if spec.repair == "lstsq" and (spec.sequential or calibration.streams(model)):
-        streamed_repair(model, keep, calibration.tokenizer, calibration.docs, ridge=spec.ridge,
-                        weighted=weighted_repair, sequential=spec.sequential, max_tokens=calibration.max_tokens,
-                        batch_size=calibration.batch_size, fits=fits, progress=_renamed(progress, "prune"))
+        reselect = _obs_reselect(model, owner, spec) if (
+            spec.sequential and spec.method_record.statistics == WEIGHTED_MOMENTS) else None
+        keep = streamed_repair(model, keep, calibration.tokenizer, calibration.docs, ridge=spec.ridge,
+                               weighted=weighted_repair, sequential=spec.sequential, max_tokens=calibration.max_tokens,
+                               batch_size=calibration.batch_size, fits=fits, progress=_renamed(progress, "prune"),
+                               reselect=reselect)
     else:
         repair = None
         if spec.repair == "lstsq":
@@ -495,6 +498,25 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
                           protected_layers=[int(x) for x in protected], chosen=chosen, layer_fits=fits,
                           threshold=threshold, kv_heads=kv_heads, head_fits=head_fits, calibration_docs=docs,
                           notes=_notes(spec, after["widths"], len(dense["widths"]), docs))
+
+
+def _obs_reselect(model: nn.Module, owner, spec: PruningSpec):
+    """Sequential obs: each layer's neurons chosen again by the greedy on the moments of its inputs
+    after the layers below were pruned and repaired, at the width the dense pass gave it, never
+    removing the chosen networks' key neurons (``owner``'s, as :func:`choose_keep` forces them)."""
+    from .repair import down_weight_by_neuron, obs_removal_order
+
+    forced = list(forced_mask(owner, spec.networks)) if owner is not None else [None] * len(find_mlps(model))
+
+    def reselect(adapter, second_moment, mean, width: int) -> np.ndarray:
+        if width >= adapter.width:
+            return np.arange(adapter.width)
+        order, _ = obs_removal_order(down_weight_by_neuron(adapter), second_moment, mean,
+                                     forced=forced[adapter.layer], ridge=spec.ridge, min_width=width,
+                                     layer=adapter.layer)
+        return np.setdiff1d(np.arange(adapter.width), order)
+
+    return reselect
 
 
 def _notes(spec: PruningSpec, widths: list[int], n_layers: int, docs: dict | None) -> list[str]:

@@ -90,8 +90,8 @@ def test_pruning_choices_are_the_librarys_and_the_form_copies_none(client):
     assert set(body) == set(Options.model_fields)
     assert [m["name"] for m in body["methods"]] == list(options.METHODS)
     assert [m["help"] for m in body["methods"]] == [m.help for m in methods.registered().values()]
-    assert {m["name"]: m["refuses"] for m in body["methods"] if m["refuses"]} == {
-        "obs": dict(methods.get("obs").refuses)}
+    assert {m["name"]: m["refuses"] for m in body["methods"]} == {
+        name: dict(m.refuses) for name, m in methods.registered().items()}
     assert [r["name"] for r in body["repairs"]] == list(options.REPAIRS)
     assert body["pruning"]["method"] == options.DEFAULT_METHOD
     assert (body["pruning"]["calibration_texts"], body["pruning"]["calibration_tokens"]) == MIN_CALIBRATION

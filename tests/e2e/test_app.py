@@ -601,12 +601,12 @@ def test_select_networks_are_constraints(server, page, pruned):
     expect(page.locator("#opt-repair")).to_have_value("lstsq")
     expect(page.locator("#opt-method option")).to_have_count(8)
     expect(page.locator("#opt-method")).to_have_value("obs")
-    # sequential repair is refused with obs, so the form disables it (and enables it for FLAP)
-    expect(page.locator("#opt-sequential")).to_be_disabled()
-    page.locator("#opt-method").select_option("flap")
+    # sequential calibration is a mode of the least-squares repair: the form disables it with another repair
     expect(page.locator("#opt-sequential")).to_be_enabled()
-    page.locator("#opt-method").select_option("obs")
+    page.locator("#opt-repair").select_option("none")
     expect(page.locator("#opt-sequential")).to_be_disabled()
+    page.locator("#opt-repair").select_option("lstsq")
+    expect(page.locator("#opt-sequential")).to_be_enabled()
     # after a quick analysis (6 texts) the calibration field proposes 40 documents and says why; the API's own
     # default (at least 120) is what a request without the field gets
     expect(page.locator("#opt-calib-docs")).to_have_value("40")

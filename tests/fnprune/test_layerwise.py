@@ -163,3 +163,29 @@ def test_sequential_repair_is_the_layer_by_layer_fit_on_the_pruned_layers_below(
     for name, p in expected.items():
         torch.testing.assert_close(got[name], p, rtol=1e-6, atol=1e-7, msg=name)
     assert sorted(outcome.layer_fits) == [1, 2]
+
+
+def test_sequential_obs_chooses_each_layer_again_on_the_pruned_layers_below(docs):
+    """Sequential obs keeps the dense pass's widths and, layer by layer, runs the greedy and the repair
+    on the residual-weighted moments of the model whose lower layers are already pruned and repaired."""
+    from fnprune.prune import finish_pruning, repair_layer
+    from fnprune.repair import down_weight_by_neuron, obs_removal_order
+
+    one_shot, _ = _prune(docs, None, method="obs", target_ratio=0.2)
+    outcome, streamed_model = _prune(docs, None, method="obs", target_ratio=0.2, sequential=True)
+    assert outcome.widths == one_shot.widths
+    model, tok = load_model("tiny-llama", device="cpu")
+    for adapter in find_mlps(model):
+        width = len(outcome.keep[adapter.layer])
+        if width < adapter.width:
+            stats = collect_down_input_stats(model, tok, docs, 96, 2, weighted=True, layers=[adapter.layer])
+            S, mu = stats.weighted_second_moment[adapter.layer], stats.weighted_mean[adapter.layer]
+            order, _ = obs_removal_order(down_weight_by_neuron(adapter), S, mu, ridge=outcome.spec.ridge,
+                                         min_width=width)
+            keep = np.setdiff1d(np.arange(adapter.width), order)
+            np.testing.assert_array_equal(outcome.keep[adapter.layer], keep)
+            repair_layer(adapter, torch.as_tensor(keep), S, mu, outcome.spec.ridge)
+    finish_pruning(model, True)
+    for name, p in model.state_dict().items():
+        torch.testing.assert_close(streamed_model.state_dict()[name], p, rtol=1e-6, atol=1e-7, msg=name)
+    assert any(not np.array_equal(a, b) for a, b in zip(outcome.keep, one_shot.keep, strict=True))

@@ -88,9 +88,15 @@ def test_unregistered_and_refused():
     with pytest.raises(ConfigError, match="method: unknown 'toy'; choose from paper, fn") as err:
         PruningSpec(method="toy").validated(have_networks=True)
     assert err.value.field == "method"
-    with pytest.raises(ConfigError, match="sequential calibration is not available for method 'obs'") as err:
-        PruningSpec(method="obs", sequential=True).validated(have_networks=True)
-    assert err.value.field == "sequential"
+    methods.register(Method("one-shot", "one-shot", "refuses sequential (a test)", _by_index,
+                            refuses={"sequential": "a test's reason"}))
+    try:
+        with pytest.raises(ConfigError, match="sequential calibration is not available for method 'one-shot' "
+                                              r"\(a test's reason\)") as err:
+            PruningSpec(method="one-shot", sequential=True).validated(have_networks=True)
+        assert err.value.field == "sequential"
+    finally:
+        methods.unregister("one-shot")
     with pytest.raises(ConfigError, match="already registered"):
         methods.register(methods.get("obs"))
     with pytest.raises(ConfigError, match="native_repair: one of"):

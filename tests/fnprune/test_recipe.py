@@ -350,8 +350,10 @@ def test_obs_keeps_the_greedy_order_and_repairs_with_its_moments(setup):
         a = find_mlps(model)[layer]
         order, _ = obs_removal_order(a.down.weight, stats.weighted_second_moment[layer], stats.weighted_mean[layer])
         assert set(order[:len(dropped)].tolist()) == set(dropped.tolist())
-    with pytest.raises(ConfigError, match="sequential"):
-        prune_with_networks(copy.deepcopy(model), fn, PruningSpec(method="obs", sequential=True), cal)
+    # sequential obs: the dense pass's widths, each layer's choice made again on its pruned-below inputs
+    seq = prune_with_networks(copy.deepcopy(model), fn, PruningSpec(method="obs", target_ratio=0.08, sequential=True),
+                              cal)
+    assert seq.widths == out.widths
     # the greedy runs once per calibration, choice and ridge: another budget reuses it, a choice does not
     import fnprune.recipe as recipe
 
