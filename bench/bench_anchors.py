@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fnprune.capture import ActivationStore
-from fnprune.ica import CanICA
+from fnprune.analysis.capture import ActivationStore
+from fnprune.analysis.ica import CanICA
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 PATHS = ("torch", "sklearn", "fnprune")

@@ -37,7 +37,7 @@ def synthetic_run(run_dir: Path, n_layers: int = 30, width: int = 1536, n_compon
     with heavy-tailed (Student t, 3 dof) z-maps; no model needed."""
     import numpy as np
 
-    from fnprune.networks import FunctionalNetworks
+    from fnprune.analysis.networks import FunctionalNetworks
 
     rng = np.random.default_rng(seed)
     n_comp = n_layers * n_components
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         client = TestClient(create_app(settings))
         base = f"/api/analyses/{job['id']}"
 
-        import fnprune.networks  # noqa: F401  (import time is not the run dir's loading time)
+        import fnprune.analysis.networks  # noqa: F401  (import time is not the run dir's loading time)
 
         t0 = time.perf_counter()
         table = client.get(f"{base}/networks")

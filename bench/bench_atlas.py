@@ -8,10 +8,10 @@ import math
 import sys
 import time
 
-from fnprune.atlas import layout_compactness
+from fnprune.analysis.atlas import layout_compactness
+from fnprune.analysis.networks import FunctionalNetworks, analyze
 from fnprune.corpus import load_corpus, split_heldout
-from fnprune.models import load_model
-from fnprune.networks import FunctionalNetworks, analyze
+from fnprune.models.loading import load_model
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ Reported: wall time per layer, the peak RSS of this process, the Jaccard index o
 seeds (mean, min, the pair 0/1), between methods, and between fnprune's default restart budget
 and a thorough one (``--thorough``, 10 restarts x 300 iterations).
 
-Stability of the networks themselves (``fnprune.stability.seed_stability``, issue 12), per layer and
+Stability of the networks themselves (``fnprune.analysis.stability.seed_stability``, issue 12), per layer and
 method: how many of the k components are reproduced in every other seed (Hungarian-matched map
 |corr| ≥ ``--min-corr``), the share of key neurons that a reproduced network makes key (vs another
 network, vs only fnprune's unresolved-subspace energy), the mask Jaccard across seeds, the Jaccard
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fnprune.capture import ActivationStore
-from fnprune.ica import CanICA
-from fnprune.stability import SeedFit, seed_stability
+from fnprune.analysis.capture import ActivationStore
+from fnprune.analysis.ica import CanICA
+from fnprune.analysis.stability import SeedFit, seed_stability
 
 
 def faithful_maps(X: np.ndarray, k: int, seed: int, U: np.ndarray | None = None):
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--layers", default="5,10,15,20,25")
     parser.add_argument("--components", type=int, default=128, help="the faithful algorithm's (the paper's 128)")
     parser.add_argument("--fn-components", type=int, default=None,
-                        help="fnprune's components (default: CanICA's, fnprune.ica.DEFAULT_N_COMPONENTS)")
+                        help="fnprune's components (default: CanICA's, fnprune.analysis.ica.DEFAULT_N_COMPONENTS)")
     parser.add_argument("--threshold", type=float, default=3.46)
     parser.add_argument("--n-init", type=int, default=None, help="fnprune restarts (default: CanICA's)")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="every pair of these seeds is compared")

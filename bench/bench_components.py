@@ -4,8 +4,8 @@
     python bench/bench_components.py /tmp/acts40 --layers 5,10,20 \
         --variants '{"k128": {}, "k64": {"n_components": 64}, "k48": {"n_components": 48}}'
 
-For every layer and every variant (keyword arguments of ``fnprune.ica.CanICA``; ``{}`` = the class
-defaults), five seeds are fitted and compared with ``fnprune.stability.seed_stability`` at the paper's
+For every layer and every variant (keyword arguments of ``fnprune.analysis.ica.CanICA``; ``{}`` = the class
+defaults), five seeds are fitted and compared with ``fnprune.analysis.stability.seed_stability`` at the paper's
 budget for that layer: the number of neurons over ``--threshold`` in one FastICA run (seed 0, cube,
 scikit-learn) on the exact top-128 subspace, as ``bench_canica.py``'s faithful algorithm counts them.
 Prints one JSON line per layer and variant: mean fit time, reproducible networks per seed (matched
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fnprune.capture import ActivationStore
-from fnprune.ica import CanICA
-from fnprune.stability import SeedFit, seed_stability
+from fnprune.analysis.capture import ActivationStore
+from fnprune.analysis.ica import CanICA
+from fnprune.analysis.stability import SeedFit, seed_stability
 
 
 def paper_budget(X: np.ndarray, width: int, k: int = 128, threshold: float = 3.46) -> int:

@@ -43,11 +43,13 @@ def main() -> None:
     candidates = [(c.split(":")[0], int(c.split(":")[1])) for c in args.candidates.split(",")]
     ratios = [float(r) for r in args.ratios.split(",")]
 
-    from fnprune.compare import paired_ratio
     from fnprune.corpus import load_corpus, split_heldout, split_validation
-    from fnprune.evaluate import per_document_perplexity
-    from fnprune.models import load_model
-    from fnprune.recipe import Calibration, PruningSpec, prune_with_networks
+    from fnprune.evaluation.compare import paired_ratio
+    from fnprune.evaluation.metrics import per_document_perplexity
+    from fnprune.models.loading import load_model
+    from fnprune.pruning.calibration import Calibration
+    from fnprune.pruning.recipe import prune_with_networks
+    from fnprune.pruning.spec import PruningSpec
 
     model, tok = load_model("smollm2-135m")
     docs = load_corpus("brown")

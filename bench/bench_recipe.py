@@ -49,11 +49,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     stages = args.stages.split(",")
 
-    from fnprune.compare import compare
+    from fnprune.analysis.networks import FunctionalNetworks, analyze
     from fnprune.corpus import load_corpus, split_heldout
-    from fnprune.fidelity import most_stable_networks
-    from fnprune.models import load_model
-    from fnprune.networks import FunctionalNetworks, analyze
+    from fnprune.evaluation.compare import compare
+    from fnprune.evaluation.fidelity import most_stable_networks
+    from fnprune.models.loading import load_model
     from fnprune.progress import tqdm_progress
 
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}

@@ -23,9 +23,13 @@ def main() -> None:
     import resource
 
     from fnprune.corpus import load_corpus, split_heldout
-    from fnprune.models import load_model
-    from fnprune.prune import collect_down_input_stats, plan_keep, prune_model
-    from fnprune.recipe import Calibration, PruningSpec, prune_with_networks
+    from fnprune.models.loading import load_model
+    from fnprune.pruning.baselines import plan_keep
+    from fnprune.pruning.calibration import Calibration
+    from fnprune.pruning.recipe import prune_with_networks
+    from fnprune.pruning.spec import PruningSpec
+    from fnprune.pruning.statistics import collect_down_input_stats
+    from fnprune.pruning.surgery import prune_model
 
     model, tok = load_model("smollm2-135m")
     calib = split_heldout(load_corpus("brown"))[0][:args.docs]

@@ -45,7 +45,7 @@ def make_1b_model(out: Path) -> Path:
         return out
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from fnprune.models import load_model
+    from fnprune.models.loading import load_model
 
     _, tok = load_model("smollm2-135m", device="cpu")
     layers, hidden, width, heads, kv = SHAPES["1b"]
@@ -97,8 +97,8 @@ def _median_time(fn, repeat: int = 3) -> float:
 
 def layer_costs(width: int, hidden: int, tokens: int, repeat: int) -> dict:
     """Per-layer times of the default method's pieces at MLP width ``width`` (float64, this CPU)."""
-    from fnprune.layerwise import LayerMoments
-    from fnprune.repair import obs_removal_order
+    from fnprune.pruning.layerwise import LayerMoments
+    from fnprune.pruning.repair import obs_removal_order
 
     gen = torch.Generator().manual_seed(0)
     X = torch.randn((tokens, width), generator=gen).relu_()                # activation-like (tokens, I)
@@ -120,7 +120,7 @@ def layer_costs(width: int, hidden: int, tokens: int, repeat: int) -> dict:
     t = time.perf_counter()
     order, _ = obs_removal_order(W, G, mean, min_width=int(0.2 * width))
     greedy_s = time.perf_counter() - t
-    from fnprune.repair import refit_down
+    from fnprune.pruning.repair import refit_down
 
     class _Down:  # refit_down reads adapter.down.weight only
         def __init__(self, w):

@@ -8,9 +8,9 @@ import argparse
 import resource
 import time
 
-from fnprune.capture import capture_activations
+from fnprune.analysis.capture import capture_activations
 from fnprune.corpus import load_corpus, split_heldout
-from fnprune.models import load_model
+from fnprune.models.loading import load_model
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out")

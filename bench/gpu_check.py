@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from bench_canica import jaccard, top_set  # the same key-set comparison (bench/ is on sys.path)
 
-from fnprune.capture import ActivationStore
+from fnprune.analysis.capture import ActivationStore
+from fnprune.analysis.ica import CanICA
+from fnprune.analysis.networks import analyze
 from fnprune.corpus import load_corpus, split_heldout
-from fnprune.ica import CanICA
-from fnprune.models import load_model
-from fnprune.networks import analyze
+from fnprune.models.loading import load_model
 
 
 class StageClock:
@@ -56,8 +56,10 @@ class StageClock:
 def streamed_obs_check(device: str, docs, heldout, args, failures: list[str]) -> dict:
     """The default method (obs + least-squares repair), layer-streamed, on ``device`` and on the CPU
     (float32 weights on both): per-layer kept-neuron Jaccard and held-out perplexity."""
-    from fnprune.evaluate import perplexity
-    from fnprune.recipe import Calibration, PruningSpec, prune_with_networks
+    from fnprune.evaluation.metrics import perplexity
+    from fnprune.pruning.calibration import Calibration
+    from fnprune.pruning.recipe import prune_with_networks
+    from fnprune.pruning.spec import PruningSpec
 
     keeps, ppls, streamed = {}, {}, {}
     for dev in dict.fromkeys(["cpu", device]):
@@ -168,8 +170,8 @@ def main() -> int:
 
     # 4. the default method at 20 % with the model on the device, saved, reloaded, held-out perplexity
     from fnprune.cli import main as cli_main
-    from fnprune.evaluate import perplexity
-    from fnprune.pruned_io import load_pruned
+    from fnprune.evaluation.metrics import perplexity
+    from fnprune.models.pruned_io import load_pruned
 
     t = time.perf_counter()
     rc = cli_main(["prune", str(run_dir), "--target-ratio", "0.2", "--calib-docs", str(min(args.texts, 40)),

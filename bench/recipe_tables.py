@@ -61,7 +61,7 @@ def table(result: dict) -> str:
 
 def chosen_vs_free(out: Path) -> None:
     """Paired ratio of obs with the 20 networks chosen to obs without a choice (same documents)."""
-    from fnprune.compare import paired_ratio
+    from fnprune.evaluation.compare import paired_ratio
 
     paths = [out / s / "results.json" for s in ("default-chosen", "default-test")]
     if not all(p.exists() for p in paths):

@@ -22,6 +22,7 @@ calibration documents). Neither depends on a seed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -298,6 +299,35 @@ def split_heldout(docs: list[Document]) -> tuple[list[Document], list[Document]]
     heldout = [d for i, d in enumerate(docs) if i % 10 == 0]
     calibration = [d for i, d in enumerate(docs) if i % 10 != 0]
     return calibration, heldout
+
+
+def split_limit(n_calibration: int, n_heldout: int = 0) -> int:
+    """How many leading documents to load so that :func:`split_heldout` gives at least ``n_calibration``
+    calibration and ``n_heldout`` held-out documents (the one place that knows its 1-in-10 rule)."""
+    return max(math.ceil(n_calibration * 10 / 9) + 1, 10 * n_heldout)
+
+
+def load_split(spec: str, n_calibration: int, n_heldout: int = 0, *, genres: list[str] | None = None,
+               sampling: str = "first") -> tuple[list[Document], list[Document]]:
+    """``(calibration, heldout)``: the first ``n_calibration`` calibration and ``n_heldout`` held-out
+    documents of corpus ``spec`` (:func:`split_heldout` of its leading documents, loaded no further
+    than needed; fewer when the corpus has fewer). :class:`CorpusError` (field ``n_calibration``) for
+    fewer than one calibration document asked for."""
+    if n_calibration < 1:
+        raise CorpusError(f"at least one calibration document is needed, got {n_calibration}", field="n_calibration")
+    docs = load_corpus(spec, limit=split_limit(n_calibration, n_heldout), genres=genres, sampling=sampling)
+    calibration, heldout = split_heldout(docs)
+    return calibration[:n_calibration], heldout[:n_heldout]
+
+
+def analysis_documents(spec: str, n_texts: int, *, genres: list[str] | None = None,
+                       sampling: str = "first") -> list[Document]:
+    """The first ``n_texts`` calibration documents of corpus ``spec`` (what an analysis decomposes):
+    the held-out ones (:func:`split_heldout`) are left out, unless the corpus has fewer than 10
+    documents, which are then all used (no held-out set to keep apart)."""
+    docs = load_corpus(spec, limit=max(split_limit(n_texts), 10), genres=genres, sampling=sampling)
+    calibration = split_heldout(docs)[0] if len(docs) >= 10 else docs
+    return calibration[:n_texts]
 
 
 def split_validation(docs: list[Document], n_calib: int) -> list[Document]:

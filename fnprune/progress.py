@@ -52,3 +52,15 @@ def tqdm_progress() -> ProgressCallback:
             bar.close()
 
     return callback
+
+
+def renamed(progress: ProgressCallback | None, stage: str) -> ProgressCallback | None:
+    """``progress`` with every report under ``stage`` (a step that reports its own stage names, run as
+    one stage of a larger job); None stays None."""
+    if progress is None:
+        return None
+
+    def inner(_stage: str, fraction: float, message: str = "") -> None:
+        progress(stage, fraction, message)
+
+    return inner

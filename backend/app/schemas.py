@@ -2,7 +2,7 @@
 
 Names, choices and defaults are fnprune's (:mod:`fnprune.options`, torch-free), never typed again here:
 the fixed choices become ``Literal`` types; the pruning methods, a registry that can grow
-(:mod:`fnprune.methods`), are checked and stated (as a JSON Schema ``enum``) when used: :class:`OneOf`.
+(:mod:`fnprune.pruning.methods`), are checked and stated (as a JSON Schema ``enum``) when used: :class:`OneOf`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from fnprune.options import (
     ALLOCATIONS,
-    BASELINES,
     DEFAULT_ANALYSIS_TEXTS,
     DEFAULT_CALIBRATION_DOCS,
     DEFAULT_CALIBRATION_TOKENS,
@@ -28,12 +27,12 @@ from fnprune.options import (
     DEFAULT_RATIO_OF,
     DEFAULT_REPAIR,
     DEFAULT_SAMPLING,
-    METHODS,
     MODES,
     RATIO_BASES,
     REPAIRS,
     SAMPLINGS,
 )
+from fnprune.pruning.methods import BASELINES, METHODS
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -56,7 +55,7 @@ CalibrationTokens = Annotated[int, Field(ge=8, le=8192), BeforeValidator(_not_a_
 
 
 class OneOf:
-    """``Annotated[str, OneOf(names)]``: one of a *live* list of names (fnprune.options.METHODS, BASELINES:
+    """``Annotated[str, OneOf(names)]``: one of a *live* list of names (fnprune.pruning.methods.METHODS, BASELINES:
     views of the method registry), checked when a request is validated and stated as the schema's ``enum``
     when the schema is generated, so a method registered after this module was imported is both accepted
     and documented. The error reads like a ``Literal``'s."""
@@ -182,7 +181,7 @@ class AnalysisRequest(Strict):
 
 class ThresholdChoice(Strict):
     """At most one of ``threshold`` / ``target_ratio`` (the schema says so with ``not``); neither: see the
-    route (the preview: the analysis' threshold; a pruning: fnprune.recipe.default_target)."""
+    route (the preview: the analysis' threshold; a pruning: fnprune.pruning.spec.default_target)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {
         "required": ["threshold", "target_ratio"],
@@ -216,7 +215,7 @@ class NetworkKept(BaseModel):
 
 
 class PreviewResult(BaseModel):
-    """fnprune.selection.Plan.as_dict(): the widths a choice gives, before any model is loaded."""
+    """fnprune.pruning.selection.Plan.as_dict(): the widths a choice gives, before any model is loaded."""
 
     threshold: float | None
     target_ratio: float | None
@@ -447,7 +446,7 @@ class Choice(BaseModel):
 
 
 class MethodChoice(Choice):
-    """A pruning method (a record of fnprune.methods): what the form needs to offer it and to follow its rules."""
+    """A pruning method (a record of fnprune.pruning.methods): what the form needs to offer it and to follow its rules."""
 
     default_allocation: Literal[ALLOCATIONS[1:]] = Field(description="the layer widths it uses by default")
     native_repair: Literal[REPAIRS] = Field(description="the compensation it comes with")

@@ -9,15 +9,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from fnprune.compare import paired_ratio
+from fnprune.analysis.networks import FunctionalNetworks
 from fnprune.corpus import load_corpus, split_heldout, split_validation
-from fnprune.evaluate import per_document_perplexity
-from fnprune.mlp import find_mlps
-from fnprune.models import load_model
-from fnprune.networks import FunctionalNetworks
-from fnprune.prune import params_to_remove, prune_model
-from fnprune.recipe import Calibration, PruningSpec, choose_keep
-from fnprune.repair import down_weight_by_neuron
+from fnprune.evaluation.compare import paired_ratio
+from fnprune.evaluation.metrics import per_document_perplexity
+from fnprune.models.loading import load_model
+from fnprune.models.mlp import find_mlps
+from fnprune.pruning.budget import params_to_remove
+from fnprune.pruning.calibration import Calibration
+from fnprune.pruning.recipe import choose_keep
+from fnprune.pruning.repair import down_weight_by_neuron
+from fnprune.pruning.spec import PruningSpec
+from fnprune.pruning.surgery import prune_model
 from fnprune.tokens import padded_batches
 
 torch.set_num_threads(2)

@@ -1,9 +1,9 @@
-"""The probes' greedy structured-OBS curve (before it moved into fnprune.repair.obs_removal_order)."""
+"""The probes' greedy structured-OBS curve (before it moved into fnprune.pruning.repair.obs_removal_order)."""
 
 import numpy as np
 import torch
 
-from fnprune.repair import _augmented_moment
+from fnprune.pruning.repair import _augmented_moment
 
 RIDGE = 1e-3
 

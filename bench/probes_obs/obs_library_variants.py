@@ -9,13 +9,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from fnprune.compare import paired_ratio
+from fnprune.analysis.networks import FunctionalNetworks
 from fnprune.corpus import load_corpus, split_heldout, split_validation
-from fnprune.evaluate import per_document_perplexity
-from fnprune.models import load_model
-from fnprune.networks import FunctionalNetworks
-from fnprune.prune import collect_down_input_stats
-from fnprune.recipe import Calibration, PruningSpec, prune_with_networks
+from fnprune.evaluation.compare import paired_ratio
+from fnprune.evaluation.metrics import per_document_perplexity
+from fnprune.models.loading import load_model
+from fnprune.pruning.calibration import Calibration
+from fnprune.pruning.recipe import prune_with_networks
+from fnprune.pruning.spec import PruningSpec
+from fnprune.pruning.statistics import collect_down_input_stats
 
 torch.set_num_threads(2)
 NCAL = int(sys.argv[1])

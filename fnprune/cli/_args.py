@@ -28,3 +28,26 @@ def add_batch_options(parser: argparse.ArgumentParser, *, quiet: bool = True) ->
     parser.add_argument("--batch-size", type=int, default=4)
     if quiet:
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def job_progress(quiet: bool = False):
+    """The progress a command passes to a library job: tqdm bars for the long stages; the job's
+    ``load`` steps after the documents (the model, what was loaded) as plain lines on stderr and its
+    ``save`` step not at all, so an error while loading is the last line on stderr, not a half-drawn
+    bar, and a corpus error is the only one. None when ``quiet``."""
+    if quiet:
+        return None
+    import sys
+
+    from ..progress import tqdm_progress
+
+    bars = tqdm_progress()
+
+    def callback(stage: str, fraction: float, message: str = "") -> None:
+        if stage == "load":
+            if fraction > 0 and message:
+                print(message, file=sys.stderr)
+        elif stage != "save":
+            bars(stage, fraction, message)
+
+    return callback

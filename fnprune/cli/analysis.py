@@ -4,49 +4,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 from .. import options
 from ..errors import ConfigError
-from ._args import add_batch_options, int_list
+from ._args import add_batch_options, int_list, job_progress
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from ..corpus import load_corpus, split_heldout
-    from ..models import load_model
-    from ..networks import analyze
-    from ..progress import tqdm_progress
+    from ..analysis.job import analyze_job
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (out / "run.json").exists():
         raise ConfigError(f"--out {out} exists and is not an fnprune run directory; choose a new path")
-    genres = args.genres.split(",") if args.genres else None
-    docs = load_corpus(args.corpus, genres=genres)
-    calibration, _ = split_heldout(docs) if len(docs) >= 10 else (docs, [])
     if args.texts < 1:
         raise ConfigError(f"--texts must be at least 1, got {args.texts}")
     if args.check_seeds < 0 or (args.check_seeds and args.mode != "per-layer"):
         raise ConfigError(f"--check-seeds must be ≥ 0 and needs --mode per-layer, got {args.check_seeds}")
-    calibration = calibration[:args.texts]
     started = time.perf_counter()
-    print(f"loading {args.model} ...", file=sys.stderr)
-    model, tokenizer = load_model(args.model, device=args.device)
-    networks = analyze(model, tokenizer, calibration, n_components=args.components, mode=args.mode,
-                       n_runs=args.runs, n_init=options.DEFAULT_N_INIT if args.n_init is None else args.n_init,
+    done = analyze_job(args.model, args.corpus, out, n_texts=args.texts,
+                       genres=args.genres.split(",") if args.genres else None, device=args.device,
+                       n_components=args.components, mode=args.mode, n_runs=args.runs,
+                       n_init=options.DEFAULT_N_INIT if args.n_init is None else args.n_init,
                        max_tokens=args.max_tokens, random_state=args.seed, batch_size=args.batch_size,
-                       device=args.device, threshold=args.threshold,
-                       layers=int_list(args.layers, "--layers", allow_all=True), model_spec=args.model,
-                       corpus_spec=args.corpus, check_seeds=args.check_seeds, progress=tqdm_progress())
-    networks.save(out)
+                       threshold=args.threshold, layers=int_list(args.layers, "--layers", allow_all=True),
+                       check_seeds=args.check_seeds, progress=job_progress())
+    networks = done.networks
     print(f"{networks.n_components} components over {len(networks.layers)} layers from "
           f"{networks.info['n_tokens']} tokens in {time.perf_counter() - started:.0f} s -> {out}")
     return 0
 
 
 def cmd_networks(args: argparse.Namespace) -> int:
-    from ..networks import FunctionalNetworks
+    from ..analysis.networks import FunctionalNetworks
 
     networks = FunctionalNetworks.load(args.run_dir)
     rows = networks.component_table(threshold=args.threshold)
@@ -100,8 +91,8 @@ def print_key_sources(networks, threshold: float | None = None) -> None:
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
+    from ..analysis.networks import FunctionalNetworks
     from ..io import export_mask_json
-    from ..networks import FunctionalNetworks
 
     networks = FunctionalNetworks.load(args.run_dir)
     kwargs = dict(threshold=args.threshold, target_ratio=args.target_ratio,
@@ -130,8 +121,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..analysis.networks import FunctionalNetworks
     from ..io import export_fix_labels, export_mask_json, export_nifti
-    from ..networks import FunctionalNetworks
 
     networks = FunctionalNetworks.load(args.run_dir)
     if not (args.nifti or args.labels or args.mask):
@@ -148,7 +139,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_fetch_data(args: argparse.Namespace) -> int:
     from ..corpus import fetch_brown
-    from ..models import list_models
+    from ..models.loading import list_models
 
     fetch_brown()
     for model in list_models():

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..export_gguf import GGUF_TYPES
+from ..models.export_gguf import GGUF_TYPES
 
 
 def cmd_export_gguf(args: argparse.Namespace) -> int:
-    from ..export_gguf import export_gguf
+    from ..models.export_gguf import export_gguf
 
     result = export_gguf(args.model_dir, args.out, out_type=args.type, overwrite=args.overwrite)
     print(result.summary())

@@ -1,6 +1,6 @@
 """The ``prune``, ``evaluate`` and ``compare`` subcommands: parse the flags, call the library, report.
 
-The pruning itself is :func:`fnprune.recipe.prune_with_networks` (the worker and ``compare`` call
+The pruning itself is :func:`fnprune.pruning.recipe.prune_with_networks` (the worker and ``compare`` call
 it too). Failures raise :class:`fnprune.errors.FnpruneError` subclasses (``fnprune.cli.main``
 prints their one-line message).
 """
@@ -8,14 +8,13 @@ prints their one-line message).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
 
 from ..errors import ConfigError, RunDirError
 from ..progress import tqdm_progress
-from ._args import add_batch_options, int_list
+from ._args import add_batch_options, int_list, job_progress
 
 
 def _run_model_spec(fn) -> str | None:
@@ -24,26 +23,15 @@ def _run_model_spec(fn) -> str | None:
     return spec if isinstance(spec, str) and spec else None
 
 
-def _calibration(corpus: str, n_docs: int):
-    """``(calibration, heldout)`` documents: at most ``n_docs`` calibration ones (fewer when the corpus
-    has fewer; the recipe records and reports how many were used)."""
-    from ..corpus import load_corpus, split_heldout
-
-    if n_docs < 1:
-        raise ConfigError(f"--calib-docs must be at least 1, got {n_docs}")
-    calib, heldout = split_heldout(load_corpus(corpus))
-    return calib[:n_docs], heldout
-
-
 def spec_from_args(args: argparse.Namespace):
-    """The :class:`fnprune.recipe.PruningSpec` the ``prune`` flags describe (validated later, once).
+    """The :class:`fnprune.pruning.spec.PruningSpec` the ``prune`` flags describe (validated later, once).
 
     Flags that contradict each other are refused here, never resolved by one silently winning:
     ``--threshold`` with ``--target-ratio``, and ``--repair`` / ``--no-repair`` / ``--bias`` asking
     for different repairs (``--target-ratio`` and ``--repair`` default to None so that a flag the
     user gave is told from a default)."""
     from ..options import DEFAULT_REPAIR, DEFAULT_TARGET_RATIO
-    from ..recipe import PruningSpec, unrepaired
+    from ..pruning.spec import PruningSpec, unrepaired
 
     allocation = args.allocation
     if args.uniform:
@@ -78,12 +66,12 @@ def _tuple(values):
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from ..models import load_model
-    from ..networks import FunctionalNetworks
-    from ..pruned_io import save_pruned
-    from ..recipe import Calibration, prune_with_networks
+    from ..analysis.networks import FunctionalNetworks
+    from ..pruning.job import PruneJob, prune_job
 
     spec = spec_from_args(args).validated(have_networks=True)  # contradicting flags: exit 2 before any work
+    if args.calib_docs < 1:
+        raise ConfigError(f"--calib-docs must be at least 1, got {args.calib_docs}")
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
@@ -91,27 +79,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
     model_spec = args.model or _run_model_spec(fn)
     if model_spec is None:
         raise RunDirError(f"{run_dir} does not name the model it was computed on; pass --model")
-    progress = None if args.quiet else tqdm_progress()
-    calib, heldout = _calibration(args.corpus, args.calib_docs)  # a corpus error stops before the model loads
-    model, tokenizer = load_model(model_spec)
-    dense = copy.deepcopy(model) if args.fidelity else None
-    outcome = prune_with_networks(model, fn, spec, Calibration(tokenizer, calib, args.max_tokens, args.batch_size,
-                                                                requested_docs=args.calib_docs), progress)
-    info = {"source_model": model_spec, "run_dir": str(run_dir.absolute()), **outcome.info(),
-            "networks": None if spec.networks is None else list(spec.networks), "threshold": spec.threshold,
-            "target_ratio": spec.target_ratio, "uniform": spec.resolved_allocation == "uniform",
-            "bias": spec.repair != "none", "heads_fraction": spec.heads_fraction}
-    fidelity = None
-    if dense is not None:
-        from ..fidelity import most_stable_networks, network_fidelity
 
-        ids = list(spec.networks) if spec.networks is not None else most_stable_networks(fn, args.fidelity)
-        fidelity = network_fidelity(dense, model, tokenizer, heldout[:args.heldout_docs], fn, ids, outcome.keep,
-                                    max_tokens=args.max_tokens, batch_size=args.batch_size, progress=progress)
-        info["fidelity"] = [vars(f) for f in fidelity]
-    out = save_pruned(model, tokenizer, args.out, info, overwrite=args.overwrite)
-    print(report_pruning(outcome, fidelity))
-    print(f"-> {out}")
+    def describe(done) -> dict:  # what pruning.json records besides the outcome
+        info = {"source_model": model_spec, "run_dir": str(run_dir.absolute()), **done.outcome.info(),
+                "networks": None if spec.networks is None else list(spec.networks), "threshold": spec.threshold,
+                "target_ratio": spec.target_ratio, "uniform": spec.resolved_allocation == "uniform",
+                "bias": spec.repair != "none", "heads_fraction": spec.heads_fraction}
+        if done.fidelity is not None:
+            info["fidelity"] = [vars(f) for f in done.fidelity]
+        return info
+
+    job = PruneJob(model_spec=model_spec, corpus=args.corpus, out=args.out, n_calibration=args.calib_docs,
+                   calibration_tokens=args.max_tokens, n_heldout=args.heldout_docs if args.fidelity else 0,
+                   batch_size=args.batch_size, describe=describe, overwrite=args.overwrite,
+                   fidelity=args.fidelity or None, fidelity_tokens=args.max_tokens)
+    done = prune_job(fn, spec, job, job_progress(args.quiet))
+    print(report_pruning(done.outcome, done.fidelity))
+    print(f"-> {done.model_dir}")
     return 0
 
 
@@ -144,8 +128,8 @@ def report_pruning(outcome, fidelity=None) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..corpus import load_corpus, split_heldout
-    from ..evaluate import evaluate_model
-    from ..models import load_model
+    from ..evaluation.metrics import evaluate_model
+    from ..models.loading import load_model
 
     model, tokenizer = load_model(args.model)
     _, heldout = split_heldout(load_corpus(args.corpus))
@@ -176,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ..compare import compare
+    from ..evaluation.compare import compare
 
     result = compare(args.model, args.corpus, args.ratios, args.methods, args.out, run_dir=args.run_dir,
                      networks=int_list(args.networks, "--networks"),
@@ -196,9 +180,9 @@ def add_subcommands(subparsers) -> None:
     """Register ``prune``, ``evaluate`` and ``compare`` on an argparse subparsers object.
 
     Names, help and defaults come from :mod:`fnprune.options`; the method choices are the registry's
-    (:mod:`fnprune.methods`) when the parser is built, so a registered method is a choice here."""
+    (:mod:`fnprune.pruning.methods`) when the parser is built, so a registered method is a choice here."""
     from .. import options
-    from ..methods import registered
+    from ..pruning.methods import registered
 
     methods = registered()
     p = subparsers.add_parser("prune", help="prune a model with the functional networks of a run directory")
@@ -213,7 +197,7 @@ def add_subcommands(subparsers) -> None:
                    help="|z| threshold instead of a target ratio (not both)")
     p.add_argument("--networks", default=None,
                    help="chosen networks, e.g. 1,5,9: every key neuron of each is kept (default: none forced)")
-    p.add_argument("--method", choices=options.METHODS, default=options.DEFAULT_METHOD,
+    p.add_argument("--method", choices=list(methods), default=options.DEFAULT_METHOD,
                    help="; ".join(f"{m.name}: {m.help}" for m in methods.values())
                    + f" (default {options.DEFAULT_METHOD}: {options.DEFAULT_METHOD_REASON})")
     by_default = {}

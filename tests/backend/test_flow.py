@@ -179,13 +179,13 @@ def _cli_and_compare_keep_the_same_neurons(settings, analysis_id, chosen, worker
     """One recipe: `fnprune prune` and `fnprune compare` on the worker's inputs keep the very same neurons."""
     import argparse
 
+    from fnprune.analysis.networks import FunctionalNetworks
     from fnprune.cli import pruning as cli_pruning
-    from fnprune.compare import compare
     from fnprune.corpus import load_corpus
-    from fnprune.models import load_model
-    from fnprune.networks import FunctionalNetworks
-    from fnprune.pruned_io import read_pruning_info
-    from fnprune.recipe import DEFAULT_METHOD
+    from fnprune.evaluation.compare import compare
+    from fnprune.models.loading import load_model
+    from fnprune.models.pruned_io import read_pruning_info
+    from fnprune.options import DEFAULT_METHOD
 
     run_dir = settings.job_dir("analysis", analysis_id) / "run"
     parser = argparse.ArgumentParser()

@@ -72,11 +72,11 @@ def test_worker_start_reaps_jobs_under_its_own_pid(tmp_path):
 def test_pruned_evaluation_streams_its_running_perplexity_next_to_the_dense_one():
     """The worker's progress for "evaluate pruned" passes the library's running PPL on (stage
     ``ppl@<window>``, tests/fnprune/test_evaluate.py) and names the dense model's PPL at that window."""
-    from backend.app.services.prunings import _stage
+    from fnprune.pruning.job import stage_progress
 
     seen = []
-    progress = _stage(lambda stage, fraction, message="": seen.append((stage, fraction, message)),
-                      "evaluate pruned", {"128": 41.5, "512": 39.25})
+    progress = stage_progress(lambda stage, fraction, message="": seen.append((stage, fraction, message)),
+                               "evaluate pruned", {"128": 41.5, "512": 39.25})
     progress("ppl@512", 0.5, "PPL@512 so far 72.10 (3 of 6 windows, 1,533 tokens)")
     progress("ppl@128", 1.0, "PPL@128 so far 80.00 (24 of 24 windows, 3,048 tokens)")
     progress("speed", 0.0, "")

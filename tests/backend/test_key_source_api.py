@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from backend.app.services import analyses, encoding
-from fnprune.networks import KEY_NETWORK, KEY_UNRESOLVED, NOT_KEY, FunctionalNetworks
+from fnprune.analysis.networks import KEY_NETWORK, KEY_UNRESOLVED, NOT_KEY, FunctionalNetworks
 
 
 def _plant_unresolved(settings, store, job_id) -> FunctionalNetworks:

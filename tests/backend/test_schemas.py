@@ -48,9 +48,9 @@ def test_analysis_defaults_are_the_librarys():
     import inspect
 
     from backend.app.schemas import AnalysisRequest
+    from fnprune.analysis.ica import DEFAULT_N_COMPONENTS, CanICA
+    from fnprune.analysis.networks import analyze
     from fnprune.cli.analysis import add_subcommands
-    from fnprune.ica import DEFAULT_N_COMPONENTS, CanICA
-    from fnprune.networks import analyze
 
     parser = argparse.ArgumentParser()
     add_subcommands(parser.add_subparsers(dest="command"))
@@ -79,16 +79,17 @@ def test_pruning_choices_are_the_librarys_and_the_form_copies_none(client):
 
     from backend.app.schemas import Options, PruningRequest
     from backend.app.services.prunings import MIN_CALIBRATION
-    from fnprune import methods, options
+    from fnprune import options
+    from fnprune.pruning import methods
 
     schema = PruningRequest.model_json_schema()["properties"]
-    assert schema["method"]["enum"] == list(options.METHODS) and schema["method"]["default"] == options.DEFAULT_METHOD
+    assert schema["method"]["enum"] == list(methods.METHODS) and schema["method"]["default"] == options.DEFAULT_METHOD
     assert schema["repair"]["enum"] == list(options.REPAIRS) and schema["ratio_of"]["enum"] == list(options.RATIO_BASES)
-    assert schema["baselines"]["items"]["enum"] == list(options.BASELINES)
+    assert schema["baselines"]["items"]["enum"] == list(methods.BASELINES)
     assert MIN_CALIBRATION == (options.DEFAULT_CALIBRATION_DOCS, options.DEFAULT_CALIBRATION_TOKENS)
     body = client.get("/api/options").json()
     assert set(body) == set(Options.model_fields)
-    assert [m["name"] for m in body["methods"]] == list(options.METHODS)
+    assert [m["name"] for m in body["methods"]] == list(methods.METHODS)
     assert [m["help"] for m in body["methods"]] == [m.help for m in methods.registered().values()]
     assert {m["name"]: m["refuses"] for m in body["methods"]} == {
         name: dict(m.refuses) for name, m in methods.registered().items()}
@@ -100,7 +101,7 @@ def test_pruning_choices_are_the_librarys_and_the_form_copies_none(client):
         "quick": options.QUICK_COMPONENTS, "paper": options.PAPER_COMPONENTS}
     js = Path(__file__).resolve().parents[2] / "frontend" / "js"
     forms = (js / "views" / "prune.js").read_text() + (js / "views" / "new.js").read_text()
-    assert not [m for m in options.METHODS if f'"{m}"' in forms], "a method name is copied into a form"
+    assert not [m for m in methods.METHODS if f'"{m}"' in forms], "a method name is copied into a form"
     built_elsewhere = [p.name for p in js.rglob("*.js") if p.name != "api.js"
                        and any(q + "/api/" in p.read_text() for q in "\"'`")]
     assert not built_elsewhere, f"API URLs are built in api.js (urls), not in {built_elsewhere}"

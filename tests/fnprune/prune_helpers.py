@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-VOCAB = 258  # fnprune.models.byte_tokenizer()
+VOCAB = 258  # fnprune.models.loading.byte_tokenizer()
 FAMILIES = ("llama", "qwen2", "gpt2", "opt", "phi")
 
 TEXTS = [
@@ -61,7 +61,7 @@ def tiny_model(family: str = "llama", seed: int = 0, **kwargs):
 
 
 def tokenizer():
-    from fnprune.models import byte_tokenizer
+    from fnprune.models.loading import byte_tokenizer
 
     return byte_tokenizer()
 
@@ -78,9 +78,9 @@ def sample_ids(seed: int = 0, shape=(2, 9)) -> torch.Tensor:
 
 def FakeNetworks(n_layers: int, width: int, params_per_neuron: int, total_params: int,  # noqa: N802
                  n_components: int = 4, seed: int = 0, protected=(0,)):
-    """A real :class:`fnprune.networks.FunctionalNetworks` with seeded random maps: ``n_components``
+    """A real :class:`fnprune.analysis.networks.FunctionalNetworks` with seeded random maps: ``n_components``
     per-layer networks in every layer (one signal), every component stable, ids layer-major."""
-    from fnprune.networks import FunctionalNetworks
+    from fnprune.analysis.networks import FunctionalNetworks
 
     rng = np.random.default_rng(seed)
     k = n_components * n_layers

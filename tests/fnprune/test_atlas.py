@@ -1,11 +1,11 @@
-"""The functional atlas layout (fnprune/atlas.py): curve, assignment, order, compactness, names, run dirs."""
+"""The functional atlas layout (fnprune/analysis/atlas.py): curve, assignment, order, compactness, names, run dirs."""
 
 import numpy as np
 import pytest
 
-from fnprune import atlas
+from fnprune.analysis import atlas
+from fnprune.analysis.networks import FunctionalNetworks
 from fnprune.errors import ConfigError, CorpusError
-from fnprune.networks import FunctionalNetworks
 
 
 def synthetic_networks(n_layers=3, width=100, k=6, n_key=10, n_tokens=400, mode="per-layer", seed=0):
@@ -173,7 +173,7 @@ def test_nifti_export_in_atlas_layout_and_fix_labels_with_names(tmp_path):
         np.testing.assert_array_equal(atlas_vol[cells[layer] % cols, cells[layer] // cols, layer], by_index)
     assert np.abs(by_index).max() > 3
     text = fix_labels_text({0: "signal", 1: "noise"}, 2, names={0: "was · had, were"})
-    assert text.splitlines() == ["fnprune.ica", "1, Signal, was · had; were, False", "2, Unclassified noise, True", "[2]"]
+    assert text.splitlines() == ["fnprune.analysis.ica", "1, Signal, was · had; were, False", "2, Unclassified noise, True", "[2]"]
 
 
 def test_stratified_sampling_spreads_over_labels_and_prefixes_agree(tmp_path):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, OPTConfig
 
-from fnprune.capture import ActivationStore, capture_activations
+from fnprune.analysis.capture import ActivationStore, capture_activations
 from fnprune.corpus import Document
 from fnprune.errors import ConfigError, CorpusError, FnpruneError
-from fnprune.models import byte_tokenizer, load_model
+from fnprune.models.loading import byte_tokenizer, load_model
 
 DOCS = [Document("a", "The quick brown fox jumps.", "x"), Document("b", "Hi.", "y"),
         Document("c", "A somewhat longer document about neurons and networks.", "x")]

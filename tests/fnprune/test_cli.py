@@ -47,7 +47,7 @@ def test_analyze_with_a_seed_check(tmp_path, capsys):
     assert main(["networks", str(out), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 8 and all(r["reproduced"] in (0, 1, 2) for r in rows)
-    from fnprune.networks import FunctionalNetworks
+    from fnprune.analysis.networks import FunctionalNetworks
 
     fn = FunctionalNetworks.load(out)
     assert fn.info["check_seeds"] == 2 and fn.reproduced.tolist() == [r["reproduced"] for r in rows]
@@ -110,8 +110,8 @@ def test_errors_are_one_line(run_dir, tmp_path, argv, message):
 @pytest.mark.slow
 def test_default_model_analyze_is_reproducible(tmp_path):
     """The real default model on Brown (pydoc when the corpus is absent); same seed, same masks."""
+    from fnprune.analysis.networks import FunctionalNetworks
     from fnprune.corpus import brown_dir
-    from fnprune.networks import FunctionalNetworks
 
     corpus = "brown" if (brown_dir() / "cats.txt").exists() else "pydoc"
     args = ["analyze", "--model", "smollm2-135m", "--corpus", corpus, "--texts", "3", "--max-tokens", "96",

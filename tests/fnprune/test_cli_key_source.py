@@ -4,11 +4,11 @@
 import numpy as np
 import pytest
 
+from fnprune.analysis.networks import KEY_NETWORK, KEY_UNRESOLVED, analyze
 from fnprune.cli import main
 from fnprune.cli.analysis import key_source_rows
 from fnprune.corpus import load_corpus
-from fnprune.models import load_model
-from fnprune.networks import KEY_NETWORK, KEY_UNRESOLVED, analyze
+from fnprune.models.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def planted(tmp_path_factory):
 
 @pytest.mark.parametrize("threshold", [1.5, 8.0])
 def test_key_source_rows_add_up(planted, threshold):
-    from fnprune.networks import FunctionalNetworks
+    from fnprune.analysis.networks import FunctionalNetworks
 
     fn = FunctionalNetworks.load(planted)
     source = fn.key_source(threshold)

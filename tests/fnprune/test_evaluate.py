@@ -12,9 +12,9 @@ import torch
 from prune_helpers import VOCAB, FakeNetworks, documents, tiny_model, tokenizer
 
 from fnprune.cli.pruning import add_subcommands
-from fnprune.compare import METHODS, ablate_networks, compare, parse_methods, parse_ratios
 from fnprune.errors import ConfigError, RunDirError
-from fnprune.evaluate import (
+from fnprune.evaluation.compare import METHODS, ablate_networks, compare, parse_methods, parse_ratios
+from fnprune.evaluation.metrics import (
     concatenated_ids,
     evaluate_model,
     generations,
@@ -25,7 +25,7 @@ from fnprune.evaluate import (
     size_on_disk,
     speed,
 )
-from fnprune.mlp import find_mlps
+from fnprune.models.mlp import find_mlps
 
 
 def _uniform_model():
@@ -72,7 +72,7 @@ def test_perplexity_streams_the_running_value_and_ends_on_the_result():
 
 
 def test_per_document_perplexity_ignores_padding():
-    from fnprune.evaluate import per_document_perplexity
+    from fnprune.evaluation.metrics import per_document_perplexity
 
     model, tok = tiny_model("llama"), tokenizer()
     docs = documents(5)
@@ -183,11 +183,11 @@ def test_compare_with_chosen_networks_keeps_them_in_every_row(tmp_path):
 
 def test_compare_calibrates_once_for_every_row(tmp_path, monkeypatch):
     """obs (residual-weighted moments) and FLAP + lstsq (plain second moments) share one calibration pass."""
-    import fnprune.recipe as recipe
+    import fnprune.pruning.calibration as calibration
 
     calls = []
-    real = recipe.collect_down_input_stats
-    monkeypatch.setattr(recipe, "collect_down_input_stats", lambda *a, **k: calls.append(k) or real(*a, **k))
+    real = calibration.collect_down_input_stats
+    monkeypatch.setattr(calibration, "collect_down_input_stats", lambda *a, **k: calls.append(k) or real(*a, **k))
     model, tok = tiny_model("llama", n_layers=4, width=48), tokenizer()
     result = compare("tiny", "test", [0.05, 0.1], ["obs", "flap"], None, model=model, tokenizer=tok,
                      docs=documents(30), fn=_fake_fn(model), protected_layers=[0], max_tokens=64, windows=(32,),
@@ -198,7 +198,7 @@ def test_compare_calibrates_once_for_every_row(tmp_path, monkeypatch):
 
 def test_compare_rejects_bad_arguments(tmp_path):
     model, tok = tiny_model("llama"), tokenizer()
-    with pytest.raises(ConfigError, match="target ratio"):
+    with pytest.raises(ConfigError, match="target_ratio must be between 0 and 1"):
         parse_ratios("0.2,1.0")
     with pytest.raises(ConfigError, match="numbers"):
         parse_ratios("a,b")
@@ -244,16 +244,16 @@ def test_cli_prune_errors(tmp_path):
     with pytest.raises(RunDirError, match="does not exist"):
         args.func(args)
     args = parser.parse_args(["prune", str(tmp_path), "--target-ratio", "1.2", "--out", str(tmp_path / "m")])
-    with pytest.raises(ConfigError, match="target ratio"):
+    with pytest.raises(ConfigError, match="target_ratio must be between 0 and 1"):
         args.func(args)
     assert not (tmp_path / "m").exists()
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A real run directory: fnprune.networks.analyze on the seeded tiny LLaMA (few components)."""
-    from fnprune.models import load_model
-    from fnprune.networks import analyze
+    """A real run directory: fnprune.analysis.networks.analyze on the seeded tiny LLaMA (few components)."""
+    from fnprune.analysis.networks import analyze
+    from fnprune.models.loading import load_model
 
     model, tok = load_model("tiny-llama", device="cpu")
     fn = analyze(model, tok, documents(24), n_components=8, n_init=1, max_tokens=48, model_spec="tiny-llama",
@@ -264,11 +264,11 @@ def tiny_run(tmp_path_factory):
 
 
 def test_cli_prune_end_to_end(tiny_run, tmp_path, monkeypatch):
-    import fnprune.cli.pruning as cli_pruning
-    from fnprune.pruned_io import load_pruned, read_pruning_info
+    import fnprune.pruning.job as job_module
+    from fnprune.models.pruned_io import load_pruned, read_pruning_info
 
     run_dir, fn = tiny_run
-    monkeypatch.setattr(cli_pruning, "_calibration", lambda corpus, n: (documents(20), documents(5)))
+    monkeypatch.setattr(job_module, "load_split", lambda corpus, n, n_heldout, **kw: (documents(20), documents(5)))
     parser = _parser()
     # per-layer widths need fnprune's modelling file; uniform widths are the stock architecture (LLaMA's
     # own mlp_bias switch carries the down bias the repair adds)
@@ -304,7 +304,7 @@ def test_cli_prune_end_to_end(tiny_run, tmp_path, monkeypatch):
 
 
 def test_real_run_dir_from_another_model(tiny_run):
-    from fnprune.compare import check_networks_match
+    from fnprune.evaluation.compare import check_networks_match
 
     _, fn = tiny_run
     with pytest.raises(RunDirError, match="another model"):

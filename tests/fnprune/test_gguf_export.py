@@ -1,4 +1,4 @@
-"""fnprune.export_gguf: pruned models written as GGUF run in a real llama.cpp.
+"""fnprune.models.export_gguf: pruned models written as GGUF run in a real llama.cpp.
 
 The runtime is node-llama-cpp 3.21.1's prebuilt CPU binary (``make setup`` installs it into
 tools/llama; ``tools/llama/gguf_tokens.mjs`` drives it). These tests FAIL, never skip, without it.
@@ -25,8 +25,8 @@ import torch
 from prune_helpers import documents, tiny_model, tokenizer
 
 from fnprune.errors import ConfigError
-from fnprune.export_gguf import export_gguf, permute_qk, source_gguf, write_gguf
-from fnprune.pruned_io import load_pruned, read_pruning_info, save_pruned
+from fnprune.models.export_gguf import export_gguf, permute_qk, source_gguf, write_gguf
+from fnprune.models.pruned_io import load_pruned, read_pruning_info, save_pruned
 
 RUNTIME = Path(__file__).resolve().parents[2] / "tools" / "llama"
 SCRIPT = RUNTIME / "gguf_tokens.mjs"
@@ -121,7 +121,7 @@ def tiny_llama(seed: int = 0):
     every next-token distribution nearly flat, so greedy choices are near-ties)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from fnprune.models import byte_tokenizer
+    from fnprune.models.loading import byte_tokenizer
 
     config = LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -136,7 +136,9 @@ def pruned_tiny(kind: str):
     """``uniform``: every layer 48 of 64 neurons, FLAP bias (stock llama + ``mlp_bias``);
     ``per-layer``: widths 64/40/52/28, FLAP bias, layers 1-2 keep one of two KV groups with an
     ``o_proj`` bias (fnprune's modelling file)."""
-    from fnprune.prune import collect_attention_stats, collect_down_input_stats, prune_heads, prune_model
+    from fnprune.pruning.heads import collect_attention_stats, prune_heads
+    from fnprune.pruning.statistics import collect_down_input_stats
+    from fnprune.pruning.surgery import prune_model
 
     model, tok = tiny_llama()
     docs = documents(4)
@@ -269,8 +271,10 @@ def test_default_model_per_layer_export(tmp_path):
     """SmolLM2-135M-Instruct pruned to per-layer widths with FLAP bias -> deci f16: llama.cpp continues
     fixed prompts as transformers does; the tokenizer (copied from the original GGUF) tokenises as
     transformers'; q/k permutation reproduces the original file's tensors exactly."""
-    from fnprune.models import load_model
-    from fnprune.prune import collect_down_input_stats, plan_keep, prune_model
+    from fnprune.models.loading import load_model
+    from fnprune.pruning.baselines import plan_keep
+    from fnprune.pruning.statistics import collect_down_input_stats
+    from fnprune.pruning.surgery import prune_model
 
     model, tok = load_model("smollm2-135m", device="cpu")
     original = source_gguf("smollm2-135m")

@@ -6,10 +6,10 @@ import copy
 import numpy as np
 import pytest
 
+from fnprune.analysis.networks import KEY_NETWORK, KEY_UNRESOLVED, NOT_KEY, FunctionalNetworks, analyze
 from fnprune.corpus import load_corpus
 from fnprune.io import read_safetensors, write_safetensors
-from fnprune.models import load_model
-from fnprune.networks import KEY_NETWORK, KEY_UNRESOLVED, NOT_KEY, FunctionalNetworks, analyze
+from fnprune.models.loading import load_model
 
 
 @pytest.fixture(scope="module")

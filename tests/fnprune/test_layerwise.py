@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from fnprune.corpus import load_corpus
-from fnprune.layerwise import LayerStream, live_moments, streamed_layer_moments
-from fnprune.mlp import find_mlps
-from fnprune.models import load_model
-from fnprune.prune import collect_down_input_stats, prune_model
+from fnprune.models.loading import load_model
+from fnprune.models.mlp import find_mlps
+from fnprune.pruning.layerwise import LayerStream, live_moments, streamed_layer_moments
+from fnprune.pruning.statistics import collect_down_input_stats
+from fnprune.pruning.surgery import prune_model
 
 
 @pytest.fixture()
@@ -103,7 +104,9 @@ def test_accelerate_dispatch_with_disk_offload(tiny, docs, tmp_path):
 
 # -- the recipe on the streamed path ---------------------------------------------------------------
 def _prune(docs, streamed, **spec):
-    from fnprune.recipe import Calibration, PruningSpec, prune_with_networks
+    from fnprune.pruning.calibration import Calibration
+    from fnprune.pruning.recipe import prune_with_networks
+    from fnprune.pruning.spec import PruningSpec
 
     model, tok = load_model("tiny-llama", device="cpu")
     calibration = Calibration(tok, docs, max_tokens=96, batch_size=2, streamed=streamed)
@@ -113,12 +116,12 @@ def _prune(docs, streamed, **spec):
 
 @pytest.mark.parametrize("method", ["obs", "flap", "wanda-sp"])
 def test_streamed_pruning_equals_the_all_at_once_pruning(docs, method, monkeypatch):
-    import fnprune.layerwise as layerwise
-    from fnprune import prune as prune_module
+    import fnprune.pruning.layerwise as layerwise
+    from fnprune.pruning import scores, surgery
 
     at_once, dense_path = _prune(docs, False, method=method, target_ratio=0.2)
     greedy_layers, alive = [], []
-    real_scores, real_repair = prune_module.obs_layer_scores, prune_module.repair_layer
+    real_scores, real_repair = scores.obs_layer_scores, surgery.repair_layer
 
     def counting_scores(adapter, *args, **kw):
         greedy_layers.append(adapter.layer)
@@ -129,8 +132,8 @@ def test_streamed_pruning_equals_the_all_at_once_pruning(docs, method, monkeypat
         alive.append(live_moments())
         return real_repair(adapter, *args, **kw)
 
-    monkeypatch.setattr(prune_module, "obs_layer_scores", counting_scores)
-    monkeypatch.setattr(prune_module, "repair_layer", counting_repair)
+    monkeypatch.setattr(scores, "obs_layer_scores", counting_scores)
+    monkeypatch.setattr(surgery, "repair_layer", counting_repair)
     streamed, streamed_path = _prune(docs, True, method=method, target_ratio=0.2)
     assert streamed.keep_digest == at_once.keep_digest
     for a, b in zip(at_once.keep, streamed.keep, strict=True):
@@ -147,7 +150,7 @@ def test_streamed_pruning_equals_the_all_at_once_pruning(docs, method, monkeypat
 def test_sequential_repair_is_the_layer_by_layer_fit_on_the_pruned_layers_below(docs):
     """The streamed sequential repair equals re-collecting each layer's moments on the partly pruned model
     (what the former implementation did with one full forward pass per layer)."""
-    from fnprune.prune import finish_pruning, normalize_keep, repair_layer
+    from fnprune.pruning.surgery import finish_pruning, normalize_keep, repair_layer
 
     outcome, streamed_model = _prune(docs, None, method="flap", target_ratio=0.2, sequential=True)
     model, tok = load_model("tiny-llama", device="cpu")
@@ -168,8 +171,8 @@ def test_sequential_repair_is_the_layer_by_layer_fit_on_the_pruned_layers_below(
 def test_sequential_obs_chooses_each_layer_again_on_the_pruned_layers_below(docs):
     """Sequential obs keeps the dense pass's widths and, layer by layer, runs the greedy and the repair
     on the residual-weighted moments of the model whose lower layers are already pruned and repaired."""
-    from fnprune.prune import finish_pruning, repair_layer
-    from fnprune.repair import down_weight_by_neuron, obs_removal_order
+    from fnprune.pruning.repair import down_weight_by_neuron, obs_removal_order
+    from fnprune.pruning.surgery import finish_pruning, repair_layer
 
     one_shot, _ = _prune(docs, None, method="obs", target_ratio=0.2)
     outcome, streamed_model = _prune(docs, None, method="obs", target_ratio=0.2, sequential=True)

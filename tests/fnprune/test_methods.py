@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from prune_helpers import FakeNetworks, documents, tiny_model, tokenizer
 
-from fnprune import methods, options
 from fnprune.errors import ConfigError
-from fnprune.methods import Method, ScoreInputs
-from fnprune.mlp import find_mlps
-from fnprune.recipe import PruningSpec, prune_with_networks
+from fnprune.models.mlp import find_mlps
+from fnprune.pruning import methods
+from fnprune.pruning.methods import Method, ScoreInputs
+from fnprune.pruning.recipe import prune_with_networks
+from fnprune.pruning.spec import PruningSpec
 
 
 def _by_index(inputs: ScoreInputs) -> list[np.ndarray]:
@@ -61,7 +62,7 @@ def test_a_registered_method_is_offered_and_accepted_by_the_web_api(toy, tmp_pat
 
 
 def test_a_registered_method_is_in_compare_and_prunes(toy, tmp_path):
-    from fnprune.compare import DEFAULT_METHODS, compare, parse_methods
+    from fnprune.evaluation.compare import DEFAULT_METHODS, compare, parse_methods
 
     assert "toy" in DEFAULT_METHODS and parse_methods("obs,toy") == ["obs", "toy"]
     model, tok = tiny_model("llama", n_layers=4, width=48), tokenizer()
@@ -84,7 +85,7 @@ def test_a_registered_method_is_in_compare_and_prunes(toy, tmp_path):
 
 
 def test_unregistered_and_refused():
-    assert "toy" not in options.METHODS
+    assert "toy" not in methods.METHODS
     with pytest.raises(ConfigError, match="method: unknown 'toy'; choose from paper, fn") as err:
         PruningSpec(method="toy").validated(have_networks=True)
     assert err.value.field == "method"
@@ -101,26 +102,26 @@ def test_unregistered_and_refused():
         methods.register(methods.get("obs"))
     with pytest.raises(ConfigError, match="native_repair: one of"):
         methods.register(Method("bad", "bad", "bad", _by_index, native_repair="maybe"))
-    assert "bad" not in options.METHODS
+    assert "bad" not in methods.METHODS
 
 
 def test_the_registry_is_the_old_lists():
     """The records say what the string comparisons they replaced said (behaviour unchanged)."""
-    from fnprune.recipe import native_repair, unrepaired
+    from fnprune.pruning.spec import native_repair, unrepaired
 
-    assert list(options.METHODS) == ["paper", "fn", "fn-flap", "obs", "random", "magnitude", "wanda-sp", "flap"]
-    assert options.NETWORK_METHODS == ("paper", "fn", "fn-flap")
-    assert options.BASELINES == ("random", "magnitude", "wanda-sp", "flap")
-    assert {m: native_repair(m) for m in options.METHODS if native_repair(m) != "none"} == {
+    assert list(methods.METHODS) == ["paper", "fn", "fn-flap", "obs", "random", "magnitude", "wanda-sp", "flap"]
+    assert methods.NETWORK_METHODS == ("paper", "fn", "fn-flap")
+    assert methods.BASELINES == ("random", "magnitude", "wanda-sp", "flap")
+    assert {m: native_repair(m) for m in methods.METHODS if native_repair(m) != "none"} == {
         "fn-flap": "bias", "obs": "lstsq", "flap": "bias"}
-    assert {m for m in options.METHODS if unrepaired(m) == "bias"} == {"fn-flap", "flap"}
-    assert {m: PruningSpec(method=m).resolved_allocation for m in options.METHODS if
+    assert {m for m in methods.METHODS if unrepaired(m) == "bias"} == {"fn-flap", "flap"}
+    assert {m: PruningSpec(method=m).resolved_allocation for m in methods.METHODS if
             PruningSpec(method=m).resolved_allocation != "own"} == {"fn": "networks", "fn-flap": "networks"}
-    assert {m for m in options.METHODS if methods.get(m).takes_threshold} == {"fn", "paper"}
+    assert {m for m in methods.METHODS if methods.get(m).takes_threshold} == {"fn", "paper"}
 
 
 def test_the_vocabulary_imports_no_maths():
-    code = ("import sys; import fnprune.options, fnprune.methods; from fnprune.options import METHODS; "
+    code = ("import sys; import fnprune.options, fnprune.pruning.methods; from fnprune.pruning.methods import METHODS; "
             "assert 'obs' in METHODS; heavy = [m for m in ('torch', 'numpy', 'transformers') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)

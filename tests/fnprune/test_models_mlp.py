@@ -13,8 +13,8 @@ from transformers import (
 )
 
 from fnprune.errors import ModelLoadError, UnsupportedArchitectureError
-from fnprune.mlp import find_mlps, mlp_summary
-from fnprune.models import load_model, resolve_device
+from fnprune.models.loading import load_model, resolve_device
+from fnprune.models.mlp import find_mlps, mlp_summary
 
 CONFIGS = {
     "llama": (LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2,

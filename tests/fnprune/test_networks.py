@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
+from fnprune.analysis.networks import FunctionalNetworks, analyze
 from fnprune.corpus import load_corpus
 from fnprune.errors import ConfigError, RunDirError
 from fnprune.io import export_fix_labels, export_mask_json, export_nifti, fix_labels_text, load_mask_json
-from fnprune.mlp import default_protected_layers
-from fnprune.models import load_model
-from fnprune.networks import FunctionalNetworks, analyze
+from fnprune.models.loading import load_model
+from fnprune.models.mlp import default_protected_layers
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_save_load_roundtrip_gives_identical_masks(networks, tmp_path, monkeypat
     assert (loaded.key_mask(target_ratio=0.1) == networks.key_mask(target_ratio=0.1)).all()
     np.testing.assert_array_equal(loaded.time_courses, networks.time_courses)
     assert not isinstance(loaded.time_courses.base, np.memmap)      # small: read into memory
-    monkeypatch.setattr("fnprune.rundir.MMAP_TIME_COURSES_BYTES", 0)
+    monkeypatch.setattr("fnprune.analysis.rundir.MMAP_TIME_COURSES_BYTES", 0)
     mapped = FunctionalNetworks.load(tmp_path / "run")
     assert isinstance(mapped.time_courses.base, np.memmap)          # large: stays on disk
     np.testing.assert_array_equal(mapped.time_courses, networks.time_courses)
@@ -122,7 +122,7 @@ def test_exports(networks, tmp_path):
     signed = networks.maps[c, 0][np.abs(networks.maps[c, 0]).argmax(0), np.arange(64)]
     np.testing.assert_allclose(data[np.arange(64) % cols, np.arange(64) // cols, 2, 1], signed, atol=1e-5)
     text = fix_labels_text({0: "signal", 2: "noise"}, 4)
-    assert text.splitlines() == ["fnprune.ica", "1, Signal, False", "2, Unknown, False",
+    assert text.splitlines() == ["fnprune.analysis.ica", "1, Signal, False", "2, Unknown, False",
                                  "3, Unclassified noise, True", "4, Unknown, False", "[3]"]
     export_fix_labels({0: "noise"}, tmp_path / "labels.txt", 2)
     assert (tmp_path / "labels.txt").read_text().endswith("[1]\n")

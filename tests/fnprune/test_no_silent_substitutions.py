@@ -15,8 +15,10 @@ from fnprune.cli import build_parser, main
 from fnprune.cli.pruning import spec_from_args
 from fnprune.corpus import load_corpus
 from fnprune.errors import ConfigError, CorpusError
-from fnprune.pruned_io import load_pruned, read_pruning_info, save_pruned
-from fnprune.recipe import Calibration, PruningSpec, default_target, prune_with_networks
+from fnprune.models.pruned_io import load_pruned, read_pruning_info, save_pruned
+from fnprune.pruning.calibration import Calibration
+from fnprune.pruning.recipe import prune_with_networks
+from fnprune.pruning.spec import PruningSpec, default_target
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +32,12 @@ def run_dir(tmp_path_factory):
 @pytest.fixture
 def no_model(monkeypatch):
     """Any model load fails the test: refusals must come before model work."""
-    import fnprune.models
+    import fnprune.models.loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the request was refused")
 
-    monkeypatch.setattr(fnprune.models, "load_model", refuse)
+    monkeypatch.setattr(fnprune.models.loading, "load_model", refuse)
 
 
 def _refused(capsys, argv: list[str], message: str) -> None:
@@ -154,7 +156,7 @@ def test_calibration_record_without_a_cut():
 def _duplicated_groups():
     """A LLaMA whose KV group 1 is a copy of group 0 (q, k, v): o_proj's input channels of group 1
     equal those of group 0, so the dense output is exactly reachable from group 0 alone."""
-    from fnprune.prune import find_attentions
+    from fnprune.pruning.heads import find_attentions
 
     model = tiny_model("llama", num_attention_heads=4, num_key_value_heads=2)
     with torch.no_grad():
@@ -169,7 +171,7 @@ def _duplicated_groups():
 
 
 def test_head_lstsq_repair_is_exact_where_the_kept_heads_span_the_output():
-    from fnprune.prune import collect_attention_stats, prune_heads
+    from fnprune.pruning.heads import collect_attention_stats, prune_heads
 
     ids = sample_ids()
     model = _duplicated_groups()

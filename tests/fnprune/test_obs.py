@@ -1,4 +1,4 @@
-"""Structured OBS (fnprune.repair.obs_removal_order) and the least-squares repair (refit_down) against
+"""Structured OBS (fnprune.pruning.repair.obs_removal_order) and the least-squares repair (refit_down) against
 a brute force on small layers, at the shipped block size and ridge, with residual-weighted moments
 and planted near-duplicate neurons: exact costs, the one-at-a-time greedy's order, one objective."""
 
@@ -13,9 +13,9 @@ import torch
 from prune_helpers import documents, tiny_model
 from torch import nn
 
-import fnprune.prune as prune_module
+import fnprune.pruning.scores as scores_module
 from fnprune.errors import ConfigError
-from fnprune.repair import DEFAULT_RIDGE, OBS_BLOCK, obs_removal_order, refit_down
+from fnprune.pruning.repair import DEFAULT_RIDGE, OBS_BLOCK, obs_removal_order, refit_down
 
 
 class Layer:
@@ -181,7 +181,7 @@ def test_ridge_zero_is_honoured_and_a_singular_moment_is_an_error_naming_the_lay
 
 
 def test_a_pivot_below_its_exact_floor_stops_the_greedy_naming_the_layer():
-    from fnprune.repair import _Greedy
+    from fnprune.pruning.repair import _Greedy
 
     H = torch.eye(4, dtype=torch.float64) * 2.0
     floor = 1.0 / torch.diagonal(H)
@@ -211,22 +211,26 @@ def test_float32_moments_give_the_float64_order_on_a_well_conditioned_layer():
 def test_protected_layers_pay_for_no_greedy(monkeypatch):
     """(f) obs_scores and the recipe run the greedy only on layers that can lose neurons; the kept
     neurons are those of scoring every layer."""
-    from fnprune.models import byte_tokenizer
-    from fnprune.prune import collect_down_input_stats, keep_from_scores, obs_scores, params_to_remove
-    from fnprune.recipe import Calibration, PruningSpec, prune_with_networks
+    from fnprune.models.loading import byte_tokenizer
+    from fnprune.pruning.budget import keep_from_scores, params_to_remove
+    from fnprune.pruning.calibration import Calibration
+    from fnprune.pruning.recipe import prune_with_networks
+    from fnprune.pruning.scores import obs_scores
+    from fnprune.pruning.spec import PruningSpec
+    from fnprune.pruning.statistics import collect_down_input_stats
 
     model = tiny_model("llama", n_layers=4, width=24)
     tok = byte_tokenizer()
     stats = collect_down_input_stats(model, tok, documents(8), 48, weighted=True)
     full = obs_scores(model, stats)
     calls: list[int] = []
-    real = prune_module.obs_removal_order
+    real = scores_module.obs_removal_order
 
     def counted(*args, **kwargs):
         calls.append(kwargs.get("layer"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prune_module, "obs_removal_order", counted)
+    monkeypatch.setattr(scores_module, "obs_removal_order", counted)
     skipped = obs_scores(model, stats, skip=[0, 3])
     assert calls == [1, 2]
     assert np.isinf(skipped[0]).all() and np.isinf(skipped[3]).all()
@@ -237,7 +241,7 @@ def test_protected_layers_pay_for_no_greedy(monkeypatch):
     spec = PruningSpec(method="obs", target_ratio=0.05)
     out = prune_with_networks(copy.deepcopy(model), None, spec, Calibration(tok, documents(8), 48, streamed=False))
     assert sorted(calls) == [1, 2] and out.protected_layers == [0, 3]
-    ppn = [a.params_per_neuron for a in prune_module.find_mlps(model)]
+    ppn = [a.params_per_neuron for a in scores_module.find_mlps(model)]
     unskipped = keep_from_scores(full, ppn, n_params_remove=params_to_remove(model, 0.05, "all"),
                                  protected_layers=[0, 3])
     assert [k.tolist() for k in out.keep] == [np.asarray(k).tolist() for k in unskipped]

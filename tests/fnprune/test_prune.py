@@ -11,22 +11,12 @@ import torch
 from prune_helpers import FAMILIES, documents, sample_ids, tiny_model, tokenizer
 
 from fnprune.errors import ConfigError
-from fnprune.mlp import find_mlps
-from fnprune.prune import (
-    DownInputStats,
-    collect_down_input_stats,
-    default_protected_layers,
-    flap_scores,
-    keep_from_scores,
-    magnitude_scores,
-    normalize_keep,
-    params_to_remove,
-    plan_keep,
-    prune_baseline,
-    prune_model,
-    random_scores,
-    wanda_sp_scores,
-)
+from fnprune.models.mlp import default_protected_layers, find_mlps
+from fnprune.pruning.baselines import plan_keep, prune_baseline
+from fnprune.pruning.budget import keep_from_scores, params_to_remove
+from fnprune.pruning.scores import flap_scores, magnitude_scores, random_scores, wanda_sp_scores
+from fnprune.pruning.statistics import DownInputStats, collect_down_input_stats
+from fnprune.pruning.surgery import normalize_keep, prune_model
 
 
 def _logits(model, ids):
@@ -248,7 +238,7 @@ def test_normalize_keep_accepts_tensors():
 
 # -- attention heads ------------------------------------------------------------------------------
 def test_head_pruning_removes_whole_kv_groups():
-    from fnprune.prune import find_attentions, prune_heads
+    from fnprune.pruning.heads import find_attentions, prune_heads
 
     model = tiny_model("llama", num_attention_heads=4, num_key_value_heads=2)  # 2 groups of 2 query heads
     model.config.head_dim = 8
@@ -264,7 +254,7 @@ def test_head_pruning_removes_whole_kv_groups():
 
 def test_head_pruning_dead_group_keeps_outputs():
     """A KV group whose o_proj columns are zero contributes nothing: removing it changes no logit."""
-    from fnprune.prune import find_attentions, prune_heads
+    from fnprune.pruning.heads import find_attentions, prune_heads
 
     model = tiny_model("qwen2", num_attention_heads=4, num_key_value_heads=2)
     atts = find_attentions(model)
@@ -280,7 +270,7 @@ def test_head_pruning_dead_group_keeps_outputs():
 
 def test_head_bias_compensation_exact_for_constant_values():
     """With v_proj rows of a group constant, the group's output is constant: compensation is exact."""
-    from fnprune.prune import collect_attention_stats, find_attentions, head_group_scores, prune_heads
+    from fnprune.pruning.heads import collect_attention_stats, find_attentions, head_group_scores, prune_heads
 
     model = tiny_model("llama", num_attention_heads=4, num_key_value_heads=2, attention_bias=True)
     with torch.no_grad():
@@ -298,7 +288,7 @@ def test_head_bias_compensation_exact_for_constant_values():
 
 
 def test_keep_heads_from_scores():
-    from fnprune.prune import keep_heads_from_scores
+    from fnprune.pruning.heads import keep_heads_from_scores
 
     scores = [np.array([3.0, 1.0, 2.0])] * 4
     keep = keep_heads_from_scores(scores, 0.34, protected_layers=[0])
@@ -310,7 +300,7 @@ def test_keep_heads_from_scores():
 
 def test_head_pruning_unsupported_family():
     from fnprune.errors import UnsupportedArchitectureError
-    from fnprune.prune import find_attentions
+    from fnprune.pruning.heads import find_attentions
 
     with pytest.raises(UnsupportedArchitectureError, match="LLaMA"):
         find_attentions(tiny_model("gpt2"))

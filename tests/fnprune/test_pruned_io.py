@@ -18,11 +18,12 @@ from prune_helpers import (
     tokenizer,
 )
 
-from fnprune.compare import check_networks_match
 from fnprune.errors import ConfigError, RunDirError
-from fnprune.mlp import find_mlps
-from fnprune.prune import collect_down_input_stats, prune_model
-from fnprune.pruned_io import load_pruned, read_pruning_info, save_pruned
+from fnprune.evaluation.compare import check_networks_match
+from fnprune.models.mlp import find_mlps
+from fnprune.models.pruned_io import load_pruned, read_pruning_info, save_pruned
+from fnprune.pruning.statistics import collect_down_input_stats
+from fnprune.pruning.surgery import prune_model
 
 PER_LAYER = [np.arange(24), np.arange(0, 24, 2), np.arange(5), np.array([1, 2, 3])]
 
@@ -34,7 +35,7 @@ def _logits(model, ids):
 
 def _pruned(family, per_layer=True, bias=True, heads=None):
     """A tiny model with MLP neurons pruned; ``heads``: per-layer kept KV groups (of 2) too."""
-    from fnprune.prune import collect_attention_stats, prune_heads
+    from fnprune.pruning.heads import collect_attention_stats, prune_heads
 
     kwargs = {"num_attention_heads": 4, "num_key_value_heads": 2} if heads is not None else {}
     model, tok = tiny_model(family, **kwargs), tokenizer()
@@ -177,7 +178,7 @@ def test_default_model_prune_save_reload(tmp_path):
     widths (``--uniform``) are the stock class with ``mlp_bias`` -- exact, in a process without fnprune."""
     import copy
 
-    from fnprune.models import load_model
+    from fnprune.models.loading import load_model
 
     model, tok = load_model("smollm2-135m", device="cpu")
     stats = collect_down_input_stats(model, tok, documents(4), max_tokens=64)

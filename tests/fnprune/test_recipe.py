@@ -8,17 +8,21 @@ import torch
 from prune_helpers import documents
 
 from fnprune.errors import ConfigError
-from fnprune.fidelity import most_stable_networks, network_fidelity
-from fnprune.mlp import find_mlps
-from fnprune.prune import collect_down_input_stats, prune_model
-from fnprune.recipe import METHODS, Calibration, PruningSpec, prune_with_networks
-from fnprune.selection import component_key_masks, neuron_scores, plan
+from fnprune.evaluation.fidelity import most_stable_networks, network_fidelity
+from fnprune.models.mlp import find_mlps
+from fnprune.pruning.calibration import Calibration
+from fnprune.pruning.methods import METHODS
+from fnprune.pruning.recipe import prune_with_networks
+from fnprune.pruning.selection import component_key_masks, neuron_scores, plan
+from fnprune.pruning.spec import PruningSpec
+from fnprune.pruning.statistics import collect_down_input_stats
+from fnprune.pruning.surgery import prune_model
 
 
 @pytest.fixture(scope="module")
 def setup():
-    from fnprune.models import load_model
-    from fnprune.networks import analyze
+    from fnprune.analysis.networks import analyze
+    from fnprune.models.loading import load_model
 
     model, tok = load_model("tiny-llama", device="cpu")
     # random weights give dense maps (peak |z| about 2): a low key threshold gives every network key neurons
@@ -159,7 +163,7 @@ def test_repair_lowers_the_layer_output_error_on_calibration_tokens(setup):
     assert fits[1].error_repaired == pytest.approx(errors["lstsq"][0], rel=0.05)
     assert fits[1].error_pruned == pytest.approx(errors["none"][0], rel=0.05)
     # with every neuron kept and no ridge, the fit returns the dense layer
-    from fnprune.repair import refit_down
+    from fnprune.pruning.repair import refit_down
 
     a = find_mlps(model)[1]
     fit = refit_down(a, torch.arange(64), stats.second_moment[1], stats.mean[1], ridge=0.0)
@@ -231,8 +235,8 @@ def test_fidelity_is_perfect_when_nothing_changes_and_drops_when_a_network_is_cu
 @pytest.mark.parametrize("ratio_of", ["all", "mlp", "non-embedding"])
 def test_target_ratio_of_all_mlp_or_non_embedding_parameters(setup, ratio_of):
     model, tok, fn = setup
-    from fnprune.mlp import parameter_counts
-    from fnprune.prune import ratio_base
+    from fnprune.models.mlp import parameter_counts
+    from fnprune.pruning.budget import ratio_base
 
     counts = parameter_counts(model)
     base = ratio_base(counts, ratio_of)
@@ -254,7 +258,7 @@ def test_target_ratio_of_all_mlp_or_non_embedding_parameters(setup, ratio_of):
 def test_obs_removal_costs_are_the_exact_rise_of_the_refitted_error():
     """Structured OBS, one neuron at a time: each cost is the exact rise of the least-squares error,
     the first removal is the brute-force best, forced neurons are never removed."""
-    from fnprune.repair import obs_removal_order
+    from fnprune.pruning.repair import obs_removal_order
 
     rng = np.random.default_rng(0)
     n, hidden, tokens = 10, 6, 400
@@ -323,7 +327,7 @@ def test_residual_weighted_moments_match_a_direct_computation(setup):
 
 def test_obs_keeps_the_greedy_order_and_repairs_with_its_moments(setup):
     model, tok, fn = setup
-    from fnprune.prune import obs_scores
+    from fnprune.pruning.scores import obs_scores
 
     cal = Calibration(tok, documents(12), 48)
     stats = cal.down_stats(model, second_moments=False, weighted=True)
@@ -331,16 +335,14 @@ def test_obs_keeps_the_greedy_order_and_repairs_with_its_moments(setup):
     for s in scores:  # one +inf (the last neuron standing), the rest distinct: a strict removal order
         assert np.isinf(s).sum() == 1 and len(np.unique(s[np.isfinite(s)])) == len(s) - 1
     out = prune_with_networks(copy.deepcopy(model), fn, PruningSpec(method="obs", target_ratio=0.08), cal)
-    from fnprune.prune import (
-        params_to_remove,  # the neurons removed reach the budget (the repair adds biases)
-    )
+    from fnprune.pruning.budget import params_to_remove
 
     ppn = find_mlps(model)[0].params_per_neuron
     assert sum(64 - len(k) for k in out.keep) * ppn >= params_to_remove(model, 0.08, "all")
     assert out.repair_summary()["error_repaired"] < out.repair_summary()["error_pruned"]
     # its own allocation ranks the same scores across the unprotected layers, and what a layer drops is
     # the greedy's first removals (the cheapest), never the costliest
-    from fnprune.repair import obs_removal_order
+    from fnprune.pruning.repair import obs_removal_order
 
     cut = [layer for layer, keep in enumerate(out.keep) if len(keep) < 64]
     assert cut
@@ -355,11 +357,11 @@ def test_obs_keeps_the_greedy_order_and_repairs_with_its_moments(setup):
                               cal)
     assert seq.widths == out.widths
     # the greedy runs once per calibration, choice and ridge: another budget reuses it, a choice does not
-    import fnprune.recipe as recipe
+    import fnprune.pruning.calibration as calibration
 
     calls = []
-    real = recipe.obs_scores
-    recipe.obs_scores = lambda *a, **k: calls.append(1) or real(*a, **k)
+    real = calibration.obs_scores
+    calibration.obs_scores = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
         again = prune_with_networks(copy.deepcopy(model), fn, PruningSpec(method="obs", target_ratio=0.08), cal)
         prune_with_networks(copy.deepcopy(model), fn, PruningSpec(method="obs", target_ratio=0.04, repair="none"), cal)
@@ -368,4 +370,4 @@ def test_obs_keeps_the_greedy_order_and_repairs_with_its_moments(setup):
                                                                   networks=tuple(_chosen(fn, 1))), cal)
         assert calls == [1]
     finally:
-        recipe.obs_scores = real
+        calibration.obs_scores = real

@@ -2,8 +2,8 @@
 
 For every architecture the MLP adapters accept (README: LLaMA, Mistral, Qwen2/3, Gemma 1/2/3, GPT-2,
 OPT, Phi), with uniform and per-layer widths, with and without an added ``down`` bias: the directory
-:func:`fnprune.pruned_io.save_pruned` writes -- and the web app's zip of it -- loads in a Python that
-cannot import fnprune with the logits of :func:`fnprune.pruned_io.load_pruned`:
+:func:`fnprune.models.pruned_io.save_pruned` writes -- and the web app's zip of it -- loads in a Python that
+cannot import fnprune with the logits of :func:`fnprune.models.pruned_io.load_pruned`:
 
 - stock directories with plain ``AutoModelForCausalLM.from_pretrained(dir)``, no key missing,
   unexpected or resized (an added bias uses the family's own switch, ``mlp_bias`` for LLaMA);
@@ -30,9 +30,11 @@ from prune_helpers import FAMILIES as HELPER_FAMILIES
 from prune_helpers import VOCAB, documents, sample_ids, tiny_model, tokenizer
 
 from fnprune.errors import ConfigError
-from fnprune.mlp import find_mlps
-from fnprune.prune import collect_attention_stats, collect_down_input_stats, prune_heads, prune_model
-from fnprune.pruned_io import load_pruned, read_pruning_info, save_pruned
+from fnprune.models.mlp import find_mlps
+from fnprune.models.pruned_io import load_pruned, read_pruning_info, save_pruned
+from fnprune.pruning.heads import collect_attention_stats, prune_heads
+from fnprune.pruning.statistics import collect_down_input_stats
+from fnprune.pruning.surgery import prune_model
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gpt2", "opt", "phi")
 MLP_BIAS_SWITCH = {"llama"}  # config has mlp_bias: an added down bias stays a stock architecture

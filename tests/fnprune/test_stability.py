@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from fnprune.errors import ConfigError
-from fnprune.ica import CanICA
-from fnprune.stability import (
+from fnprune.analysis.ica import CanICA
+from fnprune.analysis.stability import (
     SeedFit,
     chance_jaccard,
     fit_summary,
@@ -16,6 +15,7 @@ from fnprune.stability import (
     seed_stability,
     top_set,
 )
+from fnprune.errors import ConfigError
 
 
 def planted_fits(n_fits=5, n_planted=6, n_random=4, n=400, seed=0):
@@ -161,7 +161,7 @@ def test_canica_recovers_planted_networks_across_seeds():
 def test_seed_check_counts_the_seeds_each_network_comes_back_in():
     """seed_check refits with other seeds: the 4 planted networks come back in both other seeds, noise
     directions do not always; the statistics are seed_stability's over all fits."""
-    from fnprune.stability import seed_check
+    from fnprune.analysis.stability import seed_check
 
     k = 4
     X = planted_activations(k, seed=1)

@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from fnprune.progress import report
-
 from ..core.config import Settings
 from ..core.errors import ApiError
 from ..schemas import AnalysisRequest, PreviewRequest
@@ -44,47 +42,26 @@ def create(req: AnalysisRequest, settings: Settings, store: JobStore, enqueue) -
     return store.get(job["id"]) or job
 
 
-def _calibration_docs(docs: list) -> list:
-    from fnprune.corpus import split_heldout
-
-    calibration, _ = split_heldout(docs)
-    return list(calibration)
-
-
 def run_analysis(settings: Settings, job_id: str, params: dict[str, Any], progress) -> dict[str, Any]:
-    """Worker side: model + corpus -> FunctionalNetworks saved atomically under ``<job dir>/run``."""
-    from fnprune.corpus import load_corpus
-    from fnprune.models import load_model
-    from fnprune.networks import analyze
+    """Worker side: the library's analysis job (:func:`fnprune.analysis.job.analyze_job`) with this
+    server's model loading and paths; the networks are saved atomically under ``<job dir>/run``."""
+    from fnprune.analysis.job import analyze_job
+    from fnprune.models.loading import load_model
 
     req = AnalysisRequest(**params)
     job_dir = settings.job_dir("analysis", job_id)
     job_dir.mkdir(parents=True, exist_ok=True)
     work_dir = job_dir / "work"
-    final_run = job_dir / "run"
     try:
-        report(progress, "load", 0.0, f"loading model {req.model}")
-        model_spec = catalog.resolve_model(req.model, settings)
-        model, tokenizer = load_model(model_spec, device=settings.DEVICE, trust_remote_code=settings.TRUST_REMOTE_CODE,
-                                      allowed_dirs=settings.MODEL_DIRS)
-        report(progress, "load", 0.5, f"loading corpus {req.corpus}")
-        corpus_spec = catalog.resolve_corpus(req.corpus, settings)
-        limit = math.ceil(req.n_texts * 10 / 9) + 1
-        docs = _calibration_docs(load_corpus(corpus_spec, limit=limit, genres=req.genres,
-                                             sampling=req.sampling))[: req.n_texts]
-        if not docs:
-            from fnprune.errors import CorpusError
-
-            raise CorpusError(f"corpus {req.corpus!r} has no calibration documents for these genres")
-        report(progress, "load", 1.0, f"{len(docs)} documents")
-        networks = analyze(model, tokenizer, docs, n_components=req.n_components, mode=req.mode, n_runs=req.n_runs,
-                           max_tokens=req.max_tokens, random_state=req.seed, work_dir=work_dir,
-                           progress=progress, device=settings.DEVICE, model_spec=req.model, corpus_spec=req.corpus,
-                           check_seeds=req.check_seeds)
-        report(progress, "save", 0.0, "saving the networks")
-        networks.save(final_run)  # atomic (fnprune.rundir.save_run: a .partial directory renamed)
-        report(progress, "save", 1.0, "saved")
-        return summary(networks, n_documents=len(docs))
+        done = analyze_job(
+            req.model, catalog.resolve_corpus(req.corpus, settings), job_dir / "run", n_texts=req.n_texts,
+            genres=req.genres, sampling=req.sampling, device=settings.DEVICE, corpus_name=req.corpus,
+            load_model=lambda _: load_model(catalog.resolve_model(req.model, settings), device=settings.DEVICE,
+                                            trust_remote_code=settings.TRUST_REMOTE_CODE,
+                                            allowed_dirs=settings.MODEL_DIRS),
+            n_components=req.n_components, mode=req.mode, n_runs=req.n_runs, max_tokens=req.max_tokens,
+            random_state=req.seed, work_dir=work_dir, check_seeds=req.check_seeds, progress=progress)
+        return summary(done.networks, n_documents=done.n_documents)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -118,7 +95,7 @@ def load_networks(settings: Settings, store: JobStore, job_id: str):
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    from fnprune.networks import FunctionalNetworks
+    from fnprune.analysis.networks import FunctionalNetworks
 
     networks = FunctionalNetworks.load(run_dir)
     with _cache_lock:

@@ -23,7 +23,7 @@ UPLOAD_SUFFIXES = (".txt", ".jsonl")
 
 # -- models ---------------------------------------------------------------------------------------
 def list_models() -> list[dict[str, Any]]:
-    from fnprune.models import list_models as _list
+    from fnprune.models.loading import list_models as _list
 
     return [{"name": m["name"], "description": m.get("description", ""), "available": bool(m.get("available", True))}
             for m in _list()]
@@ -170,6 +170,6 @@ def version() -> str:
 
 
 def device_name(device: str) -> str:
-    from fnprune.models import resolve_device
+    from fnprune.models.loading import resolve_device
 
     return resolve_device(device).type

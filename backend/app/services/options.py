@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fnprune import options
-from fnprune.methods import registered
+from fnprune.pruning.methods import registered
 
 
 def vocabulary() -> dict[str, Any]:

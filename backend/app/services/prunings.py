@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import html
 import json
-import math
 import shutil
 import zipfile
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fnprune.options import DEFAULT_CALIBRATION_DOCS, DEFAULT_CALIBRATION_TOKENS, DEFAULT_MAX_TOKENS
+from fnprune.options import DEFAULT_CALIBRATION_DOCS, DEFAULT_CALIBRATION_TOKENS
 from fnprune.progress import report
 
 from ..core.config import Settings
@@ -29,9 +28,9 @@ ARTIFACTS = ("model", "report", "masks")
 def _spec(req: PruningRequest, networks):
     """``(the library's PruningSpec for a request, where its target came from)``. Neither threshold
     nor target ratio: the analysis' threshold where the method sizes layers by the network score,
-    else the default target ratio (:func:`fnprune.recipe.default_target`), so the defaults always
+    else the default target ratio (:func:`fnprune.pruning.spec.default_target`), so the defaults always
     work together."""
-    from fnprune.recipe import PruningSpec, default_target
+    from fnprune.pruning.spec import PruningSpec, default_target
 
     spec = PruningSpec(method=req.method, target_ratio=req.target_ratio, threshold=req.threshold,
                        networks=None if req.networks is None else tuple(req.networks),
@@ -83,28 +82,13 @@ def calibration_size(req: PruningRequest, a_req: AnalysisRequest) -> tuple[int, 
             req.calibration_tokens or max(a_req.max_tokens, MIN_CALIBRATION[1]))
 
 
-def _stage(progress, stage: str, dense_ppl: dict[str, float] | None = None):
-    """A progress callback for a library call, renamed to ``stage``. ``dense_ppl`` (window -> PPL):
-    the library's running perplexity messages (stage ``ppl@<window>``) also name the dense model's."""
-    def inner(lib_stage: str, fraction: float, message: str = "") -> None:
-        window = lib_stage.removeprefix("ppl@")
-        if dense_ppl and message and window in dense_ppl:
-            message = f"{message}; dense model {dense_ppl[window]:.2f}"
-        report(progress, stage, fraction, message)
-
-    return inner
-
-
 def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progress) -> dict[str, Any]:
-    from dataclasses import asdict, replace
-
-    from fnprune import evaluate
-    from fnprune.corpus import load_corpus, split_heldout
-    from fnprune.fidelity import most_stable_networks, network_fidelity
-    from fnprune.models import load_model
-    from fnprune.networks import FunctionalNetworks
-    from fnprune.pruned_io import save_pruned
-    from fnprune.recipe import Calibration, keep_to_mask, prune_with_networks, unrepaired
+    """Worker side: the library's pruning job (:func:`fnprune.pruning.job.prune_job`) with this server's
+    model loading, paths and dense-evaluation cache; then the API's result, masks and HTML report."""
+    from fnprune.analysis.networks import FunctionalNetworks
+    from fnprune.models.loading import load_model
+    from fnprune.pruning.job import PruneJob, prune_job
+    from fnprune.pruning.recipe import keep_to_mask
 
     req = PruningRequest(**params)
     store = JobStore(settings.jobs_path, settings.HEARTBEAT_TIMEOUT_S)
@@ -126,56 +110,51 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     elif target_source == "default target ratio":
         notes.append(f"no threshold or target ratio given: removing {spec.target_ratio:.0%} of all parameters (the "
                      f"default target ratio; method {spec.method!r} does not size layers by a |z| threshold)")
-    report(progress, "load", 0.3, f"loading model {a_req.model}")
-    model, tokenizer = load_model(catalog.resolve_model(a_req.model, settings), device=settings.DEVICE,
-                                  trust_remote_code=settings.TRUST_REMOTE_CODE, allowed_dirs=settings.MODEL_DIRS)
-    report(progress, "load", 0.7, "loading the corpus")
     n_calib, calib_tokens = calibration_size(req, a_req)
-    limit = max(math.ceil(n_calib * 10 / 9) + 1, 10 * req.n_heldout)
-    calibration, heldout = split_heldout(load_corpus(catalog.resolve_corpus(a_req.corpus, settings), limit=limit,
-                                                     genres=a_req.genres, sampling=a_req.sampling))
-    calibration, heldout = calibration[:n_calib], heldout[: req.n_heldout]
-    report(progress, "load", 1.0, f"{len(calibration)} calibration documents"
-                                  + (f" (of {n_calib} requested: the corpus has no more)" if len(calibration) < n_calib
-                                     else "") + f" x {calib_tokens} tokens, {len(heldout)} held-out documents")
+    dense_cached = []
 
-    calib = Calibration(tokenizer, calibration, calib_tokens, requested_docs=n_calib)
-    pruned = copy.deepcopy(model)
-    outcome = prune_with_networks(pruned, networks, spec, calib, progress=progress)
-    notes += outcome.notes
-    for note in notes:  # announced in the job's progress too, not only in the result
-        report(progress, "prune", 1.0, f"note: {note}")
-    report(progress, "save", 0.0, "saving the pruned model")
-    model_dir = save_pruned(pruned, tokenizer, job_dir / "model", info={
-        "source_model": a_req.model, "analysis_id": req.analysis_id, "pruning_id": job_id, **outcome.info(),
-        "notes": notes, "target_source": target_source, "heads_fraction": req.heads_fraction}, overwrite=True)
-    keep = keep_to_mask(outcome.keep, networks.width)
+    def dense_evaluation(model, tokenizer, heldout, stage_progress) -> dict[str, Any]:
+        dense, cached = _dense_evaluation(settings, a_req, model, tokenizer, heldout, stage_progress)
+        dense_cached.append(cached)
+        return dense
+
+    job = PruneJob(
+        model_spec=a_req.model, corpus=catalog.resolve_corpus(a_req.corpus, settings), out=job_dir / "model",
+        n_calibration=n_calib, calibration_tokens=calib_tokens, n_heldout=req.n_heldout, genres=a_req.genres,
+        sampling=a_req.sampling, overwrite=True, fidelity="chosen" if req.evaluate else None,
+        fidelity_tokens=a_req.max_tokens, evaluate=req.evaluate, dense_evaluation=dense_evaluation,
+        unrepaired=req.evaluate, baselines=req.baselines,
+        load_model=lambda _: load_model(catalog.resolve_model(a_req.model, settings), device=settings.DEVICE,
+                                        trust_remote_code=settings.TRUST_REMOTE_CODE, allowed_dirs=settings.MODEL_DIRS),
+        describe=lambda done: {"source_model": a_req.model, "analysis_id": req.analysis_id, "pruning_id": job_id,
+                               **done.outcome.info(), "notes": list(done.notes), "target_source": target_source,
+                               "heads_fraction": req.heads_fraction})
+    done = prune_job(networks, spec, job, progress, notes=notes)
+    outcome = done.outcome
     info = outcome.info()
-    _write_masks(job_dir / "masks.json", keep, {"analysis_id": req.analysis_id, "pruning_id": job_id,
-                                                **analyses.plain(info)})
-    report(progress, "save", 1.0, "saved")
+    _write_masks(job_dir / "masks.json", keep_to_mask(outcome.keep, networks.width),
+                 {"analysis_id": req.analysis_id, "pruning_id": job_id, **analyses.plain(info)})
 
     result: dict[str, Any] = {
         "method": spec.method, "allocation": spec.resolved_allocation, "repair": spec.repair,
-        "widths": outcome.widths, "original_widths": outcome.original_widths, "ratio_total": outcome.removed_fraction, "ratio_mlp": outcome.removed_mlp_fraction,
+        "widths": outcome.widths, "original_widths": outcome.original_widths, "ratio_total": outcome.removed_fraction,
+        "ratio_mlp": outcome.removed_mlp_fraction,
         "removed_params": info["removed_params"], "protected_layers": outcome.protected_layers,
         "threshold": outcome.threshold, "chosen_networks": info["chosen_networks"], "keep_digest": outcome.keep_digest,
         "repair_errors": info["repair_errors"], "head_repair_errors": info["head_repair_errors"],
         "target": {"threshold": spec.threshold, "target_ratio": spec.target_ratio, "ratio_of": spec.ratio_of,
                    "source": target_source},
-        "calibration": {"texts": len(calibration), "requested_texts": n_calib, "tokens_per_text": calib_tokens},
-        "notes": notes}
+        "calibration": {"texts": len(done.calibration), "requested_texts": n_calib, "tokens_per_text": calib_tokens},
+        "notes": done.notes}
     if outcome.kv_heads is not None:
         result.update({"heads_fraction": req.heads_fraction, "kv_heads": outcome.kv_heads})
-    saved = json.loads((model_dir / "pruning.json").read_text())
+    saved = json.loads((done.model_dir / "pruning.json").read_text())
     result["architecture"] = saved.get("architecture")
     result["load_snippet"] = _load_snippet(saved)
     if req.evaluate:
-        dense_eval, result["dense_cached"] = _dense_evaluation(settings, a_req, model, tokenizer, heldout, progress)
-        pruned_eval = evaluate.evaluate_model(pruned, tokenizer, heldout, batch_sizes=(1,), model_dir=model_dir,
-                                              per_label=True, max_tokens_per_doc=EVAL_TOKENS_PER_DOC, progress=_stage(progress, "evaluate pruned", {
-                                                  w: p["ppl"] for w, p in dense_eval["perplexity"].items()}))
-        result["dense"] = _measures(dense_eval, size_bytes=_param_bytes(model))
+        dense_eval, pruned_eval = done.dense_eval, done.pruned_eval
+        result["dense_cached"] = dense_cached[0]
+        result["dense"] = _measures(dense_eval, size_bytes=done.dense_param_bytes)
         result["pruned"] = _measures(pruned_eval, size_bytes=pruned_eval.get("size_on_disk_bytes"))
         dense_by, pruned_by = dense_eval["perplexity_by_label"], pruned_eval["perplexity_by_label"]
         result["ppl_by_genre"] = [{"genre": g, "n_docs": d["n_docs"], "dense": d["ppl"], "pruned": pruned_by[g]["ppl"]}
@@ -184,66 +163,22 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         result["generations"] = [{"prompt": g["prompt"], "dense": g["completion"],
                                   "pruned": completions.get(g["prompt"], "")}
                                  for g in dense_eval.get("generations", [])]
-        ids = list(spec.networks) if spec.networks is not None else most_stable_networks(networks, 20)
-        result["fidelity_scope"] = "chosen" if spec.networks is not None else "20 most stable"
-        result["fidelity"] = [asdict(f) for f in network_fidelity(
-            model, pruned, tokenizer, heldout, networks, ids, outcome.keep, max_tokens=a_req.max_tokens,
-            progress=_stage(progress, "fidelity"))]
-    del pruned
-    # the same choice without the least-squares repair, and the baselines. A baseline removes the MLP neurons'
-    # parameters the method removed (the same number of neurons) and no attention head, so it is compared on
-    # the MLP choice alone, never with a larger MLP budget standing in for the method's pruned heads.
-    steps: list[tuple[str, Any]] = []
-    if req.evaluate and spec.repair == "lstsq":
-        steps.append(("without repair", replace(spec, repair=unrepaired(spec.method), sequential=False)))
-    removed_neurons, removed_neuron_params = _removed_neurons(outcome, model)
-    if req.baselines:
-        result["baseline_budget"] = {
-            "mlp_neurons_removed": removed_neurons, "mlp_params_removed": removed_neuron_params, "heads": "not pruned",
-            "description": "each baseline removes as many MLP neurons as the method"
-                           + (" and no attention head (the method's pruned heads are not part of its budget)"
-                              if outcome.kv_heads is not None else "")}
-        if removed_neurons == 0:
-            notes.append("no baseline was run: the method removed no MLP neuron")
-    budget = {"target_ratio": removed_neuron_params / outcome.dense_mlp_params, "threshold": None, "ratio_of": "mlp"}
-    for method in req.baselines if removed_neurons > 0 else ():
-        for allocation in ("own", "networks"):
-            steps.append((f"{method} ({allocation})", replace(spec, method=method, allocation=allocation,
-                                                              heads_fraction=None, **budget)))
+        result["fidelity_scope"] = done.fidelity_scope
+        result["fidelity"] = [asdict(f) for f in done.fidelity]
+    if done.baseline_budget is not None:
+        result["baseline_budget"] = done.baseline_budget
     result["baselines"] = []
-    for i, (name, step_spec) in enumerate(steps):
-        report(progress, "baselines", i / len(steps), name)
-        other = copy.deepcopy(model)
-        other_outcome = prune_with_networks(other, networks, step_spec, calib)
-        ppl = evaluate.perplexity(other, tokenizer, heldout, max_tokens_per_doc=EVAL_TOKENS_PER_DOC)["ppl"]
-        entry = {"name": name, "method": step_spec.method, "allocation": step_spec.resolved_allocation,
-                 "repair": step_spec.repair, "ppl": ppl, "ratio_total": other_outcome.removed_fraction,
-                 "ratio_mlp": other_outcome.removed_mlp_fraction,
-                 "mlp_neurons_removed": _removed_neurons(other_outcome, model)[0]}
-        if name == "without repair":
-            result["repair_comparison"] = {"repaired_ppl": result["pruned"]["ppl"], "unrepaired_ppl": ppl,
-                                           "unrepaired_repair": step_spec.repair}
+    for row in done.comparisons:
+        if row["name"] == "without repair":
+            result["repair_comparison"] = {"repaired_ppl": result["pruned"]["ppl"], "unrepaired_ppl": row["ppl"],
+                                           "unrepaired_repair": row["repair"]}
         else:
-            result["baselines"].append(entry)
-        del other
-    if steps:
-        report(progress, "baselines", 1.0, "done")
+            result["baselines"].append(row)
     _write_report(job_dir, job_id, req, result)
     return analyses.plain(result)
 
 
-def _removed_neurons(outcome, dense_model) -> tuple[int, int]:
-    """(MLP neurons removed, their parameters) -- without the biases a repair adds."""
-    from fnprune.mlp import find_mlps
-
-    per_neuron = [a.params_per_neuron for a in find_mlps(dense_model)]
-    gone = [o - w for o, w in zip(outcome.original_widths, outcome.widths, strict=True)]
-    return int(sum(gone)), int(sum(g * p for g, p in zip(gone, per_neuron, strict=True)))
-
-
 DENSE_CACHE_VERSION = 2  # bump when what evaluate_model measures or how changes
-# METHOD.md §2's protocol: each held-out document's first 512 tokens (concatenated, windows of 512 and 128)
-EVAL_TOKENS_PER_DOC = DEFAULT_MAX_TOKENS
 
 
 def _dense_evaluation(settings: Settings, a_req: AnalysisRequest, model, tokenizer, heldout, progress
@@ -252,8 +187,8 @@ def _dense_evaluation(settings: Settings, a_req: AnalysisRequest, model, tokeniz
     protocol and reused by every later pruning (``data_dir/cache/dense-<key>.json``, written atomically)."""
     import hashlib
 
-    from fnprune import evaluate
     from fnprune.io import atomic_write_json
+    from fnprune.pruning.job import EVAL_TOKENS_PER_DOC, evaluate_for_job
 
     key = hashlib.sha256(json.dumps({
         "version": DENSE_CACHE_VERSION, "model": a_req.model, "max_tokens": EVAL_TOKENS_PER_DOC, "windows": [512, 128],
@@ -264,25 +199,19 @@ def _dense_evaluation(settings: Settings, a_req: AnalysisRequest, model, tokeniz
             return json.loads(path.read_text()), True
         except (OSError, ValueError):
             pass  # a damaged cache entry is recomputed
-    dense = evaluate.evaluate_model(model, tokenizer, heldout, batch_sizes=(1,), per_label=True,
-                                    max_tokens_per_doc=EVAL_TOKENS_PER_DOC, progress=_stage(progress, "evaluate dense"))
+    dense = evaluate_for_job(model, tokenizer, heldout, progress)
     atomic_write_json(path, dense)
     return dense, False
 
 
 def _measures(evaluation: dict[str, Any], size_bytes: int | None) -> dict[str, Any]:
-    """fnprune.evaluate.evaluate_model's dict -> the API's ``{"ppl", "ppl_128", "params", ...}``."""
+    """fnprune.evaluation.metrics.evaluate_model's dict -> the API's ``{"ppl", "ppl_128", "params", ...}``."""
     ppl = evaluation["perplexity"]
     speed = evaluation.get("speed", {}).get("batch_1", {})
     return {"ppl": ppl["512"]["ppl"], "ppl_128": ppl["128"]["ppl"], "params": evaluation["params"]["total_params"],
             "mlp_params": evaluation["params"]["mlp_params"], "size_bytes": size_bytes,
             "tokens_per_s": speed.get("decode_tokens_per_s"), "prefill_ms": speed.get("prefill_ms"),
             "peak_rss_bytes": evaluation.get("memory", {}).get("peak_rss_bytes")}
-
-
-def _param_bytes(model) -> int:
-    """float size of the dense model's parameters (what save_pretrained would write, tied ones once)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _load_snippet(info: dict[str, Any]) -> str:

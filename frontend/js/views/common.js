@@ -4,7 +4,7 @@ import { api, downloadFile, signedDownloadUrl, TERMINAL, urls, watchJob } from "
 import { el, fmtDuration, fmtPct, showError, showNotice } from "../dom.js";
 import { putLabel } from "../store.js";
 
-// The stages the worker reports (backend/app/services/analyses.py, prunings.py, fnprune.recipe), and
+// The stages the worker reports (backend/app/services/analyses.py, prunings.py, fnprune.pruning.job and recipe), and
 // "queued", which this view shows while a job waits.
 const STAGE_NAMES = {
   queued: "Waiting in the queue",

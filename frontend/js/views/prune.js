@@ -4,7 +4,7 @@
 // check means nothing is forced (every network still shapes the scores).
 //
 // Methods, repairs, ratio bases, their help, the defaults and the methods' rules (e.g. which refuse the
-// sequential repair) are the server's (GET /api/options, fnprune.options and fnprune.methods): nothing
+// sequential repair) are the server's (GET /api/options, fnprune.options and fnprune.pruning.methods): nothing
 // here copies them. The page is assembled from one function per section: networks (with the guided
 // selection), budget, projected model, method, calibration.
 import { api, urls } from "../api.js";

@@ -55,7 +55,7 @@ function chosenSection(r, analysisId) {
   return el("section.card", el("h2", { text: "Chosen networks" }), body);
 }
 
-// Per network: does it still do what it did? (fnprune.fidelity on the held-out documents)
+// Per network: does it still do what it did? (fnprune.evaluation.fidelity on the held-out documents)
 function fidelitySection(r, analysisId) {
   const fid = r.fidelity || [];
   const plot = el("div.plot#fidelity-plot");

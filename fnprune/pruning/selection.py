@@ -1,7 +1,7 @@
 """Which neurons stay: neuron scores from the maps, the user's chosen networks, and the plan.
 
-Pure functions over a :class:`fnprune.networks.FunctionalNetworks` (no model needed). The pruning
-recipe (:mod:`fnprune.recipe`), the ``mask``/``prune`` commands, ``compare`` and the web app's
+Pure functions over a :class:`fnprune.analysis.networks.FunctionalNetworks` (no model needed). The pruning
+recipe (:mod:`fnprune.pruning.recipe`), the ``mask``/``prune`` commands, ``compare`` and the web app's
 preview all size the layers here, so a preview and a pruning of the same choice agree.
 
 Scores (higher = keep), each ``(n_layers, width)``:
@@ -25,19 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError
-from .mlp import default_protected_layers
-from .prune import RATIO_BASES, check_budget, check_uniform_protection, keep_from_scores, ratio_base
+from ..errors import ConfigError
+from ..models.mlp import default_protected_layers
+from ..options import RATIO_BASES
+from .budget import check_budget, check_target_ratio, check_uniform_protection, keep_from_scores, ratio_base
 
 SCORES = ("networks", "paper", "unresolved")
-
-
-def check_ratio(target_ratio) -> float:
-    if (isinstance(target_ratio, bool) or not isinstance(target_ratio, int | float | np.floating)
-            or not np.isfinite(target_ratio) or not 0 < target_ratio < 1):
-        raise ConfigError(f"target_ratio must be between 0 and 1 (exclusive), got {target_ratio!r}",
-                          field="target_ratio")
-    return float(target_ratio)
 
 
 def chosen_components(fn, networks) -> np.ndarray | None:
@@ -188,7 +181,7 @@ def plan(fn, *, threshold: float | None = None, target_ratio: float | None = Non
     ``ratio_of`` parameters to remove: ``all`` (default), ``mlp`` or ``non-embedding``; the
     lowest-scored neurons of the unprotected layers go first).
     ``uniform``: the same width in every layer, protected layers included (a stock architecture;
-    explicitly given ``protected_layers`` are refused, :func:`fnprune.prune.check_uniform_protection`).
+    explicitly given ``protected_layers`` are refused, :func:`fnprune.pruning.budget.check_uniform_protection`).
     ``networks``: the chosen networks, whose key neurons (|z| > ``key_threshold``, default the
     analysis threshold) are always kept. ``forced``: instead, the per-layer masks of neurons to keep
     (when the chosen networks come from another decomposition).
@@ -198,7 +191,7 @@ def plan(fn, *, threshold: float | None = None, target_ratio: float | None = Non
     if threshold is not None and (not np.isfinite(threshold) or threshold < 0):
         raise ConfigError(f"threshold must be a finite number ≥ 0, got {threshold!r}")
     if target_ratio is not None:
-        target_ratio = check_ratio(target_ratio)
+        target_ratio = check_target_ratio(target_ratio)
     check_uniform_protection(uniform, protected_layers)
     model = fn.info["model"]
     ppn = [int(p) for p in model["params_per_neuron"]]

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DEFAULT_MIN_CORR = 0.9
 
@@ -66,7 +66,7 @@ class SeedFit:
 
     @classmethod
     def from_canica(cls, ica) -> SeedFit:
-        """From a fitted :class:`fnprune.ica.CanICA`."""
+        """From a fitted :class:`fnprune.analysis.ica.CanICA`."""
         return cls(maps=ica.components_, networks=ica.stable_, unresolved=ica.unresolved_energy_,
                    leverage=ica.leverage_)
 
@@ -245,7 +245,7 @@ def fit_summary(ica, threshold: float, shape: tuple[int, int, int] | None = None
 
 def seed_check(ica, X, n_seeds: int, *, budget: int | None, width: int | None = None,
                min_corr: float = DEFAULT_MIN_CORR, seed_offset: int = 7919) -> tuple[np.ndarray, dict | None]:
-    """Refit a fitted :class:`fnprune.ica.CanICA` on the same ``X`` with ``n_seeds`` other seeds.
+    """Refit a fitted :class:`fnprune.analysis.ica.CanICA` on the same ``X`` with ``n_seeds`` other seeds.
 
     Returns ``(reproduced, stats)``: per component of ``ica``, in how many of the other seeds its
     Hungarian-matched map reaches ``|corr| ≥ min_corr`` (``n_seeds`` = reproduced in every one); and

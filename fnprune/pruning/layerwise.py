@@ -1,6 +1,6 @@
 """Calibration one decoder layer at a time, on the layer's own device, holding one layer's statistics.
 
-The all-at-once calibration (:func:`fnprune.prune.collect_down_input_stats`) runs every batch through
+The all-at-once calibration (:func:`fnprune.pruning.statistics.collect_down_input_stats`) runs every batch through
 the whole model and keeps every layer's ``(I, I)`` second moment until selection is done: 0.57 GB in
 float64 for SmolLM2-135M, about 31 GB for an 8B-class model. Here the calibration batches are pushed
 through the decoder layer by layer (the SparseGPT / SlimGPT scheme):
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CorpusError
-from .mlp import MLPAdapter, backbone, decoder_layers, find_mlps
-from .models import model_device
-from .progress import ProgressCallback, report
-from .tokens import encode_documents, padded_batches
+from ..errors import CorpusError
+from ..models.loading import model_device
+from ..models.mlp import MLPAdapter, backbone, decoder_layers, find_mlps
+from ..progress import ProgressCallback, report
+from ..tokens import encode_documents, padded_batches
 
 # every LayerMoments alive, so tests (and users who wonder) can count live statistics
 _LIVE: weakref.WeakSet = weakref.WeakSet()
@@ -54,7 +54,7 @@ class LayerMoments:
     ``mean``, ``var``, ``l2`` ``(I,)``; ``second_moment`` ``E[x xᵀ]`` ``(I, I)`` when ``plain``;
     ``weighted_second_moment``/``weighted_mean``/``weight_mean`` when ``weighted`` (each token weighs
     ``1 / mean_k h_k²`` of the residual stream entering the layer, see
-    :class:`fnprune.prune.DownInputStats`). Products are formed in float32 and summed in ``dtype``
+    :class:`fnprune.pruning.statistics.DownInputStats`). Products are formed in float32 and summed in ``dtype``
     (float64 by default). The sums live on the device where the layer computed ``x`` (allocated at
     the first batch: with accelerate's offloading that is the execution device, not where the
     weights rest).
@@ -296,14 +296,15 @@ def streamed_layer_moments(model: nn.Module, tokenizer, docs, *, max_tokens: int
 def streamed_obs_scores(model: nn.Module, tokenizer, docs, *, forced=None, ridge: float, skip: Sequence[int] = (),
                         max_tokens: int = 512, batch_size: int = 4, dtype: torch.dtype = torch.float64,
                         progress: ProgressCallback | None = None) -> list:
-    """:func:`fnprune.prune.obs_scores` with one layer's residual-weighted moments alive at a time (the
+    """:func:`fnprune.pruning.scores.obs_scores` with one layer's residual-weighted moments alive at a time (the
     dense model's, layer by layer); protected layers (``skip``) get ``+inf`` and no greedy."""
     import numpy as np
 
-    from .prune import _forced_masks, obs_layer_scores
+    from .budget import forced_neuron_masks
+    from .scores import obs_layer_scores
 
     adapters = find_mlps(model)
-    masks = _forced_masks(forced, [a.width for a in adapters])
+    masks = forced_neuron_masks(forced, [a.width for a in adapters])
     skip = {int(x) for x in skip}
     out = [np.full(a.width, np.inf) for a in adapters]
     todo = [a.layer for a in adapters if a.layer not in skip]
@@ -324,12 +325,12 @@ def streamed_repair(model: nn.Module, keep, tokenizer, docs, *, ridge: float, we
 
     The moments are the plain ones, or the residual-weighted ones (``weighted``: what obs selects
     with); ``sequential``: each layer calibrated on the already pruned and repaired layers below it,
-    else on the dense model (the same fit as :func:`fnprune.prune.prune_model` with ``repair``).
+    else on the dense model (the same fit as :func:`fnprune.pruning.surgery.prune_model` with ``repair``).
     ``reselect(adapter, second_moment, mean, width) -> kept indices``: choose the layer's kept
     neurons again on the moments just collected, at the width ``keep`` gives it (sequential obs: the
     widths come from the dense pass, the choice inside each layer from its inputs after the layers
     below were pruned). Returns the kept indices of every layer (``keep``'s, or the re-selected)."""
-    from .prune import finish_pruning, normalize_keep, repair_layer
+    from .surgery import finish_pruning, normalize_keep, repair_layer
 
     adapters = find_mlps(model)
     keep_idx = normalize_keep(keep, [a.width for a in adapters])

@@ -15,10 +15,10 @@ Seed robustness: each decomposition ("unit": one layer of one run, or one run in
 splits its components into *stable* ones (found by every FastICA restart) and the rest, whose
 rotation is an accident of the seed. When every unstable component of a unit is selected, their
 contribution to the score is the seed-free *unresolved-subspace energy* computed by CanICA
-(``CanICA.unresolved_energy_``) instead of their individual maps; see ``fnprune/ica.py`` step 6.
+(``CanICA.unresolved_energy_``) instead of their individual maps; see ``fnprune/analysis/ica.py`` step 6.
 That energy is a PCA statistic, not a network: ``key_source`` says per neuron whether a stable
 network or only that energy makes it key, and ``info["unit_stability"]`` holds per-unit statistics
-(``fnprune.stability.fit_summary``).
+(``fnprune.analysis.stability.fit_summary``).
 """
 
 from __future__ import annotations
@@ -29,14 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atlas as _atlas
-from .atlas import neuron_grid  # the one home of the neuron grid
-from .capture import ActivationStore, capture_activations
-from .corpus import Document
-from .errors import ConfigError
-from .ica import CanICA
-from .mlp import mlp_summary
-from .options import (
+from ..corpus import Document
+from ..errors import ConfigError
+from ..models.mlp import mlp_summary
+from ..options import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_MODE,
     DEFAULT_N_COMPONENTS,
@@ -44,7 +40,11 @@ from .options import (
     DEFAULT_THRESHOLD,
     MODES,
 )
-from .progress import ProgressCallback, report
+from ..progress import ProgressCallback, report
+from . import atlas as _atlas
+from .atlas import neuron_grid  # the one home of the neuron grid
+from .capture import ActivationStore, capture_activations
+from .ica import CanICA
 from .stability import fit_summary, seed_check
 
 NOT_KEY, KEY_NETWORK, KEY_UNRESOLVED = 0, 1, 2   # key_source: why a neuron is key
@@ -143,7 +143,7 @@ class FunctionalNetworks:
     def grid(self) -> tuple[int, int]:
         return neuron_grid(self.width)
 
-    # -- where neurons are drawn, and what networks are called (fnprune/atlas.py) ----------------------
+    # -- where neurons are drawn, and what networks are called (fnprune/analysis/atlas.py) ---------------------
     def atlas(self) -> dict[str, np.ndarray]:
         """The run's functional atlas: ``{"positions", "network"}``, both ``(n_layers, width)`` int32
         (stored in the run directory; computed here for runs saved without it)."""
@@ -169,7 +169,7 @@ class FunctionalNetworks:
 
     def top_words(self) -> list[list[str]]:
         """Per component the distinct texts of its 30 top-activating tokens, most frequent first
-        (:func:`fnprune.atlas.top_words`); what a search for a word matches."""
+        (:func:`fnprune.analysis.atlas.top_words`); what a search for a word matches."""
         if self._top_words is None:
             self._top_words = _atlas.top_words(self.time_courses, self.token_text)
         return self._top_words
@@ -184,7 +184,7 @@ class FunctionalNetworks:
 
     # -- selection and scores ----------------------------------------------------------------------
     def _selected(self, networks) -> np.ndarray:
-        from .selection import chosen_components
+        from ..pruning.selection import chosen_components
 
         sel = chosen_components(self, networks)
         return np.arange(self.n_components) if sel is None else sel
@@ -261,11 +261,11 @@ class FunctionalNetworks:
             return layer
         return self.layers[int(self._absmax[component].max(axis=1).argmax())]
 
-    # -- plans and masks (the maths lives in fnprune.selection) -------------------------------------
+    # -- plans and masks (the maths lives in fnprune.pruning.selection) -------------------------------------
     def key_mask(self, threshold: float | None = None, target_ratio: float | None = None, networks=None,
                  protected_layers=None, uniform: bool = False, ratio_of: str = "all") -> np.ndarray:
-        """``(n_layers, width)`` bool, True = keep; see :func:`fnprune.selection.plan`."""
-        from .selection import plan
+        """``(n_layers, width)`` bool, True = keep; see :func:`fnprune.pruning.selection.plan`."""
+        from ..pruning.selection import plan
 
         return plan(self, threshold=threshold, target_ratio=target_ratio, networks=networks,
                     protected_layers=protected_layers, uniform=uniform, ratio_of=ratio_of).keep
@@ -273,13 +273,13 @@ class FunctionalNetworks:
     def plan(self, threshold: float | None = None, target_ratio: float | None = None, networks=None,
              protected_layers=None, uniform: bool = False, ratio_of: str = "all") -> dict:
         """Projected per-layer widths and parameter counts of a choice (no model needed); see
-        :func:`fnprune.selection.plan`."""
-        from .selection import plan
+        :func:`fnprune.pruning.selection.plan`."""
+        from ..pruning.selection import plan
 
         return plan(self, threshold=threshold, target_ratio=target_ratio, networks=networks,
                     protected_layers=protected_layers, uniform=uniform, ratio_of=ratio_of).as_dict()
 
-    # -- descriptions (fnprune.describe) and the run directory (fnprune.rundir) ---------------------
+    # -- descriptions (fnprune.analysis.describe) and the run directory (fnprune.analysis.rundir) ---------------------
     def genre_profiles(self) -> tuple[list[str], np.ndarray]:
         """``(labels, (n_labels, n_components))``: mean z-scored time course per document label."""
         from .describe import genre_profiles
@@ -303,7 +303,7 @@ class FunctionalNetworks:
         return overview(self, threshold)
 
     def save(self, run_dir: str | Path) -> Path:
-        """Write the run directory atomically (safetensors + JSON, no pickle); see fnprune.rundir."""
+        """Write the run directory atomically (safetensors + JSON, no pickle); see fnprune.analysis.rundir."""
         from .rundir import save_run
 
         return save_run(self, run_dir)
@@ -312,7 +312,7 @@ class FunctionalNetworks:
     def load(cls, run_dir: str | Path) -> FunctionalNetworks:
         from .rundir import load_run
 
-        return load_run(run_dir)
+        return cls(**load_run(run_dir))
 
 
 def _run_slices(store: ActivationStore, n_runs: int) -> list[slice]:
@@ -342,7 +342,7 @@ def analyze(model, tokenizer, docs: list[Document], *, n_components: int = DEFAU
     at the end unless ``work_dir`` is given.
 
     ``check_seeds=N`` (per-layer mode) refits every layer with N other seeds
-    (:func:`fnprune.stability.seed_check`, N + 1 times the decomposition time): each component's
+    (:func:`fnprune.analysis.stability.seed_check`, N + 1 times the decomposition time): each component's
     ``reproduced`` count (in how many of the N seeds its map comes back at |corr| ≥ 0.9) and, per
     layer in ``info["unit_stability"][i]["seeds"]``, the share of key neurons that reproduced networks
     make key, the masks' Jaccard across seeds and its leverage-only and chance controls.

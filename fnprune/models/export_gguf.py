@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 from .modeling.modeling_fnprune import MODEL_TYPE_PREFIX
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
@@ -306,7 +306,7 @@ def source_gguf(source_model: str | None) -> Path | None:
     """The GGUF file a model was pruned from (``pruning.json``'s ``source_model``), or None."""
     if not source_model:
         return None
-    from .models import DEFAULT_MODEL, _smollm2_gguf
+    from .loading import DEFAULT_MODEL, _smollm2_gguf
 
     if source_model == DEFAULT_MODEL:
         return _smollm2_gguf()
@@ -405,7 +405,7 @@ def write_gguf(model: nn.Module, tokenizer, out_path: str | os.PathLike, *, out_
 
 def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, *, out_type: str = "f16",
                 overwrite: bool = False) -> GgufExport:
-    """Write the model directory ``model_dir`` (from :func:`fnprune.pruned_io.save_pruned`, or a stock
+    """Write the model directory ``model_dir`` (from :func:`fnprune.models.pruned_io.save_pruned`, or a stock
     LLaMA directory) as the GGUF file ``out_path``; see :func:`write_gguf`."""
     from .pruned_io import load_pruned, read_pruning_info
 

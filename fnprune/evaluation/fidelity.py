@@ -2,7 +2,7 @@
 
 For each network (component) the dense and the pruned model read the same held-out documents.
 The network's time course is computed as in the analysis -- the least-squares projection of the
-standardised signals on the maps of its decomposition (:meth:`fnprune.ica.CanICA.transform`) --
+standardised signals on the maps of its decomposition (:meth:`fnprune.analysis.ica.CanICA.transform`) --
 in the pruned model over the neurons that remain (a removed neuron contributes nothing), with the
 dense model's per-neuron scale on these documents. Reported per network:
 
@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, CorpusError
-from .mlp import backbone, find_mlps
-from .models import model_device
-from .progress import ProgressCallback, report
-from .selection import component_key_masks
-from .tokens import encode_documents, padded_batches
+from ..errors import ConfigError, CorpusError
+from ..models.loading import model_device
+from ..models.mlp import backbone, find_mlps
+from ..progress import ProgressCallback, report
+from ..pruning.selection import component_key_masks
+from ..tokens import encode_documents, padded_batches
 
 DEFAULT_TOP_FRACTION = 0.05
 
@@ -129,7 +129,7 @@ def network_fidelity(dense: nn.Module, pruned: nn.Module, tokenizer, docs, fn, c
     """Fidelity of ``components`` (network ids of ``fn``) in ``pruned`` vs ``dense`` on ``docs``.
 
     ``keep``: per layer, the original indices of the neurons ``pruned`` kept (in order), as
-    returned by :func:`fnprune.recipe.prune_with_networks`.
+    returned by :func:`fnprune.pruning.recipe.prune_with_networks`.
     """
     components = [int(c) for c in components]
     if not components:
@@ -231,7 +231,7 @@ def _paired_pass(dense, pruned, keep, signals, layers, weights, out_layers, batc
 
 def most_stable_networks(fn, n: int = 20, protected_layers=None) -> list[int]:
     """The ``n`` most stable networks of the prunable layers (ties: larger peak |z|)."""
-    from .selection import protected_set
+    from ..pruning.selection import protected_set
 
     protected = protected_set(fn, protected_layers)
     peak = np.array([fn.abs_max_map(c).max() for c in range(fn.n_components)])

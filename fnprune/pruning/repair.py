@@ -56,7 +56,7 @@ float64). ``Q[k, k] = ‖V[:, k]‖²`` is clamped at 0 in the costs. The maths 
 device (CPU or CUDA, one code path) in ``dtype``, float64 by default (moments and weights in
 another dtype are converted there).
 
-The functions here compute; :func:`fnprune.prune.prune_model` applies them.
+The functions here compute; :func:`fnprune.pruning.surgery.prune_model` applies them.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .mlp import MLPAdapter, _is_conv1d
+from ..errors import ConfigError
+from ..models.mlp import MLPAdapter, _is_conv1d
 
 DEFAULT_RIDGE = 1e-4  # chosen on validation documents (BENCHMARKS.md §3b)
 OBS_BLOCK = 16  # removals per batched update of H⁻¹ (speed only: the order is the one-at-a-time greedy's)

@@ -1,12 +1,12 @@
 """Descriptions of functional networks for people: the component table, one component's detail,
-the overview, genre profiles. Pure functions of a :class:`fnprune.networks.FunctionalNetworks`
+the overview, genre profiles. Pure functions of a :class:`fnprune.analysis.networks.FunctionalNetworks`
 (its methods of the same names delegate here); the backend turns them into API responses."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def genre_profiles(fn) -> tuple[list[str], np.ndarray]:

@@ -1,7 +1,7 @@
 """Compare the functional-network pruning with baselines at the same budgets (METHOD §2, §3).
 
 :func:`compare` prunes a fresh copy of the model for every (ratio, method, allocation, repair)
-through the one recipe (:func:`fnprune.recipe.prune_with_networks`) and measures held-out
+through the one recipe (:func:`fnprune.pruning.recipe.prune_with_networks`) and measures held-out
 perplexity, with a 95% bootstrap interval over held-out windows (documents in the per-document
 protocol) and a paired interval of the ratio to a reference row; the fidelity of the chosen (or the
 20 most stable) networks; and the calibration output error of the repaired layers. It writes
@@ -34,17 +34,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .evaluate import concatenated_ids, per_document_perplexity, perplexity
-from .io import atomic_write_text
-from .methods import get as get_method
-from .mlp import find_mlps, total_parameters
-from .options import DEFAULT_CALIBRATION_DOCS, DEFAULT_MAX_TOKENS, METHODS, NETWORK_METHODS  # noqa: F401
-from .progress import ProgressCallback, report
-from .prune import check_target_ratio
-from .recipe import Calibration, PruningSpec, check_networks_match, prune_with_networks
+from ..errors import ConfigError
+from ..io import atomic_write_text
+from ..models.mlp import find_mlps, total_parameters
+from ..options import DEFAULT_CALIBRATION_DOCS, DEFAULT_MAX_TOKENS  # noqa: F401
+from ..progress import ProgressCallback, report
+from ..pruning.budget import check_target_ratio
+from ..pruning.calibration import Calibration
+from ..pruning.methods import METHODS, NETWORK_METHODS  # noqa: F401
+from ..pruning.methods import get as get_method
+from ..pruning.recipe import check_networks_match, prune_with_networks
+from ..pruning.spec import PruningSpec
+from .metrics import concatenated_ids, per_document_perplexity, perplexity
 
-DEFAULT_METHODS = METHODS  # every registered method (a live view of fnprune.methods' registry)
+DEFAULT_METHODS = METHODS  # every registered method (a live view of fnprune.pruning.methods' registry)
 REPAIR_CHOICES = ("native", "lstsq", "sequential", "bias", "none")
 DEFAULT_REPAIRS = ("native", "lstsq")
 N_BOOTSTRAP = 2000
@@ -156,7 +159,7 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
 
     ``model``/``tokenizer``/``docs``/``fn`` may be given directly (tests, the web app); otherwise
     they are loaded from ``model_spec`` and ``corpus``, and the networks from ``run_dir`` or, when
-    none is given, computed with :func:`fnprune.networks.analyze` on the calibration documents.
+    none is given, computed with :func:`fnprune.analysis.networks.analyze` on the calibration documents.
     ``paper`` uses ``paper_fn`` / ``paper_run_dir`` (a run with ``n_init=1``), computed with one
     FastICA run per layer when not given. ``networks``: chosen networks, kept by every method.
     ``ratios``: fractions of all parameters to remove. ``extra_corpora``: more held-out sets
@@ -177,10 +180,10 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
             raise ConfigError(f"cannot create report directory {out_dir}: {err.strerror or err}") from err
         if not os.access(out_dir, os.W_OK):
             raise ConfigError(f"report directory {out_dir} is not writable")
-    from .corpus import load_corpus, split_heldout, split_validation
+    from ..corpus import load_corpus, split_heldout, split_validation
 
     if model is None:
-        from .models import load_model
+        from ..models.loading import load_model
 
         model, tokenizer = load_model(model_spec)
     if docs is None:
@@ -249,11 +252,11 @@ def _networks(fn, run_dir, methods, networks, model, tokenizer, calib, model_spe
               analyze_kwargs, out_dir, work_name, progress):
     """The functional networks: given, loaded from ``run_dir`` or computed on the calibration documents."""
     if fn is None and run_dir is not None:
-        from .networks import FunctionalNetworks
+        from ..analysis.networks import FunctionalNetworks
 
         fn = FunctionalNetworks.load(run_dir)
     elif fn is None and (any(get_method(m).needs_networks for m in methods) or networks is not None):
-        from .networks import analyze
+        from ..analysis.networks import analyze
 
         kwargs = {"max_tokens": max_tokens, "random_state": seed, "model_spec": model_spec, "corpus_spec": corpus,
                   **(analyze_kwargs or {})}

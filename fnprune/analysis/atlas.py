@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 LAYOUTS = ("atlas", "index")
 BACKGROUND = -1

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from . import devices
-from .errors import ConfigError, ModelLoadError
-from .options import DEFAULT_MODEL
+from .. import devices
+from ..errors import ConfigError, ModelLoadError
+from ..options import DEFAULT_MODEL
 
 NAMED_MODELS = {
     "smollm2-135m": "SmolLM2-135M-Instruct (LLaMA architecture, 30 layers x 1536 MLP neurons), "

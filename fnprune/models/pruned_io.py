@@ -11,7 +11,7 @@ class that silently drops weights.
   (``mlp_bias`` / ``attention_bias``, e.g. LLaMA): the stock architecture with the switch on; the
   projections the switch also gives a bias (``gate``/``up``; ``q``/``k``/``v``) get zero biases.
 - Per-layer widths or KV heads, or a bias the family has no switch for: ``modeling_fnprune.py``
-  (copied from :mod:`fnprune.modeling.modeling_fnprune`) under a model type stock transformers does
+  (copied from :mod:`fnprune.models.modeling.modeling_fnprune`) under a model type stock transformers does
   not know (``fnpruned_<model_type>``, ``auto_map`` to the file's classes), so
   ``from_pretrained(dir, trust_remote_code=True)`` works without fnprune and plain
   ``from_pretrained(dir)`` stops with transformers' "pass trust_remote_code=True" error.
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ConfigError, ModelLoadError, RunDirError
+from ..errors import ConfigError, ModelLoadError, RunDirError
 from .mlp import parameter_counts
 from .modeling import modeling_fnprune
 

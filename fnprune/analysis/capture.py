@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .corpus import Document
-from .errors import ConfigError, CorpusError, FnpruneError, RunDirError
-from .mlp import SIGNALS, MLPAdapter, backbone, find_mlps
-from .models import model_device
-from .progress import ProgressCallback, report
-from .tokens import encode_documents, padded_batches
+from ..corpus import Document
+from ..errors import ConfigError, CorpusError, FnpruneError, RunDirError
+from ..models.loading import model_device
+from ..models.mlp import SIGNALS, MLPAdapter, backbone, find_mlps
+from ..progress import ProgressCallback, report
+from ..tokens import encode_documents, padded_batches
 
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 _F16_MAX = float(np.finfo(np.float16).max)

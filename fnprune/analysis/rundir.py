@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import RunDirError
-from .io import read_safetensors, write_safetensors
+from ..errors import RunDirError
+from ..io import read_safetensors, write_safetensors
 
 # time courses at least this large are memory-mapped on load (the default model's 40-document run,
 # 157 MB, is read: one component's detail then takes no page faults)
@@ -65,7 +65,9 @@ def save_run(fn, run_dir: str | Path) -> Path:
     return run_dir
 
 
-def load_run(run_dir: str | Path):
+def load_run(run_dir: str | Path) -> dict:
+    """The keyword arguments of :class:`~fnprune.analysis.networks.FunctionalNetworks` stored in
+    ``run_dir`` (``FunctionalNetworks.load`` builds it; this module never imports networks)."""
     run_dir = Path(run_dir)
     needed = ["run.json", "networks.safetensors", "tokens.json", "documents.json"]
     missing = [n for n in needed if not (run_dir / n).exists()]
@@ -87,17 +89,15 @@ def load_run(run_dir: str | Path):
     except (ValueError, OSError) as exc:
         raise RunDirError(f"{run_dir}: damaged run directory ({exc})") from exc
     info.pop("format", None)
-    from .networks import FunctionalNetworks
-
-    return FunctionalNetworks(maps=arrays["maps"], component_layer=arrays["component_layer"],
-               component_index=arrays["component_index"], component_run=arrays["component_run"],
-               stability=arrays["stability"], token_text=tokens,
-               time_courses=arrays["time_courses_t"].T if "time_courses_t" in arrays else arrays["time_courses"],
-               token_doc=arrays["token_doc"], token_pos=arrays["token_pos"], documents=documents,
-               info=info, labels=labels, names=names, atlas=atlas,
-               # run dirs written before the seed-robust score lack these three: plain max |z| then
-               stable=arrays["stable"].astype(bool) if "stable" in arrays else None,
-               component_unit=arrays.get("component_unit"),
-               # "unit_residual": the name in run dirs written before the unresolved-energy rename
-               unit_unresolved=arrays.get("unit_unresolved_energy", arrays.get("unit_residual")),
-               reproduced=arrays.get("reproduced"))
+    return dict(maps=arrays["maps"], component_layer=arrays["component_layer"],
+           component_index=arrays["component_index"], component_run=arrays["component_run"],
+           stability=arrays["stability"], token_text=tokens,
+           time_courses=arrays["time_courses_t"].T if "time_courses_t" in arrays else arrays["time_courses"],
+           token_doc=arrays["token_doc"], token_pos=arrays["token_pos"], documents=documents,
+           info=info, labels=labels, names=names, atlas=atlas,
+           # run dirs written before the seed-robust score lack these three: plain max |z| then
+           stable=arrays["stable"].astype(bool) if "stable" in arrays else None,
+           component_unit=arrays.get("component_unit"),
+           # "unit_residual": the name in run dirs written before the unresolved-energy rename
+           unit_unresolved=arrays.get("unit_unresolved_energy", arrays.get("unit_residual")),
+           reproduced=arrays.get("reproduced"))

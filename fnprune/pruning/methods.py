@@ -1,7 +1,7 @@
 """The pruning methods: one record each, in a registry. The only place a method's name is compared.
 
 A method chooses the neurons to keep *inside* a layer by a score (higher = keep); the recipe
-(:func:`fnprune.recipe.prune_with_networks`) sizes the layers (the allocation), keeps the chosen
+(:func:`fnprune.pruning.recipe.prune_with_networks`) sizes the layers (the allocation), keeps the chosen
 networks' key neurons, prunes and repairs. A :class:`Method` says everything the recipe, ``compare``,
 the CLI and the web app need to know about one:
 
@@ -11,7 +11,7 @@ the CLI and the web app need to know about one:
   across layers when the method ranks the layers together, its own allocation);
 - ``statistics``: what its scores read from the calibration documents: nothing, per-neuron
   statistics of ``down``'s input (mean, variance, L2 norm), plus their plain second moments, or plus
-  the residual-weighted moments (:class:`fnprune.prune.DownInputStats`); ``repair_moments``: which
+  the residual-weighted moments (:class:`fnprune.pruning.statistics.DownInputStats`); ``repair_moments``: which
   second moments its least-squares repair re-fits on (obs: the weighted ones it selected with);
 - ``native_repair`` (the compensation it comes with: ``compare``'s "native"), ``unrepaired`` (what
   ``--no-repair`` means for it), ``default_allocation``;
@@ -27,18 +27,18 @@ a choice of the CLI, of ``compare``, of the web API (``GET /api/options``, ``POS
 and of the web form, with no other edit (tests/fnprune/test_methods.py registers a toy one).
 
 This module imports no torch at import time (the score functions import the maths when called), so
-:mod:`fnprune.options` and the web API's schemas can list the methods without loading it.
+the CLI's parser and the web API's schemas can list the methods (:data:`METHODS`) without loading it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .errors import ConfigError
-from .options import ALLOCATIONS, DEFAULT_RIDGE, REPAIRS
+from ..errors import ConfigError
+from ..options import ALLOCATIONS, DEFAULT_RIDGE, REPAIRS
 
 # what a method's scores read from the calibration documents (all collected on the dense model)
 NO_STATISTICS = "none"
@@ -47,16 +47,16 @@ SECOND_MOMENTS = "second-moments"  # and E[x xᵀ] per layer
 WEIGHTED_MOMENTS = "weighted-moments"  # and the residual-weighted E_w[x xᵀ], E_w[x] (DownInputStats.weighted)
 STATISTICS = (NO_STATISTICS, PER_NEURON, SECOND_MOMENTS, WEIGHTED_MOMENTS)
 REPAIR_MOMENTS = ("plain", "weighted")
-NETWORK_SCORES = ("networks", "paper")  # fnprune.selection.neuron_scores' kinds a method can be
+NETWORK_SCORES = ("networks", "paper")  # fnprune.pruning.selection.neuron_scores' kinds a method can be
 REFUSABLE = ("sequential", "heads_fraction")  # PruningSpec options a method may refuse
 
 
 @dataclass
 class ScoreInputs:
-    """What a score function may read. ``stats``: :class:`fnprune.prune.DownInputStats` holding what
+    """What a score function may read. ``stats``: :class:`fnprune.pruning.statistics.DownInputStats` holding what
     the method's ``statistics`` asked for (None for ``"none"``); ``forced``: per layer, bool masks of
     the neurons that must stay (the chosen networks' key neurons) or None; ``protected``: layers kept
-    whole (a method may skip scoring them); ``calibration``: the :class:`fnprune.recipe.Calibration`
+    whole (a method may skip scoring them); ``calibration``: the :class:`fnprune.pruning.calibration.Calibration`
     the statistics came from (its caches), or None."""
 
     model: Any
@@ -157,6 +157,60 @@ def get(name: str) -> Method:
         raise ConfigError(f"method: unknown {name!r}; choose from {', '.join(_REGISTRY)}", field="method") from None
 
 
+# -- the methods' names: live views of the registry (argparse's choices, the API's validation and
+# GET /api/options read them when they run, so a method registered at run time is in them at once)
+class LiveNames(Sequence[str]):
+    """A read-only, tuple-like view of names that can grow (the method registry): ``in``, iteration,
+    ``len``, indexing, ``", ".join(...)`` and ``==`` with a tuple all see the current names."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]):
+        self._names = names
+
+    def _now(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    def __getitem__(self, index):
+        return self._now()[index]
+
+    def __len__(self) -> int:
+        return len(self._now())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._now())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._now()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return self._now() == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # it changes
+
+    def __repr__(self) -> str:
+        return repr(self._now())
+
+
+class _LiveHelp(Mapping[str, str]):
+    """``{method name: help}`` of the registered methods (a live view)."""
+
+    def __getitem__(self, name: str) -> str:
+        return _REGISTRY[name].help
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_REGISTRY)
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+
+METHODS = LiveNames(lambda: _REGISTRY)
+NETWORK_METHODS = LiveNames(lambda: (n for n, m in _REGISTRY.items() if m.needs_networks))
+BASELINES = LiveNames(lambda: (n for n, m in _REGISTRY.items() if m.baseline))  # METHOD.md §2's baselines
+METHOD_HELP: Mapping[str, str] = _LiveHelp()
+
+
 # -- the score functions (higher = keep) ------------------------------------------------------------
 def _zscored(scores: list) -> list:
     """Each layer's scores z-scored, so one ranking across layers compares them (the own allocation)."""
@@ -173,7 +227,7 @@ def _network_scores(kind: str) -> ScoreFunction:
 
 
 def _obs(inputs: ScoreInputs) -> list:
-    from .prune import obs_scores
+    from .scores import obs_scores
 
     cal = inputs.calibration
     if cal is not None and cal._down is inputs.stats:  # the calibration's cache of greedy orders
@@ -183,25 +237,25 @@ def _obs(inputs: ScoreInputs) -> list:
 
 
 def _flap(inputs: ScoreInputs) -> list:
-    from .prune import flap_scores
+    from .scores import flap_scores
 
     return flap_scores(inputs.model, inputs.stats)  # z-scored within each layer
 
 
 def _random(inputs: ScoreInputs) -> list:
-    from .prune import random_scores
+    from .scores import random_scores
 
     return random_scores(inputs.model, inputs.seed)
 
 
 def _magnitude(inputs: ScoreInputs) -> list:
-    from .prune import magnitude_scores
+    from .scores import magnitude_scores
 
     return _zscored(magnitude_scores(inputs.model))
 
 
 def _wanda_sp(inputs: ScoreInputs) -> list:
-    from .prune import wanda_sp_scores
+    from .scores import wanda_sp_scores
 
     return _zscored(wanda_sp_scores(inputs.model, inputs.stats))
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CorpusError
-from .mlp import parameter_counts
-from .models import model_device
-from .progress import ProgressCallback, report
-from .tokens import encode_documents, padded_batches
+from ..errors import CorpusError
+from ..models.loading import model_device
+from ..models.mlp import parameter_counts
+from ..progress import ProgressCallback, report
+from ..tokens import encode_documents, padded_batches
 
 DEFAULT_PROMPTS = (
     "The capital of France is",

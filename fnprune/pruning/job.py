@@ -1,0 +1,226 @@
+"""One pruning job, start to end: load -> split -> calibrate -> prune -> save -> evaluate -> fidelity
+-> comparisons. ``fnprune prune`` and the web app's worker both call :func:`prune_job`; they only turn
+their input into a :class:`~fnprune.pruning.spec.PruningSpec` and a :class:`PruneJob`, and report
+the :class:`PruneJobResult` (text for the CLI; the API's JSON, masks and HTML report for the worker).
+
+What differs between them is passed in, not re-implemented: how the model is loaded (the worker's
+device, allowed directories, remote code), what ``pruning.json`` records besides the outcome
+(``describe``, given the :class:`PruneJobResult` so far), the dense model's evaluation (the worker caches it per model and documents), and
+progress and cancellation (the progress callback may raise :class:`fnprune.progress.Cancelled`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..corpus import load_split
+from ..evaluation import metrics
+from ..evaluation.fidelity import most_stable_networks, network_fidelity
+from ..models.mlp import find_mlps
+from ..models.pruned_io import save_pruned
+from ..options import DEFAULT_MAX_TOKENS
+from ..progress import ProgressCallback, report
+from .calibration import Calibration
+from .recipe import PruningOutcome, prune_with_networks
+from .spec import PruningSpec, unrepaired
+
+EVAL_TOKENS_PER_DOC = DEFAULT_MAX_TOKENS  # METHOD.md §2: each held-out document's first 512 tokens
+LoadModel = Callable[[str], tuple[Any, Any]]
+Describe = Callable[["PruneJobResult"], dict]
+
+
+@dataclass
+class PruneJob:
+    """Everything a pruning job needs besides the networks and the spec.
+
+    ``corpus``/``genres``/``sampling``: where the documents come from; ``n_calibration`` documents x
+    ``calibration_tokens`` tokens are calibrated on, ``n_heldout`` held-out ones evaluated on (the
+    corpus' 1-in-10 split, :func:`fnprune.corpus.load_split`). ``fidelity``: None (none), ``"chosen"``
+    (the chosen networks, else the 20 most stable) or a number N (the chosen networks, else the N most
+    stable); measured on ``fidelity_docs`` held-out documents (default all) with ``fidelity_tokens``.
+    ``evaluate``: perplexity, size, speed, memory and generations of both models (dense by
+    ``dense_evaluation`` when given); ``unrepaired`` / ``baselines``: prune copies of the dense model
+    without the repair / with each baseline at the method's MLP budget, and measure their perplexity.
+    """
+
+    model_spec: str
+    corpus: str
+    out: str | Path
+    n_calibration: int
+    calibration_tokens: int = DEFAULT_MAX_TOKENS
+    n_heldout: int = 0
+    genres: list[str] | None = None
+    sampling: str = "first"
+    batch_size: int = 4
+    load_model: LoadModel | None = None
+    describe: Describe | None = None
+    overwrite: bool = False
+    fidelity: str | int | None = None
+    fidelity_docs: int | None = None
+    fidelity_tokens: int = DEFAULT_MAX_TOKENS
+    evaluate: bool = False
+    dense_evaluation: Callable[..., dict] | None = None
+    unrepaired: bool = False
+    baselines: Sequence[str] = ()
+
+
+@dataclass
+class PruneJobResult:
+    """What :func:`prune_job` did: the outcome, where the model went, what was measured."""
+
+    spec: PruningSpec
+    outcome: PruningOutcome
+    model_dir: Path
+    n_calibration: int
+    heldout: list
+    calibration: list
+    notes: list[str] = field(default_factory=list)
+    fidelity: list | None = None
+    fidelity_scope: str | None = None
+    dense_eval: dict | None = None
+    pruned_eval: dict | None = None
+    dense_param_bytes: int | None = None
+    comparisons: list[dict] = field(default_factory=list)
+    baseline_budget: dict | None = None
+
+
+def prune_job(networks, spec: PruningSpec, job: PruneJob, progress: ProgressCallback | None = None,
+              notes: Sequence[str] = ()) -> PruneJobResult:
+    """Run one pruning job (see the module docstring); ``notes``: the caller's notes on the request
+    (added before the recipe's and announced, with them, as ``prune`` progress)."""
+    from ..models.loading import load_model
+
+    spec = spec.validated(have_networks=True)  # refused before the corpus or the model is loaded
+    report(progress, "load", 0.0, "loading the corpus")
+    calibration, heldout = load_split(job.corpus, job.n_calibration, job.n_heldout, genres=job.genres,
+                                      sampling=job.sampling)
+    report(progress, "load", 0.3, f"loading model {job.model_spec}")
+    model, tokenizer = (job.load_model or load_model)(job.model_spec)
+    report(progress, "load", 1.0, f"{len(calibration)} calibration documents"
+                                  + (f" (of {job.n_calibration} requested: the corpus has no more)"
+                                     if len(calibration) < job.n_calibration else "")
+                                  + f" x {job.calibration_tokens} tokens, {len(heldout)} held-out documents")
+    keep_dense = bool(job.evaluate or job.fidelity or job.unrepaired or job.baselines)
+    dense = copy.deepcopy(model) if keep_dense else None
+    calib = Calibration(tokenizer, calibration, job.calibration_tokens, job.batch_size,
+                        requested_docs=job.n_calibration)
+    outcome = prune_with_networks(model, networks, spec, calib, progress=progress)
+    result = PruneJobResult(spec=outcome.spec, outcome=outcome, model_dir=Path(job.out), heldout=heldout,
+                            calibration=calibration, n_calibration=job.n_calibration,
+                            notes=[*notes, *outcome.notes])
+    for note in result.notes:  # announced in the progress too, not only in the result
+        report(progress, "prune", 1.0, f"note: {note}")
+
+    if job.fidelity:
+        ids, result.fidelity_scope = _fidelity_ids(networks, spec, job.fidelity)
+        docs = heldout if job.fidelity_docs is None else heldout[:job.fidelity_docs]
+        result.fidelity = network_fidelity(dense, model, tokenizer, docs, networks, ids, outcome.keep,
+                                           max_tokens=job.fidelity_tokens, batch_size=job.batch_size,
+                                           progress=stage_progress(progress, "fidelity"))
+    report(progress, "save", 0.0, "saving the pruned model")
+    info = job.describe(result) if job.describe else outcome.info()
+    result.model_dir = save_pruned(model, tokenizer, job.out, info, overwrite=job.overwrite)
+    report(progress, "save", 1.0, "saved")
+
+    if job.evaluate:
+        if job.dense_evaluation is not None:
+            result.dense_eval = job.dense_evaluation(dense, tokenizer, heldout, stage_progress(progress, "evaluate dense"))
+        else:
+            result.dense_eval = evaluate_for_job(dense, tokenizer, heldout, stage_progress(progress, "evaluate dense"))
+        dense_ppl = {w: p["ppl"] for w, p in result.dense_eval["perplexity"].items()}
+        result.pruned_eval = evaluate_for_job(model, tokenizer, heldout, stage_progress(progress, "evaluate pruned", dense_ppl),
+                                              model_dir=result.model_dir)
+        result.dense_param_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
+    del model
+    if job.unrepaired or job.baselines:
+        result.comparisons, result.baseline_budget = comparisons(
+            dense, networks, outcome, calib, tokenizer, heldout, unrepaired_row=job.unrepaired and spec.repair == "lstsq",
+            baselines=job.baselines, progress=progress)
+        if job.baselines and result.baseline_budget["mlp_neurons_removed"] == 0:
+            result.notes.append("no baseline was run: the method removed no MLP neuron")
+    return result
+
+
+def evaluate_for_job(model, tokenizer, heldout: list, progress: ProgressCallback | None = None,
+                     model_dir: Path | None = None) -> dict:
+    """A job's evaluation (METHOD.md §2's protocol): per-genre perplexity at 512 and 128 token windows
+    on each held-out document's first :data:`EVAL_TOKENS_PER_DOC` tokens, batch-1 speed, memory,
+    generations (:func:`fnprune.evaluation.metrics.evaluate_model`)."""
+    return metrics.evaluate_model(model, tokenizer, heldout, batch_sizes=(1,), model_dir=model_dir, per_label=True,
+                                  max_tokens_per_doc=EVAL_TOKENS_PER_DOC, progress=progress)
+
+
+def removed_neurons(outcome: PruningOutcome, dense_model) -> tuple[int, int]:
+    """(MLP neurons removed, their parameters) -- without the biases a repair adds."""
+    per_neuron = [a.params_per_neuron for a in find_mlps(dense_model)]
+    gone = [o - w for o, w in zip(outcome.original_widths, outcome.widths, strict=True)]
+    return int(sum(gone)), int(sum(g * p for g, p in zip(gone, per_neuron, strict=True)))
+
+
+def comparisons(dense, networks, outcome: PruningOutcome, calibration: Calibration, tokenizer, heldout: list, *,
+                unrepaired_row: bool, baselines: Sequence[str], progress: ProgressCallback | None = None
+                ) -> tuple[list[dict], dict | None]:
+    """The same choice without the least-squares repair, and the baselines, each pruned on a copy of
+    ``dense`` with the same calibration and measured by held-out perplexity. A baseline removes the MLP
+    neurons' parameters the method removed (the same number of neurons) and no attention head, so it is
+    compared on the MLP choice alone, never with a larger MLP budget standing in for the method's pruned
+    heads. Returns ``(rows, the baselines' budget or None)``; rows carry ``name`` ("without repair" or
+    "<method> (<allocation>)"), method, allocation, repair, ppl, ratio_total, ratio_mlp, mlp_neurons_removed."""
+    spec = outcome.spec
+    steps: list[tuple[str, PruningSpec]] = []
+    if unrepaired_row:
+        steps.append(("without repair", replace(spec, repair=unrepaired(spec.method), sequential=False)))
+    n_removed, removed_params = removed_neurons(outcome, dense)
+    budget_record = None
+    if baselines:
+        budget_record = {
+            "mlp_neurons_removed": n_removed, "mlp_params_removed": removed_params, "heads": "not pruned",
+            "description": "each baseline removes as many MLP neurons as the method"
+                           + (" and no attention head (the method's pruned heads are not part of its budget)"
+                              if outcome.kv_heads is not None else "")}
+    budget = {"target_ratio": removed_params / outcome.dense_mlp_params, "threshold": None, "ratio_of": "mlp"}
+    for method in baselines if n_removed > 0 else ():
+        for allocation in ("own", "networks"):
+            steps.append((f"{method} ({allocation})", replace(spec, method=method, allocation=allocation,
+                                                              heads_fraction=None, **budget)))
+    rows = []
+    for i, (name, step_spec) in enumerate(steps):
+        report(progress, "baselines", i / len(steps), name)
+        other = copy.deepcopy(dense)
+        other_outcome = prune_with_networks(other, networks, step_spec, calibration)
+        ppl = metrics.perplexity(other, tokenizer, heldout, max_tokens_per_doc=EVAL_TOKENS_PER_DOC)["ppl"]
+        rows.append({"name": name, "method": step_spec.method, "allocation": step_spec.resolved_allocation,
+                     "repair": step_spec.repair, "ppl": ppl, "ratio_total": other_outcome.removed_fraction,
+                     "ratio_mlp": other_outcome.removed_mlp_fraction,
+                     "mlp_neurons_removed": removed_neurons(other_outcome, dense)[0]})
+        del other
+    if steps:
+        report(progress, "baselines", 1.0, "done")
+    return rows, budget_record
+
+
+def _fidelity_ids(networks, spec: PruningSpec, fidelity: str | int) -> tuple[list[int], str]:
+    """The networks whose fidelity is measured, and how they were chosen."""
+    if spec.networks is not None:
+        return list(spec.networks), "chosen"
+    n = 20 if fidelity == "chosen" else int(fidelity)
+    return most_stable_networks(networks, n), f"{n} most stable"
+
+
+def stage_progress(progress: ProgressCallback | None, stage: str, dense_ppl: dict[str, float] | None = None):
+    """``progress`` renamed to ``stage``; with ``dense_ppl`` (window -> PPL) the running perplexity
+    messages (library stage ``ppl@<window>``) also name the dense model's."""
+    if progress is None:
+        return None
+
+    def inner(lib_stage: str, fraction: float, message: str = "") -> None:
+        window = lib_stage.removeprefix("ppl@")
+        if dense_ppl and message and window in dense_ppl:
+            message = f"{message}; dense model {dense_ppl[window]:.2f}"
+        report(progress, stage, fraction, message)
+
+    return inner
