@@ -113,3 +113,24 @@ def test_the_names_the_readme_imports_exist():
         loaded = importlib.import_module(module)
         for name in (n.strip() for n in names.split(",")):
             assert getattr(loaded, name) is not None, f"{module}.{name}"
+
+
+ROOMS = ("models", "analysis", "pruning", "evaluation", "cli")  # each may import the floor and the rooms before it
+ALLOWED_BACK_EDGES = {  # one-way at module level, named in ARCHITECTURE.md
+    ("fnprune.analysis.networks", "fnprune.pruning.selection"),
+    ("fnprune.pruning.job", "fnprune.evaluation.fidelity"),
+    ("fnprune.pruning.job", "fnprune.evaluation.metrics"),
+}
+
+
+def _room(module: str) -> int:
+    """-1 for the floor (fnprune's top-level modules), else the room's place in ROOMS."""
+    parts = module.split(".")
+    return ROOMS.index(parts[1]) if len(parts) > 2 or (len(parts) == 2 and parts[1] in ROOMS) else -1
+
+
+def test_rooms_import_the_floor_and_earlier_rooms_only():
+    graph = import_graph()
+    back = sorted((a, t) for a, targets in graph.items() for t in targets
+                  if a not in ("fnprune", "fnprune.__main__") and _room(t) > _room(a) and _room(a) != _room(t) and (a, t) not in ALLOWED_BACK_EDGES)
+    assert back == []
