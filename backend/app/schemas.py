@@ -36,6 +36,8 @@ from fnprune.options import (
 )
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# the tensor types of GET /api/prunings/{id}/download/gguf: fnprune.export_gguf.GGUF_TYPES (tested equal)
+GgufType = Literal["f16", "q8_0", "f32"]
 
 
 def _not_a_bool(value: Any) -> Any:
