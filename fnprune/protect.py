@@ -185,3 +185,55 @@ def control_mask(counts: Sequence[int], kind: str, *, activity_b: np.ndarray | N
         if c:
             out[layer, np.argsort(-score[layer], kind="stable")[:c]] = True
     return out
+
+
+# -- what the CLI and the web app call ---------------------------------------------------------------
+DEFAULT_PROTECT_NETWORKS = 20   # BENCHMARKS.md §10: how many networks a protection forces by default
+DEFAULT_PROTECT_DOCS = 20       # documents of the protected corpus its activity is measured on
+
+
+def parse_protect(value: str) -> tuple[str, list[str] | None]:
+    """``"CORPUS[:GENRES]"`` -> ``(corpus, genres or None)``: ``"brown:news,fiction"``,
+    ``"pydoc"``, ``"texts.jsonl:code"``. An ``hf:`` corpus takes no genres (its colons are its own)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError("protect: give a corpus, e.g. pydoc or brown:learned", field="protect")
+    value = value.strip()
+    if value.startswith("hf:") or ":" not in value:
+        return value, None
+    corpus, genres = value.rsplit(":", 1)
+    names = [g.strip() for g in genres.split(",") if g.strip()]
+    if not corpus.strip() or not names:
+        raise ConfigError(f"protect: expected CORPUS[:GENRE,GENRE...], got {value!r}", field="protect")
+    return corpus.strip(), names
+
+
+def protect_documents(value: str, n_docs: int = DEFAULT_PROTECT_DOCS) -> tuple[list, list]:
+    """``(selection, heldout)`` documents of the protected corpus ``"CORPUS[:GENRES]"``: the held-out
+    split (index % 10 == 0) is kept for evaluation, the first ``n_docs`` of the rest (genres
+    interleaved) choose the networks."""
+    from .corpus import load_corpus, split_heldout
+
+    if isinstance(n_docs, bool) or not isinstance(n_docs, int) or n_docs < 1:
+        raise ConfigError(f"protect: the number of documents must be a positive integer, got {n_docs!r}",
+                          field="protect_docs")
+    corpus, genres = parse_protect(value)
+    docs = load_corpus(corpus, genres=genres, sampling="stratified")
+    selection, heldout = split_heldout(docs) if len(docs) >= 10 else (docs, [])
+    return selection[:n_docs], heldout
+
+
+def protect_proposal(model: nn.Module, tokenizer, fn, calibration, docs_b, n: int = DEFAULT_PROTECT_NETWORKS, *,
+                     spec=None, progress=None) -> Proposal:
+    """The ``n`` networks most selective (rule ``activity``) for ``docs_b`` against the calibration text.
+
+    The calibration's statistics give A's activity (``spec``: collect in the same pass whatever that
+    pruning will need, so the calibration text is read once)."""
+    from .recipe import check_networks_match
+
+    check_networks_match(fn, model)
+    if spec is not None:
+        calibration.prepare(model, [spec], progress)
+    activity_a = activity_from_stats(calibration.down_stats(model, second_moments=False))
+    activity_b = domain_activity(model, tokenizer, docs_b, max_tokens=calibration.max_tokens,
+                                 batch_size=calibration.batch_size)
+    return propose_networks(fn, n, rule="activity", activity_b=activity_b, activity_a=activity_a)

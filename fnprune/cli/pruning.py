@@ -16,6 +16,7 @@ from pathlib import Path
 from ..errors import ConfigError, RunDirError
 from ..progress import tqdm_progress
 from ._args import add_batch_options, int_list
+from .protect import add_protect_options, apply_protect
 
 
 def _run_model_spec(fn) -> str | None:
@@ -95,9 +96,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     calib, heldout = _calibration(args.corpus, args.calib_docs)  # a corpus error stops before the model loads
     model, tokenizer = load_model(model_spec)
     dense = copy.deepcopy(model) if args.fidelity else None
-    outcome = prune_with_networks(model, fn, spec, Calibration(tokenizer, calib, args.max_tokens, args.batch_size,
-                                                                requested_docs=args.calib_docs), progress)
-    info = {"source_model": model_spec, "run_dir": str(run_dir.absolute()), **outcome.info(),
+    calibration = Calibration(tokenizer, calib, args.max_tokens, args.batch_size, requested_docs=args.calib_docs)
+    spec, protected = apply_protect(args, spec, model, tokenizer, fn, calibration, progress)  # --protect
+    outcome = prune_with_networks(model, fn, spec, calibration, progress)
+    info = {"source_model": model_spec, "run_dir": str(run_dir.absolute()), **outcome.info(), "protect": protected,
             "networks": None if spec.networks is None else list(spec.networks), "threshold": spec.threshold,
             "target_ratio": spec.target_ratio, "uniform": spec.resolved_allocation == "uniform",
             "bias": spec.repair != "none", "heads_fraction": spec.heads_fraction}
@@ -259,6 +261,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--overwrite", action="store_true")
+    add_protect_options(p)
     add_batch_options(p)
     p.set_defaults(func=cmd_prune)
 
