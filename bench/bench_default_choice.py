@@ -4,7 +4,9 @@
     python bench/bench_default_choice.py --split test           # report here
 
 Candidates are ``method:calibration documents`` (x 512 tokens), each with the least-squares repair
-(for ``obs`` its selection is that fit). The same evaluation documents for every candidate, so the
+(for ``obs`` its selection is that fit); ``method+seq:n`` is the same with sequential calibration
+(each layer's repair -- and for obs its choice inside the layer -- on the model whose lower layers
+are already pruned and repaired; the widths from the one-shot pass). The same evaluation documents for every candidate, so the
 comparison is paired: the validation split is ``split_validation(docs, 120)`` (index % 10 == 5,
 disjoint from every calibration set tried and from the held-out documents), the test split is the
 first 20 held-out documents (index % 10 == 0) of §3b. Each document is scored alone on its first
@@ -18,6 +20,14 @@ earlier version of the library (``PYTHONPATH=<checkout of that commit>``) on the
 The rule, written before the validation run: the default is the candidate with the lowest
 validation perplexity at both 0.2 and 0.3 whose paired interval against the first candidate (the
 previous default, flap:40) lies below 1 at both; otherwise the previous default stays.
+
+Sequential vs one-shot obs (issue 21; rule written before the run of 2026-12-06):
+
+    python bench/bench_default_choice.py --split validation --candidates obs:120,obs+seq:120
+
+sequential becomes the default mode if its validation perplexity is lower at both 0.2 and 0.3 and
+its paired interval against one-shot obs lies below 1 at both; otherwise one-shot stays (it costs
+one calibration pass less).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import time
 from pathlib import Path
 
@@ -39,6 +50,7 @@ def main() -> None:
     parser.add_argument("--units-out", type=Path, default=None, help="save per-document NLL of every row here")
     parser.add_argument("--pair-with", type=Path, default=None,
                         help="a --units-out file of an earlier run: pair each row with its same candidate and ratio")
+    parser.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/default_choice_<split>.json)")
     args = parser.parse_args()
     candidates = [(c.split(":")[0], int(c.split(":")[1])) for c in args.candidates.split(",")]
     ratios = [float(r) for r in args.ratios.split(",")]
@@ -72,13 +84,14 @@ def main() -> None:
         for ratio in ratios:
             pruned = copy.deepcopy(model)
             t0 = time.perf_counter()
-            prune_with_networks(pruned, None, PruningSpec(method=method, target_ratio=ratio, repair="lstsq"),
+            prune_with_networks(pruned, None, PruningSpec(method=method.removesuffix("+seq"), target_ratio=ratio,
+                                                          repair="lstsq", sequential=method.endswith("+seq")),
                                 calibrations[n])
             seconds = time.perf_counter() - t0
             res[method, n, ratio] = r = per_document_perplexity(pruned, tok, evaluation, window=512, keep_units=True)
             pair = paired_ratio(r, res[(*candidates[0], ratio)])
             key = f"{method}:{n}:{ratio}"
-            rows.append({"method": method, "calib_docs": n, "ratio": ratio, "ppl": r["ppl"],
+            rows.append({"method": method, "calib_docs": n, "loadavg": os.getloadavg(), "ratio": ratio, "ppl": r["ppl"],
                          "x_dense": r["ppl"] / dense["ppl"], "paired_vs_first": pair, "prune_s": seconds,
                          "x_dense_interval": paired_ratio(r, dense)})
             if key in earlier:
@@ -94,7 +107,8 @@ def main() -> None:
                                                               if k in ("ppl", "unit_nll", "unit_tokens")}
                                               for (m, n, r) in res} | {"dense": {k: dense[k] for k in
                                                                         ("ppl", "unit_nll", "unit_tokens")}}))
-    out = Path("bench/results") / f"default_choice_{args.split}{'' if args.corpus == 'brown' else '_' + args.corpus}.json"
+    out = args.out or (Path("bench/results") /
+                       f"default_choice_{args.split}{'' if args.corpus == 'brown' else '_' + args.corpus}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"split": args.split, "n_docs": len(evaluation), "dense_ppl": dense["ppl"],
                                "rows": rows}, indent=1))

@@ -75,15 +75,30 @@ def run_measured(cmd: list[str], log: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-2000:]}")
     stages: dict[str, list[float]] = {}
+    per_layer: dict[str, list[float]] = {}  # stage: seconds between consecutive "layer N" events
+    previous: dict[str, float] = {}
     if log.exists():
         for line in log.read_text().splitlines():
             e = json.loads(line)
             first_last = stages.setdefault(e["stage"], [e["t"], e["t"]])
             first_last[1] = e["t"]
+            if str(e.get("message", "")).startswith("layer "):
+                if e["stage"] in previous:
+                    per_layer.setdefault(e["stage"], []).append(round(e["t"] - previous[e["stage"]], 2))
+                previous[e["stage"]] = e["t"]
     return {"cmd": " ".join(cmd[2:]), "wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss / 1024 ** 2, 2),
+            "per_layer_s": per_layer, "loadavg_end": os.getloadavg(),
             "stages_s": {k: round(v[1] - v[0], 1) for k, v in stages.items()},
             "before_first_stage_s": round(min(v[0] for v in stages.values()) - start, 1) if stages else None,
             "stdout_tail": out[-1500:]}
+
+
+def _inv_seconds(width: int, repeat: int = 3) -> float:
+    """Median seconds of one float64 ``torch.linalg.inv`` of an ``(I+1)²`` SPD matrix (the floor of an exact OBS layer)."""
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn((width + 1, width + 1), generator=gen, dtype=torch.float64)
+    A = X @ X.T / width + torch.eye(width + 1, dtype=torch.float64)
+    return round(_median_time(lambda: torch.linalg.inv(A), repeat), 3)
 
 
 def _median_time(fn, repeat: int = 3) -> float:
@@ -180,17 +195,27 @@ def main(argv=None) -> int:
         for name in args.models.split(","):
             model = "smollm2-135m" if name == "135m" else str(make_1b_model(args.out / "llama-1b-shaped"))
             run, pruned = args.out / f"run-{name}", args.out / f"pruned-{name}"
+            load_start = os.getloadavg()
             analyze = run_measured(fnprune + ["analyze", "--model", model, "--corpus", "brown", "--texts", str(args.docs),
                                               "--max-tokens", str(args.max_tokens), "--out", str(run)],
                                    args.out / f"progress-analyze-{name}.jsonl")
+            inv_before = _inv_seconds(SHAPES["1b"][2] if name == "1b" else 1536)
             prune = run_measured(fnprune + ["prune", str(run), "--model", model, "--corpus", "brown", "--target-ratio",
                                             "0.2", "--calib-docs", str(args.docs), "--max-tokens", str(args.max_tokens),
                                             "--heldout-docs", "4", "--fidelity", "0", "--out", str(pruned),
                                             "--overwrite"],
                                  args.out / f"progress-prune-{name}.jsonl")
+            floor = {"inv_float64_s_before": inv_before,
+                     "inv_float64_s_after": _inv_seconds(SHAPES["1b"][2] if name == "1b" else 1536)}
+            select = prune["per_layer_s"].get("select", [])
+            if select:  # the pruning stage's time per layer against the floor (issue 21 item 4: <= 3x)
+                floor["select_s_per_layer_median"] = float(np.median(select))
+                floor["select_over_inv"] = round(floor["select_s_per_layer_median"] /
+                                                 min(floor["inv_float64_s_before"], floor["inv_float64_s_after"]), 2)
             weights_gb = sum(p.stat().st_size for p in Path(model).glob("*.safetensors")) / 1024 ** 3 \
                 if name != "135m" else None
-            result["runs"][name] = {"analyze": analyze, "prune": prune, "float32_weights_gb": weights_gb}
+            result["runs"][name] = {"analyze": analyze, "prune": prune, "float32_weights_gb": weights_gb,
+                                    "floor": floor, "loadavg_start": load_start}
             (args.out / "scale.json").write_text(json.dumps(result, indent=1))
     (args.out / "scale.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))

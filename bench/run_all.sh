@@ -42,4 +42,10 @@ $T "$PY" bench/bench_recipe.py "$OUT/recipe" > "$OUT/recipe.log" 2>&1
 if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     "$PY" bench/gpu_check.py --out "$OUT/gpu_check.json" > "$OUT/gpu_check.log" 2>&1
 fi
+# 11. speed where people run models: dense vs obs 20% / 30% (per-layer and uniform) in llama.cpp and transformers
+"$PY" bench/bench_speed.py build --work "$OUT/speed" > "$OUT/speed_build.log" 2>&1
+"$PY" bench/bench_speed.py time --work "$OUT/speed" --out "$OUT/speed.json" > "$OUT/speed.log" 2>&1
+# the dense model's held-out perplexity under each protocol the tables use
+"$PY" bench/bench_dense_ppl.py --out "$OUT/dense_ppl_protocols.json" > "$OUT/dense_ppl.log" 2>&1
+"$PY" bench/check_numbers.py
 echo "results in $OUT"

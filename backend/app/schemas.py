@@ -35,6 +35,8 @@ from fnprune.options import (
 from fnprune.pruning.methods import BASELINES, METHODS
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# the tensor types of GET /api/prunings/{id}/download/gguf: fnprune.models.export_gguf.GGUF_TYPES (tested equal)
+GgufType = Literal["f16", "q8_0", "f32"]
 
 
 def _not_a_bool(value: Any) -> Any:

@@ -9,6 +9,7 @@
     fnprune prune / evaluate / compare     (see fnprune/cli/pruning.py)
     fnprune export-gguf MODEL_DIR OUT.gguf [--type f32|f16|q8_0]   (llama.cpp; fnprune/cli/export.py)
     fnprune serve [--host H] [--port P]    (API + worker; runs the backend in its own process)
+    fnprune ablate RUN_DIR --networks 12,40   (zero networks in the dense model; fnprune/cli/protect.py)
 
 Each module registers its subcommands (``add_subcommands``); every subcommand sets
 ``func(args) -> int``. Errors are :class:`fnprune.errors.FnpruneError`, printed as one line
@@ -21,7 +22,7 @@ import argparse
 import sys
 
 from ..errors import FnpruneError
-from . import analysis, export, pruning, serve
+from . import analysis, export, protect, pruning, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     analysis.add_subcommands(subparsers)
     pruning.add_subcommands(subparsers)
     export.add_subcommands(subparsers)
+    protect.add_subcommands(subparsers)
     serve.add_subcommands(subparsers)
     return parser
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import ConfigError, RunDirError
 from ..progress import tqdm_progress
 from ._args import add_batch_options, int_list, job_progress
+from .protect import add_protect_options, apply_protect
 
 
 def _run_model_spec(fn) -> str | None:
@@ -80,11 +81,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if model_spec is None:
         raise RunDirError(f"{run_dir} does not name the model it was computed on; pass --model")
 
+    protected: dict = {}
+
+    def protect(spec, model, tokenizer, calibration, progress):  # --protect: adds the proposed networks
+        spec, protected["info"] = apply_protect(args, spec, model, tokenizer, fn, calibration, progress)
+        return spec
+
     def describe(done) -> dict:  # what pruning.json records besides the outcome
         info = {"source_model": model_spec, "run_dir": str(run_dir.absolute()), **done.outcome.info(),
-                "networks": None if spec.networks is None else list(spec.networks), "threshold": spec.threshold,
-                "target_ratio": spec.target_ratio, "uniform": spec.resolved_allocation == "uniform",
-                "bias": spec.repair != "none", "heads_fraction": spec.heads_fraction}
+                "protect": protected.get("info"),
+                "networks": None if done.spec.networks is None else list(done.spec.networks),
+                "threshold": done.spec.threshold, "target_ratio": done.spec.target_ratio,
+                "uniform": done.spec.resolved_allocation == "uniform", "bias": done.spec.repair != "none",
+                "heads_fraction": done.spec.heads_fraction}
         if done.fidelity is not None:
             info["fidelity"] = [vars(f) for f in done.fidelity]
         return info
@@ -92,7 +101,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     job = PruneJob(model_spec=model_spec, corpus=args.corpus, out=args.out, n_calibration=args.calib_docs,
                    calibration_tokens=args.max_tokens, n_heldout=args.heldout_docs if args.fidelity else 0,
                    batch_size=args.batch_size, describe=describe, overwrite=args.overwrite,
-                   fidelity=args.fidelity or None, fidelity_tokens=args.max_tokens)
+                   fidelity=args.fidelity or None, fidelity_tokens=args.max_tokens, adjust_spec=protect)
     done = prune_job(fn, spec, job, job_progress(args.quiet))
     print(report_pruning(done.outcome, done.fidelity))
     print(f"-> {done.model_dir}")
@@ -243,6 +252,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--overwrite", action="store_true")
+    add_protect_options(p)
     add_batch_options(p)
     p.set_defaults(func=cmd_prune)
 

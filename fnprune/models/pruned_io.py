@@ -133,7 +133,7 @@ def _check_modeling_file_fits(model: nn.Module, stock_cls: type) -> None:
     if expected != have:
         wrong = sorted(key for key in expected.keys() | have.keys() if expected.get(key) != have.get(key))
         raise ConfigError(f"cannot save {type(model).__name__}: its config does not describe its tensors "
-                          f"({len(wrong)} differ, e.g. {wrong[0]}); prune with fnprune.prune, which records "
+                          f"({len(wrong)} differ, e.g. {wrong[0]}); prune with fnprune, which records "
                           "per-layer widths and added biases in the config")
 
 

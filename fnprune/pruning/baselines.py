@@ -20,7 +20,7 @@ from .surgery import prune_model
 def baseline_scores(method: str, model: nn.Module, stats: DownInputStats | None = None,
                     seed: int = 0) -> list[np.ndarray]:
     """Scores of one of :data:`BASELINES` (``random``, ``magnitude``, ``wanda-sp``, ``flap``): its
-    record's score function (:mod:`fnprune.methods`), as the recipe ranks them across layers
+    record's score function (:mod:`fnprune.pruning.methods`), as the recipe ranks them across layers
     (magnitude's and Wanda-sp's z-scored within each layer, FLAP's standardised)."""
     from .methods import ScoreInputs
     from .methods import get as get_method

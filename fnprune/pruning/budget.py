@@ -51,7 +51,7 @@ def check_target_ratio(target_ratio) -> float:
 
 def ratio_base(counts: dict, ratio_of: str = "all") -> int:
     """The parameter count a target ratio is a fraction of: all parameters, the MLPs' or all but the
-    embeddings (``counts``: :func:`fnprune.mlp.parameter_counts` or a run's ``info["model"]``)."""
+    embeddings (``counts``: :func:`fnprune.models.mlp.parameter_counts` or a run's ``info["model"]``)."""
     if ratio_of == "all":
         return int(counts["total_params"])
     if ratio_of == "mlp":

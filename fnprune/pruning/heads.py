@@ -166,7 +166,7 @@ def _slice_rows(proj: nn.Linear, idx: torch.Tensor) -> None:
 
 @dataclass
 class _OutputProjection:
-    """``o_proj`` seen as :func:`fnprune.repair.refit_down` sees an MLP: the projection whose input
+    """``o_proj`` seen as :func:`fnprune.pruning.repair.refit_down` sees an MLP: the projection whose input
     columns are re-fitted (it reads only ``down``)."""
 
     down: nn.Module
@@ -184,8 +184,8 @@ def prune_heads(model: nn.Module, keep_kv_heads: Sequence, *, bias: AttentionInp
       ``W_o[:, pruned] @ mean(x[pruned])``);
     - ``repair``: statistics collected with ``second_moments=True``: ``o_proj``'s columns of the kept
       channels and a bias are re-fitted by ridge least squares to the dense ``o_proj`` output on the
-      calibration tokens -- the closed form of the MLP repair (:func:`fnprune.repair.refit_down`,
-      ridge ``ridge`` × mean diagonal); each layer's :class:`~fnprune.repair.LayerFit` goes into
+      calibration tokens -- the closed form of the MLP repair (:func:`fnprune.pruning.repair.refit_down`,
+      ridge ``ridge`` × mean diagonal); each layer's :class:`~fnprune.pruning.repair.LayerFit` goes into
       ``fits`` when given.
 
     An ``o_proj`` bias is added where there was none (then to every layer; ``config.fnprune_o_bias``).

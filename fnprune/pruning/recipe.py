@@ -159,17 +159,20 @@ def _within_scores(spec: PruningSpec, model: nn.Module, fn, stats: DownInputStat
 
 
 def choose_keep(spec: PruningSpec, model: nn.Module, fn, stats: DownInputStats | None, chosen_from=None,
-                calibration: Calibration | None = None, progress: ProgressCallback | None = None
-                ) -> tuple[list[np.ndarray], list[int], float | None]:
+                calibration: Calibration | None = None, progress: ProgressCallback | None = None,
+                forced: np.ndarray | None = None) -> tuple[list[np.ndarray], list[int], float | None]:
     """Per-layer kept indices, the protected layers and the score threshold the allocation amounts to.
 
     ``chosen_from``: the networks the ids of ``spec.networks`` refer to (default ``fn``).
-    ``calibration``: where ``stats`` came from (its cache of obs orders is used)."""
+    ``calibration``: where ``stats`` came from (its cache of obs orders is used).
+    ``forced``: ``(n_layers, width)`` bool, more neurons kept whatever the method (with the chosen
+    networks' key neurons)."""
     adapters = find_mlps(model)
     ppn = [a.params_per_neuron for a in adapters]
     n_layers = len(adapters)
     owner = chosen_from if chosen_from is not None else fn
-    forced = list(forced_mask(owner, spec.networks)) if owner is not None else None
+    chosen_forced = list(forced_mask(owner, spec.networks)) if owner is not None else None
+    forced = _merge_forced(chosen_forced, forced, [a.width for a in adapters])
     alloc = spec.resolved_allocation
     protected = [] if alloc == "uniform" else sorted(
         protected_set(fn, spec.protected_layers) if fn is not None else resolve_protected(spec.protected_layers, n_layers))
@@ -192,8 +195,22 @@ def choose_keep(spec: PruningSpec, model: nn.Module, fn, stats: DownInputStats |
     return keep, protected, None
 
 
+def _merge_forced(chosen: list[np.ndarray] | None, extra: np.ndarray | None, widths: list[int]
+                  ) -> list[np.ndarray] | None:
+    """The chosen networks' key neurons OR ``extra`` (``(n_layers, width)`` bool), per layer."""
+    if extra is None:
+        return chosen
+    extra = np.asarray(extra)
+    if extra.dtype != bool or extra.shape != (len(widths), max(widths)):
+        raise ConfigError(f"forced neurons must be a ({len(widths)}, {max(widths)}) bool mask, got "
+                          f"{extra.dtype} {extra.shape}", field="forced")
+    rows = [extra[layer, :w] for layer, w in enumerate(widths)]
+    return rows if chosen is None else [c | e for c, e in zip(chosen, rows, strict=True)]
+
+
 def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Calibration | None = None,
-                        progress: ProgressCallback | None = None, *, chosen_from=None) -> PruningOutcome:
+                        progress: ProgressCallback | None = None, *, chosen_from=None,
+                        forced: np.ndarray | None = None) -> PruningOutcome:
     """Prune ``model`` in place as ``spec`` says, keeping every key neuron of the chosen networks.
 
     ``fn``: the :class:`~fnprune.analysis.networks.FunctionalNetworks` of this (dense) model, or None for a
@@ -201,11 +218,15 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
     the statistics FLAP, Wanda-sp, the bias and the repair need (required when the spec needs them).
     ``chosen_from``: the networks whose ids ``spec.networks`` names, when not ``fn`` (``compare``
     prunes ``paper`` with a one-run analysis but keeps the networks a user chose in the main one).
+    ``forced``: ``(n_layers, width)`` bool, neurons kept whatever the method besides the chosen
+    networks' key neurons (a control of :mod:`fnprune.pruning.protect`: neurons chosen without ICA).
     Every check runs before the model is touched.
     """
     spec = spec.validated(fn is not None)
     if fn is not None:
         check_networks_match(fn, model)
+    if forced is not None and spec.sequential:
+        raise ConfigError("forced neurons are not available with sequential calibration", field="forced")
     dense = parameter_counts(model)
     needs_stats, second_moments, weighted = stats_needed(spec)
     if (needs_stats or spec.heads_fraction) and calibration is None:
@@ -215,7 +236,8 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
         stats = calibration.down_stats(model, second_moments=second_moments, progress=renamed(progress, "calibrate"),
                                        weighted=weighted)
     report(progress, "select", 0.0, f"{spec.method}: choosing neurons")
-    keep, protected, threshold = choose_keep(spec, model, fn, stats, chosen_from, calibration, progress=progress)
+    keep, protected, threshold = choose_keep(spec, model, fn, stats, chosen_from, calibration, progress=progress,
+                                             forced=forced)
     owner = chosen_from if chosen_from is not None else fn
     if chosen_from is not None:
         check_networks_match(chosen_from, model)
@@ -223,6 +245,9 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
     lost = [c for c in chosen if c.n_kept < c.n_key]
     if lost:  # the recipe's promise: never reached unless a bug slipped in
         raise AssertionError(f"chosen networks lost key neurons: {lost}")
+    if forced is not None and any(not np.isin(np.flatnonzero(np.asarray(forced)[layer]), k).all()
+                                  for layer, k in enumerate(keep)):
+        raise AssertionError("forced neurons were removed")
     report(progress, "select", 1.0, "done")
 
     kv_heads = None

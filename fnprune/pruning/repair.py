@@ -229,7 +229,9 @@ def obs_removal_order(weight: torch.Tensor, second_moment: torch.Tensor, mean: t
     H.diagonal()[:n] += ridge_lambda(second_moment, ridge)
     floor = 1.0 / torch.diagonal(H)                                     # P[k, k] ≥ 1 / H[k, k], exactly
     L = _cholesky(H, layer, "the (ridged) second moment of down's input")
+    del H                                                               # one (I+1)² matrix fewer at the peak
     P = torch.cholesky_solve(torch.eye(n + 1, dtype=dtype, device=device), L)  # H⁻¹ (its lower triangle is read)
+    del L
     Wz = _dense_map_on_z(W)
     Q = Wz.T @ Wz                                                       # VᵀV of the current re-fitted map V
     greedy = _Greedy(P, Q, floor, forced_z, n_remove, layer)

@@ -77,7 +77,7 @@ def obs_scores(model: nn.Module, stats: DownInputStats, forced: Sequence[np.ndar
                progress: ProgressCallback | None = None) -> list[np.ndarray]:
     """Structured-OBS scores (higher = keep), comparable across layers, from the residual-weighted moments.
 
-    Each layer's neurons are ordered by :func:`fnprune.repair.obs_removal_order` (greedy least rise
+    Each layer's neurons are ordered by :func:`fnprune.pruning.repair.obs_removal_order` (greedy least rise
     of the re-fitted output error, never removing ``forced``); a neuron's score is the running
     maximum of the costs up to its removal, times the layer's mean token weight -- ``E_t[w_t e_t²]``,
     the error relative to the residual stream, so one global ranking allocates the layers. Scores

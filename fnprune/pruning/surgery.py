@@ -111,8 +111,8 @@ def prune_model(model: nn.Module, keep, *, bias: DownInputStats | Sequence[torch
     - ``repair``: statistics collected with ``second_moments=True``: ``down``'s kept columns and a
       bias are re-fitted by ridge least squares to the dense layer's output, the ridge (``ridge`` ×
       the mean diagonal over all the layer's neurons) pulling the kept columns toward the dense ones
-      (:func:`fnprune.repair.refit_down`: the objective obs selects by); each layer's
-      :class:`~fnprune.repair.LayerFit` goes into ``fits`` when given.
+      (:func:`fnprune.pruning.repair.refit_down`: the objective obs selects by); each layer's
+      :class:`~fnprune.pruning.repair.LayerFit` goes into ``fits`` when given.
 
     A bias is added where the layer had none (and then to every layer, zero where nothing changed).
     The config gets the new width (``intermediate_size`` / ``ffn_dim`` / ``n_inner``); when the
@@ -156,7 +156,7 @@ def prune_model(model: nn.Module, keep, *, bias: DownInputStats | Sequence[torch
 @torch.no_grad()
 def repair_layer(adapter: MLPAdapter, keep_idx: torch.Tensor, second_moment: torch.Tensor, mean: torch.Tensor,
                  ridge: float = DEFAULT_RIDGE) -> LayerFit:
-    """Re-fit one dense layer's ``down`` on its kept neurons (:func:`fnprune.repair.refit_down`), add the
+    """Re-fit one dense layer's ``down`` on its kept neurons (:func:`fnprune.pruning.repair.refit_down`), add the
     fitted bias and remove the other neurons, in place. The moments are of that layer's ``down`` input
     on the calibration tokens. Call :func:`finish_pruning` once every layer is done."""
     fit = refit_down(adapter, keep_idx, second_moment, mean, ridge)

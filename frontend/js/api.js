@@ -25,6 +25,7 @@ export const urls = {
   job: (kind, id) => `/api/${kind}/${seg(id)}`,
   jobEvents: (kind, id) => `${urls.job(kind, id)}/events`,
   download: (kind, id, artifact) => `${urls.job(kind, id)}/download/${seg(artifact)}`,
+  gguf: (id, type = "f16") => withQuery(urls.download("prunings", id, "gguf"), { type }),
   networks: (id) => `${urls.job("analyses", id)}/networks`,
   network: (id, k, threshold = null) => withQuery(`${urls.networks(id)}/${seg(k)}`, { threshold }),
   maps: (id, threshold = null) => withQuery(`${urls.job("analyses", id)}/maps`, { threshold }),

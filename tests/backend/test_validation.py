@@ -39,6 +39,8 @@ BAD_REQUESTS = [
     ("post", "/api/prunings", {"json": {"analysis_id": "x", "baselines": ["sparsegpt"]}}, 422, "baselines.0"),
     ("get", "/api/prunings/nope", {}, 404, None),
     ("get", "/api/prunings/nope/download/model", {}, 404, None),
+    ("get", "/api/prunings/nope/download/gguf", {}, 404, None),
+    ("get", "/api/prunings/nope/download/gguf?type=q4_k", {}, 422, "type"),
     ("get", "/api/prunings/nope/events", {}, 404, None),
     ("post", "/api/corpora", {}, 422, "file"),
     ("post", "/api/corpora", {"files": {"file": ("x.txt", b"\x00\x01\x02binary" * 10)}}, 422, "file"),

@@ -68,7 +68,7 @@ def test_analyze_with_a_seed_check(tmp_path, capsys):
 def test_every_subcommand_is_registered():
     """No subcommand may silently disappear (an import error is an error, not a shorter command list)."""
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["analyze", "compare", "evaluate", "export", "export-gguf", "fetch-data", "mask",
+    assert sorted(sub.choices) == ["ablate", "analyze", "compare", "evaluate", "export", "export-gguf", "fetch-data", "mask",
                                    "networks", "prune", "serve"]
     for name, parser in sub.choices.items():
         assert callable(parser.get_default("func")), name

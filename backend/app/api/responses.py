@@ -30,3 +30,7 @@ ANALYSIS_DOWNLOADS = {200: _files("masks: JSON; maps: gzipped NIfTI; labels: FSL
 PRUNING_DOWNLOADS = {200: _files("model: a zip of the pruned model directory; report: HTML; masks: JSON",
                                  "application/zip", "text/html", "application/json"),
                      **error_responses(404, 409, 410)}
+PRUNING_GGUF = {200: _files("the pruned model as one GGUF file for llama.cpp (architecture llama when every layer "
+                           "has the same MLP width and head counts, deci with per-layer arrays otherwise), "
+                           "exported on the first request and kept", "application/octet-stream"),
+                **error_responses(400, 404, 409, 410, 422)}

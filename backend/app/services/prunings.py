@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import shutil
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -276,11 +277,40 @@ def finished_dir(settings: Settings, store: JobStore, job_id: str) -> Path:
 
 def artifact_path(settings: Settings, store: JobStore, job_id: str, name: str) -> Path:
     if name not in ARTIFACTS:
-        raise ApiError(404, f"no artifact {name!r}; choose one of {', '.join(ARTIFACTS)}", "artifact")
+        raise ApiError(404, f"no artifact {name!r}; choose one of {', '.join((*ARTIFACTS, 'gguf'))}", "artifact")
     job_dir = finished_dir(settings, store, job_id)
     path = job_dir / {"model": "model", "report": "report.html", "masks": "masks.json"}[name]
     if not path.exists():
         raise ApiError(410, f"pruning {job_id}: {name} is gone from the server")
+    return path
+
+
+_gguf_locks: dict[Path, threading.Lock] = {}
+_gguf_locks_guard = threading.Lock()
+
+
+def gguf_path(settings: Settings, store: JobStore, job_id: str, out_type: str = "f16") -> Path:
+    """The pruned model as one GGUF file of ``out_type`` (``fnprune.models.export_gguf``), exported on the first
+    request into the job's directory (``model-<type>.gguf``, written to a temporary name and renamed) and
+    reused after. One export at a time per file in this process; concurrent processes each write their
+    own temporary file and the last rename wins (the files are equal). A model the export cannot write
+    (not LLaMA-family, a tensor with no GGUF name) is refused with 400 and the library's reason."""
+    model_dir = artifact_path(settings, store, job_id, "model")
+    path = model_dir.parent / f"model-{out_type}.gguf"
+    with _gguf_locks_guard:
+        lock = _gguf_locks.setdefault(path, threading.Lock())
+    with lock:
+        if path.is_file():
+            return path
+        from fnprune.errors import FnpruneError
+        from fnprune.io import atomic_path
+        from fnprune.models.export_gguf import export_gguf
+
+        try:
+            with atomic_path(path) as tmp:
+                export_gguf(model_dir, tmp, out_type=out_type, overwrite=True)
+        except FnpruneError as err:
+            raise ApiError(400, f"pruning {job_id} cannot be exported as GGUF: {err}", "artifact") from err
     return path
 
 

@@ -220,6 +220,12 @@ function renderResults(root, id, job, ctx) {
       label: "Pruned model (zip)",
       note: el("div", el("span", { text: "A Hugging Face model directory. Unzip it, then load it with transformers:" }), el("div.snippet", el("pre", el("code#load-snippet", { text: snippet || "AutoModelForCausalLM.from_pretrained(\"<unzipped folder>\")" })), snippet ? copy : null)),
     },
+    {
+      path: urls.gguf(id),
+      filename: `fnprune-${id}-model-f16.gguf`,
+      label: "GGUF (llama.cpp, f16)",
+      note: el("span", "One file for llama.cpp, Ollama, LM Studio or node-llama-cpp (architecture llama when every layer has the same width, deci otherwise), written on the first download. Or run ", el("code", { text: "fnprune export-gguf MODEL_DIR out.gguf --type q8_0" }), " on the unzipped folder."),
+    },
     { path: urls.download("prunings", id, "masks"), filename: `fnprune-${id}-masks.json`, label: "Kept neurons (JSON)", note: "Per layer, the indices of the MLP neurons that were kept; apply them to the dense model to reproduce the pruning." },
     { path: urls.download("prunings", id, "report"), filename: `fnprune-${id}-report.html`, label: "Comparison report (HTML)", note: "Self-contained comparison report: perplexity, size, speed, baselines and generations." },
   ]);

@@ -1,12 +1,12 @@
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, StreamingResponse
 
 from ...core.errors import error_responses
-from ...schemas import Job, PruningRequest
+from ...schemas import GgufType, Job, PruningRequest
 from ...services import prunings
 from ...services.lookup import job_or_404
 from ..deps import EnqueueDep, SettingsDep, StoreDep
-from ..responses import EVENTS, PRUNING_DOWNLOADS
+from ..responses import EVENTS, PRUNING_DOWNLOADS, PRUNING_GGUF
 from .analyses import cancel, events
 
 router = APIRouter(prefix="/prunings", tags=["prunings"])
@@ -35,6 +35,16 @@ def cancel_pruning(job_id: str, store: StoreDep) -> dict:
 @router.get("/{job_id}/events", response_class=StreamingResponse, responses=EVENTS)
 def pruning_events(job_id: str, settings: SettingsDep, store: StoreDep) -> StreamingResponse:
     return events(store, settings, job_id, "pruning")
+
+
+@router.get("/{job_id}/download/gguf", response_class=FileResponse, responses=PRUNING_GGUF)
+def download_gguf(job_id: str, settings: SettingsDep, store: StoreDep,
+                  out_type: GgufType = Query(default="f16", alias="type", description=(
+                      "tensor type: f16 (matrices f16, norms and biases f32), q8_0 (matrices whose rows are a "
+                      "multiple of 32 quantised, others f16) or f32"))) -> FileResponse:
+    """The pruned model as a GGUF file for llama.cpp, Ollama, LM Studio or node-llama-cpp."""
+    path = prunings.gguf_path(settings, store, job_id, out_type)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"fnprune-{job_id}-{path.name}")
 
 
 @router.get("/{job_id}/download/{artifact}", response_model=None, response_class=StreamingResponse,
