@@ -97,7 +97,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(model_spec)
     dense = copy.deepcopy(model) if args.fidelity else None
     calibration = Calibration(tokenizer, calib, args.max_tokens, args.batch_size, requested_docs=args.calib_docs)
-    spec, protected = apply_protect(args, spec, model, tokenizer, fn, calibration, progress)  # --protect
+    spec, calibration, protected = apply_protect(args, spec, model, tokenizer, fn, calibration, progress)
     outcome = prune_with_networks(model, fn, spec, calibration, progress)
     info = {"source_model": model_spec, "run_dir": str(run_dir.absolute()), **outcome.info(), "protect": protected,
             "networks": None if spec.networks is None else list(spec.networks), "threshold": spec.threshold,
