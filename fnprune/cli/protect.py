@@ -20,12 +20,19 @@ from ._args import add_batch_options, int_list
 # -- prune --protect ---------------------------------------------------------------------------------
 def add_protect_options(p: argparse.ArgumentParser) -> None:
     """The ``--protect`` flags of ``fnprune prune``."""
-    from fnprune.pruning.protect import DEFAULT_PROTECT_DOCS, DEFAULT_PROTECT_NETWORKS
+    from ..pruning.protect import (
+        DEFAULT_PROTECT_BY,
+        DEFAULT_PROTECT_DOCS,
+        DEFAULT_PROTECT_NETWORKS,
+        PROTECT_BY,
+    )
 
     p.add_argument("--protect", default=None, metavar="CORPUS[:GENRES]",
-                   help="keep this text working too (e.g. pydoc, brown:learned, texts.jsonl): force the key neurons "
-                        "of the networks most selective for it against the calibration text (printed); "
-                        "BENCHMARKS.md §10 measures when that pays")
+                   help="keep this text working too (e.g. pydoc, brown:learned, texts.jsonl); see --protect-by")
+    p.add_argument("--protect-by", choices=PROTECT_BY, default=DEFAULT_PROTECT_BY,
+                   help="calibration: replace about 10%% of the calibration tokens by the protected text (default: "
+                        "measured best, BENCHMARKS.md §10); networks: force the key neurons of the networks most "
+                        "selective for it against the calibration text (printed)")
     p.add_argument("--protect-networks", type=int, default=DEFAULT_PROTECT_NETWORKS, metavar="N",
                    help=f"how many networks --protect forces (default {DEFAULT_PROTECT_NETWORKS})")
     p.add_argument("--protect-docs", type=int, default=DEFAULT_PROTECT_DOCS, metavar="N",
@@ -34,19 +41,27 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
 
 
 def apply_protect(args: argparse.Namespace, spec, model, tokenizer, fn, calibration, progress=None):
-    """``(spec with the proposed networks added to its choice, info for pruning.json)``; prints the choice.
-    ``(spec, None)`` without ``--protect``."""
+    """``(spec, calibration, info for pruning.json)`` for ``--protect``: with ``--protect-by networks`` the
+    proposed networks join the spec's choice; with ``calibration`` the calibration documents are mixed
+    with the protected ones. Prints what it did. Unchanged and None without ``--protect``."""
     if not getattr(args, "protect", None):
-        return spec, None
-    from fnprune.pruning.protect import protect_documents, protect_proposal
+        return spec, calibration, None
+    from ..pruning.protect import mixed_calibration, protect_documents, protect_proposal
 
     docs, _ = protect_documents(args.protect, args.protect_docs)
+    if args.protect_by == "calibration":
+        mixed, counts = mixed_calibration(calibration.docs, docs, tokenizer, calibration.max_tokens)
+        print(f"protecting {args.protect}: calibrating on {counts['calibration_docs']} calibration documents + "
+              f"{counts['protect_docs']} of it ({counts['protect_tokens']:,} of {counts['tokens']:,} tokens)")
+        return (spec, replace(calibration, docs=mixed, requested_docs=len(mixed)),
+                {"corpus": args.protect, "by": "calibration"} | counts)
     proposal = protect_proposal(model, tokenizer, fn, calibration, docs, args.protect_networks, spec=spec,
                                 progress=progress)
     chosen = sorted(set(spec.networks or ()) | set(proposal.networks))
     print(f"protecting {args.protect}: networks {', '.join(map(str, proposal.networks))} (the {len(proposal.networks)} "
           f"most selective for it against the calibration text; {proposal.n_forced} key neurons forced)")
-    return replace(spec, networks=tuple(chosen)), {"corpus": args.protect, "docs": len(docs)} | proposal.as_dict()
+    return (replace(spec, networks=tuple(chosen)), calibration,
+            {"corpus": args.protect, "by": "networks", "docs": len(docs)} | proposal.as_dict())
 
 
 # -- ablate ------------------------------------------------------------------------------------------

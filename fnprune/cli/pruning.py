@@ -83,9 +83,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     protected: dict = {}
 
-    def protect(spec, model, tokenizer, calibration, progress):  # --protect: adds the proposed networks
-        spec, protected["info"] = apply_protect(args, spec, model, tokenizer, fn, calibration, progress)
-        return spec
+    def protect(spec, model, tokenizer, calibration, progress):  # --protect: networks or mixed calibration
+        spec, calibration, protected["info"] = apply_protect(args, spec, model, tokenizer, fn, calibration, progress)
+        return spec, calibration
 
     def describe(done) -> dict:  # what pruning.json records besides the outcome
         info = {"source_model": model_spec, "run_dir": str(run_dir.absolute()), **done.outcome.info(),
@@ -101,7 +101,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     job = PruneJob(model_spec=model_spec, corpus=args.corpus, out=args.out, n_calibration=args.calib_docs,
                    calibration_tokens=args.max_tokens, n_heldout=args.heldout_docs if args.fidelity else 0,
                    batch_size=args.batch_size, describe=describe, overwrite=args.overwrite,
-                   fidelity=args.fidelity or None, fidelity_tokens=args.max_tokens, adjust_spec=protect)
+                   fidelity=args.fidelity or None, fidelity_tokens=args.max_tokens, adjust=protect)
     done = prune_job(fn, spec, job, job_progress(args.quiet))
     print(report_pruning(done.outcome, done.fidelity))
     print(f"-> {done.model_dir}")

@@ -45,8 +45,9 @@ class PruneJob:
     ``evaluate``: perplexity, size, speed, memory and generations of both models (dense by
     ``dense_evaluation`` when given); ``unrepaired`` / ``baselines``: prune copies of the dense model
     without the repair / with each baseline at the method's MLP budget, and measure their perplexity.
-    ``adjust_spec(spec, model, tokenizer, calibration, progress) -> spec``: called once the model and the
-    calibration documents are loaded, before the recipe (the CLI's ``--protect`` adds networks there).
+    ``adjust(spec, model, tokenizer, calibration, progress) -> (spec, calibration)``: called once the model
+    and the calibration documents are loaded, before the recipe (the CLI's ``--protect`` adds networks or
+    mixes the calibration documents there).
     """
 
     model_spec: str
@@ -68,7 +69,7 @@ class PruneJob:
     dense_evaluation: Callable[..., dict] | None = None
     unrepaired: bool = False
     baselines: Sequence[str] = ()
-    adjust_spec: Callable[..., PruningSpec] | None = None
+    adjust: Callable[..., tuple] | None = None
 
 
 @dataclass
@@ -111,8 +112,8 @@ def prune_job(networks, spec: PruningSpec, job: PruneJob, progress: ProgressCall
     dense = copy.deepcopy(model) if keep_dense else None
     calib = Calibration(tokenizer, calibration, job.calibration_tokens, job.batch_size,
                         requested_docs=job.n_calibration)
-    if job.adjust_spec is not None:  # e.g. ``--protect``: networks proposed on the loaded model, added to the choice
-        spec = job.adjust_spec(spec, model, tokenizer, calib, progress)
+    if job.adjust is not None:  # e.g. ``--protect``: networks proposed on the loaded model, or mixed calibration
+        spec, calib = job.adjust(spec, model, tokenizer, calib, progress)
     outcome = prune_with_networks(model, networks, spec, calib, progress=progress)
     result = PruneJobResult(spec=outcome.spec, outcome=outcome, model_dir=Path(job.out), heldout=heldout,
                             calibration=calibration, n_calibration=job.n_calibration,

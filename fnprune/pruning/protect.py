@@ -238,3 +238,36 @@ def protect_proposal(model: nn.Module, tokenizer, fn, calibration, docs_b, n: in
     activity_b = domain_activity(model, tokenizer, docs_b, max_tokens=calibration.max_tokens,
                                  batch_size=calibration.batch_size)
     return propose_networks(fn, n, rule="activity", activity_b=activity_b, activity_a=activity_a)
+
+
+PROTECT_BY = ("calibration", "networks")
+DEFAULT_PROTECT_BY = "calibration"  # BENCHMARKS.md §10: it beat the networks and their controls on the protected text
+DEFAULT_PROTECT_SHARE = 0.1
+
+
+def mixed_calibration(calib_docs, protect_docs, tokenizer, max_tokens: int, share: float = DEFAULT_PROTECT_SHARE
+                      ) -> tuple[list, dict]:
+    """The calibration documents with about ``share`` of their tokens replaced by protected documents
+    (the same token budget; BENCHMARKS.md §10's condition (e)): the last ``round(share x n)`` (at least
+    one) calibration documents are dropped and protected documents added until their tokens are
+    replaced. Returns ``(documents, {"calibration_docs", "protect_docs", "protect_tokens", "tokens"})``."""
+    from fnprune.tokens import encode_documents
+
+    if not 0 < share < 1:
+        raise ConfigError(f"protect: the share of calibration tokens must be between 0 and 1, got {share!r}",
+                          field="protect_share")
+    calib_docs, protect_docs = list(calib_docs), list(protect_docs)
+    if len(calib_docs) < 2 or not protect_docs:
+        raise ConfigError("protect: mixing needs at least 2 calibration documents and 1 protected document",
+                          field="protect")
+    n_keep = len(calib_docs) - max(1, round(share * len(calib_docs)))
+    lengths = [len(s) for s in encode_documents(tokenizer, calib_docs, max_tokens, min_tokens=0)]
+    budget = sum(lengths[n_keep:])
+    added, used = [], 0
+    for doc, seq in zip(protect_docs, encode_documents(tokenizer, protect_docs, max_tokens, min_tokens=0), strict=True):
+        if used >= budget:
+            break
+        added.append(doc)
+        used += len(seq)
+    return calib_docs[:n_keep] + added, {"calibration_docs": n_keep, "protect_docs": len(added),
+                                         "protect_tokens": used, "tokens": sum(lengths[:n_keep]) + used}

@@ -45,12 +45,12 @@ def test_prune_protect_forces_the_proposed_networks(setup, tmp_path, capsys):
     spec = f"{protected}:code"
     capsys.readouterr()
     assert main(["prune", str(run), "--target-ratio", "0.05", "--corpus", "pydoc", "--calib-docs", "8",
-                 "--max-tokens", "48", "--fidelity", "0", "--quiet", "--protect", spec, "--protect-networks", "3",
+                 "--max-tokens", "48", "--fidelity", "0", "--quiet", "--protect", spec, "--protect-by", "networks", "--protect-networks", "3",
                  "--protect-docs", "6", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     info = json.loads((out / "pruning.json").read_text())
     prot = info["protect"]
-    assert prot["corpus"] == spec and prot["rule"] == "activity" and prot["docs"] == 6
+    assert prot["corpus"] == spec and prot["by"] == "networks" and prot["rule"] == "activity" and prot["docs"] == 6
     assert len(prot["networks"]) == 3
     assert f"protecting {spec}: networks {', '.join(map(str, prot['networks']))}" in text
     assert f"{prot['n_forced']} key neurons forced" in text
@@ -73,6 +73,46 @@ def test_prune_protect_forces_the_proposed_networks(setup, tmp_path, capsys):
     assert sorted(c["id"] for c in info["chosen_networks"]) == sorted(proposal.networks)
     assert all(c["n_kept"] == c["n_key"] for c in info["chosen_networks"])
     assert sum(c["n_key"] for c in info["chosen_networks"]) >= prot["n_forced"] > 0
+
+
+def test_mixed_calibration_replaces_about_a_tenth_of_the_tokens():
+    from fnprune.corpus import Document
+    from fnprune.models import load_model
+    from fnprune.pruning.protect import mixed_calibration
+    from fnprune.tokens import encode_documents
+
+    _, tok = load_model("tiny-llama")
+    calib = [Document(str(i), "calibration text " * (3 + i)) for i in range(20)]
+    code = [Document(f"c{i}", CODE[i % 4], "code") for i in range(30)]
+    mixed, counts = mixed_calibration(calib, code, tok, 48)
+    n = lambda docs: sum(len(s) for s in encode_documents(tok, docs, 48))  # noqa: E731
+    assert mixed[:18] == calib[:18] and mixed[18:] == code[:counts["protect_docs"]]
+    assert counts["calibration_docs"] == 18 and counts["protect_tokens"] == n(code[:counts["protect_docs"]])
+    budget = n(calib[18:])
+    assert n(code[:counts["protect_docs"]]) >= budget > n(code[:counts["protect_docs"] - 1])  # just enough
+    assert counts["tokens"] == n(calib[:18]) + counts["protect_tokens"]
+    for share in (0, 1, 1.5):
+        with pytest.raises(ConfigError):
+            mixed_calibration(calib, code, tok, 48, share=share)
+    with pytest.raises(ConfigError):
+        mixed_calibration(calib[:1], code, tok, 48)
+
+
+def test_prune_protect_by_calibration(setup, tmp_path, capsys):
+    run, protected = setup
+    out = tmp_path / "model"
+    capsys.readouterr()
+    assert main(["prune", str(run), "--target-ratio", "0.05", "--corpus", "pydoc", "--calib-docs", "10",
+                 "--max-tokens", "48", "--fidelity", "0", "--quiet", "--protect", f"{protected}:code",
+                 "--protect-docs", "6", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    info = json.loads((out / "pruning.json").read_text())
+    prot = info["protect"]
+    assert prot["by"] == "calibration" and prot["calibration_docs"] == 9 and prot["protect_docs"] >= 1
+    assert info["calibration_docs"]["used"] == 9 + prot["protect_docs"]
+    assert info["chosen_networks"] == []  # nothing forced
+    assert (f"calibrating on 9 calibration documents + {prot['protect_docs']} of it "
+            f"({prot['protect_tokens']:,} of {prot['tokens']:,} tokens)") in text
 
 
 def test_ablate_command(setup, tmp_path, capsys):
@@ -102,7 +142,7 @@ def test_ablate_command(setup, tmp_path, capsys):
     (["prune", "RUN", "--protect", "pydoc:", "--out", "OUT"], "protect: expected CORPUS"),
     (["prune", "RUN", "--protect", "nonsense", "--calib-docs", "2", "--max-tokens", "16", "--out", "OUT"],
      "unknown corpus"),
-    (["prune", "RUN", "--protect", "pydoc", "--protect-networks", "0", "--corpus", "pydoc", "--calib-docs", "2",
+    (["prune", "RUN", "--protect", "pydoc", "--protect-by", "networks", "--protect-networks", "0", "--corpus", "pydoc", "--calib-docs", "2",
       "--max-tokens", "16", "--fidelity", "0", "--out", "OUT"], "must be a positive integer"),
 ])
 def test_errors_are_one_line(setup, tmp_path, argv, message):
