@@ -68,7 +68,9 @@ def run_measured(cmd: list[str], log: Path) -> dict:
     env = dict(os.environ, FNPRUNE_PROGRESS_LOG=str(log))
     start = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    hwm = _HighWaterMark(proc.pid)
     out = proc.stdout.read()
+    hwm.stop()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.time() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -86,11 +88,38 @@ def run_measured(cmd: list[str], log: Path) -> dict:
                 if e["stage"] in previous:
                     per_layer.setdefault(e["stage"], []).append(round(e["t"] - previous[e["stage"]], 2))
                 previous[e["stage"]] = e["t"]
-    return {"cmd": " ".join(cmd[2:]), "wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss / 1024 ** 2, 2),
+    return {"cmd": " ".join(cmd[2:]), "wall_s": round(wall, 1), "peak_rss_gb": round(hwm.kib / 1024 ** 2, 2),
+            "ru_maxrss_gb": round(usage.ru_maxrss / 1024 ** 2, 2),
             "per_layer_s": per_layer, "loadavg_end": os.getloadavg(),
             "stages_s": {k: round(v[1] - v[0], 1) for k, v in stages.items()},
             "before_first_stage_s": round(min(v[0] for v in stages.values()) - start, 1) if stages else None,
             "stdout_tail": out[-1500:]}
+
+
+class _HighWaterMark:
+    """The child's peak RSS as ``VmHWM`` of its own image, polled until it closes its output. ``wait4``'s
+    ``ru_maxrss`` is kept as well, but it also counts the memory this (large) process had when it forked."""
+
+    def __init__(self, pid: int, every: float = 0.5):
+        import threading
+
+        self.pid, self.kib, self._done = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _poll(self, every: float) -> None:
+        while not self._done.is_set():
+            try:
+                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.kib = max(self.kib, int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            self._done.wait(every)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def _inv_seconds(width: int, repeat: int = 3) -> float:
