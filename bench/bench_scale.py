@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backend.serve import die_with_parent
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # name: (layers, hidden, MLP width, query heads, KV heads)
     "1b": (16, 2048, 8192, 32, 8),
@@ -67,7 +69,8 @@ def run_measured(cmd: list[str], log: Path) -> dict:
     log.unlink(missing_ok=True)
     env = dict(os.environ, FNPRUNE_PROGRESS_LOG=str(log))
     start = time.time()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=die_with_parent)  # stops with this process
     hwm = _HighWaterMark(proc.pid)
     out = proc.stdout.read()
     hwm.stop()
@@ -149,11 +152,7 @@ def layer_costs(width: int, hidden: int, tokens: int, repeat: int) -> dict:
     W = torch.randn((hidden, width), generator=gen) * 0.02
     G = (X.double().T @ X.double()) / tokens
     mean = X.double().mean(0)
-    eye = torch.eye(width + 1, dtype=torch.float64)
-    A = torch.empty((width + 1, width + 1), dtype=torch.float64)
-    A[:width, :width], A[:width, width], A[width, :width], A[width, width] = G, mean, mean, 1.0
-    A += 1e-4 * float(torch.diagonal(G).mean()) * eye
-    inv_s = _median_time(lambda: torch.linalg.inv(A), repeat)
+    inv_s = _inv_seconds(width, repeat)
 
     def moments():
         m = LayerMoments(width, plain=False, weighted=True)
@@ -228,14 +227,15 @@ def main(argv=None) -> int:
             analyze = run_measured(fnprune + ["analyze", "--model", model, "--corpus", "brown", "--texts", str(args.docs),
                                               "--max-tokens", str(args.max_tokens), "--out", str(run)],
                                    args.out / f"progress-analyze-{name}.jsonl")
-            inv_before = _inv_seconds(SHAPES["1b"][2] if name == "1b" else 1536)
+            width = SHAPES["1b"][2] if name == "1b" else 1536
+            inv_before = _inv_seconds(width)
             prune = run_measured(fnprune + ["prune", str(run), "--model", model, "--corpus", "brown", "--target-ratio",
                                             "0.2", "--calib-docs", str(args.docs), "--max-tokens", str(args.max_tokens),
                                             "--heldout-docs", "4", "--fidelity", "0", "--out", str(pruned),
                                             "--overwrite"],
                                  args.out / f"progress-prune-{name}.jsonl")
             floor = {"inv_float64_s_before": inv_before,
-                     "inv_float64_s_after": _inv_seconds(SHAPES["1b"][2] if name == "1b" else 1536)}
+                     "inv_float64_s_after": _inv_seconds(width)}
             select = prune["per_layer_s"].get("select", [])
             if select:  # the pruning stage's time per layer against the floor (issue 21 item 4: <= 3x)
                 floor["select_s_per_layer_median"] = float(np.median(select))

@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from backend.serve import die_with_parent
+
 ROOT = Path(__file__).resolve().parent.parent
 NODE_SCRIPT = ROOT / "tools" / "llama" / "gguf_speed.mjs"
 CONFIGS = (  # name, target ratio, allocation
@@ -107,7 +109,8 @@ def build(work: Path, n_docs: int, prompt_tokens: int) -> None:
 
 def _run_measured(cmd: list[str], request: dict) -> tuple[dict, int]:
     """Run ``cmd`` with ``request`` as JSON on stdin; its JSON reply and its peak RSS in bytes."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT,
+                            preexec_fn=die_with_parent)  # stops with this process
     proc.stdin.write(json.dumps(request).encode())
     proc.stdin.close()
     out = proc.stdout.read()
