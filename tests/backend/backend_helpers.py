@@ -18,6 +18,8 @@ def worker_env(settings) -> dict[str, str]:
                 "FNPRUNE_DEVICE": "cpu", "FNPRUNE_HEARTBEAT_TIMEOUT_S": str(settings.HEARTBEAT_TIMEOUT_S),
                 "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
                 "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if settings.MODEL_DIRS:
+        env["FNPRUNE_MODEL_DIRS"] = os.pathsep.join(map(str, settings.MODEL_DIRS))
     return env
 
 

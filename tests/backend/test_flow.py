@@ -263,3 +263,58 @@ def test_killed_worker_fails_the_job(client, settings, tmp_path):
         assert leftovers == [], leftovers  # the new worker removed the dead job's scratch files
     finally:
         proc.stop()
+
+
+@pytest.mark.slow
+def test_local_model_directory_reports_layers_and_cancels_mid_layer(tmp_path):
+    """Issue 21 item 5 at test size: a model directory inside FNPRUNE_MODEL_DIRS goes through analysis
+    and pruning in a real worker; the pruning's long stages report which layer they are on, and a
+    cancel while a layer's exact-OBS greedy runs frees the worker within seconds."""
+    from fastapi.testclient import TestClient
+
+    from backend.app.core.config import Settings
+    from fnprune.models.loading import tiny_llama
+
+    model_dir = tmp_path / "models" / "wide-llama"  # 3 layers x 3072 MLP neurons: ~10 s of greedy per layer
+    model, tokenizer = tiny_llama(seed=1, n_layers=3, width=3072)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    settings = Settings(HOME=tmp_path / "home", DATA_DIR=tmp_path / "data", DEVICE="cpu", HEARTBEAT_TIMEOUT_S=30,
+                        SSE_POLL_S=0.05, MODEL_DIRS=[tmp_path / "models"])
+    settings.ensure_dirs()
+    proc = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        with TestClient(create_app(settings)) as client:
+            analysis = client.post("/api/analyses", json={**ANALYSIS, "model": str(model_dir), "n_texts": 8})
+            assert analysis.status_code == 202, analysis.text
+            a_id = analysis.json()["id"]
+            assert wait_for(client, f"/api/analyses/{a_id}", timeout=300)["status"] == "succeeded"
+            request = {"analysis_id": a_id, "target_ratio": 0.3, "protected_layers": [], "evaluate": False,
+                       "calibration_texts": 8, "calibration_tokens": 64}
+            job = client.post("/api/prunings", json=request).json()
+            follow = client.post("/api/analyses", json=ANALYSIS).json()  # queued behind it
+            seen: list[tuple[str, str]] = []
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                current = client.get(f"/api/prunings/{job['id']}").json()
+                if current["status"] != "running" and current["status"] != "queued":
+                    break
+                if current["status"] == "running" and (current["stage"], current["message"]) not in seen:
+                    seen.append((current["stage"], current["message"]))
+                if any(m == "layer 0" for s, m in seen if s == "select"):
+                    break  # layer 0's greedy is done, layer 1's is running
+                time.sleep(0.02)
+            assert current["status"] == "running", (current, seen)
+            assert ("select", "layer 0") in seen, seen
+            cancelled_at = time.monotonic()
+            assert client.delete(f"/api/prunings/{job['id']}").json()["status"] == "cancelled"
+            started = wait_for(client, f"/api/analyses/{follow['id']}", statuses=("running", "succeeded", "failed"),
+                               timeout=30)
+            freed_after = time.monotonic() - cancelled_at
+            assert started["status"] != "failed", started
+            assert freed_after < 5, f"the worker was busy {freed_after:.1f} s after the cancel"
+            assert wait_for(client, f"/api/analyses/{follow['id']}")["status"] == "succeeded"
+            assert client.get(f"/api/prunings/{job['id']}").json()["status"] == "cancelled"
+            assert not settings.job_dir("pruning", job["id"]).exists()
+    finally:
+        proc.stop()
