@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..models.mlp import find_mlps
 from ..progress import ProgressCallback, renamed
 from .heads import collect_attention_stats
-from .layerwise import streamed_obs_scores
+from .layerwise import MOMENT_SUM_DTYPE, streamed_obs_scores
 from .scores import obs_scores
 from .spec import PruningSpec, stats_needed
 from .statistics import DownInputStats, collect_down_input_stats
@@ -34,7 +35,9 @@ class Calibration:
     decoder layer at a time (:mod:`fnprune.pruning.layerwise`: one layer's statistics alive, on the layer's
     device) instead of every layer's in one pass. None (default): stream when every layer's float64
     moments together would exceed :data:`STREAM_ABOVE_BYTES` (an 8B-class model: ~31 GB), so small
-    models keep the single pass ``compare`` shares across its rows. Both give the same numbers.
+    models keep the single pass ``compare`` shares across its rows. Both give the same kept neurons.
+    ``moment_dtype``: what the streamed pass sums its moments in (default :data:`MOMENT_SUM_DTYPE`,
+    float32; the all-at-once pass sums in float64); float64 gives the all-at-once numbers exactly.
     """
 
     tokenizer: object
@@ -43,6 +46,7 @@ class Calibration:
     batch_size: int = 4
     requested_docs: int | None = None
     streamed: bool | None = None
+    moment_dtype: torch.dtype = MOMENT_SUM_DTYPE
     _down: DownInputStats | None = field(default=None, repr=False)
     _attention: object = field(default=None, repr=False)
     _obs: dict = field(default_factory=dict, repr=False)
@@ -72,7 +76,7 @@ class Calibration:
             if self.streams(model):
                 self._obs[key] = streamed_obs_scores(model, self.tokenizer, self.docs, forced=masks, ridge=ridge,
                                                      skip=skip, max_tokens=self.max_tokens, batch_size=self.batch_size,
-                                                     progress=renamed(progress, "select"))
+                                                     dtype=self.moment_dtype, progress=renamed(progress, "select"))
             else:
                 self._obs[key] = obs_scores(model, self._down, masks, ridge, skip=skip,
                                             progress=renamed(progress, "select"))

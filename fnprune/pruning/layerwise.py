@@ -35,6 +35,11 @@ from ..models.mlp import MLPAdapter, backbone, decoder_layers, find_mlps
 from ..progress import ProgressCallback, report
 from ..tokens import encode_documents, padded_batches
 
+# The moments' sums over calibration tokens: float32 (BENCHMARKS.md §12, "Float32 or float64 moment
+# sums": on the default model the kept neurons are identical and the perplexity equal to 1e-6; it
+# halves the accumulators). The greedy and the repair form their matrices in float64 either way.
+MOMENT_SUM_DTYPE = torch.float32
+
 # every LayerMoments alive, so tests (and users who wonder) can count live statistics
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 
@@ -55,12 +60,12 @@ class LayerMoments:
     ``weighted_second_moment``/``weighted_mean``/``weight_mean`` when ``weighted`` (each token weighs
     ``1 / mean_k h_k²`` of the residual stream entering the layer, see
     :class:`fnprune.pruning.statistics.DownInputStats`). Products are formed in float32 and summed in ``dtype``
-    (float64 by default). The sums live on the device where the layer computed ``x`` (allocated at
+    (default :data:`MOMENT_SUM_DTYPE`). The sums live on the device where the layer computed ``x`` (allocated at
     the first batch: with accelerate's offloading that is the execution device, not where the
     weights rest).
     """
 
-    def __init__(self, width: int, *, plain: bool, weighted: bool, dtype: torch.dtype = torch.float64):
+    def __init__(self, width: int, *, plain: bool, weighted: bool, dtype: torch.dtype = MOMENT_SUM_DTYPE):
         self.width, self.dtype, self.plain, self.weighted = int(width), dtype, plain, weighted
         self.device: torch.device | None = None
         self.n = 0
@@ -247,7 +252,7 @@ def residual_weights(h: torch.Tensor) -> torch.Tensor:
 
 
 def layer_moments(stream: LayerStream, adapter: MLPAdapter, *, plain: bool, weighted: bool,
-                  dtype: torch.dtype = torch.float64) -> LayerMoments:
+                  dtype: torch.dtype = MOMENT_SUM_DTYPE) -> LayerMoments:
     """Run ``adapter``'s layer on the stream's current inputs (not advancing) and return its moments."""
     moments = LayerMoments(adapter.width, plain=plain, weighted=weighted, dtype=dtype)
     stream.run(adapter.layer, lambda x, h: moments.add(x, residual_weights(h) if weighted else None),
@@ -257,7 +262,7 @@ def layer_moments(stream: LayerStream, adapter: MLPAdapter, *, plain: bool, weig
 
 def streamed_layer_moments(model: nn.Module, tokenizer, docs, *, max_tokens: int = 512, batch_size: int = 4,
                            plain: bool = False, weighted: bool = False, layers: Sequence[int] | None = None,
-                           sequential: bool = False, dtype: torch.dtype = torch.float64,
+                           sequential: bool = False, dtype: torch.dtype = MOMENT_SUM_DTYPE,
                            progress: ProgressCallback | None = None, stage: str = "calibrate"
                            ) -> Iterator[tuple[MLPAdapter, LayerMoments]]:
     """Yield ``(adapter, moments)`` for each decoder layer in ``layers`` (default all), in order.
@@ -294,7 +299,7 @@ def streamed_layer_moments(model: nn.Module, tokenizer, docs, *, max_tokens: int
 
 # -- the streamed uses: obs selection and the least-squares repair --------------------------------
 def streamed_obs_scores(model: nn.Module, tokenizer, docs, *, forced=None, ridge: float, skip: Sequence[int] = (),
-                        max_tokens: int = 512, batch_size: int = 4, dtype: torch.dtype = torch.float64,
+                        max_tokens: int = 512, batch_size: int = 4, dtype: torch.dtype = MOMENT_SUM_DTYPE,
                         progress: ProgressCallback | None = None) -> list:
     """:func:`fnprune.pruning.scores.obs_scores` with one layer's residual-weighted moments alive at a time (the
     dense model's, layer by layer); protected layers (``skip``) get ``+inf`` and no greedy."""
@@ -319,7 +324,7 @@ def streamed_obs_scores(model: nn.Module, tokenizer, docs, *, forced=None, ridge
 
 def streamed_repair(model: nn.Module, keep, tokenizer, docs, *, ridge: float, weighted: bool, sequential: bool,
                     max_tokens: int = 512, batch_size: int = 4, fits: dict | None = None,
-                    dtype: torch.dtype = torch.float64, progress: ProgressCallback | None = None,
+                    dtype: torch.dtype = MOMENT_SUM_DTYPE, progress: ProgressCallback | None = None,
                     reselect=None) -> list[np.ndarray]:
     """Prune every layer to ``keep`` and re-fit its ``down`` by least squares, one layer at a time.
 

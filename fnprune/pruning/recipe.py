@@ -268,7 +268,8 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
             spec.sequential and spec.method_record.statistics == WEIGHTED_MOMENTS) else None
         keep = streamed_repair(model, keep, calibration.tokenizer, calibration.docs, ridge=spec.ridge,
                                weighted=weighted_repair, sequential=spec.sequential, max_tokens=calibration.max_tokens,
-                               batch_size=calibration.batch_size, fits=fits, progress=renamed(progress, "prune"),
+                               batch_size=calibration.batch_size, fits=fits, dtype=calibration.moment_dtype,
+                               progress=renamed(progress, "prune"),
                                reselect=reselect)
     else:
         repair = None

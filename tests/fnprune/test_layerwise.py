@@ -32,7 +32,8 @@ def test_streamed_moments_equal_the_all_at_once_pass_with_one_layer_alive(tiny, 
     model, tok = tiny
     ref = _reference(model, tok, docs)
     seen, alive = [], []
-    for adapter, m in streamed_layer_moments(model, tok, docs, max_tokens=96, batch_size=2, plain=True, weighted=True):
+    for adapter, m in streamed_layer_moments(model, tok, docs, max_tokens=96, batch_size=2, plain=True, weighted=True,
+                                             dtype=torch.float64):
         layer = adapter.layer
         seen.append(layer)
         alive.append(live_moments())
@@ -70,7 +71,7 @@ def test_sequential_mode_calibrates_each_layer_on_the_pruned_layers_below(tiny, 
     keep0 = np.arange(0, 64, 2)
     layers = []
     for adapter, m in streamed_layer_moments(model, tok, docs, max_tokens=96, batch_size=2, plain=True,
-                                             sequential=True):
+                                             sequential=True, dtype=torch.float64):
         layers.append(adapter.layer)
         if adapter.layer == 0:  # prune layer 0 in place; the stream must carry the pruned outputs on
             keep = [keep0] + [np.arange(a.width) for a in find_mlps(model)[1:]]
@@ -95,7 +96,8 @@ def test_accelerate_dispatch_with_disk_offload(tiny, docs, tmp_path):
     device_map |= {f"model.layers.{i}": "cpu" if i % 2 == 0 else "disk" for i in range(len(model.model.layers))}
     model = accelerate.dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path))
     assert model.model.layers[1].mlp.down_proj.weight.device.type == "meta"
-    for adapter, m in streamed_layer_moments(model, tok, docs, max_tokens=96, batch_size=2, plain=True, weighted=True):
+    for adapter, m in streamed_layer_moments(model, tok, docs, max_tokens=96, batch_size=2, plain=True, weighted=True,
+                                             dtype=torch.float64):
         assert m.device.type == "cpu"
         torch.testing.assert_close(m.second_moment, ref.second_moment[adapter.layer], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(m.weighted_second_moment, ref.weighted_second_moment[adapter.layer],
@@ -103,13 +105,14 @@ def test_accelerate_dispatch_with_disk_offload(tiny, docs, tmp_path):
 
 
 # -- the recipe on the streamed path ---------------------------------------------------------------
-def _prune(docs, streamed, **spec):
+def _prune(docs, streamed, moment_dtype=torch.float64, **spec):
+    """Prune tiny-llama; the streamed sums in float64 by default here, so the paths can be compared exactly."""
     from fnprune.pruning.calibration import Calibration
     from fnprune.pruning.recipe import prune_with_networks
     from fnprune.pruning.spec import PruningSpec
 
     model, tok = load_model("tiny-llama", device="cpu")
-    calibration = Calibration(tok, docs, max_tokens=96, batch_size=2, streamed=streamed)
+    calibration = Calibration(tok, docs, max_tokens=96, batch_size=2, streamed=streamed, moment_dtype=moment_dtype)
     outcome = prune_with_networks(model, None, PruningSpec(**spec), calibration)
     return outcome, model
 
@@ -192,3 +195,23 @@ def test_sequential_obs_chooses_each_layer_again_on_the_pruned_layers_below(docs
     for name, p in model.state_dict().items():
         torch.testing.assert_close(streamed_model.state_dict()[name], p, rtol=1e-6, atol=1e-7, msg=name)
     assert any(not np.array_equal(a, b) for a, b in zip(outcome.keep, one_shot.keep, strict=True))
+
+
+def test_float32_sums_are_the_default_and_change_no_kept_neuron(docs):
+    """The streamed pass sums in float32 unless told otherwise (BENCHMARKS §12); on tiny-llama its moments
+    are within float32 round-off of the float64 sums and obs keeps the same neurons."""
+    from fnprune.pruning.calibration import Calibration
+    from fnprune.pruning.layerwise import MOMENT_SUM_DTYPE
+
+    model, tok = load_model("tiny-llama", device="cpu")
+    assert MOMENT_SUM_DTYPE == torch.float32 and Calibration(tok, docs).moment_dtype == torch.float32
+    wide = {a.layer: m.weighted_second_moment.clone() for a, m in streamed_layer_moments(
+        model, tok, docs, max_tokens=96, batch_size=2, weighted=True, dtype=torch.float64)}
+    for adapter, m in streamed_layer_moments(model, tok, docs, max_tokens=96, batch_size=2, weighted=True):
+        assert m.weighted_second_moment.dtype == torch.float32
+        ref = wide[adapter.layer]
+        rel = float(torch.linalg.norm(m.weighted_second_moment.double() - ref) / torch.linalg.norm(ref))
+        assert 0 < rel < 1e-6, (adapter.layer, rel)  # not bit-equal (float32 sums) and close
+    exact, _ = _prune(docs, True, method="obs", target_ratio=0.2)
+    default, _ = _prune(docs, True, moment_dtype=MOMENT_SUM_DTYPE, method="obs", target_ratio=0.2)
+    assert default.keep_digest == exact.keep_digest
