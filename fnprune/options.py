@@ -98,3 +98,19 @@ QUICK_ANALYSIS_TEXTS = DEFAULT_ANALYSIS_TEXTS
 QUICK_CALIBRATION_DOCS = 40
 DEFAULT_RIDGE = 1e-4  # the repair's ridge, times the mean input power; chosen on validation documents (§3b)
 DEFAULT_HEADS_FRACTION = 0.25  # of the KV groups of each unprotected layer, when heads are pruned without a fraction
+
+# Protect a capability (fnprune.pruning.protect; the CLI's --protect, the API's `protect`)
+PROTECT_BY = ("calibration", "networks")
+DEFAULT_PROTECT_BY = "calibration"  # BENCHMARKS.md §10: it beat the networks and their controls on the protected text
+PROTECT_BY_LABELS = {"calibration": "by calibration mixing", "networks": "by forcing the networks most selective for it"}
+PROTECT_BY_HELP = {
+    "calibration": "replace about 10% of the calibration tokens by the protected text (BENCHMARKS.md §10: at 20% "
+                   "of all parameters, pydoc perplexity 0.650 [0.616, 0.686] of the unprotected pruning's, Brown "
+                   "1.005 [0.983, 1.028])",
+    "networks": "force the key neurons of the networks most selective for the protected text against the "
+                "calibration text (BENCHMARKS.md §10: 20 networks gave pydoc 0.953 [0.932, 0.974] of the unprotected "
+                "pruning's at 20%, Brown 1.006 [0.996, 1.015])",
+}
+DEFAULT_PROTECT_NETWORKS = 20  # BENCHMARKS.md §10: how many networks a protection forces by default
+DEFAULT_PROTECT_DOCS = 20  # documents of the protected text that protect (mixed in, or measured to choose networks)
+DEFAULT_PROTECT_SHARE = 0.1  # of the calibration tokens, replaced by the protected text (BENCHMARKS.md §10 (e))

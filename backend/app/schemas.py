@@ -24,10 +24,15 @@ from fnprune.options import (
     DEFAULT_MODE,
     DEFAULT_MODEL,
     DEFAULT_N_COMPONENTS,
+    DEFAULT_PROTECT_BY,
+    DEFAULT_PROTECT_DOCS,
+    DEFAULT_PROTECT_NETWORKS,
     DEFAULT_RATIO_OF,
     DEFAULT_REPAIR,
     DEFAULT_SAMPLING,
     MODES,
+    PROTECT_BY,
+    PROTECT_BY_HELP,
     RATIO_BASES,
     REPAIRS,
     SAMPLINGS,
@@ -100,6 +105,7 @@ CORPUS_PATTERN = r"^[^/\\.][^/\\]*$"
 DOWNLOAD_PATH_PATTERN = r"^/api(?:/[^?#]*)?/download/"
 # the readable reason a value not matching one of these patterns gets (core/errors.py)
 PATTERN_HINTS = {
+    r"\S": "give some text, not only white space",
     MODEL_PATTERN: "give a model name from GET /api/models, a hub id (org/name) or an absolute path; "
                    "relative paths are refused",
     CORPUS_PATTERN: "give a corpus name from GET /api/corpora, not a path",
@@ -252,6 +258,43 @@ class Labels(Strict):
     names: dict[str, NetworkName] = Field(default_factory=dict)
 
 
+# a pasted text to protect: not empty, not only white space
+ProtectText = Annotated[str, Field(min_length=1, max_length=20_000, pattern=r"\S")]
+
+
+class ProtectSource(Strict):
+    """A text to keep working besides the calibration text (issue 22): a corpus (with genres) or a few pasted texts."""
+
+    corpus: str | None = Field(default=None, min_length=1, max_length=200, pattern=CORPUS_PATTERN, description=(
+        "a corpus name from GET /api/corpora (built-in, or an uploaded `upload:...`); or give `texts`"))
+    genres: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        default=None, min_length=1, max_length=100, description="only these genres (labels) of `corpus`")
+    texts: list[ProtectText] | None = Field(default=None, min_length=1, max_length=50, description=(
+        "a few texts to keep working, instead of a corpus; with 10 or more, every tenth is held out to measure it"))
+    networks: Int = Field(default=DEFAULT_PROTECT_NETWORKS, ge=1, le=2048, description=(
+        "with by=networks: how many networks are forced (at most the analysis' number of networks)"))
+    docs: Int = Field(default=DEFAULT_PROTECT_DOCS, ge=1, le=500, description=(
+        "documents of the protected text that protect (mixed into the calibration, or measured to choose the "
+        "networks); its held-out documents (every tenth) are never among them"))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ProtectSource:
+        if (self.corpus is None) == (self.texts is None):
+            raise ValueError("give either corpus or texts")
+        if self.genres is not None and self.corpus is None:
+            raise ValueError("genres go with corpus, not texts")
+        return self
+
+
+class ProtectRequest(ProtectSource):
+    """A pruning's `protect`: what to keep working, and how."""
+
+    by: Literal[PROTECT_BY] = Field(default=DEFAULT_PROTECT_BY, description=(
+        "calibration (default): " + PROTECT_BY_HELP["calibration"] + "; networks: " + PROTECT_BY_HELP["networks"]))
+    compare_unconstrained: bool = Field(default=False, description=(
+        "also prune without the protection in the same job and report its held-out perplexity (needs evaluate)"))
+
+
 class PruningRequest(ThresholdChoice):
     analysis_id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-zA-Z_-]+$")
     protected_layers: list[Int] | None = Field(default=None, max_length=1024)
@@ -278,6 +321,8 @@ class PruningRequest(ThresholdChoice):
         f"{DEFAULT_CALIBRATION_DOCS}"))
     calibration_tokens: CalibrationTokens | None = Field(default=None, description=(
         f"tokens per calibration document; default: the analysis' max_tokens, at least {DEFAULT_CALIBRATION_TOKENS}"))
+    protect: ProtectRequest | None = Field(default=None, description=(
+        "keep another text working (the result's `protect` block compares it dense, pruned and unconstrained)"))
 
     @field_validator("heads")
     @classmethod
@@ -505,6 +550,9 @@ class PruningDefaults(BaseModel):
     quick_calibration_texts: int = Field(description="calibration documents the form proposes after a quick "
                                                      "analysis (BENCHMARKS.md §9: stays within the quick demo's "
                                                      "5 minutes)")
+    protect_by: Literal[PROTECT_BY] = Field(description="`protect.by` when not given")
+    protect_networks: int = Field(description="`protect.networks` when not given")
+    protect_docs: int = Field(description="`protect.docs` when not given")
 
 
 class Options(BaseModel):
@@ -518,6 +566,8 @@ class Options(BaseModel):
     ratio_bases: list[Choice] = Field(description="what a target ratio is a fraction of (`ratio_of`)")
     modes: list[Choice]
     samplings: list[Choice]
+    protect_by: list[Choice] = Field(description="how a pruning keeps another text working (`protect.by`), with "
+                                                 "what BENCHMARKS.md §10 measured")
     presets: list[Preset]
     analysis: AnalysisDefaults
     pruning: PruningDefaults
@@ -538,3 +588,54 @@ class ErrorBody(BaseModel):
 
     detail: str
     field: str | None = Field(description="the request field the error is about, e.g. `n_texts` or `labels.3`")
+
+
+
+# -- protect a capability (issue 22) -----------------------------------------------------------------------
+class ProtectProposal(BaseModel):
+    """The networks most selective for the protected text against the calibration text, and what forcing
+    them costs (fnprune.pruning.protect.Proposal)."""
+
+    networks: list[int] = Field(description="component ids, most selective first")
+    scores: list[float] = Field(description="mean over each network's key neurons of log(RMS on the protected "
+                                            "text / RMS on the calibration text)")
+    rule: Literal["activity", "profile"]
+    n_forced: int = Field(description="key neurons these networks force (kept whatever the method)")
+    forced_per_layer: list[int]
+    calibration_docs: int | None = Field(default=None, description="calibration documents the proposal measured")
+    docs: int = Field(description="documents of the protected text it measured")
+
+
+class ProtectMixing(BaseModel):
+    """by=calibration: fnprune.pruning.protect.mixed_calibration's counts."""
+
+    calibration_docs: int = Field(description="calibration documents kept")
+    protect_docs: int = Field(description="protected documents added")
+    protect_tokens: int
+    tokens: int = Field(description="calibration tokens in all")
+
+
+class DomainPerplexity(BaseModel):
+    """Held-out perplexity of one domain (512-token windows of each document's first 512 tokens)."""
+
+    n_docs: int
+    dense: float | None
+    pruned: float | None
+    unconstrained: float | None = Field(description="the same pruning without the protection (null: not asked for)")
+
+
+class ProtectResult(BaseModel):
+    """A pruning result's `protect` block."""
+
+    source: str = Field(description="what was protected, e.g. `brown:news` or `3 pasted texts`")
+    by: Literal[PROTECT_BY]
+    protect_docs: int = Field(description="documents of the protected text that protected")
+    heldout_docs: int = Field(description="its held-out documents (disjoint from those) evaluated")
+    mixing: ProtectMixing | None
+    proposal: ProtectProposal | None
+    calibration_domain: DomainPerplexity | None = Field(description="the analysis' corpus (null: not evaluated)")
+    protected_domain: DomainPerplexity | None = Field(description="the protected text (null: not evaluated, or no "
+                                                      "held-out document)")
+    unconstrained_keep_digest: str | None
+    dense_cached: bool | None = Field(description="the dense model's perplexity on the protected text came from the cache")
+    notes: list[str]

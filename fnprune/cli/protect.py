@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from ..errors import ConfigError, RunDirError
@@ -41,27 +40,23 @@ def add_protect_options(p: argparse.ArgumentParser) -> None:
 
 
 def apply_protect(args: argparse.Namespace, spec, model, tokenizer, fn, calibration, progress=None):
-    """``(spec, calibration, info for pruning.json)`` for ``--protect``: with ``--protect-by networks`` the
-    proposed networks join the spec's choice; with ``calibration`` the calibration documents are mixed
-    with the protected ones. Prints what it did. Unchanged and None without ``--protect``."""
+    """``(spec, calibration, info for pruning.json)`` for ``--protect``
+    (:func:`fnprune.pruning.protect.apply_protection`); prints what it did. Unchanged and None without it."""
     if not getattr(args, "protect", None):
         return spec, calibration, None
-    from ..pruning.protect import mixed_calibration, protect_documents, protect_proposal
+    from ..pruning.protect import Protection, apply_protection, protect_documents
 
-    docs, _ = protect_documents(args.protect, args.protect_docs)
-    if args.protect_by == "calibration":
-        mixed, counts = mixed_calibration(calibration.docs, docs, tokenizer, calibration.max_tokens)
-        print(f"protecting {args.protect}: calibrating on {counts['calibration_docs']} calibration documents + "
-              f"{counts['protect_docs']} of it ({counts['protect_tokens']:,} of {counts['tokens']:,} tokens)")
-        return (spec, replace(calibration, docs=mixed, requested_docs=len(mixed)),
-                {"corpus": args.protect, "by": "calibration"} | counts)
-    proposal = protect_proposal(model, tokenizer, fn, calibration, docs, args.protect_networks, spec=spec,
-                                progress=progress)
-    chosen = sorted(set(spec.networks or ()) | set(proposal.networks))
-    print(f"protecting {args.protect}: networks {', '.join(map(str, proposal.networks))} (the {len(proposal.networks)} "
-          f"most selective for it against the calibration text; {proposal.n_forced} key neurons forced)")
-    return (replace(spec, networks=tuple(chosen)), calibration,
-            {"corpus": args.protect, "by": "networks", "docs": len(docs)} | proposal.as_dict())
+    docs, heldout = protect_documents(args.protect, args.protect_docs)
+    protection = Protection(args.protect, docs, heldout, by=args.protect_by, networks=args.protect_networks)
+    spec, calibration, info = apply_protection(protection, spec, model, tokenizer, fn, calibration, progress)
+    if info["by"] == "calibration":
+        print(f"protecting {args.protect}: calibrating on {info['calibration_docs']} calibration documents + "
+              f"{info['protect_docs']} of it ({info['protect_tokens']:,} of {info['tokens']:,} tokens)")
+    else:
+        print(f"protecting {args.protect}: networks {', '.join(map(str, info['networks']))} (the "
+              f"{len(info['networks'])} most selective for it against the calibration text; {info['n_forced']} key "
+              "neurons forced)")
+    return spec, calibration, info
 
 
 # -- ablate ------------------------------------------------------------------------------------------

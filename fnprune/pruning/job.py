@@ -47,7 +47,9 @@ class PruneJob:
     without the repair / with each baseline at the method's MLP budget, and measure their perplexity.
     ``adjust(spec, model, tokenizer, calibration, progress) -> (spec, calibration)``: called once the model
     and the calibration documents are loaded, before the recipe (the CLI's ``--protect`` adds networks or
-    mixes the calibration documents there).
+    mixes the calibration documents there). ``measure(dense, pruned, tokenizer, result, progress) -> dict``:
+    called after the evaluation while both models are alive (the web app measures a protection there);
+    what it returns is ``result.measured``.
     """
 
     model_spec: str
@@ -70,6 +72,7 @@ class PruneJob:
     unrepaired: bool = False
     baselines: Sequence[str] = ()
     adjust: Callable[..., tuple] | None = None
+    measure: Callable[..., dict] | None = None
 
 
 @dataclass
@@ -90,6 +93,7 @@ class PruneJobResult:
     dense_param_bytes: int | None = None
     comparisons: list[dict] = field(default_factory=list)
     baseline_budget: dict | None = None
+    measured: dict | None = None
 
 
 def prune_job(networks, spec: PruningSpec, job: PruneJob, progress: ProgressCallback | None = None,
@@ -108,7 +112,7 @@ def prune_job(networks, spec: PruningSpec, job: PruneJob, progress: ProgressCall
                                   + (f" (of {job.n_calibration} requested: the corpus has no more)"
                                      if len(calibration) < job.n_calibration else "")
                                   + f" x {job.calibration_tokens} tokens, {len(heldout)} held-out documents")
-    keep_dense = bool(job.evaluate or job.fidelity or job.unrepaired or job.baselines)
+    keep_dense = bool(job.evaluate or job.fidelity or job.unrepaired or job.baselines or job.measure)
     dense = copy.deepcopy(model) if keep_dense else None
     calib = Calibration(tokenizer, calibration, job.calibration_tokens, job.batch_size,
                         requested_docs=job.n_calibration)
@@ -141,6 +145,8 @@ def prune_job(networks, spec: PruningSpec, job: PruneJob, progress: ProgressCall
         result.pruned_eval = evaluate_for_job(model, tokenizer, heldout, stage_progress(progress, "evaluate pruned", dense_ppl),
                                               model_dir=result.model_dir)
         result.dense_param_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
+    if job.measure is not None:
+        result.measured = job.measure(dense, model, tokenizer, result, progress)
     del model
     if job.unrepaired or job.baselines:
         result.comparisons, result.baseline_budget = comparisons(
@@ -158,6 +164,41 @@ def evaluate_for_job(model, tokenizer, heldout: list, progress: ProgressCallback
     generations (:func:`fnprune.evaluation.metrics.evaluate_model`)."""
     return metrics.evaluate_model(model, tokenizer, heldout, batch_sizes=(1,), model_dir=model_dir, per_label=True,
                                   max_tokens_per_doc=EVAL_TOKENS_PER_DOC, progress=progress)
+
+
+def heldout_perplexity(model, tokenizer, docs: list) -> float:
+    """Perplexity by the jobs' protocol (512-token windows over each document's first
+    :data:`EVAL_TOKENS_PER_DOC` tokens): :func:`evaluate_for_job`'s ``perplexity["512"]["ppl"]``."""
+    return metrics.perplexity(model, tokenizer, docs, max_tokens_per_doc=EVAL_TOKENS_PER_DOC)["ppl"]
+
+
+def protection_comparison(dense, pruned, tokenizer, networks, heldout_a: list, heldout_b: list, *, dense_a: float,
+                          pruned_a: float, dense_b: float | None = None, unconstrained: tuple | None = None,
+                          progress: ProgressCallback | None = None) -> dict:
+    """Held-out perplexity of the calibration domain A and the protected domain B (issue 22): dense, pruned and,
+    with ``unconstrained`` = ``(spec, calibration)`` before the protection, the same pruning without it (on a
+    copy of ``dense``). ``dense_a`` / ``pruned_a``: the job's own evaluation; ``dense_b``: a cached value, else
+    measured. Returns ``{"calibration": {n_docs, dense, pruned, unconstrained}, "protected": the same or None
+    (no held-out document of B), "unconstrained_keep_digest": str or None}``."""
+    report(progress, "protect", 0.0, "held-out perplexity of the protected text")
+    protected = None
+    if heldout_b:
+        protected = {"n_docs": len(heldout_b), "unconstrained": None,
+                     "dense": heldout_perplexity(dense, tokenizer, heldout_b) if dense_b is None else dense_b,
+                     "pruned": heldout_perplexity(pruned, tokenizer, heldout_b)}
+    out = {"calibration": {"n_docs": len(heldout_a), "dense": dense_a, "pruned": pruned_a, "unconstrained": None},
+           "protected": protected, "unconstrained_keep_digest": None}
+    if unconstrained is not None:
+        report(progress, "protect", 0.3, "the same pruning without the protection")
+        other = copy.deepcopy(dense)
+        spec, calibration = unconstrained
+        out["unconstrained_keep_digest"] = prune_with_networks(other, networks, spec, calibration).keep_digest
+        out["calibration"]["unconstrained"] = heldout_perplexity(other, tokenizer, heldout_a)
+        if protected is not None:
+            protected["unconstrained"] = heldout_perplexity(other, tokenizer, heldout_b)
+        del other
+    report(progress, "protect", 1.0, "done")
+    return out
 
 
 def removed_neurons(outcome: PruningOutcome, dense_model) -> tuple[int, int]:
@@ -198,7 +239,7 @@ def comparisons(dense, networks, outcome: PruningOutcome, calibration: Calibrati
         report(progress, "baselines", i / len(steps), name)
         other = copy.deepcopy(dense)
         other_outcome = prune_with_networks(other, networks, step_spec, calibration)
-        ppl = metrics.perplexity(other, tokenizer, heldout, max_tokens_per_doc=EVAL_TOKENS_PER_DOC)["ppl"]
+        ppl = heldout_perplexity(other, tokenizer, heldout)
         rows.append({"name": name, "method": step_spec.method, "allocation": step_spec.resolved_allocation,
                      "repair": step_spec.repair, "ppl": ppl, "ratio_total": other_outcome.removed_fraction,
                      "ratio_mlp": other_outcome.removed_mlp_fraction,

@@ -32,6 +32,13 @@ import numpy as np
 from torch import nn
 
 from fnprune.errors import ConfigError
+from fnprune.options import (  # noqa: F401  (the vocabulary, re-exported)
+    DEFAULT_PROTECT_BY,
+    DEFAULT_PROTECT_DOCS,
+    DEFAULT_PROTECT_NETWORKS,
+    DEFAULT_PROTECT_SHARE,
+    PROTECT_BY,
+)
 
 from .selection import component_key_masks, forced_mask
 
@@ -189,8 +196,6 @@ def control_mask(counts: Sequence[int], kind: str, *, activity_b: np.ndarray | N
 
 
 # -- what the CLI and the web app call ---------------------------------------------------------------
-DEFAULT_PROTECT_NETWORKS = 20   # BENCHMARKS.md §10: how many networks a protection forces by default
-DEFAULT_PROTECT_DOCS = 20       # documents of the protected corpus its activity is measured on
 
 
 def parse_protect(value: str) -> tuple[str, list[str] | None]:
@@ -208,19 +213,42 @@ def parse_protect(value: str) -> tuple[str, list[str] | None]:
     return corpus.strip(), names
 
 
-def protect_documents(value: str, n_docs: int = DEFAULT_PROTECT_DOCS) -> tuple[list, list]:
-    """``(selection, heldout)`` documents of the protected corpus ``"CORPUS[:GENRES]"``: the held-out
-    split (index % 10 == 0) is kept for evaluation, the first ``n_docs`` of the rest (genres
-    interleaved) choose the networks."""
-    from fnprune.corpus import load_corpus, split_heldout
+def protect_split(docs, n_docs: int = DEFAULT_PROTECT_DOCS) -> tuple[list, list]:
+    """``(selection, heldout)`` of the protected domain's documents: with 10 or more, the held-out split
+    (index % 10 == 0, :func:`fnprune.corpus.split_heldout`) is kept for evaluation and the first ``n_docs``
+    of the rest protect; with fewer, every document protects and none is held out."""
+    from fnprune.corpus import split_heldout
 
     if isinstance(n_docs, bool) or not isinstance(n_docs, int) or n_docs < 1:
         raise ConfigError(f"protect: the number of documents must be a positive integer, got {n_docs!r}",
                           field="protect_docs")
-    corpus, genres = parse_protect(value)
-    docs = load_corpus(corpus, genres=genres, sampling="stratified")
-    selection, heldout = split_heldout(docs) if len(docs) >= 10 else (docs, [])
+    selection, heldout = split_heldout(list(docs)) if len(docs) >= 10 else (list(docs), [])
     return selection[:n_docs], heldout
+
+
+def protect_corpus(corpus: str, genres: list[str] | None = None, n_docs: int = DEFAULT_PROTECT_DOCS
+                   ) -> tuple[list, list]:
+    """``(selection, heldout)`` documents (:func:`protect_split`, genres interleaved) of corpus ``corpus``
+    (a spec :func:`fnprune.corpus.load_corpus` takes) with ``genres``."""
+    from fnprune.corpus import load_corpus
+
+    protect_split([], n_docs)  # a bad count is refused before the corpus is read
+    return protect_split(load_corpus(corpus, genres=genres, sampling="stratified"), n_docs)
+
+
+def protect_documents(value: str, n_docs: int = DEFAULT_PROTECT_DOCS) -> tuple[list, list]:
+    """:func:`protect_corpus` of ``"CORPUS[:GENRES]"`` (:func:`parse_protect`)."""
+    corpus, genres = parse_protect(value)
+    return protect_corpus(corpus, genres, n_docs)
+
+
+def protect_texts(texts: Sequence[str], n_docs: int = DEFAULT_PROTECT_DOCS) -> tuple[list, list]:
+    """``(selection, heldout)`` of a few pasted texts (label ``"pasted"``; :func:`protect_split`)."""
+    from fnprune.corpus import Document
+
+    if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+        raise ConfigError("protect: give at least one text, none of them empty", field="protect_texts")
+    return protect_split([Document(f"text-{i + 1}", t, "pasted") for i, t in enumerate(texts)], n_docs)
 
 
 def protect_proposal(model: nn.Module, tokenizer, fn, calibration, docs_b, n: int = DEFAULT_PROTECT_NETWORKS, *,
@@ -240,9 +268,6 @@ def protect_proposal(model: nn.Module, tokenizer, fn, calibration, docs_b, n: in
     return propose_networks(fn, n, rule="activity", activity_b=activity_b, activity_a=activity_a)
 
 
-PROTECT_BY = ("calibration", "networks")
-DEFAULT_PROTECT_BY = "calibration"  # BENCHMARKS.md §10: it beat the networks and their controls on the protected text
-DEFAULT_PROTECT_SHARE = 0.1
 
 
 def mixed_calibration(calib_docs, protect_docs, tokenizer, max_tokens: int, share: float = DEFAULT_PROTECT_SHARE
@@ -271,3 +296,51 @@ def mixed_calibration(calib_docs, protect_docs, tokenizer, max_tokens: int, shar
         used += len(seq)
     return calib_docs[:n_keep] + added, {"calibration_docs": n_keep, "protect_docs": len(added),
                                          "protect_tokens": used, "tokens": sum(lengths[:n_keep]) + used}
+
+
+@dataclass(frozen=True)
+class Protection:
+    """What to keep working and how: the CLI's ``--protect`` flags, the web API's ``protect``.
+
+    ``documents`` protect (mixed into the calibration, or they choose the networks); ``heldout`` (disjoint
+    from them, :func:`protect_split`) are left for evaluating the protected domain; ``source`` names it."""
+
+    source: str
+    documents: list
+    heldout: list
+    by: str = DEFAULT_PROTECT_BY
+    networks: int = DEFAULT_PROTECT_NETWORKS
+    share: float = DEFAULT_PROTECT_SHARE
+
+    def __post_init__(self) -> None:
+        if self.by not in PROTECT_BY:
+            raise ConfigError(f"protect: unknown way {self.by!r}; choose from {', '.join(PROTECT_BY)}",
+                              field="protect_by")
+        if isinstance(self.networks, bool) or not isinstance(self.networks, int) or self.networks < 1:
+            raise ConfigError(f"the number of networks to protect must be a positive integer, got {self.networks!r}",
+                              field="protect_networks")
+        if not self.documents:
+            raise ConfigError(f"protect: {self.source} has no documents to protect with", field="protect")
+
+
+def apply_protection(protection: Protection, spec, model: nn.Module, tokenizer, fn, calibration, progress=None
+                     ) -> tuple:
+    """``(spec, calibration, info)`` with the protection applied, before the recipe runs (what
+    :class:`fnprune.pruning.job.PruneJob`'s ``adjust`` returns; the CLI and the worker call this).
+
+    ``by="calibration"``: about ``share`` of the calibration tokens replaced by the protected documents
+    (:func:`mixed_calibration`); info ``{"corpus", "by", "calibration_docs", "protect_docs", "protect_tokens",
+    "tokens"}``. ``by="networks"``: the ``networks`` most selective for them (:func:`protect_proposal`)
+    join the spec's choice; info ``{"corpus", "by", "docs"}`` and :meth:`Proposal.as_dict`."""
+    from dataclasses import replace
+
+    head = {"corpus": protection.source, "by": protection.by}
+    if protection.by == "calibration":
+        mixed, counts = mixed_calibration(calibration.docs, protection.documents, tokenizer, calibration.max_tokens,
+                                          protection.share)
+        return spec, replace(calibration, docs=mixed, requested_docs=len(mixed)), head | counts
+    proposal = protect_proposal(model, tokenizer, fn, calibration, protection.documents, protection.networks,
+                                spec=spec, progress=progress)
+    chosen = sorted(set(spec.networks or ()) | set(proposal.networks))
+    return (replace(spec, networks=tuple(chosen)), calibration,
+            head | {"docs": len(protection.documents)} | proposal.as_dict())

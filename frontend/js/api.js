@@ -33,6 +33,7 @@ export const urls = {
   layout: (id, name) => withQuery(`${urls.job("analyses", id)}/layout`, { name }),
   labels: (id) => `${urls.job("analyses", id)}/labels`,
   preview: (id) => `${urls.job("analyses", id)}/preview`,
+  protectProposal: (id) => `${urls.job("analyses", id)}/protect-proposal`,
 };
 
 export function getToken() {

@@ -61,6 +61,10 @@ BAD_REQUESTS = [
     ("patch", "/api/analyses", {}, 405, None),
     ("get", "/api/analyses/doesnotexist/preview", {}, 405, None),  # not the static UI's 404
     ("get", "/api/nope", {}, 404, None),
+    ("post", "/api/analyses/doesnotexist/protect-proposal", {"json": {"texts": [" "]}}, 422, "texts.0"),
+    ("post", "/api/analyses/doesnotexist/protect-proposal", {"json": {"corpus": "pydoc"}}, 404, None),
+    ("post", "/api/prunings", {"json": {"analysis_id": "x", "protect": {"corpus": "pydoc", "texts": ["a"]}}}, 422,
+     "protect"),
 ]
 
 

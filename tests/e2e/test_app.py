@@ -778,3 +778,63 @@ def test_seed_check_is_shown_per_network(server, page, pruned):
     page.goto(f"{server}/#/analysis/{analysis_id}/network/{c['id']}")
     expect(page.locator("#net-seeds")).to_have_text(f"back in {c['reproduced']} of 2 seeds")
     assert page.page_errors == []
+
+
+# -- keep this working: protect a text while pruning (issue 22) --------------------------------------------
+PASTED = [f"def f{i}(x):\n    return x * {i} + {i % 3}  # scale {i}\n" for i in range(12)]
+
+
+def test_protect_a_text_while_pruning(server, page, pruned):
+    """The prune page's "Keep this working": pasted texts, the networks proposal as the API gives it, then a
+    pruning by calibration mixing with the unconstrained comparison; the result page's protected-domain numbers
+    are the API's."""
+    expect = sync_api.expect
+    analysis_id = pruned[0]
+    page.goto(f"{server}/#/analysis/{analysis_id}/prune")
+    expect(page.locator("#protect-body")).to_be_hidden()
+    page.locator("#protect-on").check()
+    page.locator("#protect-src-texts").check()
+    page.fill("#protect-texts", "\n\n".join(PASTED))
+    expect(page.locator("#protect-by-calibration")).to_be_checked()
+    expect(page.locator("label[for='protect-by-calibration'], #protect .checks label").first).to_contain_text(
+        "by calibration mixing (recommended, measured in BENCHMARKS §10)")
+    expect(page.locator("#protect-by-help")).to_contain_text("0.650 [0.616, 0.686]")  # BENCHMARKS.md §10, verbatim
+    expect(page.locator("#protect-networks-row")).to_be_hidden()
+    # by networks: the proposal the API makes for the same text, with its forced-neuron budget
+    page.locator("#protect-by-networks").check()
+    page.fill("#protect-n", "3")
+    page.locator("#protect-propose").click()
+    expect(page.locator("#protect-proposal")).to_contain_text("key neurons forced", timeout=60_000)
+    status, proposal = _api(server, f"/api/analyses/{analysis_id}/protect-proposal",
+                            {"texts": [t.strip() for t in PASTED], "networks": 3})
+    assert status == 200, proposal
+    expect(page.locator("#protect-proposal")).to_contain_text(
+        f"Networks {', '.join(map(str, proposal['networks']))}: {proposal['n_forced']:,} key neurons forced")
+    # by calibration mixing, with the unconstrained pruning for comparison
+    page.locator("#protect-by-calibration").check()
+    page.locator("#protect-compare").check()
+    set_range(page, "#ratio-slider", 0.2)
+    expect(page.locator("#start-pruning")).to_be_enabled(timeout=30_000)
+    page.get_by_role("button", name="Prune the model").click()
+    page.wait_for_url(re.compile(r".*#/pruning/[0-9a-f]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    wait_for_job(page, "document.getElementById('protect-table') !== null", "protected pruning", PRUNING_TIMEOUT_MS)
+    job = _wait_succeeded(server, "prunings", job_id, 10)
+    assert job["params"]["protect"]["texts"] == [t.strip() for t in PASTED]
+    assert job["params"]["protect"]["by"] == "calibration" and job["params"]["protect"]["compare_unconstrained"]
+    p = job["result"]["protect"]
+    assert p["source"] == "12 pasted texts" and p["heldout_docs"] == 2 and p["protect_docs"] == 10
+    b, a = p["protected_domain"], p["calibration_domain"]
+    assert None not in (b["dense"], b["pruned"], b["unconstrained"])
+    for key, d in (("b", b), ("a", a)):
+        expect(page.locator(f"#protect-{key}-docs")).to_have_text(str(d["n_docs"]))
+        expect(page.locator(f"#protect-{key}-dense")).to_have_text(f"{d['dense']:.2f}")
+        expect(page.locator(f"#protect-{key}-pruned")).to_have_text(f"{d['pruned']:.2f}")
+        expect(page.locator(f"#protect-{key}-unconstrained")).to_have_text(f"{d['unconstrained']:.2f}")
+    assert a["pruned"] == job["result"]["pruned"]["ppl"] and a["dense"] == job["result"]["dense"]["ppl"]
+    mix = p["mixing"]
+    expect(page.locator("#protect-how")).to_contain_text(
+        f"+ {mix['protect_docs']} of 12 pasted texts ({mix['protect_tokens']:,} of {mix['tokens']:,} tokens)")
+    assert_fits_viewport(page, "pruning result (protect)")
+    shot(page, "12-protect-result")
+    assert page.page_errors == []

@@ -22,6 +22,8 @@ def vocabulary() -> dict[str, Any]:
                         for b in options.RATIO_BASES],
         "modes": [{"name": m, "label": m, "help": options.MODE_HELP[m]} for m in options.MODES],
         "samplings": [{"name": s, "label": s, "help": options.SAMPLING_HELP[s]} for s in options.SAMPLINGS],
+        "protect_by": [{"name": b, "label": options.PROTECT_BY_LABELS[b], "help": options.PROTECT_BY_HELP[b]}
+                       for b in options.PROTECT_BY],
         "presets": [{"name": name, **preset} for name, preset in options.PRESETS.items()],
         "analysis": {"model": options.DEFAULT_MODEL, "corpus": options.DEFAULT_CORPUS,
                      "n_texts": options.DEFAULT_ANALYSIS_TEXTS, "max_tokens": options.DEFAULT_MAX_TOKENS,
@@ -36,5 +38,7 @@ def vocabulary() -> dict[str, Any]:
                     "heads_fraction": options.DEFAULT_HEADS_FRACTION,
                     "sequential_repair": options.SEQUENTIAL_REPAIR,
                     "quick_analysis_texts": options.QUICK_ANALYSIS_TEXTS,
-                    "quick_calibration_texts": options.QUICK_CALIBRATION_DOCS},
+                    "quick_calibration_texts": options.QUICK_CALIBRATION_DOCS,
+                    "protect_by": options.DEFAULT_PROTECT_BY, "protect_networks": options.DEFAULT_PROTECT_NETWORKS,
+                    "protect_docs": options.DEFAULT_PROTECT_DOCS},
     }

@@ -67,6 +67,11 @@ def create(req: PruningRequest, settings: Settings, store: JobStore, enqueue) ->
                       protected_layers=req.protected_layers, uniform=req.uniform, ratio_of=req.ratio_of)
     except ConfigError as exc:
         raise ApiError(422, str(exc), request_field(exc.field)) from exc
+    if req.protect is not None:
+        from . import protect
+
+        a_req = AnalysisRequest(**store.get(req.analysis_id, "analysis")["params"])
+        protect.check(req, settings, networks, calibration_size(req, a_req)[0])
     job = store.create("pruning", req.model_dump())
     enqueue(job["id"])
     return store.get(job["id"]) or job
@@ -119,6 +124,12 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         dense_cached.append(cached)
         return dense
 
+    protecting = None
+    if req.protect is not None:  # keep another text working (services/protect.py)
+        from .protect import ProtectRun
+
+        protecting = ProtectRun(req.protect, settings, networks, a_req, req.n_heldout)
+
     job = PruneJob(
         model_spec=a_req.model, corpus=catalog.resolve_corpus(a_req.corpus, settings), out=job_dir / "model",
         n_calibration=n_calib, calibration_tokens=calib_tokens, n_heldout=req.n_heldout, genres=a_req.genres,
@@ -129,7 +140,10 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
                                         trust_remote_code=settings.TRUST_REMOTE_CODE, allowed_dirs=settings.MODEL_DIRS),
         describe=lambda done: {"source_model": a_req.model, "analysis_id": req.analysis_id, "pruning_id": job_id,
                                **done.outcome.info(), "notes": list(done.notes), "target_source": target_source,
-                               "heads_fraction": req.heads_fraction})
+                               "heads_fraction": req.heads_fraction,
+                               "protect": protecting.info if protecting else None},
+        adjust=protecting.adjust if protecting else None,
+        measure=protecting.measure if protecting and req.evaluate else None)
     done = prune_job(networks, spec, job, progress, notes=notes)
     outcome = done.outcome
     info = outcome.info()
@@ -175,6 +189,8 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
                                            "unrepaired_repair": row["repair"]}
         else:
             result["baselines"].append(row)
+    if protecting is not None:
+        result["protect"] = protecting.result(done.measured)
     _write_report(job_dir, job_id, req, result)
     return analyses.plain(result)
 
@@ -186,23 +202,13 @@ def _dense_evaluation(settings: Settings, a_req: AnalysisRequest, model, tokeniz
                       ) -> tuple[dict[str, Any], bool]:
     """The dense model's evaluation on these held-out documents, computed once per model + documents +
     protocol and reused by every later pruning (``data_dir/cache/dense-<key>.json``, written atomically)."""
-    import hashlib
-
-    from fnprune.io import atomic_write_json
     from fnprune.pruning.job import EVAL_TOKENS_PER_DOC, evaluate_for_job
 
-    key = hashlib.sha256(json.dumps({
-        "version": DENSE_CACHE_VERSION, "model": a_req.model, "max_tokens": EVAL_TOKENS_PER_DOC, "windows": [512, 128],
-        "docs": [[d.id, hashlib.sha256(d.text.encode()).hexdigest()] for d in heldout]}).encode()).hexdigest()[:32]
-    path = settings.data_dir / "cache" / f"dense-{key}.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text()), True
-        except (OSError, ValueError):
-            pass  # a damaged cache entry is recomputed
-    dense = evaluate_for_job(model, tokenizer, heldout, progress)
-    atomic_write_json(path, dense)
-    return dense, False
+    from .cache import cached_json, docs_key
+
+    key = {"version": DENSE_CACHE_VERSION, "model": a_req.model, "max_tokens": EVAL_TOKENS_PER_DOC,
+           "windows": [512, 128], "docs": docs_key(heldout)}
+    return cached_json(settings, "dense", key, lambda: evaluate_for_job(model, tokenizer, heldout, progress))
 
 
 def _measures(evaluation: dict[str, Any], size_bytes: int | None) -> dict[str, Any]:

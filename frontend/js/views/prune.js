@@ -12,6 +12,7 @@ import { baseLayout, OKABE_ITO, react } from "../charts.js";
 import { clearError, debounce, el, fmtBytes, fmtNum, fmtParams, fmtPct, fmtTime, showError } from "../dom.js";
 import { getNetworks, getOptions } from "../store.js";
 import { analysisTabs, ownLayer, statusBadge, waitForJob } from "./common.js";
+import { protectSection } from "./protect.js";
 
 // One earlier pruning's measured result: method, repair, removed fraction, held-out perplexity vs dense.
 function measured(p) {
@@ -27,7 +28,7 @@ export async function render(root, { id }, ctx) {
   if (!ctx.alive()) return;
   root.append(analysisTabs(id, "prune", job));
   if (job.status !== "succeeded") return waitForJob(root, id, job, ctx);
-  const [table, options] = await Promise.all([getNetworks(id), getOptions()]);
+  const [table, options, corpora] = await Promise.all([getNetworks(id), getOptions(), api(urls.corpora())]);
   if (!ctx.alive()) return;
   const comps = [...table.components].sort((a, b) => a.id - b.id);
   const thr = table.threshold ?? options.analysis.threshold;
@@ -43,6 +44,7 @@ export async function render(root, { id }, ctx) {
   const projection = projectionSection(id);
   const method = methodSection(options);
   const calibration = calibrationSection(job, options);
+  const protect = protectSection(id, job, corpora, options);
 
   // ---- the request, the live preview and the start button ---------------------------------------
   const startButton = el("button.btn.btn-primary#start-pruning", { type: "button", text: "Prune the model", "aria-describedby": "prune-blocked" });
@@ -111,6 +113,13 @@ export async function render(root, { id }, ctx) {
     };
     if (body.protected_layers) payload.protected_layers = body.protected_layers;
     if (nCalib !== calibration.apiDefault) payload.calibration_texts = nCalib;
+    try {
+      const protectRequest = protect.request();
+      if (protectRequest) payload.protect = protectRequest;
+    } catch (err) {
+      showError(err);
+      return;
+    }
     startButton.disabled = true;
     try {
       const pj = await api(urls.jobs("prunings"), { method: "POST", body: payload });
@@ -127,6 +136,7 @@ export async function render(root, { id }, ctx) {
     el("h2", { text: "Prune" }),
     el("div.options", method.choices, calibration.node, method.evaluate),
     method.baselines,
+    protect.node,
     el("div.actions", startButton, blockedNote),
   );
   const pastSlot = el("div");

@@ -4,6 +4,7 @@ import { api, urls } from "../api.js";
 import { baseLayout, OKABE_ITO, react } from "../charts.js";
 import { el, fmtBytes, fmtNum, fmtParams, fmtPct, showError, showNotice } from "../dom.js";
 import { analysisDownloads, downloadsList, jobProgress, statusBadge } from "./common.js";
+import { protectResult } from "./protect.js";
 
 export async function render(root, { id }, ctx) {
   const job = await api(urls.job("prunings", id));
@@ -236,6 +237,7 @@ function renderResults(root, id, job, ctx) {
       r.dense_cached ? el("p.muted.small#dense-cached", { text: "The dense model's numbers were measured once for this model and these held-out documents, and reused." }) : null,
       r.calibration ? el("p.muted.small#calibration", { text: `Pruning scores and repair calibrated on ${r.calibration.texts} documents${r.calibration.requested_texts > r.calibration.texts ? ` (of ${r.calibration.requested_texts} requested: the corpus has no more)` : ""} × ${r.calibration.tokens_per_text} tokens (not held out); perplexity on the first 512 tokens of each held-out document.` }) : null,
       notes),
+    ...[protectResult(r)].filter(Boolean),
     chosenSection(r, analysisId),
     fidelity.node,
     repairSection(r),

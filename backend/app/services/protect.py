@@ -1,0 +1,167 @@
+"""Protect a capability (issue 22): a pruning's ``protect`` checked before it is queued, the worker's hooks
+around :func:`fnprune.pruning.protect.apply_protection` (the CLI's ``--protect`` runs the same function), the
+result's ``protect`` block, and the networks proposal.
+
+The proposal (``POST /api/analyses/{id}/protect-proposal``) is a synchronous call, not a job: it reads a
+few short documents (:data:`PROPOSAL_CALIBRATION_DOCS` of the calibration text, at most ``docs`` of the
+protected one) and answers in seconds on the default model, so the select page can show it while the user
+chooses; a job would need a third job kind in the store, the worker and the pages for a preview. It loads
+the model in the API process for that call. The pruning proposes again on its whole calibration (what it
+forced is in the result's block), so the proposal is a preview on fewer documents, and says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.config import Settings
+from ..core.errors import ApiError
+from ..schemas import AnalysisRequest, ProtectRequest, ProtectResult, ProtectSource, PruningRequest
+from . import catalog
+from .jobs import JobStore
+
+PROPOSAL_CALIBRATION_DOCS = 8  # calibration documents the synchronous proposal measures
+
+
+# -- before a job is queued ---------------------------------------------------------------------------
+def check_source(source: ProtectSource, settings: Settings, networks, by: str = "networks") -> None:
+    """The protected text exists (corpus, genres) and N fits the analysis: 4xx naming ``protect.<field>``."""
+    from fnprune.corpus import check_genres
+    from fnprune.errors import CorpusError
+
+    if source.corpus is not None:
+        try:
+            catalog.resolve_corpus(source.corpus, settings)
+        except ApiError as exc:
+            raise ApiError(exc.status_code, f"protect.{exc.detail}", "protect.corpus") from exc
+        try:
+            check_genres(source.genres, catalog.corpus_info(source.corpus, settings)["labels"], source.corpus)
+        except CorpusError as exc:
+            raise ApiError(422, f"protect.{exc}", "protect.genres") from exc
+    if by == "networks" and source.networks > networks.n_components:
+        raise ApiError(422, f"protect.networks: the analysis has {networks.n_components} networks, "
+                            f"{source.networks} asked for", "protect.networks")
+
+
+def check(req: PruningRequest, settings: Settings, networks, n_calibration: int) -> None:
+    """Everything about ``req.protect`` that can be refused before the job is queued."""
+    p = req.protect
+    if p is None:
+        return
+    check_source(p, settings, networks, p.by)
+    if p.compare_unconstrained and not req.evaluate:
+        raise ApiError(422, "protect.compare_unconstrained: needs evaluate (the comparison is held-out perplexity)",
+                       "protect.compare_unconstrained")
+    if p.by == "calibration" and n_calibration < 2:
+        raise ApiError(422, "calibration_texts: mixing the protected text into the calibration needs at least 2 "
+                            "calibration documents", "calibration_texts")
+
+
+# -- the protected documents ------------------------------------------------------------------------------
+def source_name(p: ProtectSource) -> str:
+    if p.corpus is not None:
+        return p.corpus + (f":{','.join(p.genres)}" if p.genres else "")
+    return f"{len(p.texts)} pasted text{'s' if len(p.texts) != 1 else ''}"
+
+
+def documents(p: ProtectSource, settings: Settings) -> tuple[list, list]:
+    """``(selection, heldout)``: :func:`fnprune.pruning.protect.protect_corpus` / ``protect_texts``."""
+    from fnprune.pruning.protect import protect_corpus, protect_texts
+
+    if p.corpus is not None:
+        return protect_corpus(catalog.resolve_corpus(p.corpus, settings), p.genres, p.docs)
+    return protect_texts(p.texts, p.docs)
+
+
+# -- the worker's side ------------------------------------------------------------------------------------
+class ProtectRun:
+    """One protected pruning: :class:`fnprune.pruning.job.PruneJob`'s ``adjust`` and ``measure``, then the
+    result's block. ``n_heldout``: at most this many held-out documents of the protected text are evaluated."""
+
+    def __init__(self, p: ProtectRequest, settings: Settings, networks, a_req: AnalysisRequest, n_heldout: int):
+        from fnprune.pruning.protect import Protection
+
+        self.p, self.settings, self.networks, self.a_req = p, settings, networks, a_req
+        selection, heldout = documents(p, settings)
+        self.protection = Protection(source_name(p), selection, heldout, by=p.by, networks=p.networks)
+        self.heldout = heldout[:n_heldout]
+        self.before: tuple | None = None
+        self.info: dict[str, Any] | None = None
+
+    def adjust(self, spec, model, tokenizer, calibration, progress):
+        from fnprune.progress import report
+        from fnprune.pruning.protect import apply_protection
+
+        self.before = (spec, calibration)
+        report(progress, "protect", 0.0, f"protecting {self.protection.source} ({self.p.by})")
+        spec, calibration, self.info = apply_protection(self.protection, spec, model, tokenizer, self.networks,
+                                                        calibration, progress)
+        return spec, calibration
+
+    def measure(self, dense, pruned, tokenizer, done, progress) -> dict[str, Any]:
+        from fnprune.pruning.job import EVAL_TOKENS_PER_DOC, heldout_perplexity, protection_comparison
+
+        from .cache import cached_json, docs_key
+
+        dense_b, cached = None, None
+        if self.heldout:
+            key = {"version": 1, "model": self.a_req.model, "max_tokens": EVAL_TOKENS_PER_DOC, "window": 512,
+                   "docs": docs_key(self.heldout)}
+            dense_b, cached = cached_json(self.settings, "dense-ppl", key,
+                                          lambda: heldout_perplexity(dense, tokenizer, self.heldout))
+        out = protection_comparison(
+            dense, pruned, tokenizer, self.networks, done.heldout, self.heldout,
+            dense_a=done.dense_eval["perplexity"]["512"]["ppl"], pruned_a=done.pruned_eval["perplexity"]["512"]["ppl"],
+            dense_b=dense_b, unconstrained=self.before if self.p.compare_unconstrained else None, progress=progress)
+        return out | {"dense_cached": cached}
+
+    def result(self, measured: dict[str, Any] | None) -> dict[str, Any]:
+        """The result's ``protect`` block (:class:`~backend.app.schemas.ProtectResult`)."""
+        info = dict(self.info or {})
+        notes = []
+        if measured is None:
+            notes.append("not evaluated: evaluation was switched off for this pruning")
+        elif measured["protected"] is None:
+            notes.append(f"{self.protection.source} has no held-out document (it needs 10 or more documents: every "
+                         "tenth is held out), so its perplexity was not measured")
+        if self.p.by == "networks":
+            notes.append("the networks were proposed on this pruning's whole calibration text")
+        mixing = proposal = None
+        if info.get("by") == "calibration":
+            mixing = {k: info[k] for k in ("calibration_docs", "protect_docs", "protect_tokens", "tokens")}
+        elif info:
+            proposal = {k: info[k] for k in ("networks", "scores", "rule", "n_forced", "forced_per_layer", "docs")}
+        block = {"source": self.protection.source, "by": self.p.by, "protect_docs": len(self.protection.documents),
+                 "heldout_docs": len(self.heldout), "mixing": mixing, "proposal": proposal,
+                 "calibration_domain": measured and measured["calibration"],
+                 "protected_domain": measured and measured["protected"],
+                 "unconstrained_keep_digest": measured and measured["unconstrained_keep_digest"],
+                 "dense_cached": measured and measured["dense_cached"], "notes": notes}
+        return ProtectResult.model_validate(block).model_dump()
+
+
+# -- the proposal (synchronous) -------------------------------------------------------------------------------
+def propose(settings: Settings, store: JobStore, analysis_id: str, source: ProtectSource) -> dict[str, Any]:
+    """The ``source.networks`` networks most selective for the protected text against the first
+    :data:`PROPOSAL_CALIBRATION_DOCS` calibration documents of the analysis' corpus
+    (:func:`fnprune.pruning.protect.protect_proposal`), and the neurons they force."""
+    from fnprune.corpus import load_split
+    from fnprune.models.loading import load_model
+    from fnprune.pruning.calibration import Calibration
+    from fnprune.pruning.protect import protect_proposal
+
+    from . import analyses
+    from .prunings import MIN_CALIBRATION
+
+    networks = analyses.load_networks(settings, store, analysis_id)
+    a_req = AnalysisRequest(**store.get(analysis_id, "analysis")["params"])
+    check_source(source, settings, networks)
+    docs_b, _ = documents(source, settings)
+    calibration, _ = load_split(catalog.resolve_corpus(a_req.corpus, settings), PROPOSAL_CALIBRATION_DOCS,
+                                genres=a_req.genres, sampling=a_req.sampling)
+    model, tokenizer = load_model(catalog.resolve_model(a_req.model, settings), device=settings.DEVICE,
+                                  trust_remote_code=settings.TRUST_REMOTE_CODE, allowed_dirs=settings.MODEL_DIRS)
+    tokens = max(a_req.max_tokens, MIN_CALIBRATION[1])
+    proposal = protect_proposal(model, tokenizer, networks, Calibration(tokenizer, calibration, tokens), docs_b,
+                                source.networks)
+    return analyses.plain(proposal.as_dict() | {"calibration_docs": len(calibration), "docs": len(docs_b)})
