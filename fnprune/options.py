@@ -98,3 +98,6 @@ QUICK_ANALYSIS_TEXTS = DEFAULT_ANALYSIS_TEXTS
 QUICK_CALIBRATION_DOCS = 40
 DEFAULT_RIDGE = 1e-4  # the repair's ridge, times the mean input power; chosen on validation documents (§3b)
 DEFAULT_HEADS_FRACTION = 0.25  # of the KV groups of each unprotected layer, when heads are pruned without a fraction
+# `fnprune ablate` and POST /api/analyses/{id}/ablations (what does a network do?)
+DEFAULT_ABLATION_TEXTS = 20  # held-out documents scored (the analysis did not read them)
+DEFAULT_ABLATION_TOP_TOKENS = 10  # tokens listed whose probability falls most

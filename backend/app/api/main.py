@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends
 
 from ..core.errors import error_responses
 from .deps import require_token
-from .routes import analyses, corpora, health, links, models, options, prunings
+from .routes import ablations, analyses, corpora, health, links, models, options, prunings
 
 api_router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=error_responses(401, 500))
 api_router.include_router(health.router)
@@ -14,3 +14,4 @@ api_router.include_router(corpora.router)
 api_router.include_router(analyses.router)
 api_router.include_router(prunings.router)
 api_router.include_router(links.router)
+api_router.include_router(ablations.router)
