@@ -397,26 +397,27 @@ export function pickSignal(values, nLayers, nSignals, width, signal) {
 
 /**
  * An ablation's perplexity change per genre (`rows`: the API's AblationRow list, `all` last): the networks
- * zeroed / dense and the random control / dense, each with its paired 95% interval; 1 = no change.
+ * zeroed / dense and the random control / dense, each a dot with its paired 95% interval; 1 = no change.
  */
 export function drawAblation(el, rows) {
   const x = rows.map((r) => (r.genre === "all" ? `all (${r.n_docs} docs)` : `${r.genre} (${r.n_docs})`));
   const trace = (key, name, color) => ({
-    type: "bar",
+    type: "scatter",
+    mode: "markers",
     name,
     x,
     y: rows.map((r) => r[key].ratio),
-    error_y: { type: "data", symmetric: false, array: rows.map((r) => r[key].high - r[key].ratio), arrayminus: rows.map((r) => r[key].ratio - r[key].low), color: "#323f4b", thickness: 1 },
+    error_y: { type: "data", symmetric: false, array: rows.map((r) => r[key].high - r[key].ratio), arrayminus: rows.map((r) => r[key].ratio - r[key].low), color, thickness: 1.5, width: 6 },
     customdata: rows.map((r) => [r[key].low, r[key].high]),
-    marker: { color },
+    marker: { color, size: 10 },
     hovertemplate: `%{x}<br>${name}: %{y:.3f}× [%{customdata[0]:.3f}, %{customdata[1]:.3f}]<extra></extra>`,
   });
   return react(
     el,
-    [trace("network_vs_dense", "this network zeroed / dense", OKABE_ITO[5]), trace("random_vs_dense", "random neurons zeroed / dense", "#9aa5b1")],
+    [trace("network_vs_dense", "this network zeroed / dense", OKABE_ITO[5]), trace("random_vs_dense", "random neurons zeroed / dense", "#52606d")],
     baseLayout({
       height: 300,
-      barmode: "group",
+      scattermode: "group",
       legend: { orientation: "h", y: 1.12 },
       xaxis: { automargin: true, tickangle: -20 },
       yaxis: { title: { text: "perplexity ratio to dense" } },

@@ -801,7 +801,7 @@ def test_network_ablation_panel(server, page, pruned):
     expect(page.locator("#ablation-what")).to_have_text(
         f"Zeroes the {comp['n_key']:,} key neurons (|z| > {table['threshold']:.2f}) of this network in the dense model; "
         f"control: {comp['n_key']:,} random neurons in the same layers. Nothing is removed or saved. Scored on held-out "
-        "documents of the analysis' corpus (ones it did not read).")
+        "documents of the analysis' corpus (ones it did not read).", timeout=30_000)
     page.get_by_role("button", name="Ablate this network").click()
     expect(page.locator("#ablation-table")).to_be_visible(timeout=PRUNING_TIMEOUT_MS)
     _, jobs = _api(server, f"/api/analyses/{analysis_id}/ablations")

@@ -80,10 +80,10 @@ export function ablationPanel(analysisId, k, nKey, threshold, ctx) {
         el("td.num.abl-network", { text: fmtNum(g.network, 2) }),
         el("td.num.abl-network-ratio", { text: fmtRatio(g.network_vs_dense) }),
         el("td.num.abl-random", { text: fmtNum(g.random, 2) }),
-        el("td.num.abl-random-ratio", { text: fmtRatio(g.random_vs_dense) })))))));
+        el("td.num.abl-random-ratio", { text: fmtRatio(g.random_vs_dense) }))))));
     const summary = el("p#ablation-summary", { text: `Over all ${a.n_docs} documents, perplexity with this network zeroed / with the random control zeroed: ${fmtRatio(a.network_vs_random)} (paired 95% bootstrap interval over documents; above 1: the network matters more than as many random neurons).` });
     const tokens = r.top_tokens.length
-      ? el("ol.top-tokens#ablation-tokens", r.top_tokens.map((t) => el("li", { dataset: { doc: t.doc, position: String(t.position) } },
+      ? el("ol.top-tokens.ablation-tokens#ablation-tokens", r.top_tokens.map((t) => el("li", { dataset: { doc: t.doc, position: String(t.position) } },
         el("span.tt-context", el("span.ctx", { text: visible(t.left) }), el("mark", { text: visibleToken(t.token) })),
         el("span.tt-value.abl-p", { text: `p ${fmtProb(t.p_dense)} → ${fmtProb(t.p_network)}` }),
         el("span.tt-meta.muted.small.abl-control", { text: `control ${fmtProb(t.p_random)} · ${t.label} · ${t.doc}` }))))
