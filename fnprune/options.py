@@ -114,3 +114,6 @@ PROTECT_BY_HELP = {
 DEFAULT_PROTECT_NETWORKS = 20  # BENCHMARKS.md §10: how many networks a protection forces by default
 DEFAULT_PROTECT_DOCS = 20  # documents of the protected text that protect (mixed in, or measured to choose networks)
 DEFAULT_PROTECT_SHARE = 0.1  # of the calibration tokens, replaced by the protected text (BENCHMARKS.md §10 (e))
+# `fnprune ablate` and POST /api/analyses/{id}/ablations (what does a network do?)
+DEFAULT_ABLATION_TEXTS = 20  # held-out documents scored (the analysis did not read them)
+DEFAULT_ABLATION_TOP_TOKENS = 10  # tokens listed whose probability falls most

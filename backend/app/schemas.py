@@ -14,6 +14,8 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from fnprune.options import (
     ALLOCATIONS,
+    DEFAULT_ABLATION_TEXTS,
+    DEFAULT_ABLATION_TOP_TOKENS,
     DEFAULT_ANALYSIS_TEXTS,
     DEFAULT_CALIBRATION_DOCS,
     DEFAULT_CALIBRATION_TOKENS,
@@ -590,7 +592,6 @@ class ErrorBody(BaseModel):
     field: str | None = Field(description="the request field the error is about, e.g. `n_texts` or `labels.3`")
 
 
-
 # -- protect a capability (issue 22) -----------------------------------------------------------------------
 class ProtectProposal(BaseModel):
     """The networks most selective for the protected text against the calibration text, and what forcing
@@ -639,3 +640,70 @@ class ProtectResult(BaseModel):
     unconstrained_keep_digest: str | None
     dense_cached: bool | None = Field(description="the dense model's perplexity on the protected text came from the cache")
     notes: list[str]
+
+
+# -- what does a network do? (POST /api/analyses/{id}/ablations; fnprune.evaluation.ablation.ablate) ------
+class AblationRequest(Strict):
+    networks: list[Int] = Field(min_length=1, max_length=4096, description=(
+        "network ids of the analysis whose key neurons (|z| above the analysis threshold) are zeroed together"))
+    texts: Int = Field(default=DEFAULT_ABLATION_TEXTS, ge=1, le=200, description=(
+        "held-out documents of the analysis' corpus (the ones it did not read) that are scored"))
+    max_tokens: Int = Field(default=DEFAULT_MAX_TOKENS, ge=8, le=4096, description=(
+        "tokens of each document scored (its first ones)"))
+    top_tokens: Int = Field(default=DEFAULT_ABLATION_TOP_TOKENS, ge=0, le=100, description=(
+        "how many tokens to list whose probability falls most"))
+    seed: Int = Field(default=0, ge=0, le=2**31 - 1, description="seed of the random-neuron control")
+
+
+class PairedRatio(BaseModel):
+    """PPL(a) / PPL(b) on the same documents, with a paired 95% bootstrap interval over documents."""
+
+    ratio: float | None
+    low: float | None
+    high: float | None
+
+
+class AblationRow(BaseModel):
+    """Perplexity of one genre's held-out documents (or of all: genre ``all``), each scored alone."""
+
+    genre: str
+    n_docs: int
+    n_tokens: int
+    dense: float | None = Field(description="perplexity of the dense model")
+    network: float | None = Field(description="perplexity with the networks' key neurons zeroed")
+    random: float | None = Field(description="perplexity with as many random neurons zeroed in the same layers")
+    network_vs_dense: PairedRatio
+    random_vs_dense: PairedRatio
+    network_vs_random: PairedRatio
+
+
+class AblationToken(BaseModel):
+    """A token whose probability (of the token that actually came next) fell most when the networks were zeroed."""
+
+    doc: str
+    label: str
+    position: int = Field(description="the token's position in its document (tokens, from 0)")
+    left: str = Field(description="the tokens before it")
+    token: str
+    p_dense: float
+    p_network: float = Field(description="with the networks' key neurons zeroed")
+    p_random: float = Field(description="with the random control zeroed")
+    logp_drop: float = Field(description="log p dense - log p networks zeroed")
+
+
+class AblationResult(BaseModel):
+    analysis_id: str
+    networks: list[int]
+    threshold: float = Field(description="|z| above which a neuron is a key neuron of a network")
+    n_neurons: int = Field(description="key neurons zeroed (and random neurons zeroed in the control)")
+    neurons_per_layer: list[int]
+    window: int = Field(description="tokens of each document scored")
+    seed: int
+    genres: list[AblationRow]
+    all: AblationRow
+    top_tokens: list[AblationToken]
+
+
+class AblationJob(Job):
+    kind: Literal["ablation"]
+    result: AblationResult | None

@@ -91,6 +91,10 @@ def _runner(kind: str) -> Callable[[Settings, str, dict[str, Any], Callable], di
         from .services.analyses import run_analysis
 
         return run_analysis
+    if kind == "ablation":
+        from .services.ablations import run_ablation
+
+        return run_ablation
     from .services.prunings import run_pruning
 
     return run_pruning

@@ -65,6 +65,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from fnprune.evaluation.ablation import ablate
 
     from ..corpus import load_corpus, split_heldout
+    from ..io import atomic_write_text
     from ..models import load_model
 
     networks = int_list(args.networks, "--networks")
@@ -88,7 +89,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     result = ablate(model, tokenizer, fn, networks, heldout[:args.texts], window=args.max_tokens, seed=args.seed,
                     n_tokens=args.top_tokens, batch_size=args.batch_size)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        atomic_write_text(Path(args.json), json.dumps(result, indent=1))
     print(report_ablation(result))
     return 0
 
@@ -119,7 +120,7 @@ def report_ablation(r: dict) -> str:
 
 def add_subcommands(subparsers) -> None:
     """Register ``ablate``."""
-    from ..options import DEFAULT_CORPUS
+    from ..options import DEFAULT_ABLATION_TEXTS, DEFAULT_ABLATION_TOP_TOKENS, DEFAULT_CORPUS
 
     p = subparsers.add_parser("ablate", help="zero networks' key neurons in the dense model: perplexity per genre and "
                                              "the tokens that change most, next to a same-size random ablation")
@@ -128,8 +129,10 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--model", default=None, help="model spec (default: the one the run directory names)")
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="held-out documents of this corpus are scored")
     p.add_argument("--genres", default=None, help="only these genres, e.g. news,fiction")
-    p.add_argument("--texts", type=int, default=20, help="held-out documents (default 20)")
-    p.add_argument("--top-tokens", type=int, default=10, help="tokens listed (default 10)")
+    p.add_argument("--texts", type=int, default=DEFAULT_ABLATION_TEXTS,
+                   help=f"held-out documents (default {DEFAULT_ABLATION_TEXTS})")
+    p.add_argument("--top-tokens", type=int, default=DEFAULT_ABLATION_TOP_TOKENS,
+                   help=f"tokens listed (default {DEFAULT_ABLATION_TOP_TOKENS})")
     p.add_argument("--seed", type=int, default=0, help="seed of the random control")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
     add_batch_options(p, quiet=False)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from torch import nn
 from fnprune.errors import ConfigError, CorpusError
 from fnprune.models.loading import model_device
 from fnprune.models.mlp import find_mlps
+from fnprune.progress import ProgressCallback, report
 from fnprune.pruning.selection import chosen_components, forced_mask
 from fnprune.tokens import encode_documents, padded_batches
 
@@ -53,15 +54,18 @@ def zeroed(model: nn.Module, mask: np.ndarray) -> Iterator[None]:
 
 
 @torch.no_grad()
-def token_logprobs(model: nn.Module, tokenizer, sequences: Sequence[Sequence[int]], batch_size: int = 4
-                   ) -> list[np.ndarray]:
-    """Per sequence, ``(len - 1,)`` float64: log p(token t+1 | tokens ≤ t) of the token that came next."""
+def token_logprobs(model: nn.Module, tokenizer, sequences: Sequence[Sequence[int]], batch_size: int = 4,
+                   on_batch: Callable[[float], None] | None = None) -> list[np.ndarray]:
+    """Per sequence, ``(len - 1,)`` float64: log p(token t+1 | tokens ≤ t) of the token that came next.
+    ``on_batch(fraction of the sequences done)`` after each batch."""
     device = model_device(model)
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []
     try:
         for ids, mask in padded_batches(list(sequences), batch_size):
+            if on_batch is not None:
+                on_batch(len(out) / max(1, len(sequences)))
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
             logp = torch.log_softmax(logits.float()[:, :-1], dim=-1)  # (b, len-1, vocab)
             picked = logp.gather(-1, ids[:, 1:].to(device)[..., None])[..., 0].double().cpu()  # (b, len-1)
@@ -89,17 +93,28 @@ def _units(logprobs: list[np.ndarray]) -> dict:
     return {"ppl": math.exp(sum(nll) / sum(tokens)), "unit_nll": nll, "unit_tokens": tokens}
 
 
+def _row(dense: list[np.ndarray], silenced: list[np.ndarray], rand: list[np.ndarray], seed: int) -> dict:
+    """One label's (or every document's) perplexities and paired ratios, per document."""
+    from .compare import paired_ratio
+
+    d, s, r = _units(dense), _units(silenced), _units(rand)
+    return {"n_docs": len(dense), "n_tokens": int(sum(lp.size for lp in dense)),
+            "dense": d["ppl"], "network": s["ppl"], "random": r["ppl"],
+            "network_vs_dense": paired_ratio(s, d, seed=seed), "random_vs_dense": paired_ratio(r, d, seed=seed),
+            "network_vs_random": paired_ratio(s, r, seed=seed)}
+
+
 def ablate(model: nn.Module, tokenizer, fn, networks: Sequence[int], docs, *, window: int = 512,
            seed: int = 0, n_tokens: int = 20, context: int = 8, batch_size: int = 4,
-           threshold: float | None = None) -> dict:
+           threshold: float | None = None, progress: ProgressCallback | None = None) -> dict:
     """Silence the key neurons (|z| > ``threshold``, default the analysis') of ``networks`` in the dense
     ``model`` and, as the control, as many random neurons per layer (``seed``); see the module docstring.
 
     Returns ``{"networks", "n_neurons", "neurons_per_layer", "by_label": {label: {"n_docs", "n_tokens",
-    "dense", "network", "random"}}, "all": {... , "network_vs_dense", "random_vs_dense",
-    "network_vs_random"}, "top_tokens": [...]}`` (perplexities; paired ratios with 95% intervals)."""
-    from .compare import paired_ratio
-
+    "dense", "network", "random", "network_vs_dense", "random_vs_dense", "network_vs_random"}}, "all":
+    {the same over every document}, "top_tokens": [...]}`` (perplexities; paired ratios with 95% bootstrap
+    intervals over documents). ``progress``: stage ``ablate``, the three passes (dense, networks zeroed,
+    random zeroed) one third each."""
     sel = chosen_components(fn, networks)
     if sel is None:
         raise ConfigError("networks: choose at least one network to ablate", field="networks")
@@ -120,25 +135,25 @@ def ablate(model: nn.Module, tokenizer, fn, networks: Sequence[int], docs, *, wi
             sequences.append(seq[0])
     if not sequences:
         raise CorpusError("no document has at least 2 tokens")
-    dense = token_logprobs(model, tokenizer, sequences, batch_size)
-    with zeroed(model, mask):
-        silenced = token_logprobs(model, tokenizer, sequences, batch_size)
-    with zeroed(model, control):
-        rand = token_logprobs(model, tokenizer, sequences, batch_size)
+
+    def scored(step: int, what: str, zero: np.ndarray | None) -> list[np.ndarray]:
+        def on_batch(done: float) -> None:
+            report(progress, "ablate", (step + done) / 3, f"{what}: {done:.0%} of {len(sequences)} documents")
+        with zeroed(model, zero) if zero is not None else contextlib.nullcontext():
+            out = token_logprobs(model, tokenizer, sequences, batch_size, on_batch)
+        on_batch(1.0)
+        return out
+
+    dense = scored(0, "dense model", None)
+    silenced = scored(1, f"{int(mask.sum())} key neurons zeroed", mask)
+    rand = scored(2, f"{int(mask.sum())} random neurons zeroed", control)
 
     labels = [getattr(d, "label", None) or "unlabelled" for d in kept_docs]
     by_label = {}
     for label in sorted(set(labels)):
         idx = [i for i, x in enumerate(labels) if x == label]
-        rows = {name: _units([lp[i] for i in idx]) for name, lp in (("dense", dense), ("network", silenced),
-                                                                      ("random", rand))}
-        by_label[label] = {"n_docs": len(idx), "n_tokens": int(sum(dense[i].size for i in idx)),
-                           **{k: v["ppl"] for k, v in rows.items()}}
-    d, s, r = _units(dense), _units(silenced), _units(rand)
-    overall = {"n_docs": len(sequences), "n_tokens": int(sum(lp.size for lp in dense)),
-               "dense": d["ppl"], "network": s["ppl"], "random": r["ppl"],
-               "network_vs_dense": paired_ratio(s, d, seed=seed), "random_vs_dense": paired_ratio(r, d, seed=seed),
-               "network_vs_random": paired_ratio(s, r, seed=seed)}
+        by_label[label] = _row([dense[i] for i in idx], [silenced[i] for i in idx], [rand[i] for i in idx], seed)
+    overall = _row(dense, silenced, rand, seed)
 
     # the tokens whose probability falls most when the networks are silenced
     drops = [(float(dl[t] - sl[t]), i, t) for i, (dl, sl) in enumerate(zip(dense, silenced, strict=True))

@@ -120,7 +120,7 @@ def prune_job(networks, spec: PruningSpec, job: PruneJob, progress: ProgressCall
         spec, calib = job.adjust(spec, model, tokenizer, calib, progress)
     outcome = prune_with_networks(model, networks, spec, calib, progress=progress)
     result = PruneJobResult(spec=outcome.spec, outcome=outcome, model_dir=Path(job.out), heldout=heldout,
-                            calibration=calibration, n_calibration=job.n_calibration,
+                            calibration=list(calib.docs), n_calibration=job.n_calibration,
                             notes=[*notes, *outcome.notes])
     for note in result.notes:  # announced in the progress too, not only in the result
         report(progress, "prune", 1.0, f"note: {note}")

@@ -394,3 +394,34 @@ export function pickSignal(values, nLayers, nSignals, width, signal) {
   }
   return out;
 }
+
+/**
+ * An ablation's perplexity change per genre (`rows`: the API's AblationRow list, `all` last): the networks
+ * zeroed / dense and the random control / dense, each a dot with its paired 95% interval; 1 = no change.
+ */
+export function drawAblation(el, rows) {
+  const x = rows.map((r) => (r.genre === "all" ? `all (${r.n_docs} docs)` : `${r.genre} (${r.n_docs})`));
+  const trace = (key, name, color) => ({
+    type: "scatter",
+    mode: "markers",
+    name,
+    x,
+    y: rows.map((r) => r[key].ratio),
+    error_y: { type: "data", symmetric: false, array: rows.map((r) => r[key].high - r[key].ratio), arrayminus: rows.map((r) => r[key].ratio - r[key].low), color, thickness: 1.5, width: 6 },
+    customdata: rows.map((r) => [r[key].low, r[key].high]),
+    marker: { color, size: 10 },
+    hovertemplate: `%{x}<br>${name}: %{y:.3f}× [%{customdata[0]:.3f}, %{customdata[1]:.3f}]<extra></extra>`,
+  });
+  return react(
+    el,
+    [trace("network_vs_dense", "this network zeroed / dense", OKABE_ITO[5]), trace("random_vs_dense", "random neurons zeroed / dense", "#52606d")],
+    baseLayout({
+      height: 300,
+      scattermode: "group",
+      legend: { orientation: "h", y: 1.12 },
+      xaxis: { automargin: true, tickangle: -20 },
+      yaxis: { title: { text: "perplexity ratio to dense" } },
+      shapes: [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: 1, y1: 1, line: { color: "#323f4b", dash: "dot", width: 1 } }],
+    }),
+  );
+}

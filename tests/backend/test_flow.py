@@ -130,7 +130,7 @@ def test_analysis_to_pruned_model(client, settings, worker, tmp_path):
     assert [c["id"] for c in result["chosen_networks"]] == chosen
     assert all(c["n_kept"] == c["n_key"] for c in result["chosen_networks"])
     assert [f["id"] for f in result["fidelity"]] == chosen and result["fidelity_scope"] == "chosen"
-    assert result["calibration"] == {"texts": 12, "requested_texts": 12, "tokens_per_text": 64}
+    assert result["calibration"] == {"texts": 12, "requested_texts": 12, "tokens_per_text": 64, "protected_texts": 0}
     assert [b["mlp_neurons_removed"] for b in result["baselines"]] == [
         sum(result["original_widths"]) - sum(result["widths"])] * 2  # the method's MLP budget, no heads
     assert result["repair"] == "lstsq" and result["repair_errors"]["error_repaired"] < result["repair_errors"]["error_pruned"]

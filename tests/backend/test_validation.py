@@ -63,6 +63,13 @@ BAD_REQUESTS = [
     ("get", "/api/nope", {}, 404, None),
     ("post", "/api/analyses/doesnotexist/protect-proposal", {"json": {"texts": [" "]}}, 422, "texts.0"),
     ("post", "/api/analyses/doesnotexist/protect-proposal", {"json": {"corpus": "pydoc"}}, 404, None),
+    ("post", "/api/analyses/doesnotexist/ablations", {"json": {"networks": [0]}}, 404, "analysis_id"),
+    ("post", "/api/analyses/doesnotexist/ablations", {"json": {"networks": []}}, 422, "networks"),
+    ("post", "/api/analyses/doesnotexist/ablations", {"json": {"networks": [0], "texts": 0}}, 422, "texts"),
+    ("get", "/api/analyses/doesnotexist/ablations", {}, 404, None),
+    ("get", "/api/ablations/nope", {}, 404, None),
+    ("delete", "/api/ablations/nope", {}, 404, None),
+    ("get", "/api/ablations/nope/events", {}, 404, None),
     ("post", "/api/prunings", {"json": {"analysis_id": "x", "protect": {"corpus": "pydoc", "texts": ["a"]}}}, 422,
      "protect"),
 ]

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends
 
 from ..core.errors import error_responses
 from .deps import require_token
-from .routes import analyses, corpora, health, links, models, options, prunings
+from .routes import ablations, analyses, corpora, health, links, models, options, prunings
 from .routes import protect as protect_routes
 
 api_router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=error_responses(401, 500))
@@ -16,3 +16,4 @@ api_router.include_router(analyses.router)
 api_router.include_router(prunings.router)
 api_router.include_router(protect_routes.router)
 api_router.include_router(links.router)
+api_router.include_router(ablations.router)

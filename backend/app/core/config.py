@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         return self.data_dir / "uploads"
 
     def job_dir(self, kind: str, job_id: str) -> Path:
-        return self.data_dir / ("analyses" if kind == "analysis" else "prunings") / job_id
+        return self.data_dir / {"analysis": "analyses", "ablation": "ablations"}.get(kind, "prunings") / job_id
 
     @property
     def queue_kind(self) -> str:

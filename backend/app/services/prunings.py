@@ -150,6 +150,8 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
     _write_masks(job_dir / "masks.json", keep_to_mask(outcome.keep, networks.width),
                  {"analysis_id": req.analysis_id, "pruning_id": job_id, **analyses.plain(info)})
 
+    mixing = protecting.info if protecting and (protecting.info or {}).get("by") == "calibration" else None
+    mixed_in = int(mixing["protect_docs"]) if mixing else 0  # of the calibration texts, from the protected text
     result: dict[str, Any] = {
         "method": spec.method, "allocation": spec.resolved_allocation, "repair": spec.repair,
         "widths": outcome.widths, "original_widths": outcome.original_widths, "ratio_total": outcome.removed_fraction,
@@ -159,7 +161,8 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         "repair_errors": info["repair_errors"], "head_repair_errors": info["head_repair_errors"],
         "target": {"threshold": spec.threshold, "target_ratio": spec.target_ratio, "ratio_of": spec.ratio_of,
                    "source": target_source},
-        "calibration": {"texts": len(done.calibration), "requested_texts": n_calib, "tokens_per_text": calib_tokens},
+        "calibration": {"texts": len(done.calibration), "requested_texts": n_calib, "tokens_per_text": calib_tokens,
+                        "protected_texts": mixed_in},
         "notes": done.notes}
     if outcome.kv_heads is not None:
         result.update({"heads_fraction": req.heads_fraction, "kv_heads": outcome.kv_heads})

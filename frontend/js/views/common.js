@@ -20,7 +20,9 @@ const STAGE_NAMES = {
   "evaluate pruned": "Evaluating the pruned model",
   fidelity: "Measuring network fidelity",
   baselines: "Running baselines",
+  ablate: "Scoring held-out text: dense, network zeroed, random control",
 };
+const JOB_NAMES = { analyses: "analysis", prunings: "pruning", ablations: "ablation" };
 
 export function stageName(stage) {
   if (!stage) return "Starting";
@@ -48,7 +50,7 @@ export function jobProgress(kind, id, { onDone, onStatus, title } = {}) {
   const node = el(
     "section.card.progress-card",
     { "aria-live": "polite", "data-testid": "job-progress" },
-    el("div.progress-head", el("h2", { text: title || (kind === "analyses" ? "Analysis in progress" : "Pruning in progress") }), status),
+    el("div.progress-head", el("h2", { text: title || `${JOB_NAMES[kind].charAt(0).toUpperCase()}${JOB_NAMES[kind].slice(1)} in progress` }), status),
     el("div.progress-line", stage, pct, eta),
     track,
     message,
@@ -100,7 +102,7 @@ export function jobProgress(kind, id, { onDone, onStatus, title } = {}) {
         if (job.status === "failed") {
           errorBox.hidden = false;
           errorBox.textContent = `Failed: ${job.error || "no reason given"}`;
-          showError(`The ${kind === "analyses" ? "analysis" : "pruning"} failed: ${job.error || "no reason given"}`);
+          showError(`The ${JOB_NAMES[kind]} failed: ${job.error || "no reason given"}`);
         } else if (job.status === "cancelled") {
           errorBox.hidden = false;
           errorBox.textContent = "Cancelled.";

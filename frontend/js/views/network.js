@@ -1,10 +1,12 @@
 // Screen 4: one network in detail — its name (editable), thresholded mosaic (functional atlas or
-// neuron index layout), time course, histogram, top tokens in context, mean activity per genre.
+// neuron index layout), time course, histogram, top tokens in context, mean activity per genre, and
+// "what does this network do?" (views/ablation.js).
 import { api, urls } from "../api.js";
 import { baseLayout, combineSignals, DIVERGING, drawMosaic, getLayout, layoutSelect, OKABE_ITO, react } from "../charts.js";
 import { decodeArray } from "../decode.js";
 import { debounce, el, fmtInt, fmtNum, showError, showNotice } from "../dom.js";
 import { getNetwork, getNetworks } from "../store.js";
+import { ablationPanel } from "./ablation.js";
 import { analysisTabs, labelSelect, ownLayer, waitForJob } from "./common.js";
 
 export async function render(root, { id, k }, ctx) {
@@ -157,6 +159,7 @@ export async function render(root, { id, k }, ctx) {
   // ---- time course, histogram, tokens, genres ---------------------------------------------
   const genrePlot = el("div.plot#genre-profile");
   const topTokens = topTokensList(detail.top_tokens || []);
+  const ablation = ablationPanel(id, k, comp.n_key ?? 0, table.threshold, ctx);
 
   root.append(
     head,
@@ -174,10 +177,12 @@ export async function render(root, { id, k }, ctx) {
       el("section.card", el("h3", { text: "Distribution of z over neurons" }), histPlot),
       el("section.card", el("h3", { text: "Mean activity per genre" }), genrePlot)),
     el("section.card", el("h3", { text: "Top-activating tokens in context" }), topTokens),
+    ablation.node,
   );
 
   await drawMap();
   await Promise.all([drawTimeCourse(timePlot, detail.time_course), drawHistogram(histPlot, detail.histogram, Number(slider.value)), drawGenres(genrePlot, detail.genre_profile)]);
+  return ablation.stop;
 }
 
 /** Make whitespace visible in a token / its context (newlines as ⏎, a blank token as ␣). */

@@ -235,7 +235,7 @@ function renderResults(root, id, job, ctx) {
   root.append(
     el("section.card", el("h2", { text: "Dense vs pruned" }), headline, compare,
       r.dense_cached ? el("p.muted.small#dense-cached", { text: "The dense model's numbers were measured once for this model and these held-out documents, and reused." }) : null,
-      r.calibration ? el("p.muted.small#calibration", { text: `Pruning scores and repair calibrated on ${r.calibration.texts} documents${r.calibration.requested_texts > r.calibration.texts ? ` (of ${r.calibration.requested_texts} requested: the corpus has no more)` : ""} × ${r.calibration.tokens_per_text} tokens (not held out); perplexity on the first 512 tokens of each held-out document.` }) : null,
+      r.calibration ? el("p.muted.small#calibration", { text: `Pruning scores and repair calibrated on ${calibrationTexts(r.calibration)} × ${r.calibration.tokens_per_text} tokens (not held out); perplexity on the first 512 tokens of each held-out document.` }) : null,
       notes),
     ...[protectResult(r)].filter(Boolean),
     chosenSection(r, analysisId),
@@ -268,6 +268,15 @@ function renderResults(root, id, job, ctx) {
   return Promise.all(draws).then(() => undefined).catch((err) => {
     if (ctx.alive()) showError(err);
   });
+}
+
+// "40 documents", "(of 120 requested: the corpus has no more)", or with calibration mixing
+// "40 documents (36 of the calibration corpus, 4 of the protected text)"
+function calibrationTexts(c) {
+  const mixed = c.protected_texts || 0;
+  if (mixed > 0) return `${c.texts} documents (${c.texts - mixed} of the calibration corpus, ${mixed} of the protected text)`;
+  const fewer = c.requested_texts > c.texts ? ` (of ${c.requested_texts} requested: the corpus has no more)` : "";
+  return `${c.texts} documents${fewer}`;
 }
 
 function baselineName(b) {
