@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import sys
@@ -81,6 +82,10 @@ def main() -> None:  # noqa: C901  (one experiment, read top to bottom)
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes")
     parser.add_argument("--table", type=Path, default=None, help="print the Markdown tables of a result file and exit")
     parser.add_argument("--model", default="smollm2-135m", help="tiny-llama for a smoke run of the script")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run saved in --out with the same settings: dense and (a) at the first "
+                             "ratio are scored again (and must equal the saved numbers, for the pairing), then only "
+                             "the --curve points not in it yet run")
     args = parser.parse_args()
     if args.table:
         print(tables(json.loads(args.table.read_text())))
@@ -125,6 +130,17 @@ def main() -> None:  # noqa: C901  (one experiment, read top to bottom)
         "docs": {"A_calibration": len(a_calib), "B_selection": len(b_sel)} | {k: len(v) for k, v in sets.items()},
         "ratios": ratios, "sweep_n": sweep, "dense": {}, "sweep": [], "conditions": [], "timings_s": {}}
 
+    timings = result["timings_s"]
+    saved = json.loads(args.out.read_text()) if args.resume else None
+    if saved is not None:
+        saved.setdefault("resumed_by", []).append(result["command"])
+        saved["resume_timings_s"] = result["timings_s"]  # this run's timings; the first run's stay
+        result = saved
+
+    def same(what: str, got: float, want: float) -> None:
+        if not math.isclose(got, want, rel_tol=1e-6):
+            raise SystemExit(f"--resume: {what} is {got!r} now, {want!r} in {args.out}: not the same run")
+
     def save() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")
@@ -135,6 +151,9 @@ def main() -> None:  # noqa: C901  (one experiment, read top to bottom)
         return {k: per_document_perplexity(m, tok, sets[k], window=max_tokens, keep_units=True) for k in names}
 
     dense = score(model, list(sets))
+    if saved is not None:
+        for k, v in dense.items():
+            same(f"dense {k}", v["ppl"], saved["dense"][k])
     result["dense"] = {k: v["ppl"] for k, v in dense.items()}
     print("dense:", {k: round(v["ppl"], 2) for k, v in dense.items()}, flush=True)
 
@@ -149,17 +168,17 @@ def main() -> None:  # noqa: C901  (one experiment, read top to bottom)
                      **({"threshold": 1.5} if args.quick else {}),
                      model_spec=args.model, corpus_spec="brown+pydoc")
         fn.save(run_dir)
-    result["timings_s"]["analysis"] = time.perf_counter() - t0
+    timings["analysis"] = time.perf_counter() - t0
     result["analysis"] = {"n_components": fn.n_components, "n_tokens": int(fn.info["n_tokens"]),
                           "threshold": fn.threshold, "documents": len(fn.documents)}
     print(f"analysis: {fn.n_components} networks, {fn.info['n_tokens']} tokens "
-          f"({result['timings_s']['analysis']:.0f} s)", flush=True)
+          f"({timings['analysis']:.0f} s)", flush=True)
 
     # -- calibration on A, activity on A and B ------------------------------------------------------
     t0 = time.perf_counter()
     calib = Calibration(tok, a_calib, max_tokens)
     stats = calib.down_stats(model, second_moments=False, weighted=True)
-    result["timings_s"]["calibration_A"] = time.perf_counter() - t0
+    timings["calibration_A"] = time.perf_counter() - t0
     activity_a = activity_from_stats(stats)
     activity_b = domain_activity(model, tok, b_sel, max_tokens=max_tokens)
     n_a_tokens = sum(len(s) for s in encode_documents(tok, a_calib, max_tokens))
@@ -186,13 +205,18 @@ def main() -> None:  # noqa: C901  (one experiment, read top to bottom)
         pruned, out, secs = prune(ratio)
         base[ratio] = score(pruned, list(sets) if ratio == r0 else ["test_A", "test_B"])
         base_keep[ratio] = out.keep
+        if saved is not None:  # the saved (a) row stays; this one must equal it
+            row = next(c for c in saved["conditions"] if c["condition"] == "a" and c["ratio"] == ratio)
+            for k, v in base[ratio].items():
+                same(f"(a) {ratio} {k}", v["ppl"], row["ppl"][k])
+            return
         result["conditions"].append({"condition": "a", "ratio": ratio, "ppl": {k: v["ppl"] for k, v in base[ratio].items()},
                                      "x_dense": paired(base[ratio], dense, list(base[ratio])), "prune_s": secs,
                                      "removed_fraction": out.removed_fraction, "n_forced": 0})
         print(f"(a) {ratio}: " + ", ".join(f"{k} {v['ppl']:.2f}" for k, v in base[ratio].items()), flush=True)
         save()
 
-    for ratio in ratios if sweep else []:
+    for ratio in ratios if sweep and saved is None else []:
         run_a(ratio)
 
     def kept_anyway(forced, ratio) -> int:
@@ -282,16 +306,21 @@ def main() -> None:  # noqa: C901  (one experiment, read top to bottom)
               flush=True)
         save()
 
-    for ratio in ratios:
-        if ratio not in base:
-            run_a(ratio)
-        for name in ("b", "d", "c"):
-            condition(name, ratio)
-    for name in ("e", "c2"):
+    if saved is None:
         for ratio in ratios:
-            condition(name, ratio)
+            if ratio not in base:
+                run_a(ratio)
+            for name in ("b", "d", "c"):
+                condition(name, ratio)
+        for name in ("e", "c2"):
+            for ratio in ratios:
+                condition(name, ratio)
+    elif r0 not in base:
+        run_a(r0)
     for item in [x for x in args.curve.split(",") if x]:
         rule, n = (item.split(":")[0], int(item.split(":")[1])) if ":" in item else (pick["rule"], int(item))
+        if saved is not None and any(r.get("after_choice") and (r["rule"], r["n"]) == (rule, n) for r in saved["sweep"]):
+            continue  # this point is in the saved run
         p_n = propose_networks(fn, n, rule=rule, activity_b=activity_b, activity_a=activity_a, label="pydoc")
         pruned, out, secs = prune(r0, networks=p_n.networks)
         names = [k for k in sets if k in validation + test]
@@ -304,9 +333,9 @@ def main() -> None:  # noqa: C901  (one experiment, read top to bottom)
         print(f"curve {rule} n={n} ({p_n.n_forced} forced): "
               + ", ".join(f"{k} {fmt(p)}" for k, p in row["vs_a"].items()), flush=True)
         save()
-    result["timings_s"]["total"] = time.perf_counter() - t_start
+    timings["total"] = time.perf_counter() - t_start
     save()
-    print(f"wrote {args.out} ({result['timings_s']['total']:.0f} s)")
+    print(f"wrote {args.out} ({timings['total']:.0f} s)")
 
 
 def _cell(p: dict) -> str:

@@ -295,7 +295,8 @@ class _Greedy:
         self.n_removed += b
         A = QB.T - QB[B] @ R                                               # Q0[B, :] - Q0[B, B] R: (b, m)
         P0.addmm_(U, U.T, alpha=-1)                                        # P0 - U Uᵀ
-        Q0.addmm_(QB, R, alpha=-1).addmm_(R.T, A, alpha=-1)                # Mᵀ Q0 M
+        # Mᵀ Q0 M = Q0 - QB R - Rᵀ A, as one rank-2b product: one pass over Q0 (the update is memory-bound)
+        Q0.addmm_(torch.cat([QB, R.T], dim=1), torch.cat([R, A], dim=0), alpha=-1)
         for X in (P0, Q0):
             X.index_fill_(0, B, 0).index_fill_(1, B, 0)
         self.d, self.q = torch.diagonal(P0).clone(), torch.diagonal(Q0).clone()
