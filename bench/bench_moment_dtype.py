@@ -9,6 +9,10 @@ sums. This measures what summing in float32 instead of float64 changes, on the d
 - the validation perplexity of the two pruned models (``split_validation``: documents disjoint
   from calibration and from the held-out set), paired bootstrap ratio float32 / float64.
 
+Both prunings are the recipe's (``prune_with_networks``, default obs) on a streamed ``Calibration``
+whose ``moment_dtype`` is float64 or float32. The recorded run (bench/results/moment_dtype.json)
+called the streamed obs scores and repair directly, before ``Calibration`` had that option.
+
 The rule, written before the run (2026-12-06): float32 sums become the default if the paired
 interval at both ratios contains 1 or lies below it *and* the per-layer kept-neuron Jaccard is at
 least 0.99 in every layer; otherwise float64 stays.
@@ -22,7 +26,6 @@ import argparse
 import copy
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,19 +43,17 @@ def main() -> None:
     from fnprune.corpus import load_corpus, split_heldout, split_validation
     from fnprune.evaluation.compare import paired_ratio
     from fnprune.evaluation.metrics import per_document_perplexity
+    from fnprune.io import atomic_write_json
     from fnprune.models import load_model
-    from fnprune.models.mlp import default_protected_layers, find_mlps
-    from fnprune.options import DEFAULT_RIDGE
-    from fnprune.pruning.budget import keep_from_scores, params_to_remove
-    from fnprune.pruning.layerwise import streamed_layer_moments, streamed_obs_scores, streamed_repair
+    from fnprune.pruning.calibration import Calibration
+    from fnprune.pruning.layerwise import streamed_layer_moments
+    from fnprune.pruning.recipe import prune_with_networks
+    from fnprune.pruning.spec import PruningSpec
 
     model, tok = load_model("smollm2-135m", dtype=torch.float32)
     docs = load_corpus("brown")
     calib = split_heldout(docs)[0][:args.calib_docs]
     evaluation = split_validation(docs, 120)[:args.eval_docs]
-    adapters = find_mlps(model)
-    protected = default_protected_layers(len(adapters))
-    ppn = [a.params_per_neuron for a in adapters]
     result = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}", "calib_docs": len(calib),
               "eval_docs": len(evaluation), "loadavg_start": os.getloadavg(), "rows": []}
 
@@ -68,20 +69,15 @@ def main() -> None:
 
     dense = per_document_perplexity(model, tok, evaluation, window=512, keep_units=True)
     result["dense_ppl"] = dense["ppl"]
-    scores, seconds = {}, {}
-    for dtype in (torch.float64, torch.float32):
-        t = time.perf_counter()
-        scores[dtype] = streamed_obs_scores(model, tok, calib, ridge=DEFAULT_RIDGE, skip=protected, dtype=dtype)
-        seconds[dtype] = time.perf_counter() - t
-    result["obs_scores_s"] = {str(k): round(v, 1) for k, v in seconds.items()}
+    # the recipe itself (obs + its least-squares repair, streamed), once per dtype of the sums; each
+    # Calibration caches its greedy orders, so the second ratio reuses them
+    calibrations = {dtype: Calibration(tok, calib, streamed=True, moment_dtype=dtype)
+                    for dtype in (torch.float64, torch.float32)}
     for ratio in (float(r) for r in args.ratios.split(",")):
         runs = {}
-        for dtype in (torch.float64, torch.float32):
-            keep = keep_from_scores(scores[dtype], ppn, n_params_remove=params_to_remove(model, ratio),
-                                    protected_layers=protected)
+        for dtype, calibration in calibrations.items():
             pruned = copy.deepcopy(model)
-            keep = streamed_repair(pruned, keep, tok, calib, ridge=DEFAULT_RIDGE, weighted=True, sequential=False,
-                                   dtype=dtype)
+            keep = prune_with_networks(pruned, None, PruningSpec(target_ratio=ratio), calibration).keep
             runs[dtype] = (keep, per_document_perplexity(pruned, tok, evaluation, window=512, keep_units=True))
             del pruned
         (k64, r64), (k32, r32) = runs[torch.float64], runs[torch.float32]
@@ -93,8 +89,7 @@ def main() -> None:
         result["rows"].append(row)
         print(json.dumps(row), flush=True)
     result["loadavg_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    atomic_write_json(args.out, result, indent=1)
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
 
 
