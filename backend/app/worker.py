@@ -149,7 +149,7 @@ def remove_leftovers(settings: Settings, store: JobStore) -> None:
             if row is not None and row["status"] in ("queued", "running"):
                 continue
             for leftover in [job_dir / "work", *job_dir.glob(".tmp-*"), *job_dir.glob("*.partial"),
-                             *job_dir.glob(".model.tmp-*"), *job_dir.glob("..tmp-*")]:  # ..tmp-: a GGUF export's
+                             *job_dir.glob(".model.tmp-*")]:
                 log.info("removing leftover %s", leftover)
                 if leftover.is_dir():
                     shutil.rmtree(leftover, ignore_errors=True)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelLoadError
+from ..io import atomic_path
 from .modeling.modeling_fnprune import MODEL_TYPE_PREFIX
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
@@ -355,49 +355,43 @@ def write_gguf(model: nn.Module, tokenizer, out_path: str | os.PathLike, *, out_
     tensors, skipped = _tensors(model, geometry, arch)
     rope_theta = _rope_theta(config)
     n_vocab = int(model.model.embed_tokens.weight.shape[0])
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
     try:
-        writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
-        writer.add_name(name or str(getattr(config, "_name_or_path", "") or "fnprune model"))
-        writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[out_type])
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        writer.add_block_count(len(geometry.n_ff))
-        writer.add_context_length(int(config.max_position_embeddings))
-        writer.add_embedding_length(int(config.hidden_size))
-        pick = (lambda v: v[0]) if geometry.uniform else list
-        writer.add_feed_forward_length(pick(geometry.n_ff))
-        writer.add_head_count(pick(geometry.n_head))
-        writer.add_head_count_kv(pick(geometry.n_head_kv))
-        writer.add_key_length(geometry.head_dim)   # llama.cpp would otherwise take hidden / layer 0's heads
-        writer.add_value_length(geometry.head_dim)
-        writer.add_rope_dimension_count(geometry.head_dim)
-        writer.add_rope_freq_base(rope_theta)
-        writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-        writer.add_vocab_size(n_vocab)
-        source = None
-        if tokenizer_gguf is not None and _copy_gguf_tokenizer(writer, Path(tokenizer_gguf), tokenizer, n_vocab):
-            source = f"gguf:{tokenizer_gguf}"
-        else:
-            _write_hf_tokenizer(writer, tokenizer, n_vocab)
-            source = "huggingface"
-        types = Counter()
-        for tensor_name, data in tensors:
-            encoded, qtype = _encode(data, out_type)
-            writer.add_tensor(tensor_name, encoded, raw_dtype=qtype)
-            types[qtype.name] += 1
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out_path)
+        with atomic_path(out_path) as tmp:  # written beside out_path, renamed into place when complete
+            writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
+            writer.add_name(name or str(getattr(config, "_name_or_path", "") or "fnprune model"))
+            writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[out_type])
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            writer.add_block_count(len(geometry.n_ff))
+            writer.add_context_length(int(config.max_position_embeddings))
+            writer.add_embedding_length(int(config.hidden_size))
+            pick = (lambda v: v[0]) if geometry.uniform else list
+            writer.add_feed_forward_length(pick(geometry.n_ff))
+            writer.add_head_count(pick(geometry.n_head))
+            writer.add_head_count_kv(pick(geometry.n_head_kv))
+            writer.add_key_length(geometry.head_dim)   # llama.cpp would otherwise take hidden / layer 0's heads
+            writer.add_value_length(geometry.head_dim)
+            writer.add_rope_dimension_count(geometry.head_dim)
+            writer.add_rope_freq_base(rope_theta)
+            writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+            writer.add_vocab_size(n_vocab)
+            source = None
+            if tokenizer_gguf is not None and _copy_gguf_tokenizer(writer, Path(tokenizer_gguf), tokenizer, n_vocab):
+                source = f"gguf:{tokenizer_gguf}"
+            else:
+                _write_hf_tokenizer(writer, tokenizer, n_vocab)
+                source = "huggingface"
+            types = Counter()
+            for tensor_name, data in tensors:
+                encoded, qtype = _encode(data, out_type)
+                writer.add_tensor(tensor_name, encoded, raw_dtype=qtype)
+                types[qtype.name] += 1
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
         raise ConfigError(f"cannot write {out_path}: {err.strerror or err}") from err
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return GgufExport(path=out_path, architecture=gguf.MODEL_ARCH_NAMES[arch], out_type=out_type,
                       tokenizer_source=source, n_bytes=out_path.stat().st_size, tensor_types=dict(types),
                       skipped_zero_biases=skipped)

@@ -312,12 +312,10 @@ def gguf_path(settings: Settings, store: JobStore, job_id: str, out_type: str = 
         if path.is_file():
             return path
         from fnprune.errors import FnpruneError
-        from fnprune.io import atomic_path
         from fnprune.models.export_gguf import export_gguf
 
         try:
-            with atomic_path(path) as tmp:
-                export_gguf(model_dir, tmp, out_type=out_type, overwrite=True)
+            export_gguf(model_dir, path, out_type=out_type, overwrite=True)  # written atomically
         except FnpruneError as err:
             raise ApiError(400, f"pruning {job_id} cannot be exported as GGUF: {err}", "artifact") from err
     return path
