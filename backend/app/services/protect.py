@@ -16,8 +16,14 @@ from typing import Any
 
 from ..core.config import Settings
 from ..core.errors import ApiError
-from ..schemas import (AnalysisRequest, ProtectProposal, ProtectRequest, ProtectResult, ProtectSource,
-                       PruningRequest)
+from ..schemas import (
+    AnalysisRequest,
+    ProtectProposal,
+    ProtectRequest,
+    ProtectResult,
+    ProtectSource,
+    PruningRequest,
+)
 from . import catalog
 from .jobs import JobStore
 
