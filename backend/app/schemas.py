@@ -607,6 +607,13 @@ class ProtectProposal(BaseModel):
     docs: int = Field(description="documents of the protected text it measured")
 
 
+class ProposalJob(Job):
+    """POST /api/analyses/{id}/protect-proposal's job (the worker measures the proposal)."""
+
+    kind: Literal["proposal"]
+    result: ProtectProposal | None
+
+
 class ProtectMixing(BaseModel):
     """by=calibration: fnprune.pruning.protect.mixed_calibration's counts."""
 

@@ -95,6 +95,10 @@ def _runner(kind: str) -> Callable[[Settings, str, dict[str, Any], Callable], di
         from .services.ablations import run_ablation
 
         return run_ablation
+    if kind == "proposal":
+        from .services.protect import run_proposal
+
+        return run_proposal
     from .services.prunings import run_pruning
 
     return run_pruning

@@ -256,15 +256,19 @@ def protect_proposal(model: nn.Module, tokenizer, fn, calibration, docs_b, n: in
     """The ``n`` networks most selective (rule ``activity``) for ``docs_b`` against the calibration text.
 
     The calibration's statistics give A's activity (``spec``: collect in the same pass whatever that
-    pruning will need, so the calibration text is read once)."""
+    pruning will need, so the calibration text is read once). ``progress``: stages ``calibrate`` (the
+    calibration text, unless ``spec`` already collected it) and ``protected text``."""
+    from fnprune.progress import renamed
+
     from .recipe import check_networks_match
 
     check_networks_match(fn, model)
     if spec is not None:
         calibration.prepare(model, [spec], progress)
-    activity_a = activity_from_stats(calibration.down_stats(model, second_moments=False))
+    activity_a = activity_from_stats(calibration.down_stats(model, second_moments=False,
+                                                            progress=renamed(progress, "calibrate")))
     activity_b = domain_activity(model, tokenizer, docs_b, max_tokens=calibration.max_tokens,
-                                 batch_size=calibration.batch_size)
+                                 batch_size=calibration.batch_size, progress=renamed(progress, "protected text"))
     return propose_networks(fn, n, rule="activity", activity_b=activity_b, activity_a=activity_a)
 
 

@@ -14,7 +14,7 @@ function withQuery(path, params) {
   return text ? `${path}?${text}` : path;
 }
 
-/** The API's paths (backend/API.md); `kind` is "analyses", "prunings" or "ablations". Views never build a URL. */
+/** The API's paths (backend/API.md); `kind` is "analyses", "prunings", "ablations" or "proposals". Views never build a URL. */
 export const urls = {
   health: () => "/api/health",
   options: () => "/api/options",
@@ -33,7 +33,7 @@ export const urls = {
   layout: (id, name) => withQuery(`${urls.job("analyses", id)}/layout`, { name }),
   labels: (id) => `${urls.job("analyses", id)}/labels`,
   preview: (id) => `${urls.job("analyses", id)}/preview`,
-  protectProposal: (id) => `${urls.job("analyses", id)}/protect-proposal`,
+  protectProposal: (id) => `${urls.job("analyses", id)}/protect-proposal`, // POST starts one; the job is urls.job("proposals", …)
   ablations: (id) => `${urls.job("analyses", id)}/ablations`, // POST starts one; the job is urls.job("ablations", …)
 };
 
@@ -115,7 +115,7 @@ export async function api(path, { method = "GET", body, form, signal } = {}) {
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 /**
- * Follow a job (kind = "analyses" | "prunings" | "ablations") until it reaches a terminal status.
+ * Follow a job (kind = "analyses" | "prunings" | "ablations" | "proposals") until it reaches a terminal status.
  * Uses the SSE stream (read with fetch so the bearer token is sent); falls back to
  * polling every second if the stream cannot be opened or breaks.
  * Returns a function that stops watching.

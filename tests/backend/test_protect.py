@@ -101,17 +101,58 @@ def test_pasted_texts_without_held_out_say_so(finished):
     assert any("no held-out document" in n for n in p["notes"])
 
 
-def test_networks_proposal_and_pruning(finished):
+def _propose(client, analysis_id, body, status=202):
+    response = client.post(f"/api/analyses/{analysis_id}/protect-proposal", json=body)
+    assert response.status_code == status, response.text
+    job = client.get(f"/api/proposals/{response.json()['id']}").json()  # the app runs jobs inline
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def test_networks_proposal_job_and_pruning(finished, settings):
+    from backend.app.services import catalog
+    from fnprune.analysis.networks import FunctionalNetworks
+    from fnprune.corpus import load_split
+    from fnprune.models.loading import load_model
+    from fnprune.options import DEFAULT_CALIBRATION_TOKENS
+    from fnprune.pruning.calibration import Calibration
+    from fnprune.pruning.protect import protect_corpus, protect_proposal
+
     client, _ = finished
     # 16 maps of 64 tokens: some |z| > 3 on random weights (the 4 of `finished` have no key neuron)
     analysis_id = client.post("/api/analyses", json={"model": "tiny-llama", "corpus": "pydoc", "n_texts": 6,
                                                      "max_tokens": 64, "n_components": 16}).json()["id"]
-    response = client.post(f"/api/analyses/{analysis_id}/protect-proposal", json={"corpus": "pydoc", "networks": 3})
-    assert response.status_code == 200, response.text
-    proposal = response.json()
+    code = _upload_code(client)
+    body = {"corpus": code, "genres": ["other", "code", "code"], "networks": 3, "docs": 6}
+    job = _propose(client, analysis_id, body)
+    assert job["kind"] == "proposal" and job["progress"] == 1
+    assert job["params"] == {"analysis_id": analysis_id, "corpus": code, "genres": ["code", "other"], "texts": None,
+                             "networks": 3, "docs": 6}
+    proposal = job["result"]
     assert len(proposal["networks"]) <= 3 and proposal["rule"] == "activity"
     assert proposal["n_forced"] == sum(proposal["forced_per_layer"]) > 0
     assert proposal["scores"] == sorted(proposal["scores"], reverse=True)
+    assert proposal["calibration_docs"] == 8 and proposal["docs"] == 6
+
+    # the same inputs, directly: the library's protect_proposal on the first 8 calibration documents
+    fn = FunctionalNetworks.load(settings.job_dir("analysis", analysis_id) / "run")
+    model, tokenizer = load_model("tiny-llama", device="cpu")
+    sampling = client.get(f"/api/analyses/{analysis_id}").json()["params"]["sampling"]
+    calibration, _ = load_split("pydoc", 8, sampling=sampling)
+    docs_b, _ = protect_corpus(catalog.resolve_corpus(code, settings), ["code", "other"], 6)
+    direct = protect_proposal(model, tokenizer, fn, Calibration(tokenizer, calibration, DEFAULT_CALIBRATION_TOKENS),
+                              docs_b, 3).as_dict()
+    assert {k: proposal[k] for k in direct} == direct
+
+    # asked again (genres in another order): the finished job, not a new one (200); another N is another job
+    again = _propose(client, analysis_id, body | {"genres": ["code", "other"]}, status=200)
+    assert again["id"] == job["id"]
+    other = _propose(client, analysis_id, body | {"networks": 2})
+    assert other["id"] != job["id"] and other["result"]["networks"] == proposal["networks"][:2]
+    assert client.delete(f"/api/proposals/{job['id']}").status_code == 409  # finished: nothing to cancel
+    events = client.get(f"/api/proposals/{job['id']}/events")
+    assert events.headers["content-type"].startswith("text/event-stream") and '"status": "succeeded"' in events.text
+
     r = _prune(client, analysis_id, protect={"corpus": "pydoc", "by": "networks", "networks": 3})
     p = r["protect"]
     assert p["by"] == "networks" and p["mixing"] is None
@@ -119,5 +160,25 @@ def test_networks_proposal_and_pruning(finished):
     assert sorted(c["id"] for c in r["chosen_networks"]) == sorted(forced["networks"])
     assert all(c["n_kept"] == c["n_key"] for c in r["chosen_networks"])
     assert forced["n_forced"] == sum(forced["forced_per_layer"]) > 0
-    bad = client.post(f"/api/analyses/{analysis_id}/protect-proposal", json={"corpus": "pydoc", "genres": ["x"]})
-    assert bad.status_code == 422 and bad.json()["field"] == "protect.genres"
+
+
+@pytest.mark.parametrize("body, status, field", [
+    ({"corpus": "pydoc", "genres": ["x"]}, 422, "protect.genres"),
+    ({"corpus": "nope"}, 404, "protect.corpus"),
+    ({"corpus": "pydoc", "networks": 2048}, 422, "protect.networks"),
+    ({"texts": [" "]}, 422, "texts.0"),
+    ({"corpus": "pydoc", "texts": ["a"]}, 422, None),
+])
+def test_bad_proposal_is_refused_before_it_is_queued(finished, body, status, field):
+    client, analysis_id = finished
+    response = client.post(f"/api/analyses/{analysis_id}/protect-proposal", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["field"] == field
+    assert client.app.state.store.list_jobs("proposal") == []  # nothing queued
+
+
+def test_unfinished_analysis_proposal_is_409(client):
+    job = client.post("/api/analyses", json={"model": "tiny-llama", "corpus": "pydoc", "n_texts": 12}).json()
+    r = client.post(f"/api/analyses/{job['id']}/protect-proposal", json={"corpus": "pydoc"})
+    assert r.status_code == 409 and "queued" in r.json()["detail"]
+    assert client.get("/api/proposals/nope").status_code == 404

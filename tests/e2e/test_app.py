@@ -803,9 +803,12 @@ def test_protect_a_text_while_pruning(server, page, pruned):
     page.fill("#protect-n", "3")
     page.locator("#protect-propose").click()
     expect(page.locator("#protect-proposal")).to_contain_text("key neurons forced", timeout=60_000)
-    status, proposal = _api(server, f"/api/analyses/{analysis_id}/protect-proposal",
-                            {"texts": [t.strip() for t in PASTED], "networks": 3})
-    assert status == 200, proposal
+    # the page followed a job; the same request asked again is that finished job (200), not a new one
+    status, job = _api(server, f"/api/analyses/{analysis_id}/protect-proposal",
+                       {"texts": [t.strip() for t in PASTED], "networks": 3})
+    assert status == 200 and job["kind"] == "proposal" and job["status"] == "succeeded", job
+    expect(page.locator("#protect-proposal")).to_have_attribute("data-job", job["id"])
+    proposal = job["result"]
     expect(page.locator("#protect-proposal")).to_contain_text(
         f"Networks {', '.join(map(str, proposal['networks']))}: {proposal['n_forced']:,} key neurons forced")
     # by calibration mixing, with the unconstrained pruning for comparison

@@ -112,7 +112,8 @@ class Settings(BaseSettings):
         return self.data_dir / "uploads"
 
     def job_dir(self, kind: str, job_id: str) -> Path:
-        return self.data_dir / {"analysis": "analyses", "ablation": "ablations"}.get(kind, "prunings") / job_id
+        folder = {"analysis": "analyses", "ablation": "ablations", "proposal": "proposals"}.get(kind, "prunings")
+        return self.data_dir / folder / job_id
 
     @property
     def queue_kind(self) -> str:

@@ -2,12 +2,12 @@
 around :func:`fnprune.pruning.protect.apply_protection` (the CLI's ``--protect`` runs the same function), the
 result's ``protect`` block, and the networks proposal.
 
-The proposal (``POST /api/analyses/{id}/protect-proposal``) is a synchronous call, not a job: it reads a
-few short documents (:data:`PROPOSAL_CALIBRATION_DOCS` of the calibration text, at most ``docs`` of the
-protected one) and answers in seconds on the default model, so the select page can show it while the user
-chooses; a job would need a third job kind in the store, the worker and the pages for a preview. It loads
-the model in the API process for that call. The pruning proposes again on its whole calibration (what it
-forced is in the result's block), so the proposal is a preview on fewer documents, and says so.
+The proposal (``POST /api/analyses/{id}/protect-proposal``) is a job of kind ``proposal``, like an ablation:
+checked here before it is queued, run by the worker (it loads the analysis' model, which the API process
+never does), cancellable, and answered again instead of recomputed for the same request. It reads a few
+short documents (:data:`PROPOSAL_CALIBRATION_DOCS` of the calibration text, at most ``docs`` of the
+protected one). The pruning proposes again on its whole calibration (what it forced is in the result's
+block), so the proposal is a preview on fewer documents, and says so.
 """
 
 from __future__ import annotations
@@ -16,11 +16,19 @@ from typing import Any
 
 from ..core.config import Settings
 from ..core.errors import ApiError
-from ..schemas import AnalysisRequest, ProtectRequest, ProtectResult, ProtectSource, PruningRequest
+from ..schemas import (
+    AnalysisRequest,
+    ProtectProposal,
+    ProtectRequest,
+    ProtectResult,
+    ProtectSource,
+    PruningRequest,
+)
 from . import catalog
 from .jobs import JobStore
 
-PROPOSAL_CALIBRATION_DOCS = 8  # calibration documents the synchronous proposal measures
+PROPOSAL_CALIBRATION_DOCS = 8  # calibration documents the proposal measures
+PROPOSAL_KIND = "proposal"
 
 
 # -- before a job is queued ---------------------------------------------------------------------------
@@ -140,28 +148,66 @@ class ProtectRun:
         return ProtectResult.model_validate(block).model_dump()
 
 
-# -- the proposal (synchronous) -------------------------------------------------------------------------------
-def propose(settings: Settings, store: JobStore, analysis_id: str, source: ProtectSource) -> dict[str, Any]:
-    """The ``source.networks`` networks most selective for the protected text against the first
+# -- the proposal (a job) -------------------------------------------------------------------------------------
+def _proposal_params(analysis_id: str, source: ProtectSource) -> dict[str, Any]:
+    """The job's params: the request with its defaults and its genres sorted and unique (the protected
+    documents do not depend on their order: :func:`fnprune.corpus.stratified_order`), so equal requests
+    are one job."""
+    params = {"analysis_id": analysis_id, **source.model_dump()}
+    if params["genres"] is not None:
+        params["genres"] = sorted(set(params["genres"]))
+    return params
+
+
+def create_proposal(analysis_id: str, source: ProtectSource, settings: Settings, store: JobStore, enqueue
+                    ) -> tuple[dict[str, Any], bool]:
+    """``(the job, whether it was already there)``: 404 no analysis, 409 unfinished, 410 its files gone,
+    ``protect.<field>`` for the text and N, all before anything is queued."""
+    from . import analyses
+
+    networks = analyses.load_networks(settings, store, analysis_id)
+    check_source(source, settings, networks)
+    params = _proposal_params(analysis_id, source)
+    for job in store.list_jobs(PROPOSAL_KIND):
+        if job["params"] == params and job["status"] in ("queued", "running", "succeeded"):
+            return job, True
+    job = store.create(PROPOSAL_KIND, params)
+    enqueue(job["id"])
+    return store.get(job["id"]) or job, False
+
+
+def run_proposal(settings: Settings, job_id: str, params: dict[str, Any], progress) -> dict[str, Any]:
+    """Worker side: the ``networks`` networks most selective for the protected text against the first
     :data:`PROPOSAL_CALIBRATION_DOCS` calibration documents of the analysis' corpus
-    (:func:`fnprune.pruning.protect.protect_proposal`), and the neurons they force."""
+    (:func:`fnprune.pruning.protect.protect_proposal`), and the neurons they force
+    (:class:`~backend.app.schemas.ProtectProposal`)."""
+    from fnprune.analysis.networks import FunctionalNetworks
     from fnprune.corpus import load_split
+    from fnprune.errors import RunDirError
     from fnprune.models.loading import load_model
+    from fnprune.progress import report
     from fnprune.pruning.calibration import Calibration
     from fnprune.pruning.protect import protect_proposal
 
-    from . import analyses
+    from .analyses import plain
     from .prunings import MIN_CALIBRATION
 
-    networks = analyses.load_networks(settings, store, analysis_id)
-    a_req = AnalysisRequest(**store.get(analysis_id, "analysis")["params"])
-    check_source(source, settings, networks)
+    analysis_id = params["analysis_id"]
+    source = ProtectSource(**{k: v for k, v in params.items() if k != "analysis_id"})
+    analysis = JobStore(settings.jobs_path, settings.HEARTBEAT_TIMEOUT_S).get(analysis_id, "analysis")
+    if analysis is None or analysis["status"] != "succeeded":
+        raise RunDirError(f"analysis {analysis_id} is gone or has not succeeded")
+    a_req = AnalysisRequest(**analysis["params"])
+    report(progress, "load", 0.0, "loading the networks and the documents")
+    networks = FunctionalNetworks.load(settings.job_dir("analysis", analysis_id) / "run")
     docs_b, _ = documents(source, settings)
     calibration, _ = load_split(catalog.resolve_corpus(a_req.corpus, settings), PROPOSAL_CALIBRATION_DOCS,
                                 genres=a_req.genres, sampling=a_req.sampling)
+    report(progress, "load", 0.5, "loading the model")
     model, tokenizer = load_model(catalog.resolve_model(a_req.model, settings), device=settings.DEVICE,
                                   trust_remote_code=settings.TRUST_REMOTE_CODE, allowed_dirs=settings.MODEL_DIRS)
     tokens = max(a_req.max_tokens, MIN_CALIBRATION[1])
     proposal = protect_proposal(model, tokenizer, networks, Calibration(tokenizer, calibration, tokens), docs_b,
-                                source.networks)
-    return analyses.plain(proposal.as_dict() | {"calibration_docs": len(calibration), "docs": len(docs_b)})
+                                source.networks, progress=progress)
+    out = plain(proposal.as_dict() | {"calibration_docs": len(calibration), "docs": len(docs_b)})
+    return ProtectProposal.model_validate(out).model_dump()

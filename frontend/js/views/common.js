@@ -4,8 +4,8 @@ import { api, downloadFile, signedDownloadUrl, TERMINAL, urls, watchJob } from "
 import { el, fmtDuration, fmtPct, showError, showNotice } from "../dom.js";
 import { putLabel } from "../store.js";
 
-// The stages the worker reports (backend/app/services/analyses.py, prunings.py, fnprune.pruning.job and recipe), and
-// "queued", which this view shows while a job waits.
+// The stages the worker reports (backend/app/services/analyses.py, prunings.py, protect.py; fnprune.pruning.job,
+// recipe and protect), and "queued", which this view shows while a job waits.
 const STAGE_NAMES = {
   queued: "Waiting in the queue",
   load: "Loading the model",
@@ -21,8 +21,9 @@ const STAGE_NAMES = {
   fidelity: "Measuring network fidelity",
   baselines: "Running baselines",
   ablate: "Scoring held-out text: dense, network zeroed, random control",
+  "protected text": "Measuring the protected text",
 };
-const JOB_NAMES = { analyses: "analysis", prunings: "pruning", ablations: "ablation" };
+const JOB_NAMES = { analyses: "analysis", prunings: "pruning", ablations: "ablation", proposals: "proposal" };
 
 export function stageName(stage) {
   if (!stage) return "Starting";

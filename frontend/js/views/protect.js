@@ -1,10 +1,12 @@
 // "Keep this working" (issue 22): on the prune page, a text to protect besides the calibration text (a genre
 // of the analysis' corpus, another corpus, or pasted texts) and how (calibration mixing, or forcing the
-// networks most selective for it, with the server's proposal); on the result page, held-out perplexity of
+// networks most selective for it, with the server's proposal: a job of kind `proposal`, followed like the
+// others); on the result page, held-out perplexity of
 // both domains, dense vs pruned vs the same pruning without protection. The ways, their help and the
 // numbers they cite are the server's (GET /api/options `protect_by`, from BENCHMARKS.md §10).
 import { api, urls } from "../api.js";
 import { el, fmtInt, fmtNum } from "../dom.js";
+import { jobProgress } from "./common.js";
 
 // ---- the prune page's fieldset ------------------------------------------------------------------------
 export function protectSection(analysisId, job, corpora, options) {
@@ -31,13 +33,14 @@ export function protectSection(analysisId, job, corpora, options) {
   const n = el("input#protect-n", { type: "number", min: "1", max: "2048", step: "1", value: String(defaults.protect_networks), "aria-label": "Number of networks to force" });
   const propose = el("button.btn.btn-secondary#protect-propose", { type: "button", text: "Propose the networks" });
   const proposal = el("p.small#protect-proposal", { "aria-live": "polite" });
+  const proposalProgress = el("div#protect-proposal-progress");
   const compare = el("input#protect-compare", { type: "checkbox" });
   const networksRow = el("div.inline-row#protect-networks-row", el("label", { for: "protect-n" }, "Networks to force "), n, propose);
   const body = el("div#protect-body", { hidden: true },
     el("div", source("genre", "a genre of the analysis' corpus", Boolean(own?.labels?.length)), genre),
     el("div", source("corpus", "another corpus (built-in or uploaded)", !own?.labels?.length), corpus, corpusGenre),
     el("div", source("texts", "texts I paste"), texts),
-    el("div.checks", ways), wayHelp, networksRow, proposal,
+    el("div.checks", ways), wayHelp, networksRow, proposalProgress, proposal,
     el("label.check", { for: "protect-compare" }, compare, " also compute the same pruning without protection, for comparison ", el("span.muted.small", { text: "(one more pruning and evaluation in the same job)" })));
   const chosenWay = () => body.querySelector("input[name=protect-by]:checked")?.value || defaults.protect_by;
   const refresh = () => {
@@ -46,6 +49,7 @@ export function protectSection(analysisId, job, corpora, options) {
     wayHelp.textContent = way ? `${way.label}: ${way.help}.` : "";
     networksRow.hidden = chosenWay() !== "networks";
     proposal.hidden = chosenWay() !== "networks";
+    proposalProgress.hidden = chosenWay() !== "networks";
   };
   for (const input of [on, ...body.querySelectorAll("input[name=protect-by]")]) input.addEventListener("change", refresh);
   refresh();
@@ -62,16 +66,49 @@ export function protectSection(analysisId, job, corpora, options) {
     if (!list.length) throw new Error("Keep this working: paste at least one text.");
     return { texts: list };
   };
+  // the proposal is a job (the worker loads the model): its progress, then the ProtectProposal it made
+  let stopWatch = null;
+  const showProposal = (p) => {
+    proposal.textContent = `Networks ${p.networks.join(", ")}: ${fmtInt(p.n_forced)} key neurons forced (per layer: ${p.forced_per_layer.join(", ")}). `
+      + `A preview on ${p.calibration_docs} calibration and ${p.docs} protected documents; the pruning proposes again on its whole calibration, and its result lists what it forced.`;
+    proposal.dataset.networks = p.networks.join(",");
+    proposal.dataset.forced = String(p.n_forced);
+  };
+  const follow = (job) => {
+    stopWatch?.();
+    stopWatch = null;
+    proposalProgress.replaceChildren();
+    proposal.dataset.job = job.id;
+    if (job.status === "succeeded") return showProposal(job.result);
+    proposal.textContent = "Proposing: the worker measures both texts on the analysis' model…";
+    const progress = jobProgress("proposals", job.id, {
+      title: "Proposal in progress",
+      onStatus: (j) => {
+        if (j.status === "failed" || j.status === "cancelled") proposal.textContent = `No proposal: ${j.status === "failed" ? j.error || "the job failed" : "cancelled"}.`;
+      },
+      onDone: async (done) => {
+        try {
+          const full = done.result ? done : await api(urls.job("proposals", done.id));
+          proposalProgress.replaceChildren();
+          showProposal(full.result);
+        } catch (err) {
+          proposal.textContent = `No proposal: ${err.message}`;
+        }
+      },
+    });
+    proposalProgress.replaceChildren(progress.node);
+    stopWatch = progress.stop;
+  };
   propose.addEventListener("click", async () => {
-    proposal.textContent = "Proposing…";
+    propose.disabled = true;
+    for (const key of ["job", "networks", "forced"]) delete proposal.dataset[key];
+    proposal.textContent = "Asking for a proposal…";
     try {
-      const p = await api(urls.protectProposal(analysisId), { method: "POST", body: { ...what(), networks: Number(n.value) } });
-      proposal.textContent = `Networks ${p.networks.join(", ")}: ${fmtInt(p.n_forced)} key neurons forced (per layer: ${p.forced_per_layer.join(", ")}). `
-        + `A preview on ${p.calibration_docs} calibration and ${p.docs} protected documents; the pruning proposes again on its whole calibration, and its result lists what it forced.`;
-      proposal.dataset.networks = p.networks.join(",");
-      proposal.dataset.forced = String(p.n_forced);
+      follow(await api(urls.protectProposal(analysisId), { method: "POST", body: { ...what(), networks: Number(n.value) } }));
     } catch (err) {
       proposal.textContent = `No proposal: ${err.message}`;
+    } finally {
+      propose.disabled = false;
     }
   });
   return {
@@ -84,6 +121,7 @@ export function protectSection(analysisId, job, corpora, options) {
       if (req.by === "networks") req.networks = Number(n.value);
       return req;
     },
+    stop: () => stopWatch?.(), // stops following a proposal job (the page is left)
   };
 }
 

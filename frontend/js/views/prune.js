@@ -165,6 +165,7 @@ export async function render(root, { id }, ctx) {
   } catch (err) {
     showError(err);
   }
+  return protect.stop;
 }
 
 // ---- networks to preserve: the checklist, quick and guided selections -----------------------------
