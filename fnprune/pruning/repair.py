@@ -71,7 +71,8 @@ from ..errors import ConfigError
 from ..models.mlp import MLPAdapter, _is_conv1d
 
 DEFAULT_RIDGE = 1e-4  # chosen on validation documents (BENCHMARKS.md §3b)
-OBS_BLOCK = 16  # removals per batched update of H⁻¹ (speed only: the order is the one-at-a-time greedy's)
+OBS_BLOCK = 32  # removals per batched update of H⁻¹ (speed only: the order is the one-at-a-time greedy's;
+#               32 was the fastest or within 1% of it at I = 1536 and 4096, BENCHMARKS §12)
 _SHRINK_AT = 0.75  # the greedy's matrices are cut to the live rows once fewer than this share is live
 
 
