@@ -46,12 +46,7 @@ def create(analysis_id: str, req: AblationRequest, settings: Settings, store: Jo
     if n_docs is not None and n_docs < 10:
         raise ApiError(422, f"texts: corpus {a_req.corpus!r} has {n_docs} documents and the analysis read them all: "
                             "none is held out to score", "texts")
-    for job in store.list_jobs(KIND):
-        if job["params"] == params and job["status"] in ("queued", "running", "succeeded"):
-            return job, True
-    job = store.create(KIND, params)
-    enqueue(job["id"])
-    return store.get(job["id"]) or job, False
+    return store.reuse_or_create(KIND, params, enqueue)
 
 
 def list_for(store: JobStore, analysis_id: str) -> list[dict[str, Any]]:

@@ -111,6 +111,16 @@ class JobStore:
             return self.get(job_id, kind)
         return self._to_dict(row)
 
+    def reuse_or_create(self, kind: str, params: dict[str, Any], enqueue) -> tuple[dict[str, Any], bool]:
+        """``(job, reused)``: a queued, running or succeeded job of ``kind`` with exactly these params
+        (a failed or cancelled one is not reused), else a new one handed to ``enqueue``."""
+        for job in self.list_jobs(kind):
+            if job["params"] == params and job["status"] in ("queued", "running", "succeeded"):
+                return job, True
+        job = self.create(kind, params)
+        enqueue(job["id"])
+        return self.get(job["id"]) or job, False
+
     def list_jobs(self, kind: str) -> list[dict[str, Any]]:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM jobs WHERE kind = ? ORDER BY created_at DESC", (kind,)).fetchall()

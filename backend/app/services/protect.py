@@ -168,12 +168,7 @@ def create_proposal(analysis_id: str, source: ProtectSource, settings: Settings,
     networks = analyses.load_networks(settings, store, analysis_id)
     check_source(source, settings, networks)
     params = _proposal_params(analysis_id, source)
-    for job in store.list_jobs(PROPOSAL_KIND):
-        if job["params"] == params and job["status"] in ("queued", "running", "succeeded"):
-            return job, True
-    job = store.create(PROPOSAL_KIND, params)
-    enqueue(job["id"])
-    return store.get(job["id"]) or job, False
+    return store.reuse_or_create(PROPOSAL_KIND, params, enqueue)
 
 
 def run_proposal(settings: Settings, job_id: str, params: dict[str, Any], progress) -> dict[str, Any]:
