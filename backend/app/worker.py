@@ -24,7 +24,7 @@ from huey import Huey, RedisHuey, SqliteHuey
 from fnprune.errors import FnpruneError
 from fnprune.progress import Cancelled
 
-from .core.config import Settings, get_settings
+from .core.config import JOB_FOLDERS, Settings, get_settings
 from .services.jobs import JobStore
 
 log = logging.getLogger("fnprune.worker")
@@ -147,7 +147,7 @@ def execute(settings: Settings, job_id: str) -> None:
 
 def remove_leftovers(settings: Settings, store: JobStore) -> None:
     """Delete scratch dirs (activation stores, temporary outputs) of jobs that are no longer running."""
-    for kind_dir in (settings.data_dir / "analyses", settings.data_dir / "prunings"):
+    for kind_dir in (settings.data_dir / folder for folder in JOB_FOLDERS.values()):
         for job_dir in kind_dir.glob("*") if kind_dir.is_dir() else []:
             row = store.raw(job_dir.name)
             if row is not None and row["status"] in ("queued", "running"):

@@ -83,3 +83,29 @@ def test_pruned_evaluation_streams_its_running_perplexity_next_to_the_dense_one(
     assert seen == [("evaluate pruned", 0.5, "PPL@512 so far 72.10 (3 of 6 windows, 1,533 tokens); dense model 39.25"),
                     ("evaluate pruned", 1.0, "PPL@128 so far 80.00 (24 of 24 windows, 3,048 tokens); dense model 41.50"),
                     ("evaluate pruned", 0.0, "")]
+
+
+def test_leftovers_of_every_kind_are_swept_but_a_running_jobs_stay(tmp_path):
+    """The worker's start-up sweep removes temporary files of finished jobs of every kind, and leaves a
+    running job's alone."""
+    from backend.app.core.config import JOB_FOLDERS, Settings
+    from backend.app.worker import remove_leftovers
+
+    settings = Settings(HOME=tmp_path / "home", DATA_DIR=tmp_path / "data", DEVICE="cpu")
+    store = JobStore(settings.jobs_path)
+    kept, swept = [], []
+    for kind in JOB_FOLDERS:
+        done, running = store.create(kind, {"k": kind}), store.create(kind, {"k": kind, "n": 2})
+        store.start(done["id"])
+        store.fail(done["id"], "boom")
+        store.start(running["id"])
+        for job, into in ((done, swept), (running, kept)):
+            job_dir = settings.job_dir(kind, job["id"])
+            (job_dir / "work").mkdir(parents=True)
+            (job_dir / ".tmp-abc-model.gguf").write_text("partial")
+            (job_dir / "result.json").write_text("{}")
+            into += [job_dir / "work", job_dir / ".tmp-abc-model.gguf"]
+    remove_leftovers(settings, store)
+    assert [p for p in swept if p.exists()] == []
+    assert all(p.exists() for p in kept)
+    assert len(list(settings.data_dir.glob("*/*/result.json"))) == 2 * len(JOB_FOLDERS)  # finished files stay

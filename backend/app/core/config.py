@@ -24,6 +24,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# every job kind and the folder of data_dir its jobs' files live in
+JOB_FOLDERS = {"analysis": "analyses", "pruning": "prunings", "ablation": "ablations", "proposal": "proposals"}
+
+
 class Settings(BaseSettings):
     """Everything the API and the worker read from the environment.
 
@@ -112,8 +116,8 @@ class Settings(BaseSettings):
         return self.data_dir / "uploads"
 
     def job_dir(self, kind: str, job_id: str) -> Path:
-        folder = {"analysis": "analyses", "ablation": "ablations", "proposal": "proposals"}.get(kind, "prunings")
-        return self.data_dir / folder / job_id
+        """Where a job of ``kind`` keeps its files (a kind without a folder in JOB_FOLDERS is a programming error)."""
+        return self.data_dir / JOB_FOLDERS[kind] / job_id
 
     @property
     def queue_kind(self) -> str:
