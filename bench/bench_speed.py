@@ -234,7 +234,8 @@ def table(path: Path) -> None:
     runtimes = [r for r in ("llama.cpp", "transformers") if r in next(iter(report["models"].values()))]
     for runtime in runtimes:
         size = "GGUF f16 MiB" if runtime == "llama.cpp" else "safetensors f32 MiB"
-        print(f"\n<!-- results: {path.relative_to(ROOT) if path.is_absolute() else path} -->")
+        shown = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+        print(f"\n<!-- results: {shown} -->")
         print(f"| {runtime}: model | parameters | ideal speedup | prefill tok/s (512-token prompt), median (min–max) "
               f"| prefill × dense (of ideal) | decode tok/s, median (min–max) | decode × dense (of ideal) | {size} "
               "| peak RSS MiB, median (min–max) |")
