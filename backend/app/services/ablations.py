@@ -58,27 +58,19 @@ def list_for(store: JobStore, analysis_id: str) -> list[dict[str, Any]]:
 def run_ablation(settings: Settings, job_id: str, params: dict[str, Any], progress) -> dict[str, Any]:
     """Worker side: the analysis' model and networks, the held-out documents of its corpus (those it did not
     read: :func:`fnprune.corpus.load_split`), then :func:`fnprune.evaluation.ablation.ablate`."""
-    from fnprune.analysis.networks import FunctionalNetworks
-    from fnprune.errors import CorpusError, RunDirError
+    from fnprune.errors import CorpusError
     from fnprune.evaluation.ablation import ablate
-    from fnprune.models.loading import load_model
     from fnprune.progress import report
 
     analysis_id = params["analysis_id"]
     req = AblationRequest(**{k: v for k, v in params.items() if k != "analysis_id"})
-    store = JobStore(settings.jobs_path, settings.HEARTBEAT_TIMEOUT_S)
-    analysis = store.get(analysis_id, "analysis")
-    if analysis is None or analysis["status"] != "succeeded":
-        raise RunDirError(f"analysis {analysis_id} is gone or has not succeeded")
-    a_req = AnalysisRequest(**analysis["params"])
     report(progress, "load", 0.0, "loading the networks and the held-out documents")
-    networks = FunctionalNetworks.load(settings.job_dir("analysis", analysis_id) / "run")
+    a_req, networks = analyses.for_worker(settings, analysis_id)
     docs = heldout_documents(settings, a_req, req.texts)
     if not docs:
         raise CorpusError(f"corpus {a_req.corpus!r} has no document held out from the analysis", field="texts")
     report(progress, "load", 0.5, "loading the model")
-    model, tokenizer = load_model(catalog.resolve_model(a_req.model, settings), device=settings.DEVICE,
-                                  trust_remote_code=settings.TRUST_REMOTE_CODE, allowed_dirs=settings.MODEL_DIRS)
+    model, tokenizer = catalog.load_model(a_req.model, settings)
     result = ablate(model, tokenizer, networks, req.networks, docs, window=req.max_tokens, seed=req.seed,
                     n_tokens=req.top_tokens, progress=progress)
     return api_result(analysis_id, result)

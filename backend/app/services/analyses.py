@@ -46,7 +46,6 @@ def run_analysis(settings: Settings, job_id: str, params: dict[str, Any], progre
     """Worker side: the library's analysis job (:func:`fnprune.analysis.job.analyze_job`) with this
     server's model loading and paths; the networks are saved atomically under ``<job dir>/run``."""
     from fnprune.analysis.job import analyze_job
-    from fnprune.models.loading import load_model
 
     req = AnalysisRequest(**params)
     job_dir = settings.job_dir("analysis", job_id)
@@ -56,9 +55,7 @@ def run_analysis(settings: Settings, job_id: str, params: dict[str, Any], progre
         done = analyze_job(
             req.model, catalog.resolve_corpus(req.corpus, settings), job_dir / "run", n_texts=req.n_texts,
             genres=req.genres, sampling=req.sampling, device=settings.DEVICE, corpus_name=req.corpus,
-            load_model=lambda _: load_model(catalog.resolve_model(req.model, settings), device=settings.DEVICE,
-                                            trust_remote_code=settings.TRUST_REMOTE_CODE,
-                                            allowed_dirs=settings.MODEL_DIRS),
+            load_model=lambda _: catalog.load_model(req.model, settings),
             n_components=req.n_components, mode=req.mode, n_runs=req.n_runs, max_tokens=req.max_tokens,
             random_state=req.seed, work_dir=work_dir, check_seeds=req.check_seeds, progress=progress)
         return summary(done.networks, n_documents=done.n_documents)
@@ -83,6 +80,18 @@ CACHE_SIZE = 4
 
 def finished_job(store: JobStore, job_id: str) -> dict[str, Any]:
     return succeeded_or_409(store, job_id, "analysis", "its networks")
+
+
+def for_worker(settings: Settings, analysis_id: str):
+    """Worker side: ``(request, networks)`` of a succeeded analysis that a queued job builds on; a
+    :class:`fnprune.errors.RunDirError` (the job fails with it) when it is gone or did not succeed."""
+    from fnprune.analysis.networks import FunctionalNetworks
+    from fnprune.errors import RunDirError
+
+    analysis = JobStore(settings.jobs_path, settings.HEARTBEAT_TIMEOUT_S).get(analysis_id, "analysis")
+    if analysis is None or analysis["status"] != "succeeded":
+        raise RunDirError(f"analysis {analysis_id} is gone or has not succeeded")
+    return AnalysisRequest(**analysis["params"]), FunctionalNetworks.load(settings.job_dir("analysis", analysis_id) / "run")
 
 
 def load_networks(settings: Settings, store: JobStore, job_id: str):

@@ -22,6 +22,15 @@ UPLOAD_SUFFIXES = (".txt", ".jsonl")
 
 
 # -- models ---------------------------------------------------------------------------------------
+def load_model(spec: str, settings: Settings):
+    """Worker side: ``(model, tokenizer)`` of a request's model spec as this server loads models (the spec
+    checked by :func:`resolve_model`, on ``DEVICE``, remote code and local directories as configured)."""
+    from fnprune.models.loading import load_model as _load
+
+    return _load(resolve_model(spec, settings), device=settings.DEVICE, trust_remote_code=settings.TRUST_REMOTE_CODE,
+                 allowed_dirs=settings.MODEL_DIRS)
+
+
 def list_models() -> list[dict[str, Any]]:
     from fnprune.models.loading import list_models as _list
 

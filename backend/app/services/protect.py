@@ -176,31 +176,22 @@ def run_proposal(settings: Settings, job_id: str, params: dict[str, Any], progre
     :data:`PROPOSAL_CALIBRATION_DOCS` calibration documents of the analysis' corpus
     (:func:`fnprune.pruning.protect.protect_proposal`), and the neurons they force
     (:class:`~backend.app.schemas.ProtectProposal`)."""
-    from fnprune.analysis.networks import FunctionalNetworks
     from fnprune.corpus import load_split
-    from fnprune.errors import RunDirError
-    from fnprune.models.loading import load_model
     from fnprune.progress import report
     from fnprune.pruning.calibration import Calibration
     from fnprune.pruning.protect import protect_proposal
 
-    from .analyses import plain
+    from .analyses import for_worker, plain
     from .prunings import MIN_CALIBRATION
 
-    analysis_id = params["analysis_id"]
     source = ProtectSource(**{k: v for k, v in params.items() if k != "analysis_id"})
-    analysis = JobStore(settings.jobs_path, settings.HEARTBEAT_TIMEOUT_S).get(analysis_id, "analysis")
-    if analysis is None or analysis["status"] != "succeeded":
-        raise RunDirError(f"analysis {analysis_id} is gone or has not succeeded")
-    a_req = AnalysisRequest(**analysis["params"])
     report(progress, "load", 0.0, "loading the networks and the documents")
-    networks = FunctionalNetworks.load(settings.job_dir("analysis", analysis_id) / "run")
+    a_req, networks = for_worker(settings, params["analysis_id"])
     docs_b, _ = documents(source, settings)
     calibration, _ = load_split(catalog.resolve_corpus(a_req.corpus, settings), PROPOSAL_CALIBRATION_DOCS,
                                 genres=a_req.genres, sampling=a_req.sampling)
     report(progress, "load", 0.5, "loading the model")
-    model, tokenizer = load_model(catalog.resolve_model(a_req.model, settings), device=settings.DEVICE,
-                                  trust_remote_code=settings.TRUST_REMOTE_CODE, allowed_dirs=settings.MODEL_DIRS)
+    model, tokenizer = catalog.load_model(a_req.model, settings)
     tokens = max(a_req.max_tokens, MIN_CALIBRATION[1])
     proposal = protect_proposal(model, tokenizer, networks, Calibration(tokenizer, calibration, tokens), docs_b,
                                 source.networks, progress=progress)

@@ -91,24 +91,14 @@ def calibration_size(req: PruningRequest, a_req: AnalysisRequest) -> tuple[int, 
 def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progress) -> dict[str, Any]:
     """Worker side: the library's pruning job (:func:`fnprune.pruning.job.prune_job`) with this server's
     model loading, paths and dense-evaluation cache; then the API's result, masks and HTML report."""
-    from fnprune.analysis.networks import FunctionalNetworks
-    from fnprune.models.loading import load_model
     from fnprune.pruning.job import PruneJob, prune_job
     from fnprune.pruning.recipe import keep_to_mask
 
     req = PruningRequest(**params)
-    store = JobStore(settings.jobs_path, settings.HEARTBEAT_TIMEOUT_S)
-    analysis = store.get(req.analysis_id, "analysis")
-    if analysis is None or analysis["status"] != "succeeded":
-        from fnprune.errors import RunDirError
-
-        raise RunDirError(f"analysis {req.analysis_id} is gone or has not succeeded")
-    a_req = AnalysisRequest(**analysis["params"])
+    report(progress, "load", 0.0, "loading the networks")
+    a_req, networks = analyses.for_worker(settings, req.analysis_id)
     job_dir = settings.job_dir("pruning", job_id)
     job_dir.mkdir(parents=True, exist_ok=True)
-
-    report(progress, "load", 0.0, "loading the networks")
-    networks = FunctionalNetworks.load(settings.job_dir("analysis", req.analysis_id) / "run")
     spec, target_source = _spec(req, networks)
     notes = []
     if target_source == "analysis threshold":
@@ -136,8 +126,7 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         sampling=a_req.sampling, overwrite=True, fidelity="chosen" if req.evaluate else None,
         fidelity_tokens=a_req.max_tokens, evaluate=req.evaluate, dense_evaluation=dense_evaluation,
         unrepaired=req.evaluate, baselines=req.baselines,
-        load_model=lambda _: load_model(catalog.resolve_model(a_req.model, settings), device=settings.DEVICE,
-                                        trust_remote_code=settings.TRUST_REMOTE_CODE, allowed_dirs=settings.MODEL_DIRS),
+        load_model=lambda _: catalog.load_model(a_req.model, settings),
         describe=lambda done: {"source_model": a_req.model, "analysis_id": req.analysis_id, "pruning_id": job_id,
                                **done.outcome.info(), "notes": list(done.notes), "target_source": target_source,
                                "heads_fraction": req.heads_fraction,
