@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -57,6 +57,12 @@ class Calibration:
         if any(n for n, _, _ in needs):
             self.down_stats(model, second_moments=any(s for _, s, _ in needs), progress=renamed(progress, "calibrate"),
                             weighted=any(w for _, _, w in needs))
+
+    def with_docs(self, docs: Sequence) -> Calibration:
+        """The same settings on other documents, without this instance's statistics (they are of its own
+        documents): what calibration mixing (``--protect``) prunes with."""
+        docs = list(docs)
+        return replace(self, docs=docs, requested_docs=len(docs), _down=None, _attention=None, _obs={})
 
     def streams(self, model: nn.Module) -> bool:
         """Whether this calibration collects the ``(I, I)`` moments layer by layer (see ``streamed``)."""

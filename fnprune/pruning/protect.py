@@ -196,8 +196,6 @@ def control_mask(counts: Sequence[int], kind: str, *, activity_b: np.ndarray | N
 
 
 # -- what the CLI and the web app call ---------------------------------------------------------------
-
-
 def parse_protect(value: str) -> tuple[str, list[str] | None]:
     """``"CORPUS[:GENRES]"`` -> ``(corpus, genres or None)``: ``"brown:news,fiction"``,
     ``"pydoc"``, ``"texts.jsonl:code"``. An ``hf:`` corpus takes no genres (its colons are its own)."""
@@ -213,15 +211,19 @@ def parse_protect(value: str) -> tuple[str, list[str] | None]:
     return corpus.strip(), names
 
 
+def _check_n_docs(n_docs) -> None:
+    if isinstance(n_docs, bool) or not isinstance(n_docs, int) or n_docs < 1:
+        raise ConfigError(f"protect: the number of documents must be a positive integer, got {n_docs!r}",
+                          field="protect_docs")
+
+
 def protect_split(docs, n_docs: int = DEFAULT_PROTECT_DOCS) -> tuple[list, list]:
     """``(selection, heldout)`` of the protected domain's documents: with 10 or more, the held-out split
     (index % 10 == 0, :func:`fnprune.corpus.split_heldout`) is kept for evaluation and the first ``n_docs``
     of the rest protect; with fewer, every document protects and none is held out."""
     from fnprune.corpus import split_heldout
 
-    if isinstance(n_docs, bool) or not isinstance(n_docs, int) or n_docs < 1:
-        raise ConfigError(f"protect: the number of documents must be a positive integer, got {n_docs!r}",
-                          field="protect_docs")
+    _check_n_docs(n_docs)
     selection, heldout = split_heldout(list(docs)) if len(docs) >= 10 else (list(docs), [])
     return selection[:n_docs], heldout
 
@@ -232,7 +234,7 @@ def protect_corpus(corpus: str, genres: list[str] | None = None, n_docs: int = D
     (a spec :func:`fnprune.corpus.load_corpus` takes) with ``genres``."""
     from fnprune.corpus import load_corpus
 
-    protect_split([], n_docs)  # a bad count is refused before the corpus is read
+    _check_n_docs(n_docs)  # refused before the corpus is read
     return protect_split(load_corpus(corpus, genres=genres, sampling="stratified"), n_docs)
 
 
@@ -270,8 +272,6 @@ def protect_proposal(model: nn.Module, tokenizer, fn, calibration, docs_b, n: in
     activity_b = domain_activity(model, tokenizer, docs_b, max_tokens=calibration.max_tokens,
                                  batch_size=calibration.batch_size, progress=renamed(progress, "protected text"))
     return propose_networks(fn, n, rule="activity", activity_b=activity_b, activity_a=activity_a)
-
-
 
 
 def mixed_calibration(calib_docs, protect_docs, tokenizer, max_tokens: int, share: float = DEFAULT_PROTECT_SHARE
@@ -342,7 +342,7 @@ def apply_protection(protection: Protection, spec, model: nn.Module, tokenizer, 
     if protection.by == "calibration":
         mixed, counts = mixed_calibration(calibration.docs, protection.documents, tokenizer, calibration.max_tokens,
                                           protection.share)
-        return spec, replace(calibration, docs=mixed, requested_docs=len(mixed)), head | counts
+        return spec, calibration.with_docs(mixed), head | counts
     proposal = protect_proposal(model, tokenizer, fn, calibration, protection.documents, protection.networks,
                                 spec=spec, progress=progress)
     chosen = sorted(set(spec.networks or ()) | set(proposal.networks))

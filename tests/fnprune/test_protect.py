@@ -221,3 +221,26 @@ def test_ablation_equals_removing_the_neurons_and_reports_its_control(setup):
         ablate(model, tok, fn, [], docs)
     with pytest.raises(ConfigError):
         ablate(model, tok, fn, [fn.n_components], docs)
+
+
+def test_calibration_mixing_starts_from_no_statistics(setup):
+    """apply_protection(by="calibration") prunes with the mixed documents only: statistics the calibration
+    had already gathered on its own documents are not carried over to the mixed one."""
+    from fnprune.pruning.protect import Protection, apply_protection
+
+    model, tok, fn, text, code = setup
+    calibration = Calibration(tok, text[:10], 48, batch_size=2, streamed=False)
+    stats = calibration.down_stats(model, second_moments=False)
+    spec = PruningSpec(target_ratio=0.1)
+    same_spec, mixed, info = apply_protection(Protection("code", code[:4], code[4:]), spec, model, tok, fn,
+                                              calibration)
+    assert same_spec is spec and info["by"] == "calibration" and info["protect_docs"] >= 1
+    assert [d.id for d in mixed.docs] == [d.id for d in text[:info["calibration_docs"]]] + [
+        d.id for d in code[:info["protect_docs"]]]
+    assert (mixed.max_tokens, mixed.batch_size, mixed.streamed, mixed.requested_docs) == (48, 2, False,
+                                                                                          len(mixed.docs))
+    fresh = Calibration(tok, mixed.docs, 48, batch_size=2).down_stats(model, second_moments=False)
+    mixed_stats = mixed.down_stats(model, second_moments=False)
+    assert mixed_stats is not stats and calibration.down_stats(model, second_moments=False) is stats
+    for a, b in zip(mixed_stats.l2, fresh.l2, strict=True):
+        torch.testing.assert_close(a, b)
