@@ -4,8 +4,9 @@
    32 query / 8 KV heads, tied embeddings; the default tokenizer's vocabulary) is saved as a local
    Hugging Face directory (float32).
 2. ``fnprune analyze`` and ``fnprune prune`` (default method, 20% of all parameters) run on it and on
-   the default model, each as its own process: wall time and peak RSS (``wait4``'s ``ru_maxrss``), and
-   per-stage times from the CLI's progress log (``FNPRUNE_PROGRESS_LOG``).
+   the default model, each as its own process: wall time, peak RSS (the child's ``VmHWM``, polled) with
+   the progress event it followed and its anonymous / file-backed split, and per-stage and per-layer
+   times from the CLI's progress log (``FNPRUNE_PROGRESS_LOG``).
 3. In this process, the per-layer pieces of the default method at each MLP width ``I``: a float64
    ``torch.linalg.inv`` of an ``(I+1)²`` matrix (the linear-algebra floor of an exact OBS layer), the
    OBS greedy, the least-squares re-fit, and the moments' accumulation per token.
@@ -82,17 +83,21 @@ def run_measured(cmd: list[str], log: Path) -> dict:
     stages: dict[str, list[float]] = {}
     per_layer: dict[str, list[float]] = {}  # stage: seconds between consecutive "layer N" events
     previous: dict[str, float] = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            e = json.loads(line)
-            first_last = stages.setdefault(e["stage"], [e["t"], e["t"]])
-            first_last[1] = e["t"]
-            if str(e.get("message", "")).startswith("layer "):
-                if e["stage"] in previous:
-                    per_layer.setdefault(e["stage"], []).append(round(e["t"] - previous[e["stage"]], 2))
-                previous[e["stage"]] = e["t"]
+    events = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    peak_at = "before the first progress event"  # the last progress event before the highest RSS sample
+    for e in events:
+        if e["t"] <= hwm.peak_time:
+            peak_at = f"{e['stage']}: {e.get('message', '')}"
+    for e in events:
+        first_last = stages.setdefault(e["stage"], [e["t"], e["t"]])
+        first_last[1] = e["t"]
+        if str(e.get("message", "")).startswith("layer "):
+            if e["stage"] in previous:
+                per_layer.setdefault(e["stage"], []).append(round(e["t"] - previous[e["stage"]], 2))
+            previous[e["stage"]] = e["t"]
     return {"cmd": " ".join(cmd[2:]), "wall_s": round(wall, 1), "peak_rss_gb": round(hwm.kib / 1024 ** 2, 2),
-            "ru_maxrss_gb": round(usage.ru_maxrss / 1024 ** 2, 2),
+            "ru_maxrss_gb": round(usage.ru_maxrss / 1024 ** 2, 2), "peak_rss_at": peak_at,
+            "peak_rss_sampled_gb": {k: round(v / 1024 ** 2, 2) for k, v in hwm.at_peak.items()},
             "per_layer_s": per_layer, "loadavg_end": os.getloadavg(),
             "stages_s": {k: round(v[1] - v[0], 1) for k, v in stages.items()},
             "before_first_stage_s": round(min(v[0] for v in stages.values()) - start, 1) if stages else None,
@@ -107,15 +112,19 @@ class _HighWaterMark:
         import threading
 
         self.pid, self.kib, self._done = pid, 0, threading.Event()
+        self.peak_time, self.at_peak = 0.0, {}   # when the sampled VmRSS was highest, and RssAnon/RssFile then
         self._thread = threading.Thread(target=self._poll, args=(every,), daemon=True)
         self._thread.start()
 
     def _poll(self, every: float) -> None:
         while not self._done.is_set():
             try:
-                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.kib = max(self.kib, int(line.split()[1]))
+                status = {line.split(":")[0]: int(line.split()[1])
+                          for line in Path(f"/proc/{self.pid}/status").read_text().splitlines()
+                          if line.startswith(("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:"))}
+                self.kib = max(self.kib, status.get("VmHWM", 0))
+                if status.get("VmRSS", 0) > self.at_peak.get("VmRSS", 0):
+                    self.peak_time, self.at_peak = time.time(), status
             except (OSError, ValueError):
                 pass
             self._done.wait(every)
@@ -236,11 +245,15 @@ def main(argv=None) -> int:
                                  args.out / f"progress-prune-{name}.jsonl")
             floor = {"inv_float64_s_before": inv_before,
                      "inv_float64_s_after": _inv_seconds(width)}
-            select = prune["per_layer_s"].get("select", [])
+            select, repair = prune["per_layer_s"].get("select", []), prune["per_layer_s"].get("prune", [])
+            inv = min(floor["inv_float64_s_before"], floor["inv_float64_s_after"])
             if select:  # the pruning stage's time per layer against the floor (issue 21 item 4: <= 3x)
                 floor["select_s_per_layer_median"] = float(np.median(select))
-                floor["select_over_inv"] = round(floor["select_s_per_layer_median"] /
-                                                 min(floor["inv_float64_s_before"], floor["inv_float64_s_after"]), 2)
+                floor["select_over_inv"] = round(floor["select_s_per_layer_median"] / inv, 2)
+            if select and repair:  # both streamed passes: choose (moments + greedy), then prune (moments + re-fit)
+                floor["prune_s_per_layer_median"] = float(np.median(repair))
+                floor["select_and_prune_over_inv"] = round((floor["select_s_per_layer_median"]
+                                                            + floor["prune_s_per_layer_median"]) / inv, 2)
             weights_gb = sum(p.stat().st_size for p in Path(model).glob("*.safetensors")) / 1024 ** 3 \
                 if name != "135m" else None
             result["runs"][name] = {"analyze": analyze, "prune": prune, "float32_weights_gb": weights_gb,

@@ -37,12 +37,18 @@ one-at-a-time greedy's, whatever :data:`OBS_BLOCK` is -- but the ``(I+1)²`` upd
 Within a block, the two diagonals that set the costs (``diag P`` and ``diag Q``, ``Q = VᵀV``) get
 rank-1 updates from the removed neuron's current rows of ``P`` and ``Q`` (computed from the
 block-start matrices and the block's updates so far, ``O(I b)``); at the block's end ``P`` gets one
-rank-``b`` product and ``Q`` two. ``V`` itself is never formed. The block size changes the speed,
-not the order (beyond round-off ties). Removed rows and columns are zeroed and masked, and the
-matrices are cut to the live rows only once a quarter of them is dead (a few copies per layer).
+rank-``b`` product and ``Q`` two. ``V`` itself is never formed: keeping ``V`` ``(hidden, I+1)``
+instead of ``Q`` would need ``Vᵀ V[:, j]``, a memory-bound ``(hidden, I)`` product, at every removal,
+which measured 1.4× slower at I = 4096. The block size changes the speed, not the order (beyond
+round-off ties). Removed rows and columns are zeroed and masked, and the matrices are compacted to
+the live rows, in their own storage, once a quarter of them is dead.
+
+Memory: the greedy holds two ``(I+1)²`` matrices, ``P`` and ``Q``: ``H``, its Cholesky factor and
+``H⁻¹`` share one storage (BENCHMARKS.md §12). :func:`refit_down` derives the fit and its four
+error figures from one ``(hidden, I+1)`` product ``Wz H`` and the kept block ``H[K+, K+]``.
 
 Numerics: Cholesky factorisations (``H``; the kept block in :func:`refit_down`), ``H⁻¹`` by
-``cholesky_solve``. ``P`` and ``Q`` are symmetric by construction: only their lower triangles are
+``cholesky_inverse``. ``P`` and ``Q`` are symmetric by construction: only their lower triangles are
 ever read (row ``j`` is read as ``X[j, :j]`` then ``X[j:, j]``), so the round-off of the updates
 cannot make them asymmetric (mirroring the matrices after each block cost more than the greedy
 itself on a CPU). A moment that is not positive definite to working precision (a failed Cholesky,
@@ -99,6 +105,14 @@ def _dense_map_on_z(W: torch.Tensor) -> torch.Tensor:
     return torch.cat([W, W.new_zeros((W.shape[0], 1))], dim=1)
 
 
+def _times_moment(W: torch.Tensor, second_moment: torch.Tensor, dtype: torch.dtype, cols: int = 1024
+                  ) -> torch.Tensor:
+    """``W Σ`` ``(hidden, I)`` in ``dtype``, ``Σ`` converted ``cols`` columns at a time (no ``dtype`` copy of it)."""
+    n = second_moment.shape[1]
+    return torch.cat([W @ second_moment[:, c:c + cols].to(dtype) for c in range(0, n, cols)], dim=1) if n \
+        else W.new_zeros((W.shape[0], 0))
+
+
 def ridge_lambda(second_moment: torch.Tensor, ridge: float) -> float:
     """``λ`` of the objective: ``ridge`` × the mean of ``diag Σ`` over all the layer's neurons."""
     if not (math.isfinite(ridge) and ridge >= 0):
@@ -111,15 +125,19 @@ def _where(layer: int | None) -> str:
     return "" if layer is None else f"layer {layer}: "
 
 
-def _cholesky(M: torch.Tensor, layer: int | None, what: str) -> torch.Tensor:
+def _cholesky(M: torch.Tensor, layer: int | None, what: str, *, overwrite: bool = False) -> torch.Tensor:
     """Lower Cholesky factor of the symmetric ``M``; :class:`ConfigError` naming ``layer`` when ``M``
     is not positive definite to working precision (a failed factorisation, or a pivot ``L[i, i]²``
-    below ``size · eps · max diag M``)."""
+    below ``size · eps · max diag M``). ``overwrite``: the factor replaces ``M`` in its storage (one
+    ``(I+1)²`` matrix fewer alive afterwards; ``M`` is then garbage)."""
     if not bool(torch.isfinite(M).all()):
         raise ConfigError(f"{_where(layer)}{what} has non-finite entries (NaN or inf activations in calibration?)")
-    L, info = torch.linalg.cholesky_ex(M)
     scale = float(torch.diagonal(M).abs().max()) if M.numel() else 0.0
     tiny = M.shape[0] * torch.finfo(M.dtype).eps * scale
+    if overwrite:
+        L, info = torch.linalg.cholesky_ex(M, out=(M, torch.empty((), dtype=torch.int32, device=M.device)))
+    else:
+        L, info = torch.linalg.cholesky_ex(M)
     if int(info) != 0 or not float(torch.diagonal(L).min()) ** 2 > tiny:
         raise ConfigError(f"{_where(layer)}{what} is singular to working precision ({M.dtype}): the calibration "
                           "moments do not determine the fit; use a ridge > 0 (or a larger one) or more calibration "
@@ -162,38 +180,56 @@ def refit_down(adapter: MLPAdapter, keep_idx: torch.Tensor, second_moment: torch
     W = down_weight_by_neuron(adapter).detach().to(device=device, dtype=dtype)    # (hidden, I)
     n = W.shape[1]
     lam = ridge_lambda(second_moment, ridge)
-    H = _augmented_moment(second_moment, mean.to(device), dtype)                   # G, then G + λ D: (I+1, I+1)
-    H.diagonal()[:n] += lam
+    mu = mean.to(device=device, dtype=dtype)
     K = keep_idx.to(device=device, dtype=torch.long)
     n_k = K.numel()
-    Kz = torch.cat([K, torch.tensor([n], device=device)])                          # kept columns of z = [x; 1]
-    M = H.index_select(0, Kz).index_select(1, Kz)                                  # (|K|+1, |K|+1)
-    L = _cholesky(M, layer, "the kept neurons' (ridged) second moment")
-    C = W @ H[:n].index_select(1, Kz)                                              # Wz H[:, K+]: (hidden, |K|+1)
-    sol = torch.cholesky_solve(C.T, L).T
-    new_w, bias = sol[:, :n_k], sol[:, n_k]
-
-    Wz = _dense_map_on_z(W)
-
-    def residual(cols: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # Wz - [Ŵ b]: (hidden, I+1)
-        A = Wz.clone()
-        A[:, K] -= cols
-        A[:, n] -= b
-        return A
-
-    def squared_error(A: torch.Tensor) -> float:  # E||A z||² = tr(A G Aᵀ), G = H - λ D
-        return float(torch.einsum("hi,ij,hj->", A, H, A)) - lam * float(A[:, :n].pow(2).sum())
-
-    ref = max(squared_error(Wz), 1e-300)
     pruned = torch.ones(n, dtype=torch.bool, device=device)
     pruned[K] = False
-    flap_bias = W[:, pruned] @ mean.to(device=device, dtype=dtype)[pruned]
+    Pz = torch.nonzero(pruned).squeeze(1)
+    # Every figure below is a trace tr(A H Aᵀ) of a map A = Wz - Â with Â on the kept columns K+ only
+    # (H = G + λD, the ridged augmented moment of the module docstring):
+    #   tr(Wz H Wzᵀ) - 2 tr(Â_K+ Cᵀ) + tr(Â_K+ H[K+, K+] Â_K+ᵀ),  C = (Wz H)[:, K+],
+    # so one (hidden, I+1) product S = Wz H serves the fit (C is its right-hand side) and all four
+    # figures; [W_K 0] H[K+, K+] = C - W[:, pruned] H[pruned, K+] (the pruned share only), and the
+    # fit's own quadratic term is tr(sol Cᵀ) by its normal equations (sol H[K+, K+] = C). H itself is
+    # never formed: only its kept block M, and S from column blocks of the moment.
+    S = torch.cat([_times_moment(W, second_moment, dtype) + lam * W, (W @ mu)[:, None]], dim=1)
+    Kz = torch.cat([K, torch.tensor([n], device=device)])                          # kept columns of z = [x; 1]
+    C = S.index_select(1, Kz)                                                      # (hidden, |K|+1)
+    M = _augmented_moment(second_moment.index_select(0, K).index_select(1, K), mu[K], dtype)
+    M.diagonal()[:n_k] += lam                                                      # H[K+, K+]: (|K|+1, |K|+1)
+    H_PK = torch.cat([second_moment.index_select(0, Pz).index_select(1, K).to(dtype), mu[Pz][:, None]], dim=1)
+    T = C - W.index_select(1, Pz) @ H_PK                                           # [W_K 0] H[K+, K+]
+    del H_PK
+    L = _cholesky(M, layer, "the kept neurons' (ridged) second moment", overwrite=True)
+    sol = torch.cholesky_solve(C.T, L).T
+    del L, M
+    new_w, bias = sol[:, :n_k], sol[:, n_k]
+    W_K = W.index_select(1, K)
+    total = float((S[:, :n] * W).sum())                                            # tr(Wz H Wzᵀ)
+    dense_kept = float((T[:, :n_k] * W_K).sum())                                   # tr([W_K 0] H [W_K 0]ᵀ)
+    cross_kept = float((C[:, :n_k] * W_K).sum())                                   # tr([W_K 0] Cᵀ)
+    pruned_sq = float(W.index_select(1, Pz).pow(2).sum())                          # ||W[:, pruned]||²
+
+    def squared_error(cols: torch.Tensor, b: torch.Tensor, quad: float, cross: float) -> float:
+        """E||(Wz - [Ŵ b]) z||² = tr(A H Aᵀ) - λ||W - Ŵ||² (no ridge term) for Ŵ = ``cols`` on K."""
+        h = total - 2 * (cross + float(b @ C[:, n_k])) + quad
+        ridge_term = lam * (pruned_sq + float((W_K - cols).pow(2).sum()))
+        return max(h - ridge_term, 0.0)  # a difference of traces: round-off may leave a tiny negative
+
+    def kept_columns_with(b: torch.Tensor) -> tuple[float, float]:  # Â = [W_K b]: its quad and cross terms
+        return (dense_kept + 2 * float(b @ T[:, n_k]) + float(b @ b), cross_kept)  # H[bias, bias] = 1
+
+    ref = max(total - lam * float(W.pow(2).sum()), 1e-300)                         # E||Wz z||²
+    flap_bias = W.index_select(1, Pz) @ mu[Pz]
     zero = W.new_zeros(W.shape[0])
-    fitted = residual(new_w, bias)
-    fitted_error = squared_error(fitted)
-    return LayerFit(weight=new_w, bias=bias, objective=fitted_error + lam * float(fitted[:, :n].pow(2).sum()),
-                    error_pruned=squared_error(residual(W[:, K], zero)) / ref,
-                    error_bias=squared_error(residual(W[:, K], flap_bias)) / ref, error_repaired=fitted_error / ref)
+    fit_quad = float((sol * C).sum())
+    fitted_error = squared_error(new_w, bias, fit_quad, fit_quad - float(bias @ C[:, n_k]))
+    return LayerFit(weight=new_w, bias=bias,
+                    objective=fitted_error + lam * (float((W_K - new_w).pow(2).sum()) + pruned_sq),
+                    error_pruned=squared_error(W_K, zero, *kept_columns_with(zero)) / ref,
+                    error_bias=squared_error(W_K, flap_bias, *kept_columns_with(flap_bias)) / ref,
+                    error_repaired=fitted_error / ref)
 
 
 @torch.no_grad()
@@ -229,10 +265,10 @@ def obs_removal_order(weight: torch.Tensor, second_moment: torch.Tensor, mean: t
     H = _augmented_moment(second_moment, mean.to(device), dtype)
     H.diagonal()[:n] += ridge_lambda(second_moment, ridge)
     floor = 1.0 / torch.diagonal(H)                                     # P[k, k] ≥ 1 / H[k, k], exactly
-    L = _cholesky(H, layer, "the (ridged) second moment of down's input")
-    del H                                                               # one (I+1)² matrix fewer at the peak
-    P = torch.cholesky_solve(torch.eye(n + 1, dtype=dtype, device=device), L)  # H⁻¹ (its lower triangle is read)
-    del L
+    # H, then its Cholesky factor, then H⁻¹, all in H's storage: one (I+1)² matrix until Q is formed
+    L = _cholesky(H, layer, "the (ridged) second moment of down's input", overwrite=True)
+    P = torch.cholesky_inverse(L, out=L)                                # H⁻¹ (its lower triangle is read)
+    del H, L
     Wz = _dense_map_on_z(W)
     Q = Wz.T @ Wz                                                       # VᵀV of the current re-fitted map V
     greedy = _Greedy(P, Q, floor, forced_z, n_remove, layer)
@@ -306,10 +342,21 @@ class _Greedy:
 
     def _shrink(self) -> None:
         keep = torch.nonzero(self.live).squeeze(1)
-        self.P = self.P.index_select(0, keep).index_select(1, keep)
-        self.Q = self.Q.index_select(0, keep).index_select(1, keep)
+        self.P, self.Q = _compact(self.P, keep), _compact(self.Q, keep)
         self.d, self.q, self.floor = self.d[keep], self.q[keep], self.floor[keep]
         self.index, self.fixed, self.live = self.index[keep], self.fixed[keep], self.live[keep]
+
+
+def _compact(X: torch.Tensor, keep: torch.Tensor, rows: int = 256) -> torch.Tensor:
+    """``X[keep][:, keep]`` (``keep`` ascending) written into the front of ``X``'s own storage, a block of
+    ``rows`` rows at a time: no second matrix is allocated. Safe because new row ``r`` lands at flat
+    offset ``r·k``, never past old row ``keep[r'] ≥ r'`` for any row ``r' > r`` not yet read."""
+    m, k = X.shape[0], keep.numel()
+    flat = X.view(-1)
+    for r0 in range(0, k, rows):
+        block = X.index_select(0, keep[r0:r0 + rows]).index_select(1, keep)      # (≤ rows, k), read first
+        flat[r0 * k:r0 * k + block.numel()] = block.reshape(-1)
+    return flat[:k * k].view(k, k) if m else X
 
 
 def _row(X: torch.Tensor, j: int) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """MLP adapters on tiny random models of each family, and model loading errors."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import (
@@ -141,3 +143,23 @@ def test_default_model_loads_offline_and_generates():
     ids = tok("The capital of France is", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tok.decode(out[0])
+
+
+def test_a_local_directory_is_read_not_mapped_so_a_replaced_matrix_is_freed(tmp_path):
+    """transformers maps a directory's weights file; a mapped page stays in RSS while any tensor of the file
+    lives, so each MLP matrix pruning replaces would count twice (BENCHMARKS §12). fnprune reads the file:
+    after loading, it is not mapped, and the weights equal transformers' own loading, in the asked dtype."""
+    from transformers import AutoModelForCausalLM
+
+    model, tok = load_model("tiny-llama", device="cpu")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    loaded, _ = load_model(str(tmp_path / "m"), device="cpu")
+    weights = str((tmp_path / "m" / "model.safetensors").resolve())
+    assert weights not in Path("/proc/self/maps").read_text()
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert not loaded.training and type(loaded) is type(reference)
+    for (name, a), (_, b) in zip(loaded.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    half, _ = load_model(str(tmp_path / "m"), device="cpu", dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}

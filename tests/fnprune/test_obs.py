@@ -158,6 +158,40 @@ def test_the_repair_reaches_exactly_the_error_the_greedy_reported(ridge):
     assert np.abs(fit.bias.numpy()).max() < 1e-8 and fit.objective == pytest.approx(0.0, abs=1e-10)
 
 
+@pytest.mark.parametrize("ridge", [DEFAULT_RIDGE, 1e-2])
+def test_the_fits_error_figures_are_the_calibration_errors_on_the_tokens(ridge):
+    """refit_down derives its four figures from traces (one product Wz H); each equals the error computed
+    directly on the planted tokens: the kept columns alone, with FLAP's mean bias, and the fit."""
+    layer = planted(n_base=16, n_dup=8, hidden=9, seed=6, ridge=ridge)
+    W, S, mu = layer.torch_args()
+    keep = [k for k in range(layer.n) if k % 3]                      # a third of the neurons pruned
+    pruned = [k for k in range(layer.n) if not k % 3]
+    fit = refit_down(_adapter(layer.W), torch.as_tensor(keep), S, mu, ridge=ridge)
+
+    def error(cols, bias):  # E_w||W x - Ŵ x - b||² / E_w||W x||² on the tokens
+        What = np.zeros_like(layer.W)
+        What[:, keep] = cols
+        p = layer.sqrt_p[:, None] ** 2
+        return float((p * (layer.x @ (layer.W - What).T - bias) ** 2).sum() / (p * (layer.x @ layer.W.T) ** 2).sum())
+
+    zero = np.zeros(layer.W.shape[0])
+    assert fit.error_pruned == pytest.approx(error(layer.W[:, keep], zero), rel=1e-9)
+    assert fit.error_bias == pytest.approx(error(layer.W[:, keep], layer.W[:, pruned] @ layer.mu[pruned]), rel=1e-9)
+    assert fit.error_repaired == pytest.approx(error(fit.weight.numpy(), fit.bias.numpy()), rel=1e-9)
+    assert fit.objective == pytest.approx(layer.objective(keep), rel=1e-9)
+    assert fit.error_repaired < fit.error_bias < fit.error_pruned
+
+
+def test_the_greedys_compaction_reuses_the_matrix_storage():
+    from fnprune.pruning.repair import _compact
+
+    X = torch.arange(37 * 37, dtype=torch.float64).reshape(37, 37)
+    keep = torch.tensor([0, 2, 3, 7, 8, 9, 20, 30, 36])
+    expected = X.index_select(0, keep).index_select(1, keep)
+    out = _compact(X, keep, rows=2)                                   # several row blocks
+    assert torch.equal(out, expected) and out.data_ptr() == X.data_ptr() and out.is_contiguous()
+
+
 def test_ridge_zero_is_honoured_and_a_singular_moment_is_an_error_naming_the_layer():
     layer = planted(seed=6, ridge=0.0)
     order, cost = obs_removal_order(*layer.torch_args(), ridge=0.0)  # (d) non-singular: exact at ridge 0
