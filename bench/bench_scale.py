@@ -199,13 +199,13 @@ def cost_model(costs: list[dict]) -> dict:
     for name in ("8b", "70b"):
         layers, hidden, width, _, _ = SHAPES[name]
         greedy_flops = a * width ** 3 * gflops * 1e9            # the greedy's work in this CPU's float64 GEMM flops
-        stats_gb = 3 * (width + 1) ** 2 * 8 / 1e9               # moment + inverse + one working copy, float64
+        stats_gb = (4 + 8 + 8) * (width + 1) ** 2 / 1e9         # float32 moment + the greedy's P and Q (float64)
         predictions[name] = {
             "layers": layers, "width": width, "hidden": hidden,
             "cpu_greedy_s_per_layer": round(a * width ** 3, 1),
             "cpu_hours_all_layers": round(a * width ** 3 * layers / 3600, 2),
             "gpu_greedy_s_per_layer_at_30_tflops_fp64": round(greedy_flops / 30e12, 2),
-            "one_layer_statistics_gb_float64": round(stats_gb, 2),
+            "one_layer_statistics_gb": round(stats_gb, 2),
             "weights_gb_bf16": round(2 * (layers * (4 * hidden * hidden * 0.625 + 3 * hidden * width)) / 1e9, 1),
         }
     return {"a_greedy_s_per_I3": a, "b_moments_s_per_token_I2": b, "cpu_gemm_float64_gflops": gflops,
