@@ -112,8 +112,13 @@ def prune_job(networks, spec: PruningSpec, job: PruneJob, progress: ProgressCall
                                   + (f" (of {job.n_calibration} requested: the corpus has no more)"
                                      if len(calibration) < job.n_calibration else "")
                                   + f" x {job.calibration_tokens} tokens, {len(heldout)} held-out documents")
-    keep_dense = bool(job.evaluate or job.fidelity or job.unrepaired or job.baselines or job.measure)
+    # A copy of the dense model only where something compares it with the pruned one after the pruning
+    # (network fidelity, the unrepaired row, baselines, a protection's measure): the evaluation alone
+    # measures the dense model first, so it never makes a job hold two models' weights.
+    keep_dense = bool(job.fidelity or job.unrepaired or job.baselines or job.measure)
     dense = copy.deepcopy(model) if keep_dense else None
+    dense_eval = None if dense is not None or not job.evaluate else _evaluate_dense(job, model, tokenizer, heldout,
+                                                                                      progress)
     calib = Calibration(tokenizer, calibration, job.calibration_tokens, job.batch_size,
                         requested_docs=job.n_calibration)
     if job.adjust is not None:  # e.g. ``--protect``: networks proposed on the loaded model, or mixed calibration
@@ -137,14 +142,11 @@ def prune_job(networks, spec: PruningSpec, job: PruneJob, progress: ProgressCall
     report(progress, "save", 1.0, "saved")
 
     if job.evaluate:
-        if job.dense_evaluation is not None:
-            result.dense_eval = job.dense_evaluation(dense, tokenizer, heldout, stage_progress(progress, "evaluate dense"))
-        else:
-            result.dense_eval = evaluate_for_job(dense, tokenizer, heldout, stage_progress(progress, "evaluate dense"))
+        result.dense_eval, result.dense_param_bytes = dense_eval or _evaluate_dense(job, dense, tokenizer, heldout,
+                                                                                    progress)
         dense_ppl = {w: p["ppl"] for w, p in result.dense_eval["perplexity"].items()}
         result.pruned_eval = evaluate_for_job(model, tokenizer, heldout, stage_progress(progress, "evaluate pruned", dense_ppl),
                                               model_dir=result.model_dir)
-        result.dense_param_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
     if job.measure is not None:
         result.measured = job.measure(dense, model, tokenizer, result, progress)
     del model
@@ -155,6 +157,14 @@ def prune_job(networks, spec: PruningSpec, job: PruneJob, progress: ProgressCall
         if job.baselines and result.baseline_budget["mlp_neurons_removed"] == 0:
             result.notes.append("no baseline was run: the method removed no MLP neuron")
     return result
+
+
+def _evaluate_dense(job: PruneJob, dense, tokenizer, heldout: list, progress: ProgressCallback | None
+                    ) -> tuple[dict, int]:
+    """The dense model's evaluation (the job's cached one where it has one) and its parameter bytes."""
+    evaluate = job.dense_evaluation or evaluate_for_job
+    return (evaluate(dense, tokenizer, heldout, stage_progress(progress, "evaluate dense")),
+            sum(p.numel() * p.element_size() for p in dense.parameters()))
 
 
 def evaluate_for_job(model, tokenizer, heldout: list, progress: ProgressCallback | None = None,
