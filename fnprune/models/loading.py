@@ -199,19 +199,19 @@ def _load_directory(path: Path, spec: str, kwargs: dict, trust_remote_code: bool
 
         return load_pruned(path, dtype=kwargs["dtype"])
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = _from_read_weights(path, kwargs) if "device_map" not in kwargs else None
+    model = _from_read_weights(path, kwargs, trust_remote_code) if "device_map" not in kwargs else None
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     return model, tokenizer
 
 
-def _from_read_weights(path: Path, kwargs: dict):
+def _from_read_weights(path: Path, kwargs: dict, trust_remote_code: bool):
     """A stock transformers model of ``path`` whose weights are *read* into memory (safetensors' ``pread``
-    backend) instead of memory-mapped, or None where that does not apply (no ``.safetensors``, a
-    remote-code architecture). Why: transformers maps the weights file, and a mapped page stays in the
-    process' RSS as long as any tensor of the file is alive -- so every MLP matrix pruning replaces is
-    counted twice (its mapped pages and its pruned copy) until the end: 4.0 GiB of a 1B-shaped model's
-    weights on top of the pruned ones (BENCHMARKS.md §12). Read, a replaced matrix is freed."""
+    backend) instead of memory-mapped, or None where that does not apply (no ``.safetensors``; a
+    remote-code or quantized model: transformers' own loading handles those). Why: transformers maps
+    the weights file, and a mapped page stays in the process' RSS as long as any tensor of the file is
+    alive -- so every MLP matrix pruning replaces is counted twice (its mapped pages and its pruned
+    copy) until the end (BENCHMARKS.md §12). Read, a replaced matrix is freed."""
     import json
 
     from safetensors import safe_open
@@ -220,9 +220,10 @@ def _from_read_weights(path: Path, kwargs: dict):
     index = path / "model.safetensors.index.json"
     files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()}) if index.exists() \
         else [path / "model.safetensors"]
-    config = AutoConfig.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
-    if model_class is None or not all(f.is_file() for f in files):
+    if (model_class is None or "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+            or getattr(config, "quantization_config", None) is not None or not all(f.is_file() for f in files)):
         return None
     state = {}
     for file in files:
