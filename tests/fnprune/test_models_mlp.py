@@ -163,3 +163,21 @@ def test_a_local_directory_is_read_not_mapped_so_a_replaced_matrix_is_freed(tmp_
         assert torch.equal(a, b), name
     half, _ = load_model(str(tmp_path / "m"), device="cpu", dtype=torch.bfloat16)
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+
+
+def test_remote_code_and_quantized_directories_keep_transformers_loading(tmp_path):
+    """Reading the weights applies to stock, unquantized architectures only: a config naming its own
+    AutoModelForCausalLM class (remote code) or a quantization goes to transformers' own loading."""
+    import json
+
+    from fnprune.models.loading import _from_read_weights
+
+    model, _ = load_model("tiny-llama", device="cpu")
+    model.save_pretrained(tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    stock = json.loads(config_path.read_text())
+    assert _from_read_weights(tmp_path / "m", {"dtype": torch.float32}, False) is not None
+    for extra in ({"auto_map": {"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"}},
+                  {"quantization_config": {"quant_method": "bitsandbytes", "load_in_8bit": True}}):
+        config_path.write_text(json.dumps({**stock, **extra}))
+        assert _from_read_weights(tmp_path / "m", {"dtype": torch.float32}, False) is None, extra
