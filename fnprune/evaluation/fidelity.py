@@ -13,8 +13,13 @@ dense model's per-neuron scale on these documents. Reported per network:
 - ``output_change_all``: the same over every held-out token (the reference for the line above);
 - ``n_key`` / ``n_key_kept``: its key neurons (|z| above the analysis threshold) and how many remain.
 
-Two passes over the documents: the dense model alone (per-neuron scale), then dense and pruned
-batch by batch. Nothing token-sized but the time courses is kept.
+Three passes over the documents, in two steps. :func:`dense_reference` reads them with the dense
+model alone, twice: the per-neuron scale, then the time courses and the MLP outputs of the layers
+the networks sit in. :func:`fidelity_against` then reads them with the pruned model. A pruning job
+records the reference before it prunes its model in place, so fidelity never needs a second copy
+of the dense model (issue 21.5). The reference holds, besides the time courses, the dense MLP
+outputs of those layers: tokens x hidden x layers, in the model's dtype (for example 10,240 tokens
+x 2,048 x 11 layers in float32 = 0.92 GB for a 1B-shaped model; a copy of that model is 4.0 GB).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,8 +113,8 @@ class _Recorder:
         return sink
 
     def _out_hook(self, layer: int):
-        def hook(module, inputs, output):
-            self.outputs[layer] = self._rows(output)
+        def hook(module, inputs, output):   # the model's dtype: float64 only where compared
+            self.outputs[layer] = output.reshape(-1, output.shape[-1])[self.mask.to(output.device)].cpu()
         return hook
 
     def start_batch(self, mask: torch.Tensor) -> None:
@@ -121,51 +127,107 @@ class _Recorder:
             h.remove()
 
 
+@dataclass
+class DenseReference:
+    """What :func:`fidelity_against` compares a pruned model with, recorded from the dense model
+    (:func:`dense_reference`): the networks, their scaled projections, the token batches, the dense
+    time courses ``(tokens, n_comp)`` and, per output layer, the dense MLP output per batch
+    ``(real tokens, hidden)`` in the model's dtype."""
+    fn: Any
+    components: list[int]
+    layers: list[int]
+    out_layers: list[int]
+    weights: dict[int, dict[int, torch.Tensor]]
+    batches: list
+    time_courses: np.ndarray
+    outputs: dict[int, list[torch.Tensor]]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the recorded outputs and time courses."""
+        return self.time_courses.nbytes + sum(t.numel() * t.element_size() for v in self.outputs.values() for t in v)
+
+
 @torch.no_grad()
 def network_fidelity(dense: nn.Module, pruned: nn.Module, tokenizer, docs, fn, components: Sequence[int],
                      keep: Sequence[np.ndarray], *, max_tokens: int = 512, batch_size: int = 4,
                      top_fraction: float = DEFAULT_TOP_FRACTION,
                      progress: ProgressCallback | None = None) -> list[NetworkFidelity]:
-    """Fidelity of ``components`` (network ids of ``fn``) in ``pruned`` vs ``dense`` on ``docs``.
+    """Fidelity of ``components`` (network ids of ``fn``) in ``pruned`` vs ``dense`` on ``docs``:
+    :func:`dense_reference` then :func:`fidelity_against`.
 
     ``keep``: per layer, the original indices of the neurons ``pruned`` kept (in order), as
     returned by :func:`fnprune.pruning.recipe.prune_with_networks`.
     """
+    reference = dense_reference(dense, tokenizer, docs, fn, components, max_tokens=max_tokens,
+                                batch_size=batch_size, progress=progress)
+    return fidelity_against(reference, pruned, keep, top_fraction=top_fraction, progress=progress)
+
+
+@torch.no_grad()
+def dense_reference(dense: nn.Module, tokenizer, docs, fn, components: Sequence[int], *, max_tokens: int = 512,
+                    batch_size: int = 4, progress: ProgressCallback | None = None) -> DenseReference:
+    """Read ``docs`` with ``dense`` (two passes: the per-neuron scale, then the networks' time courses
+    and their layers' MLP outputs). Call it before the model is pruned in place."""
     components = [int(c) for c in components]
-    if not components:
-        return []
     bad = [c for c in components if not 0 <= c < fn.n_components]
     if bad:
         raise ConfigError(f"networks: component ids must be in 0..{fn.n_components - 1}, got {bad[:5]}")
-    if not 0 < top_fraction <= 1:
-        raise ConfigError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    layers = sorted({lyr for c in components for lyr in fn.map_layers(c)})
+    out_layers = sorted({fn.component_row_layer(c) for c in components})
+    if not components:
+        return DenseReference(fn, [], [], [], {}, [], np.zeros((0, 0)), {})
     sequences = encode_documents(tokenizer, docs, max_tokens)
     if not sequences:
         raise CorpusError("no held-out document has at least 2 tokens")
+    batches = list(padded_batches(sequences, batch_size))
+    weights = _scaled_projections(dense, fn, components, layers, batches, progress)
+    tc, outputs = _record(dense, None, fn.signals, layers, weights, out_layers, batches,
+                          lambda b: report(progress, "fidelity", 0.3 + 0.35 * b,
+                                           f"dense model, batch {round(b * len(batches))}/{len(batches)}"))
+    return DenseReference(fn, components, layers, out_layers, weights, batches, tc, outputs)
+
+
+@torch.no_grad()
+def fidelity_against(reference: DenseReference, pruned: nn.Module, keep: Sequence[np.ndarray], *,
+                     top_fraction: float = DEFAULT_TOP_FRACTION,
+                     progress: ProgressCallback | None = None) -> list[NetworkFidelity]:
+    """Fidelity of the reference's networks in ``pruned`` (``keep``: per layer, the original indices
+    of the neurons it kept, in order), read on the reference's documents."""
+    ref = reference
+    if not ref.components:
+        return []
+    if not 0 < top_fraction <= 1:
+        raise ConfigError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    fn = ref.fn
     keep = [np.asarray(k, dtype=np.int64) for k in keep]
     widths = [a.width for a in find_mlps(pruned)]
     if [len(k) for k in keep] != widths:
         raise ConfigError(f"keep has {[len(k) for k in keep]} neurons per layer, the pruned model {widths}")
-    batches = list(padded_batches(sequences, batch_size))
-    layers = sorted({lyr for c in components for lyr in fn.map_layers(c)})
-    row_layer = {c: fn.component_row_layer(c) for c in components}
-    weights = _scaled_projections(dense, fn, components, layers, batches, progress)
-    tc_d, tc_p, err, ref = _paired_pass(dense, pruned, keep, fn.signals, layers, weights,
-                                        sorted(set(row_layer.values())), batches, progress)
+    n_batches = len(ref.batches)
+    tc_p, outputs = _record(pruned, keep, fn.signals, ref.layers, ref.weights, ref.out_layers, ref.batches,
+                            lambda b: report(progress, "fidelity", 0.65 + 0.35 * b,
+                                             f"pruned model, batch {round(b * n_batches)}/{n_batches}"))
+    err = {lyr: np.concatenate([((yp.double() - yd.double()) ** 2).sum(1).numpy()
+                                for yp, yd in zip(outputs[lyr], ref.outputs[lyr], strict=True)])
+           for lyr in ref.out_layers}
+    sq = {lyr: np.concatenate([(yd.double() ** 2).sum(1).numpy() for yd in ref.outputs[lyr]]) for lyr in ref.out_layers}
+    tc_d = ref.time_courses
     n_tokens = tc_d.shape[0]
     n_top = min(n_tokens, max(10, int(math.ceil(top_fraction * n_tokens))))
-    key = component_key_masks(fn, components, fn.threshold)
+    key = component_key_masks(fn, ref.components, fn.threshold)
     kept = np.zeros((fn.n_layers, fn.width), dtype=bool)
     for layer, k in enumerate(keep):
         kept[layer, k] = True
     result = []
-    for i, c in enumerate(components):
+    for i, c in enumerate(ref.components):
         d, p = tc_d[:, i], tc_p[:, i]
         corr = float(np.corrcoef(d, p)[0, 1]) if d.std() > 0 and p.std() > 0 else float("nan")
         top = np.argsort(-d, kind="stable")[:n_top]
-        e, r = err[row_layer[c]], ref[row_layer[c]]
+        row = fn.component_row_layer(c)
+        e, r = err[row], sq[row]
         result.append(NetworkFidelity(
-            id=c, layer=row_layer[c], correlation=corr,
+            id=c, layer=row, correlation=corr,
             output_change_top=float(np.sqrt(e[top].sum() / max(r[top].sum(), 1e-300))),
             output_change_all=float(np.sqrt(e.sum() / max(r.sum(), 1e-300))),
             n_key=int(key[i].sum()), n_key_kept=int((key[i] & kept).sum()), n_tokens=int(n_tokens)))
@@ -201,32 +263,24 @@ def _scaled_projections(dense: nn.Module, fn, components: list[int], layers: lis
     return weights
 
 
-def _paired_pass(dense, pruned, keep, signals, layers, weights, out_layers, batches, progress):
-    """Pass 2: dense and pruned side by side; time courses ``(tokens, n_comp)`` of each and, per
-    output layer, the per-token squared output change and squared dense output."""
-    rec_d = _Recorder(dense, None, layers, signals, weights, out_layers)
-    rec_p = _Recorder(pruned, keep, layers, signals, weights, out_layers)
-    tc_d, tc_p = [], []
-    err: dict[int, list] = {lyr: [] for lyr in out_layers}
-    ref: dict[int, list] = {lyr: [] for lyr in out_layers}
+def _record(model, keep, signals, layers, weights, out_layers, batches, tick):
+    """One model over ``batches``: its networks' time courses ``(tokens, n_comp)`` float64 and, per
+    output layer, its MLP output per batch (model dtype). ``tick(fraction)`` after each batch."""
+    rec = _Recorder(model, keep, layers, signals, weights, out_layers)
+    tcs: list[torch.Tensor] = []
+    outputs: dict[int, list[torch.Tensor]] = {lyr: [] for lyr in out_layers}
+    dev = model_device(model)
     try:
         for b, (ids, mask) in enumerate(batches):
-            for rec, model in ((rec_d, dense), (rec_p, pruned)):
-                rec.start_batch(mask)
-                dev = model_device(model)
-                backbone(model)(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False)
-            tc_d.append(rec_d.tc)
-            tc_p.append(rec_p.tc)
+            rec.start_batch(mask)
+            backbone(model)(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False)
+            tcs.append(rec.tc)
             for lyr in out_layers:
-                yd, yp = rec_d.outputs[lyr], rec_p.outputs[lyr]
-                err[lyr].append(((yp - yd) ** 2).sum(1))
-                ref[lyr].append((yd ** 2).sum(1))
-            report(progress, "fidelity", 0.3 + 0.7 * (b + 1) / len(batches), f"batch {b + 1}/{len(batches)}")
+                outputs[lyr].append(rec.outputs[lyr])
+            tick((b + 1) / len(batches))
     finally:
-        rec_d.remove()
-        rec_p.remove()
-    return (torch.cat(tc_d).numpy(), torch.cat(tc_p).numpy(), {k: torch.cat(v).numpy() for k, v in err.items()},
-            {k: torch.cat(v).numpy() for k, v in ref.items()})
+        rec.remove()
+    return torch.cat(tcs).numpy(), outputs
 
 
 def most_stable_networks(fn, n: int = 20, protected_layers=None) -> list[int]:

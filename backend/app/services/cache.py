@@ -20,13 +20,25 @@ def cached_json(settings: Settings, prefix: str, key: dict[str, Any], compute: C
     atomically; a damaged entry is recomputed."""
     from fnprune.io import atomic_write_json
 
-    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
-    path = settings.data_dir / "cache" / f"{prefix}-{digest}.json"
+    found = cached_value(settings, prefix, key)
+    if found is not None:
+        return found, True
+    value = compute()
+    atomic_write_json(_path(settings, prefix, key), value)
+    return value, False
+
+
+def cached_value(settings: Settings, prefix: str, key: dict[str, Any]) -> Any | None:
+    """The cached value for ``key``, or None (none yet, or a damaged entry)."""
+    path = _path(settings, prefix, key)
     if path.is_file():
         try:
-            return json.loads(path.read_text()), True
+            return json.loads(path.read_text())
         except (OSError, ValueError):
             pass
-    value = compute()
-    atomic_write_json(path, value)
-    return value, False
+    return None
+
+
+def _path(settings: Settings, prefix: str, key: dict[str, Any]):
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+    return settings.data_dir / "cache" / f"{prefix}-{digest}.json"

@@ -106,19 +106,26 @@ class ProtectRun:
                                                         calibration, progress)
         return spec, calibration
 
-    def measure(self, dense, pruned, tokenizer, done, progress) -> dict[str, Any]:
+    def measure(self, models, tokenizer, done, progress) -> dict[str, Any]:
+        """:class:`fnprune.pruning.job.PruneJob`'s ``measure``: the protected text's held-out perplexity, the
+        dense model's from the cache where it is there (else measured and cached), and the unconstrained
+        pruning when asked for (:func:`fnprune.pruning.job.protection_comparison`)."""
         from fnprune.pruning.job import EVAL_TOKENS_PER_DOC, heldout_perplexity, protection_comparison
 
-        from .cache import cached_json, docs_key
+        from .cache import cached_json, cached_value, docs_key
 
         dense_b, cached = None, None
         if self.heldout:
             key = {"version": 1, "model": self.a_req.model, "max_tokens": EVAL_TOKENS_PER_DOC, "window": 512,
                    "docs": docs_key(self.heldout)}
-            dense_b, cached = cached_json(self.settings, "dense-ppl", key,
-                                          lambda: heldout_perplexity(dense, tokenizer, self.heldout))
+            dense_b = cached_value(self.settings, "dense-ppl", key)
+            cached = dense_b is not None
+            if dense_b is None:
+                def dense_b(dense):
+                    return cached_json(self.settings, "dense-ppl", key,
+                                       lambda: heldout_perplexity(dense, tokenizer, self.heldout))[0]
         out = protection_comparison(
-            dense, pruned, tokenizer, self.networks, done.heldout, self.heldout,
+            models, tokenizer, self.networks, done.heldout, self.heldout,
             dense_a=done.dense_eval["perplexity"]["512"]["ppl"], pruned_a=done.pruned_eval["perplexity"]["512"]["ppl"],
             dense_b=dense_b, unconstrained=self.before if self.p.compare_unconstrained else None, progress=progress)
         return out | {"dense_cached": cached}
