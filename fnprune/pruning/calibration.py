@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.loading import model_device
 from ..models.mlp import find_mlps
-from ..progress import ProgressCallback, renamed
+from ..progress import ProgressCallback, renamed, report
 from .heads import collect_attention_stats
-from .layerwise import MOMENT_SUM_DTYPE, streamed_obs_scores
+from .layerwise import MOMENT_SUM_DTYPE, MomentSpill, streamed_obs_scores
 from .scores import obs_scores
 from .spec import PruningSpec, stats_needed
 from .statistics import DownInputStats, collect_down_input_stats
@@ -38,6 +39,9 @@ class Calibration:
     models keep the single pass ``compare`` shares across its rows. Both give the same kept neurons.
     ``moment_dtype``: what the streamed pass sums its moments in (default :data:`MOMENT_SUM_DTYPE`,
     float32; the all-at-once pass sums in float64); float64 gives the all-at-once numbers exactly.
+    ``spill_moments``: when streamed on a CPU, the select pass also writes each layer's moments to a
+    temporary directory (:class:`~fnprune.pruning.layerwise.MomentSpill`, removed with this object) and
+    the one-shot repair reads them back instead of a second pass through the model (same numbers).
     """
 
     tokenizer: object
@@ -47,6 +51,8 @@ class Calibration:
     requested_docs: int | None = None
     streamed: bool | None = None
     moment_dtype: torch.dtype = MOMENT_SUM_DTYPE
+    spill_moments: bool = True
+    _spill: MomentSpill | None = field(default=None, repr=False)
     _down: DownInputStats | None = field(default=None, repr=False)
     _attention: object = field(default=None, repr=False)
     _obs: dict = field(default_factory=dict, repr=False)
@@ -62,7 +68,7 @@ class Calibration:
         """The same settings on other documents, without this instance's statistics (they are of its own
         documents): what calibration mixing (``--protect``) prunes with."""
         docs = list(docs)
-        return replace(self, docs=docs, requested_docs=len(docs), _down=None, _attention=None, _obs={})
+        return replace(self, docs=docs, requested_docs=len(docs), _down=None, _attention=None, _obs={}, _spill=None)
 
     def streams(self, model: nn.Module) -> bool:
         """Whether this calibration collects the ``(I, I)`` moments layer by layer (see ``streamed``)."""
@@ -82,11 +88,32 @@ class Calibration:
             if self.streams(model):
                 self._obs[key] = streamed_obs_scores(model, self.tokenizer, self.docs, forced=masks, ridge=ridge,
                                                      skip=skip, max_tokens=self.max_tokens, batch_size=self.batch_size,
-                                                     dtype=self.moment_dtype, progress=renamed(progress, "select"))
+                                                     dtype=self.moment_dtype, progress=renamed(progress, "select"),
+                                                     spill=self._spill_for(model, skip, progress))
             else:
                 self._obs[key] = obs_scores(model, self._down, masks, ridge, skip=skip,
                                             progress=renamed(progress, "select"))
         return self._obs[key]
+
+    def _spill_for(self, model: nn.Module, skip: Sequence[int], progress) -> MomentSpill | None:
+        """Where the streamed select pass writes its moments for the repair (see ``spill_moments``), or None."""
+        if self._spill is not None or not self.spill_moments or model_device(model).type != "cpu":
+            return self._spill
+        widths = [a.width for a in find_mlps(model) if a.layer not in {int(x) for x in skip}]
+        gb = sum(w * w for w in widths) * torch.empty(0, dtype=self.moment_dtype).element_size() / 1e9
+        if not MomentSpill.fits(widths, self.moment_dtype):
+            report(progress, "select", 0.0, f"not enough free disk for the layers' moments ({gb:.1f} GB): "
+                                            "the prune pass will collect them again")
+            return None
+        self._spill = MomentSpill()
+        report(progress, "select", 0.0, f"each layer's moments are kept on disk ({gb:.1f} GB in all) "
+                                        "for the prune pass")
+        return self._spill
+
+    @property
+    def spilled_moments(self) -> MomentSpill | None:
+        """The streamed select pass's moments on disk (``spill_moments``), or None."""
+        return self._spill
 
     def down_stats(self, model: nn.Module, second_moments: bool, progress=None, weighted: bool = False
                    ) -> DownInputStats:

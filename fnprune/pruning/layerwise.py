@@ -16,14 +16,20 @@ through the decoder layer by layer (the SparseGPT / SlimGPT scheme):
 Peak memory is the model, one layer's statistics (:class:`LayerMoments`) and the calibration
 activations ``(tokens, hidden)``, kept on the device of the layer that produced them.
 :func:`streamed_layer_moments` is the driver every streamed user shares: it yields each layer's
-moments, lets the caller act on the layer (score it, prune it), then advances.
+moments, lets the caller act on the layer (score it, prune it), then advances. On a CPU the select
+pass keeps each layer's moments on disk (:class:`MomentSpill`), so the one-shot repair reads them back
+instead of running the calibration through the model a second time.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -297,12 +303,79 @@ def streamed_layer_moments(model: nn.Module, tokenizer, docs, *, max_tokens: int
         report(progress, stage, (wanted.index(i) + 1) / len(wanted), f"layer {i}")
 
 
+class MomentSpill:
+    """The residual-weighted moments the streamed select pass collected, one file per layer in a temporary
+    directory, so that the one-shot prune pass reads them back instead of running the calibration through
+    the model again: on a CPU that pass cost a 1B-shaped layer 15.7 s, its moments included (BENCHMARKS.md
+    §12). The repair needs exactly these moments -- one-shot calibration on the dense model, the weighting
+    obs selects with -- and a float32 file holds them bit for bit. Only moments on the CPU are spilled (on a
+    GPU the pass costs less than the disk), and only when the disk has room (:meth:`fits`). The directory,
+    ``$FNPRUNE_HOME/tmp/moments-<pid>-*`` by default (not ``/tmp``, which may be memory), is removed with
+    this object or at exit; one left by a process that was killed is removed by the next spill."""
+
+    def __init__(self, directory: str | os.PathLike | None = None):
+        base = Path(directory) if directory is not None else spill_base()
+        base.mkdir(parents=True, exist_ok=True)
+        for old in base.glob("moments-*-*"):          # left by a killed process
+            pid = old.name.split("-")[1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        self.dir = tempfile.mkdtemp(prefix=f"moments-{os.getpid()}-", dir=base)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)
+        self.layers: set[int] = set()
+
+    @staticmethod
+    def fits(widths: Sequence[int], dtype: torch.dtype = MOMENT_SUM_DTYPE, directory=None) -> bool:
+        """Whether the ``(I, I)`` moments of layers this wide fit the spill directory's disk with a quarter
+        to spare."""
+        need = sum(int(w) ** 2 for w in widths) * torch.empty(0, dtype=dtype).element_size()
+        base = Path(directory) if directory is not None else spill_base()
+        while not base.exists():                      # the disk it will be on
+            base = base.parent
+        return shutil.disk_usage(base).free > 1.25 * need
+
+    def _path(self, layer: int) -> str:
+        return os.path.join(self.dir, f"layer{int(layer)}.pt")
+
+    def save(self, layer: int, moments: LayerMoments) -> None:
+        tmp = self._path(layer) + ".tmp"
+        torch.save({"second_moment": moments.weighted_second_moment, "mean": moments.weighted_mean}, tmp)
+        os.replace(tmp, self._path(layer))
+        self.layers.add(int(layer))
+
+    def load(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weighted second moment, weighted mean)`` of ``layer``, on the CPU."""
+        d = torch.load(self._path(layer), map_location="cpu", weights_only=True)
+        return d["second_moment"], d["mean"]
+
+    def close(self) -> None:
+        self._cleanup()
+
+
+def spill_base() -> Path:
+    """Where :class:`MomentSpill` directories go: ``$FNPRUNE_HOME/tmp``."""
+    from ..corpus import fnprune_home
+
+    return fnprune_home() / "tmp"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # -- the streamed uses: obs selection and the least-squares repair --------------------------------
 def streamed_obs_scores(model: nn.Module, tokenizer, docs, *, forced=None, ridge: float, skip: Sequence[int] = (),
                         max_tokens: int = 512, batch_size: int = 4, dtype: torch.dtype = MOMENT_SUM_DTYPE,
-                        progress: ProgressCallback | None = None) -> list:
+                        progress: ProgressCallback | None = None, spill: MomentSpill | None = None) -> list:
     """:func:`fnprune.pruning.scores.obs_scores` with one layer's residual-weighted moments alive at a time (the
-    dense model's, layer by layer); protected layers (``skip``) get ``+inf`` and no greedy."""
+    dense model's, layer by layer); protected layers (``skip``) get ``+inf`` and no greedy. ``spill``: each
+    layer's moments are also written there when they are on the CPU (for :func:`streamed_repair`)."""
     import numpy as np
 
     from .budget import forced_neuron_masks
@@ -319,13 +392,15 @@ def streamed_obs_scores(model: nn.Module, tokenizer, docs, *, forced=None, ridge
                                              weighted=True, layers=todo, dtype=dtype, progress=progress):
         out[adapter.layer] = obs_layer_scores(adapter, m.weighted_second_moment, m.weighted_mean, m.weight_mean,
                                               masks[adapter.layer], ridge)
+        if spill is not None and m.device.type == "cpu":
+            spill.save(adapter.layer, m)
     return out
 
 
 def streamed_repair(model: nn.Module, keep, tokenizer, docs, *, ridge: float, weighted: bool, sequential: bool,
                     max_tokens: int = 512, batch_size: int = 4, fits: dict | None = None,
                     dtype: torch.dtype = MOMENT_SUM_DTYPE, progress: ProgressCallback | None = None,
-                    reselect=None) -> list[np.ndarray]:
+                    reselect=None, spilled: MomentSpill | None = None) -> list[np.ndarray]:
     """Prune every layer to ``keep`` and re-fit its ``down`` by least squares, one layer at a time.
 
     The moments are the plain ones, or the residual-weighted ones (``weighted``: what obs selects
@@ -334,14 +409,27 @@ def streamed_repair(model: nn.Module, keep, tokenizer, docs, *, ridge: float, we
     ``reselect(adapter, second_moment, mean, width) -> kept indices``: choose the layer's kept
     neurons again on the moments just collected, at the width ``keep`` gives it (sequential obs: the
     widths come from the dense pass, the choice inside each layer from its inputs after the layers
-    below were pruned). Returns the kept indices of every layer (``keep``'s, or the re-selected)."""
+    below were pruned). ``spilled``: the select pass's moments (:class:`MomentSpill`); when it holds every
+    layer to prune and the pass is one-shot and weighted, they are read back and nothing runs through the
+    model. Returns the kept indices of every layer (``keep``'s, or the re-selected)."""
     from .surgery import finish_pruning, normalize_keep, repair_layer
 
     adapters = find_mlps(model)
     keep_idx = normalize_keep(keep, [a.width for a in adapters])
     todo = [a.layer for a, k in zip(adapters, keep_idx, strict=True) if k.numel() < a.width]
     added = False
-    if todo:
+    if todo and spilled is not None and weighted and not sequential and reselect is None \
+            and set(todo) <= spilled.layers:
+        for i, layer in enumerate(todo):
+            adapter = adapters[layer]
+            moment, mean = spilled.load(layer)
+            added |= getattr(adapter.down, "bias", None) is None
+            fit = repair_layer(adapter, keep_idx[layer], moment, mean, ridge)
+            del moment, mean
+            if fits is not None:
+                fits[layer] = fit
+            report(progress, "prune", (i + 1) / len(todo), f"layer {layer} (the select pass's moments, read back)")
+    elif todo:
         for adapter, m in streamed_layer_moments(model, tokenizer, docs, max_tokens=max_tokens, batch_size=batch_size,
                                                  plain=not weighted, weighted=weighted, layers=todo,
                                                  sequential=sequential, dtype=dtype, progress=progress, stage="prune"):

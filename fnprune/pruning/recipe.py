@@ -269,8 +269,9 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
         keep = streamed_repair(model, keep, calibration.tokenizer, calibration.docs, ridge=spec.ridge,
                                weighted=weighted_repair, sequential=spec.sequential, max_tokens=calibration.max_tokens,
                                batch_size=calibration.batch_size, fits=fits, dtype=calibration.moment_dtype,
-                               progress=renamed(progress, "prune"),
-                               reselect=reselect)
+                               progress=renamed(progress, "prune"), reselect=reselect,
+                               # the select pass's moments are the repair's only while the attention is dense
+                               spilled=calibration.spilled_moments if kv_heads is None else None)
     else:
         repair = None
         if spec.repair == "lstsq":

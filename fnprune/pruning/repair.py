@@ -49,9 +49,9 @@ error figures from one ``(hidden, I+1)`` product ``Wz H`` and the kept block ``H
 
 Numerics: Cholesky factorisations (``H``; the kept block in :func:`refit_down`), ``H⁻¹`` by
 ``cholesky_inverse``. ``P`` and ``Q`` are symmetric by construction: only their lower triangles are
-ever read (row ``j`` is read as ``X[j, :j]`` then ``X[j:, j]``), so the round-off of the updates
-cannot make them asymmetric (mirroring the matrices after each block cost more than the greedy
-itself on a CPU). A moment that is not positive definite to working precision (a failed Cholesky,
+ever read (row ``j`` is read as ``X[j, :j]`` then ``X[j:, j]``) and only they are updated (column
+panel by column panel: half the work of a full update), so the round-off of the updates cannot make
+them asymmetric. A moment that is not positive definite to working precision (a failed Cholesky,
 or a pivot ``L[i, i]²`` below ``size · eps · max diag``) raises :class:`~fnprune.errors.ConfigError`
 naming the layer -- at ``ridge = 0`` too: nothing is added behind the user's back. ``P[k, k]`` is
 at least ``1/H[k, k]`` exactly: in the costs a smaller value (round-off) is raised to that floor
@@ -77,6 +77,7 @@ from ..errors import ConfigError
 from ..models.mlp import MLPAdapter, _is_conv1d
 
 DEFAULT_RIDGE = 1e-4  # chosen on validation documents (BENCHMARKS.md §3b)
+LOWER_PANEL = 512  # columns per product of the greedy's lower-triangle updates (speed only)
 OBS_BLOCK = 32  # removals per batched update of H⁻¹ (speed only: the order is the one-at-a-time greedy's;
 #               32 was the fastest or within 1% of it at I = 1536 and 4096, BENCHMARKS §12)
 _SHRINK_AT = 0.75  # the greedy's matrices are cut to the live rows once fewer than this share is live
@@ -331,9 +332,9 @@ class _Greedy:
                               "ridge or float64")
         self.n_removed += b
         A = QB.T - QB[B] @ R                                               # Q0[B, :] - Q0[B, B] R: (b, m)
-        P0.addmm_(U, U.T, alpha=-1)                                        # P0 - U Uᵀ
+        _sub_lower_(P0, U, U.T)                                            # P0 - U Uᵀ
         # Mᵀ Q0 M = Q0 - QB R - Rᵀ A, as one rank-2b product: one pass over Q0 (the update is memory-bound)
-        Q0.addmm_(torch.cat([QB, R.T], dim=1), torch.cat([R, A], dim=0), alpha=-1)
+        _sub_lower_(Q0, torch.cat([QB, R.T], dim=1), torch.cat([R, A], dim=0))
         for X in (P0, Q0):
             X.index_fill_(0, B, 0).index_fill_(1, B, 0)
         self.d, self.q = torch.diagonal(P0).clone(), torch.diagonal(Q0).clone()
@@ -345,6 +346,16 @@ class _Greedy:
         self.P, self.Q = _compact(self.P, keep), _compact(self.Q, keep)
         self.d, self.q, self.floor = self.d[keep], self.q[keep], self.floor[keep]
         self.index, self.fixed, self.live = self.index[keep], self.fixed[keep], self.live[keep]
+
+
+def _sub_lower_(X: torch.Tensor, left: torch.Tensor, right: torch.Tensor, panel: int | None = None) -> None:
+    """``X -= left @ right`` where it is read: the lower triangle (and the rest of the diagonal blocks), one
+    column panel at a time. The product is symmetric, so the upper triangle, which nothing reads, is left
+    stale: about half the flops and half the memory traffic of the full update."""
+    m, panel = X.shape[0], panel or LOWER_PANEL
+    for c0 in range(0, m, panel):
+        c1 = min(c0 + panel, m)
+        X[c0:, c0:c1].addmm_(left[c0:], right[:, c0:c1], alpha=-1)
 
 
 def _compact(X: torch.Tensor, keep: torch.Tensor, rows: int = 256) -> torch.Tensor:

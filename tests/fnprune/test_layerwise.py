@@ -105,16 +105,87 @@ def test_accelerate_dispatch_with_disk_offload(tiny, docs, tmp_path):
 
 
 # -- the recipe on the streamed path ---------------------------------------------------------------
-def _prune(docs, streamed, moment_dtype=torch.float64, **spec):
-    """Prune tiny-llama; the streamed sums in float64 by default here, so the paths can be compared exactly."""
+def _prune(docs, streamed, moment_dtype=torch.float64, calibration_out=None, progress=None, spill=True, **spec):
+    """Prune tiny-llama; the streamed sums in float64 by default here, so the paths can be compared exactly.
+    ``calibration_out``: a list the Calibration is appended to."""
     from fnprune.pruning.calibration import Calibration
     from fnprune.pruning.recipe import prune_with_networks
     from fnprune.pruning.spec import PruningSpec
 
     model, tok = load_model("tiny-llama", device="cpu")
-    calibration = Calibration(tok, docs, max_tokens=96, batch_size=2, streamed=streamed, moment_dtype=moment_dtype)
-    outcome = prune_with_networks(model, None, PruningSpec(**spec), calibration)
+    calibration = Calibration(tok, docs, max_tokens=96, batch_size=2, streamed=streamed, moment_dtype=moment_dtype,
+                              spill_moments=spill)
+    outcome = prune_with_networks(model, None, PruningSpec(**spec), calibration, progress=progress)
+    if calibration_out is not None:
+        calibration_out.append(calibration)
     return outcome, model
+
+
+def _count_streams(monkeypatch) -> list:
+    import fnprune.pruning.layerwise as layerwise
+
+    streams = []
+    real = layerwise.LayerStream.__init__
+
+    def counting(self, *args, **kwargs):
+        streams.append(1)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(layerwise.LayerStream, "__init__", counting)
+    return streams
+
+
+def test_the_one_shot_repair_reads_the_select_pass_moments_back_and_fits_the_same_weights(docs, monkeypatch,
+                                                                                          tmp_path):
+    """On a CPU the streamed select pass writes each layer's moments to disk; the one-shot repair reads them
+    back instead of a second pass through the model, and fits bit-identical weights."""
+    import gc
+    import os
+
+    monkeypatch.setenv("FNPRUNE_HOME", str(tmp_path))
+    dead, live = tmp_path / "tmp" / "moments-999999999-x", tmp_path / "tmp" / f"moments-{os.getppid()}-x"
+    for d in (dead, live):
+        d.mkdir(parents=True)
+    streams = _count_streams(monkeypatch)
+    again, again_model = _prune(docs, True, torch.float32, spill=False, method="obs", target_ratio=0.2)
+    assert len(streams) == 2                                          # select, then prune
+    held, messages = [], []
+    spilled, spilled_model = _prune(docs, True, torch.float32, calibration_out=held, method="obs", target_ratio=0.2,
+                                    progress=lambda stage, f, msg="": messages.append((stage, msg)))
+    assert len(streams) == 3                                          # select only
+    assert ("prune", "layer 1 (the select pass's moments, read back)") in messages
+    assert any(stage == "select" and "kept on disk" in msg for stage, msg in messages)
+    for (name, p), (_, q) in zip(again_model.state_dict().items(), spilled_model.state_dict().items(), strict=True):
+        assert torch.equal(p, q), name
+    assert spilled.keep_digest == again.keep_digest
+    figures = lambda fits: {k: (f.error_pruned, f.error_bias, f.error_repaired) for k, f in fits.items()}  # noqa: E731
+    assert figures(spilled.layer_fits) == figures(again.layer_fits) and len(spilled.layer_fits) == 2
+    spill = held[0].spilled_moments
+    assert not dead.exists() and live.exists()                       # a killed process' spill is removed
+    assert os.path.dirname(spill.dir) == str(tmp_path / "tmp")
+    assert sorted(os.listdir(spill.dir)) == ["layer1.pt", "layer2.pt"]  # the prunable layers, none of the protected
+    directory = spill.dir
+    del held, spill
+    gc.collect()
+    assert not os.path.exists(directory)                              # removed with the calibration
+
+
+def test_the_moments_are_collected_again_where_the_spill_does_not_hold_them(docs, monkeypatch):
+    """Pruned heads change what the MLPs see (the repair calibrates on them), and a full disk holds nothing:
+    both collect the moments in a second pass, announced."""
+    from fnprune.pruning.layerwise import MomentSpill
+
+    streams = _count_streams(monkeypatch)
+    _prune(docs, True, torch.float32, method="obs", target_ratio=0.2, heads_fraction=0.25)
+    assert len(streams) == 2
+    monkeypatch.setattr(MomentSpill, "fits", staticmethod(lambda *a, **k: False))
+    messages = []
+    full, full_model = _prune(docs, True, torch.float32, method="obs", target_ratio=0.2,
+                              progress=lambda stage, f, msg="": messages.append(msg))
+    assert len(streams) == 4 and any(m.startswith("not enough free disk") for m in messages)
+    spilled, spilled_model = _prune(docs, True, torch.float32, spill=False, method="obs", target_ratio=0.2)
+    for (name, p), (_, q) in zip(full_model.state_dict().items(), spilled_model.state_dict().items(), strict=True):
+        assert torch.equal(p, q), name
 
 
 @pytest.mark.parametrize("method", ["obs", "flap", "wanda-sp"])

@@ -13,6 +13,7 @@ import torch
 from prune_helpers import documents, tiny_model
 from torch import nn
 
+import fnprune.pruning.repair as repair
 import fnprune.pruning.scores as scores_module
 from fnprune.errors import ConfigError
 from fnprune.pruning.repair import DEFAULT_RIDGE, OBS_BLOCK, obs_removal_order, refit_down
@@ -85,8 +86,10 @@ def _adapter(W: np.ndarray, layer: int = 5):
     return SimpleNamespace(down=down, layer=layer)
 
 
+@pytest.mark.parametrize("panel", [repair.LOWER_PANEL, 3])     # the shipped one (one panel here), several
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_every_cost_is_the_exact_rise_and_every_step_the_brute_force_best(seed):
+def test_every_cost_is_the_exact_rise_and_every_step_the_brute_force_best(seed, panel, monkeypatch):
+    monkeypatch.setattr(repair, "LOWER_PANEL", panel)
     layer = planted(seed=seed)
     forced = np.zeros(layer.n, dtype=bool)
     forced[3] = True
@@ -180,6 +183,23 @@ def test_the_fits_error_figures_are_the_calibration_errors_on_the_tokens(ridge):
     assert fit.error_repaired == pytest.approx(error(fit.weight.numpy(), fit.bias.numpy()), rel=1e-9)
     assert fit.objective == pytest.approx(layer.objective(keep), rel=1e-9)
     assert fit.error_repaired < fit.error_bias < fit.error_pruned
+
+
+@pytest.mark.parametrize("panel", [1, 4, 7, 64])
+def test_the_greedys_update_is_exact_on_the_lower_triangle_and_leaves_the_upper_one(panel):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(23, 23, generator=g, dtype=torch.float64)
+    left, right = torch.randn(23, 5, generator=g, dtype=torch.float64), torch.randn(5, 23, generator=g, dtype=torch.float64)
+    out = X.clone()
+    repair._sub_lower_(out, left, right, panel)
+    full = X - left @ right
+    lower = torch.ones(23, 23, dtype=torch.bool).tril()
+    torch.testing.assert_close(out[lower], full[lower], rtol=0, atol=1e-12)
+    blocks = torch.zeros(23, 23, dtype=torch.bool)                  # the diagonal blocks' upper parts are updated too
+    for c0 in range(0, 23, panel):
+        blocks[c0:c0 + panel, c0:c0 + panel] = True
+    torch.testing.assert_close(out[~lower & blocks], full[~lower & blocks], rtol=0, atol=1e-12)
+    assert torch.equal(out[~lower & ~blocks], X[~lower & ~blocks])   # the rest of the upper triangle: untouched
 
 
 def test_the_greedys_compaction_reuses_the_matrix_storage():
