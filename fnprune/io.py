@@ -1,4 +1,4 @@
-"""Atomic writes and exports: NIfTI maps, FSL FIX labels, key-neuron masks as JSON.
+"""Atomic writes and exports: NIfTI maps, FSL FIX labels, key-neuron masks as JSON; whether the process that left a file runs.
 
 Every file fnprune and the backend write goes through :func:`atomic_path` (or its shorthands
 :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_write_json`): written to a
@@ -224,3 +224,19 @@ def load_mask_json(path: str | Path) -> np.ndarray:
     for layer, keep in enumerate(data["keep"]):
         mask[layer, keep] = True
     return mask
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a zombie, killed but not yet reaped, does not): whether what
+    it left behind -- a job, a temporary directory -- still has an owner."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import CorpusError
+from ..io import pid_alive
 from ..models.loading import model_device
 from ..models.mlp import MLPAdapter, backbone, decoder_layers, find_mlps
 from ..progress import ProgressCallback, report
@@ -318,7 +319,7 @@ class MomentSpill:
         base.mkdir(parents=True, exist_ok=True)
         for old in base.glob("moments-*-*"):          # left by a killed process
             pid = old.name.split("-")[1]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 shutil.rmtree(old, ignore_errors=True)
         self.dir = tempfile.mkdtemp(prefix=f"moments-{os.getpid()}-", dir=base)
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)
@@ -357,16 +358,6 @@ def spill_base() -> Path:
     from ..corpus import fnprune_home
 
     return fnprune_home() / "tmp"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- the streamed uses: obs selection and the least-squares repair --------------------------------
