@@ -122,14 +122,43 @@ def follow(client: Client, path: str, memory: WorkerMemory, label: str, until=No
     return {"job": job, "trail": seen, "wall_s": round(time.time() - start, 1)}
 
 
+def stage_seconds(trail: list) -> list:
+    """``[stage, seconds]`` per run of one stage in a job's polled trail (from its first poll in the stage to
+    the first poll in the next; the last one to the last poll). A stage shorter than a poll may not show."""
+    out: list = []
+    for stage, _message, t in trail:
+        if not out or out[-1][0] != stage:
+            if out:
+                out[-1][1] = round(t - out[-1][1], 1)
+            out.append([stage, t])
+    if out:
+        out[-1][1] = round(trail[-1][2] - out[-1][1], 1)
+    return out
+
+
+def summarize(result: dict) -> dict:
+    """Adds ``pruning.stage_seconds`` (:func:`stage_seconds` of its trail)."""
+    if result.get("pruning", {}).get("trail"):
+        result["pruning"]["stage_seconds"] = stage_seconds(result["pruning"]["trail"])
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "app_scale.json")
     parser.add_argument("--docs", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--heldout", type=int, default=4)
+    parser.add_argument("--summarize", type=Path, nargs="*", default=None,
+                        help="only add the summary (per-stage seconds) to these result files, recorded before")
     args = parser.parse_args(argv)
+    if args.summarize is not None:
+        for path in args.summarize:
+            path.write_text(json.dumps(summarize(json.loads(path.read_text())), indent=1, default=str))
+        return 0
+    if args.model_dir is None:
+        parser.error("--model-dir is required")
     model_dir = args.model_dir.resolve()
     home = Path(tempfile.mkdtemp(prefix="fnprune-app-scale-"))
     cache = Path(os.environ.get("FNPRUNE_HOME", Path.home() / ".cache" / "fnprune")).expanduser()
@@ -211,7 +240,7 @@ def main(argv=None) -> int:
             os.killpg(server.pid, signal.SIGKILL)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1, default=str))
+        tmp.write_text(json.dumps(summarize(result), indent=1, default=str))
         tmp.replace(args.out)
     print(json.dumps({k: v for k, v in result.items() if k not in ("analysis",)}, indent=1, default=str)[:4000])
     return 0
