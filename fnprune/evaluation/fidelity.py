@@ -142,11 +142,6 @@ class DenseReference:
     time_courses: np.ndarray
     outputs: dict[int, list[torch.Tensor]]
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the recorded outputs and time courses."""
-        return self.time_courses.nbytes + sum(t.numel() * t.element_size() for v in self.outputs.values() for t in v)
-
 
 @torch.no_grad()
 def network_fidelity(dense: nn.Module, pruned: nn.Module, tokenizer, docs, fn, components: Sequence[int],

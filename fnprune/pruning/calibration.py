@@ -99,9 +99,10 @@ class Calibration:
         """Where the streamed select pass writes its moments for the repair (see ``spill_moments``), or None."""
         if self._spill is not None or not self.spill_moments or model_device(model).type != "cpu":
             return self._spill
-        widths = [a.width for a in find_mlps(model) if a.layer not in {int(x) for x in skip}]
-        gb = sum(w * w for w in widths) * torch.empty(0, dtype=self.moment_dtype).element_size() / 1e9
-        if not MomentSpill.fits(widths, self.moment_dtype):
+        need = MomentSpill.nbytes([a.width for a in find_mlps(model) if a.layer not in {int(x) for x in skip}],
+                                  self.moment_dtype)
+        gb = need / 1e9
+        if not MomentSpill.fits(need):
             report(progress, "select", 0.0, f"not enough free disk for the layers' moments ({gb:.1f} GB): "
                                             "the prune pass will collect them again")
             return None

@@ -116,12 +116,12 @@ def prune_job(networks, spec: PruningSpec, job: PruneJob, progress: ProgressCall
     calibration, heldout = load_split(job.corpus, job.n_calibration, job.n_heldout, genres=job.genres,
                                       sampling=job.sampling)
     report(progress, "load", 0.3, f"loading model {job.model_spec}")
-    model, tokenizer = (job.load_model or load_model)(job.model_spec)
+    loader = job.load_model or load_model
+    model, tokenizer = loader(job.model_spec)
     report(progress, "load", 1.0, f"{len(calibration)} calibration documents"
                                   + (f" (of {job.n_calibration} requested: the corpus has no more)"
                                      if len(calibration) < job.n_calibration else "")
                                   + f" x {job.calibration_tokens} tokens, {len(heldout)} held-out documents")
-    loader = job.load_model or load_model
     models = None  # only where something compares with the dense model after the pruning
     if job.unrepaired or job.baselines or job.measure:
         models = JobModels(model, lambda: loader(job.model_spec)[0], job.dense_copy_max_bytes)
@@ -183,14 +183,12 @@ class JobModels:
     it first."""
 
     def __init__(self, dense_model, load_dense: Callable[[], Any], copy_max_bytes: int):
-        self.param_bytes = param_bytes(dense_model)
         self.params_per_neuron = [a.params_per_neuron for a in find_mlps(dense_model)]
-        self.copied = self.param_bytes <= copy_max_bytes
+        self.copied = param_bytes(dense_model) <= copy_max_bytes
         self._copy = copy.deepcopy(dense_model) if self.copied else None
         self._load = load_dense
         self._pruned = None
         self._released = False
-        self.reloads = 0
 
     def hold_pruned(self, model) -> None:
         self._pruned = model
@@ -207,7 +205,6 @@ class JobModels:
         if self._copy is not None:
             return copy.deepcopy(self._copy)
         gc.collect()
-        self.reloads += 1
         return self._load()
 
 

@@ -326,10 +326,13 @@ class MomentSpill:
         self.layers: set[int] = set()
 
     @staticmethod
-    def fits(widths: Sequence[int], dtype: torch.dtype = MOMENT_SUM_DTYPE, directory=None) -> bool:
-        """Whether the ``(I, I)`` moments of layers this wide fit the spill directory's disk with a quarter
-        to spare."""
-        need = sum(int(w) ** 2 for w in widths) * torch.empty(0, dtype=dtype).element_size()
+    def nbytes(widths: Sequence[int], dtype: torch.dtype = MOMENT_SUM_DTYPE) -> int:
+        """Bytes of the ``(I, I)`` moments of layers this wide."""
+        return sum(int(w) ** 2 for w in widths) * torch.empty(0, dtype=dtype).element_size()
+
+    @staticmethod
+    def fits(need: int, directory=None) -> bool:
+        """Whether ``need`` bytes fit the spill directory's disk with a quarter to spare."""
         base = Path(directory) if directory is not None else spill_base()
         while not base.exists():                      # the disk it will be on
             base = base.parent
@@ -348,9 +351,6 @@ class MomentSpill:
         """``(weighted second moment, weighted mean)`` of ``layer``, on the CPU."""
         d = torch.load(self._path(layer), map_location="cpu", weights_only=True)
         return d["second_moment"], d["mean"]
-
-    def close(self) -> None:
-        self._cleanup()
 
 
 def spill_base() -> Path:
@@ -408,29 +408,29 @@ def streamed_repair(model: nn.Module, keep, tokenizer, docs, *, ridge: float, we
     adapters = find_mlps(model)
     keep_idx = normalize_keep(keep, [a.width for a in adapters])
     todo = [a.layer for a, k in zip(adapters, keep_idx, strict=True) if k.numel() < a.width]
-    added = False
-    if todo and spilled is not None and weighted and not sequential and reselect is None \
-            and set(todo) <= spilled.layers:
+    read_back = (spilled is not None and weighted and not sequential and reselect is None
+                 and set(todo) <= spilled.layers)
+
+    def from_spill():
         for i, layer in enumerate(todo):
-            adapter = adapters[layer]
-            moment, mean = spilled.load(layer)
-            added |= getattr(adapter.down, "bias", None) is None
-            fit = repair_layer(adapter, keep_idx[layer], moment, mean, ridge)
-            del moment, mean
-            if fits is not None:
-                fits[layer] = fit
+            yield (adapters[layer], *spilled.load(layer))
             report(progress, "prune", (i + 1) / len(todo), f"layer {layer} (the select pass's moments, read back)")
-    elif todo:
+
+    def from_stream():
         for adapter, m in streamed_layer_moments(model, tokenizer, docs, max_tokens=max_tokens, batch_size=batch_size,
                                                  plain=not weighted, weighted=weighted, layers=todo,
                                                  sequential=sequential, dtype=dtype, progress=progress, stage="prune"):
-            moment, mean = (m.weighted_second_moment, m.weighted_mean) if weighted else (m.second_moment, m.mean)
-            added |= getattr(adapter.down, "bias", None) is None
-            if reselect is not None:
-                chosen = reselect(adapter, moment, mean, int(keep_idx[adapter.layer].numel()))
-                keep_idx[adapter.layer] = torch.as_tensor(np.sort(np.asarray(chosen, dtype=np.int64)))
-            fit = repair_layer(adapter, keep_idx[adapter.layer], moment, mean, ridge)
-            if fits is not None:
-                fits[adapter.layer] = fit
+            yield (adapter, *((m.weighted_second_moment, m.weighted_mean) if weighted else (m.second_moment, m.mean)))
+
+    added = False
+    for adapter, moment, mean in (from_spill() if read_back else from_stream()) if todo else ():
+        added |= getattr(adapter.down, "bias", None) is None
+        if reselect is not None:
+            chosen = reselect(adapter, moment, mean, int(keep_idx[adapter.layer].numel()))
+            keep_idx[adapter.layer] = torch.as_tensor(np.sort(np.asarray(chosen, dtype=np.int64)))
+        fit = repair_layer(adapter, keep_idx[adapter.layer], moment, mean, ridge)
+        del moment, mean  # before the next layer's moments are read or collected: one layer's alive
+        if fits is not None:
+            fits[adapter.layer] = fit
     finish_pruning(model, added)
     return [k.cpu().numpy().astype(np.int64) for k in keep_idx]
