@@ -14,7 +14,7 @@ from ..models.loading import model_device
 from ..progress import ProgressCallback
 from ..tokens import encode_documents
 from .budget import resolve_protected
-from .repair import DEFAULT_RIDGE, LayerFit, refit_down
+from .repair import DEFAULT_RIDGE, LayerFit, addmm_lower_, refit_down, symmetrize_lower_
 from .statistics import forward_masked
 from .surgery import normalize_keep
 
@@ -114,7 +114,9 @@ def collect_attention_stats(model: nn.Module, tokenizer, docs, max_tokens: int =
             sumsq[layer] = sumsq.get(layer, 0) + (xd * xd).sum(0).cpu()
             if second_moments:
                 xf = x.float()
-                grams[layer] = grams.get(layer, 0) + (xf.T @ xf).double().cpu()  # (C, C)
+                if layer not in grams:
+                    grams[layer] = torch.zeros((xf.shape[1], xf.shape[1]), dtype=torch.float64)
+                addmm_lower_(grams[layer], xf.T, xf)  # (C, C): the lower triangle, mirrored at the end
         return hook
 
     handles = [a.module.o_proj.register_forward_pre_hook(hook_for(a.layer)) for a in attentions]
@@ -127,7 +129,7 @@ def collect_attention_stats(model: nn.Module, tokenizer, docs, max_tokens: int =
     n = state["n"]
     means = [sums[a.layer] / n for a in attentions]
     var = [(sumsq[a.layer] / n - m * m).clamp_min(0.0) for a, m in zip(attentions, means, strict=True)]
-    second = [grams[a.layer] / n for a in attentions] if second_moments else None
+    second = [symmetrize_lower_(grams[a.layer]) / n for a in attentions] if second_moments else None
     return AttentionInputStats(mean=means, var=var, n_tokens=n, second_moment=second)
 
 

@@ -41,6 +41,7 @@ from ..models.loading import model_device
 from ..models.mlp import MLPAdapter, backbone, decoder_layers, find_mlps
 from ..progress import ProgressCallback, report
 from ..tokens import encode_documents, padded_batches
+from .repair import addmm_lower_, symmetrize_lower_
 
 # The moments' sums over calibration tokens: float32 (BENCHMARKS.md §12, "Float32 or float64 moment
 # sums": on the default model the kept neurons are identical and the perplexity equal to 1e-6; it
@@ -67,7 +68,8 @@ class LayerMoments:
     ``weighted_second_moment``/``weighted_mean``/``weight_mean`` when ``weighted`` (each token weighs
     ``1 / mean_k h_k²`` of the residual stream entering the layer, see
     :class:`fnprune.pruning.statistics.DownInputStats`). Products are formed in float32 and summed in ``dtype``
-    (default :data:`MOMENT_SUM_DTYPE`). The sums live on the device where the layer computed ``x`` (allocated at
+    (default :data:`MOMENT_SUM_DTYPE`), on the lower triangle only (the moments are symmetric: half the
+    flops; :meth:`finish` mirrors it, as the all-at-once pass does, so the two give the same moments). The sums live on the device where the layer computed ``x`` (allocated at
     the first batch: with accelerate's offloading that is the execution device, not where the
     weights rest).
     """
@@ -99,10 +101,10 @@ class LayerMoments:
         self._sumsq += (xd * xd).sum(0)
         self.n += int(x.shape[0])
         xf = x.float()
-        if self._gram is not None:
-            self._gram += (xf.T @ xf).to(self.dtype)
+        if self._gram is not None:       # the lower triangles only (half the flops); finish() mirrors them
+            addmm_lower_(self._gram, xf.T, xf)
         if self._wgram is not None:
-            self._wgram += ((xf * w[:, None]).T @ xf).to(self.dtype)
+            addmm_lower_(self._wgram, (xf * w[:, None]).T, xf)
             wd = w.to(self.dtype)
             self._wsum += wd @ xd
             self._wtotal += wd.sum()
@@ -116,10 +118,10 @@ class LayerMoments:
         self.var = (self._sumsq / n - self.mean * self.mean).clamp_min(0.0)
         self.l2 = self._sumsq.sqrt()
         if self._gram is not None:
-            self.second_moment = self._gram / n
+            self.second_moment = symmetrize_lower_(self._gram).div_(n)
         if self._wgram is not None:
             total = float(self._wtotal)
-            self.weighted_second_moment = self._wgram / total
+            self.weighted_second_moment = symmetrize_lower_(self._wgram).div_(total)
             self.weighted_mean = self._wsum / total
             self.weight_mean = total / n
         self._sum = self._sumsq = self._gram = self._wgram = self._wsum = self._wtotal = None

@@ -33,19 +33,24 @@ with little calibration variance (which the calibration error barely constrains)
 the OBS update above is the fit with the pull toward ``W`` (``H`` in place of ``G``) by construction.
 
 Exactness and speed: every removal is chosen by its exact current cost -- the order is the
-one-at-a-time greedy's, whatever :data:`OBS_BLOCK` is -- but the ``(I+1)²`` updates are batched.
+one-at-a-time greedy's, whatever the block size (:func:`obs_block`) is -- but the ``(I+1)²`` updates
+are batched.
 Within a block, the two diagonals that set the costs (``diag P`` and ``diag Q``, ``Q = VᵀV``) get
 rank-1 updates from the removed neuron's current rows of ``P`` and ``Q`` (computed from the
-block-start matrices and the block's updates so far, ``O(I b)``); at the block's end ``P`` gets one
-rank-``b`` product and ``Q`` two. ``V`` itself is never formed: keeping ``V`` ``(hidden, I+1)``
+block-start matrices and the block's updates so far, ``O(I b)``; the block's map ``M`` is kept as
+its removals' vectors and a ``b × b`` triangular factor, so a removal costs no ``O(I b)`` update of
+it); at the block's end ``P`` gets one rank-``b`` product and ``Q`` two. ``V`` itself is never formed: keeping ``V`` ``(hidden, I+1)``
 instead of ``Q`` would need ``Vᵀ V[:, j]``, a memory-bound ``(hidden, I)`` product, at every removal,
 which measured 1.4× slower at I = 4096. The block size changes the speed, not the order (beyond
-round-off ties). Removed rows and columns are zeroed and masked, and the matrices are compacted to
-the live rows, in their own storage, once a quarter of them is dead.
+round-off ties). Removed rows and columns are masked where they are read (their entries are zero in
+exact arithmetic; round-off is never read into a live one, and they are not zeroed: zeroing a
+column is a strided pass over the matrix), and the matrices are compacted to the live rows, in their
+own storage, once a quarter of them is dead.
 
 Memory: the greedy holds two ``(I+1)²`` matrices, ``P`` and ``Q``: ``H``, its Cholesky factor and
 ``H⁻¹`` share one storage (BENCHMARKS.md §12). :func:`refit_down` derives the fit and its four
-error figures from one ``(hidden, I+1)`` product ``Wz H`` and the kept block ``H[K+, K+]``.
+error figures from three products on the blocks of ``H`` (kept × kept, pruned × kept, pruned ×
+pruned), never the full ``(hidden, I+1)`` product ``Wz H``.
 
 Numerics: Cholesky factorisations (``H``; the kept block in :func:`refit_down`), ``H⁻¹`` by
 ``cholesky_inverse``. ``P`` and ``Q`` are symmetric by construction: only their lower triangles are
@@ -78,8 +83,15 @@ from ..models.mlp import MLPAdapter, _is_conv1d
 
 DEFAULT_RIDGE = 1e-4  # chosen on validation documents (BENCHMARKS.md §3b)
 LOWER_PANEL = 512  # columns per product of the greedy's lower-triangle updates (speed only)
-OBS_BLOCK = 32  # removals per batched update of H⁻¹ (speed only: the order is the one-at-a-time greedy's;
-#               32 was the fastest or within 1% of it at I = 1536 and 4096, BENCHMARKS §12)
+
+
+def obs_block(m: int) -> int:
+    """Removals per batched update of the greedy's ``m × m`` matrices (speed only: the order is the
+    one-at-a-time greedy's). Each block costs one pass over the matrices (``∝ m²``, memory-bound) and
+    its removals ``∝ m · b²``, so the best ``b`` grows like ``√m``: ``2√m`` in ``[16, 256]`` was the
+    fastest or within noise of it at I = 1536, 4096 and 8192 (BENCHMARKS §12). Re-sized at every block,
+    as the matrices shrink."""
+    return max(16, min(256, int(math.sqrt(4 * m))))
 _SHRINK_AT = 0.75  # the greedy's matrices are cut to the live rows once fewer than this share is live
 
 
@@ -106,14 +118,6 @@ def _dense_map_on_z(W: torch.Tensor) -> torch.Tensor:
     return torch.cat([W, W.new_zeros((W.shape[0], 1))], dim=1)
 
 
-def _times_moment(W: torch.Tensor, second_moment: torch.Tensor, dtype: torch.dtype, cols: int = 1024
-                  ) -> torch.Tensor:
-    """``W Σ`` ``(hidden, I)`` in ``dtype``, ``Σ`` converted ``cols`` columns at a time (no ``dtype`` copy of it)."""
-    n = second_moment.shape[1]
-    return torch.cat([W @ second_moment[:, c:c + cols].to(dtype) for c in range(0, n, cols)], dim=1) if n \
-        else W.new_zeros((W.shape[0], 0))
-
-
 def ridge_lambda(second_moment: torch.Tensor, ridge: float) -> float:
     """``λ`` of the objective: ``ridge`` × the mean of ``diag Σ`` over all the layer's neurons."""
     if not (math.isfinite(ridge) and ridge >= 0):
@@ -131,7 +135,7 @@ def _cholesky(M: torch.Tensor, layer: int | None, what: str, *, overwrite: bool 
     is not positive definite to working precision (a failed factorisation, or a pivot ``L[i, i]²``
     below ``size · eps · max diag M``). ``overwrite``: the factor replaces ``M`` in its storage (one
     ``(I+1)²`` matrix fewer alive afterwards; ``M`` is then garbage)."""
-    if not bool(torch.isfinite(M).all()):
+    if not math.isfinite(float(M.sum())) and not bool(torch.isfinite(M).all()):  # a finite sum: all finite
         raise ConfigError(f"{_where(layer)}{what} has non-finite entries (NaN or inf activations in calibration?)")
     scale = float(torch.diagonal(M).abs().max()) if M.numel() else 0.0
     tiny = M.shape[0] * torch.finfo(M.dtype).eps * scale
@@ -189,28 +193,34 @@ def refit_down(adapter: MLPAdapter, keep_idx: torch.Tensor, second_moment: torch
     Pz = torch.nonzero(pruned).squeeze(1)
     # Every figure below is a trace tr(A H Aᵀ) of a map A = Wz - Â with Â on the kept columns K+ only
     # (H = G + λD, the ridged augmented moment of the module docstring):
-    #   tr(Wz H Wzᵀ) - 2 tr(Â_K+ Cᵀ) + tr(Â_K+ H[K+, K+] Â_K+ᵀ),  C = (Wz H)[:, K+],
-    # so one (hidden, I+1) product S = Wz H serves the fit (C is its right-hand side) and all four
-    # figures; [W_K 0] H[K+, K+] = C - W[:, pruned] H[pruned, K+] (the pruned share only), and the
-    # fit's own quadratic term is tr(sol Cᵀ) by its normal equations (sol H[K+, K+] = C). H itself is
-    # never formed: only its kept block M, and S from column blocks of the moment.
-    S = torch.cat([_times_moment(W, second_moment, dtype) + lam * W, (W @ mu)[:, None]], dim=1)
-    Kz = torch.cat([K, torch.tensor([n], device=device)])                          # kept columns of z = [x; 1]
-    C = S.index_select(1, Kz)                                                      # (hidden, |K|+1)
-    M = _augmented_moment(second_moment.index_select(0, K).index_select(1, K), mu[K], dtype)
+    #   tr(Wz H Wzᵀ) - 2 tr(Â_K+ Cᵀ) + tr(Â_K+ H[K+, K+] Â_K+ᵀ),  C = (Wz H)[:, K+] = T + X,
+    # T = [W_K 0] H[K+, K+] and X = W_P H[P, K+] (P: the pruned neurons), and
+    #   tr(Wz H Wzᵀ) = tr(T[:, K] W_Kᵀ) + 2 tr(X[:, K] W_Kᵀ) + tr(W_P H[P, P] W_Pᵀ),
+    # so three products on the blocks of H (never H itself, never the full (hidden, I) product Wz H) give the
+    # fit's right-hand side C and all four figures; the fit's own quadratic term is tr(sol Cᵀ) by its normal
+    # equations (sol H[K+, K+] = C).
+    W_K, W_P = W.index_select(1, K), W.index_select(1, Pz)
+    rows_K = second_moment.index_select(0, K)                                      # Σ[K, :] (moments' dtype)
+    M = _augmented_moment(rows_K.index_select(1, K), mu[K], dtype)
     M.diagonal()[:n_k] += lam                                                      # H[K+, K+]: (|K|+1, |K|+1)
-    H_PK = torch.cat([second_moment.index_select(0, Pz).index_select(1, K).to(dtype), mu[Pz][:, None]], dim=1)
-    T = C - W.index_select(1, Pz) @ H_PK                                           # [W_K 0] H[K+, K+]
+    H_PK = torch.cat([rows_K.index_select(1, Pz).T.to(dtype), mu[Pz][:, None]], dim=1)   # H[P, K+] (Σ symmetric)
+    del rows_K
+    X = W_P @ H_PK                                                                 # (hidden, |K|+1)
     del H_PK
-    L = _cholesky(M, layer, "the kept neurons' (ridged) second moment", overwrite=True)
+    T = W_K @ M[:n_k]                                                              # [W_K 0] H[K+, K+]
+    C = T + X                                                                      # (Wz H)[:, K+]
+    H_PP = second_moment.index_select(0, Pz).index_select(1, Pz).to(dtype)
+    H_PP.diagonal().add_(lam)
+    pruned_quad = float(((W_P @ H_PP) * W_P).sum())                                # tr(W_P H[P, P] W_Pᵀ)
+    del H_PP
+    L = _cholesky(M, layer, "the kept neurons' (ridged) second moment")
     sol = torch.cholesky_solve(C.T, L).T
     del L, M
     new_w, bias = sol[:, :n_k], sol[:, n_k]
-    W_K = W.index_select(1, K)
-    total = float((S[:, :n] * W).sum())                                            # tr(Wz H Wzᵀ)
     dense_kept = float((T[:, :n_k] * W_K).sum())                                   # tr([W_K 0] H [W_K 0]ᵀ)
+    total = dense_kept + 2 * float((X[:, :n_k] * W_K).sum()) + pruned_quad         # tr(Wz H Wzᵀ)
     cross_kept = float((C[:, :n_k] * W_K).sum())                                   # tr([W_K 0] Cᵀ)
-    pruned_sq = float(W.index_select(1, Pz).pow(2).sum())                          # ||W[:, pruned]||²
+    pruned_sq = float(W_P.pow(2).sum())                                            # ||W[:, pruned]||²
 
     def squared_error(cols: torch.Tensor, b: torch.Tensor, quad: float, cross: float) -> float:
         """E||(Wz - [Ŵ b]) z||² = tr(A H Aᵀ) - λ||W - Ŵ||² (no ridge term) for Ŵ = ``cols`` on K."""
@@ -222,7 +232,7 @@ def refit_down(adapter: MLPAdapter, keep_idx: torch.Tensor, second_moment: torch
         return (dense_kept + 2 * float(b @ T[:, n_k]) + float(b @ b), cross_kept)  # H[bias, bias] = 1
 
     ref = max(total - lam * float(W.pow(2).sum()), 1e-300)                         # E||Wz z||²
-    flap_bias = W.index_select(1, Pz) @ mu[Pz]
+    flap_bias = W_P @ mu[Pz]
     zero = W.new_zeros(W.shape[0])
     fit_quad = float((sol * C).sum())
     fitted_error = squared_error(new_w, bias, fit_quad, fit_quad - float(bias @ C[:, n_k]))
@@ -235,7 +245,7 @@ def refit_down(adapter: MLPAdapter, keep_idx: torch.Tensor, second_moment: torch
 
 @torch.no_grad()
 def obs_removal_order(weight: torch.Tensor, second_moment: torch.Tensor, mean: torch.Tensor,
-                      forced: np.ndarray | None = None, ridge: float = DEFAULT_RIDGE, block: int = OBS_BLOCK,
+                      forced: np.ndarray | None = None, ridge: float = DEFAULT_RIDGE, block: int | None = None,
                       min_width: int = 1, *, layer: int | None = None, dtype: torch.dtype = torch.float64
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy structured-OBS removal order of one layer's neurons and the exact cost of each removal.
@@ -251,7 +261,7 @@ def obs_removal_order(weight: torch.Tensor, second_moment: torch.Tensor, mean: t
     (moments' units) its removal caused, so ``cost[:k].sum()`` is ``F`` of the neurons left after
     ``k`` removals (what :func:`refit_down` on them reaches).
     """
-    if int(block) < 1:
+    if block is not None and int(block) < 1:
         raise ConfigError(f"block must be ≥ 1, got {block}")
     device = second_moment.device
     W = weight.detach().to(device=device, dtype=dtype)                 # (hidden, I)
@@ -271,10 +281,11 @@ def obs_removal_order(weight: torch.Tensor, second_moment: torch.Tensor, mean: t
     P = torch.cholesky_inverse(L, out=L)                                # H⁻¹ (its lower triangle is read)
     del H, L
     Wz = _dense_map_on_z(W)
-    Q = Wz.T @ Wz                                                       # VᵀV of the current re-fitted map V
+    Q = addmm_lower_(Wz.new_zeros((n + 1, n + 1)), Wz.T, Wz)            # VᵀV of the current re-fitted map V
     greedy = _Greedy(P, Q, floor, forced_z, n_remove, layer)
     while greedy.n_removed < n_remove:
-        greedy.remove_block(min(int(block), n_remove - greedy.n_removed))
+        size = int(block) if block is not None else obs_block(greedy.P.shape[0])
+        greedy.remove_block(min(size, n_remove - greedy.n_removed))
     return greedy.order.cpu().numpy(), greedy.cost.double().cpu().numpy()
 
 
@@ -286,7 +297,7 @@ class _Greedy:
                  n_remove: int, layer: int | None):
         self.P, self.Q, self.floor, self.layer = P, Q, floor, layer
         self.index = torch.arange(P.shape[0], device=P.device)
-        self.live = torch.ones(P.shape[0], dtype=torch.bool, device=P.device)
+        self.dead = torch.zeros(P.shape[0], dtype=torch.bool, device=P.device)  # removed: rows read as 0
         self.fixed = forced.clone()                                     # never removed (or already removed)
         self.d = torch.diagonal(P).clone()                             # diag P (current)
         self.q = torch.diagonal(Q).clone()                             # ‖V[:, k]‖² (current)
@@ -297,11 +308,12 @@ class _Greedy:
 
     def remove_block(self, b: int) -> None:
         """Remove ``b`` neurons one at a time by exact cost, then update ``P`` and ``Q`` once."""
-        P0, Q0, d, q, floor = self.P, self.Q, self.d, self.q, self.floor
+        P0, Q0, d, q, floor, dead = self.P, self.Q, self.d, self.q, self.floor, self.dead  # dead: before B
         m = P0.shape[0]
-        U = P0.new_zeros((m, b))        # P = P0 - U Uᵀ: the block's rank-1 downdates of P
-        R = P0.new_zeros((b, m))        # V = V0 M, M = I - E_B R: the block's updates of V
-        QB = P0.new_zeros((m, b))       # Q0[:, B]
+        U = P0.new_zeros((b, m))        # P = P0 - Uᵀ U: the block's rank-1 downdates of P
+        C = P0.new_zeros((b, m))        # the removals' c = p / p_jj; V = V0 M, M = I - E_B R, R = T C:
+        T = P0.new_zeros((b, b))        # unit upper triangular (R's rows are updated in T, O(b) per removal)
+        QB = P0.new_zeros((b, m))       # Q0[B, :]
         pivot = P0.new_zeros(b)         # P[j, j] of each removal, before the floor
         B = torch.empty(b, dtype=torch.long, device=P0.device)
         done = self.n_removed
@@ -310,52 +322,71 @@ class _Greedy:
             j = int(torch.argmin(cost))
             self.order[done + r] = self.index[j]
             self.cost[done + r] = cost[j]
-            Qj = _row(Q0, j)
-            p = torch.addmv(_row(P0, j), U[:, :r], U[j, :r], alpha=-1)      # row j of P: (m,)
+            Qj = _row(Q0, j).masked_fill_(dead, 0)
+            p = torch.addmv(_row(P0, j).masked_fill_(dead, 0), U[:r].T, U[:r, j], alpha=-1)  # row j of P: (m,)
             pivot[r] = p[j]
             pjj = torch.maximum(p[j], floor[j])
-            w = torch.addmv(Qj, QB[:, :r], R[:r, j], alpha=-1)              # Q0 M e_j
-            g = torch.addmv(w, R[:r].T, w[B[:r]], alpha=-1)                 # Mᵀ Q0 M e_j = Vᵀ V[:, j]: (m,)
-            c = p / pjj
+            Rj = T[:r, :r] @ C[:r, j]                                       # R[:r, j]
+            w = torch.addmv(Qj, QB[:r].T, Rj, alpha=-1)                     # Q0 M e_j
+            g = torch.addmv(w, C[:r].T, T[:r, :r].T @ w[B[:r]], alpha=-1)  # Mᵀ Q0 M e_j = Vᵀ V[:, j]: (m,)
+            c = torch.div(p, pjj, out=C[r])
             d.addcmul_(p, c, value=-1)                                      # diag of P - p pᵀ / p_jj
             q.addcmul_(c, c * g[j]).addcmul_(c, g, value=-2)                # ‖V[:, k] - c_k V[:, j]‖²
-            R[:r].addr_(R[:r, j].clone(), c, alpha=-1)
-            R[r] = c
-            torch.mul(p, pjj.rsqrt(), out=U[:, r])
-            QB[:, r] = Qj
+            T[:r, r] = -Rj                                                  # R[:r] -= R[:r, j] cᵀ; R[r] = c
+            T[r, r] = 1
+            torch.mul(p, pjj.rsqrt(), out=U[r])
+            QB[r] = Qj
             B[r] = j
             self.fixed[j] = True
-            self.live[j] = False
         if bool((pivot < floor[B] * (1 - self.tol)).any()):
             raise ConfigError(f"{_where(self.layer)}the inverse second moment lost its precision during the OBS "
                               f"greedy (a diagonal below its exact floor by more than {self.tol:.1e}): use a larger "
                               "ridge or float64")
         self.n_removed += b
-        A = QB.T - QB[B] @ R                                               # Q0[B, :] - Q0[B, B] R: (b, m)
-        _sub_lower_(P0, U, U.T)                                            # P0 - U Uᵀ
-        # Mᵀ Q0 M = Q0 - QB R - Rᵀ A, as one rank-2b product: one pass over Q0 (the update is memory-bound)
-        _sub_lower_(Q0, torch.cat([QB, R.T], dim=1), torch.cat([R, A], dim=0))
-        for X in (P0, Q0):
-            X.index_fill_(0, B, 0).index_fill_(1, B, 0)
+        dead[B] = True
+        R = T @ C
+        A = QB - QB[:, B] @ R                                              # Q0[B, :] - Q0[B, B] R: (b, m)
+        addmm_lower_(P0, U.T, U, alpha=-1)                                 # P0 - Uᵀ U
+        # Mᵀ Q0 M = Q0 - QBᵀ R - Rᵀ A, as one rank-2b product: one pass over Q0 (the update is memory-bound)
+        addmm_lower_(Q0, torch.cat([QB, R], dim=0).T, torch.cat([R, A], dim=0), alpha=-1)
         self.d, self.q = torch.diagonal(P0).clone(), torch.diagonal(Q0).clone()
-        if int(self.live.sum()) <= _SHRINK_AT * m:
+        if int(dead.sum()) >= (1 - _SHRINK_AT) * m:
             self._shrink()
 
     def _shrink(self) -> None:
-        keep = torch.nonzero(self.live).squeeze(1)
+        keep = torch.nonzero(~self.dead).squeeze(1)
         self.P, self.Q = _compact(self.P, keep), _compact(self.Q, keep)
         self.d, self.q, self.floor = self.d[keep], self.q[keep], self.floor[keep]
-        self.index, self.fixed, self.live = self.index[keep], self.fixed[keep], self.live[keep]
+        self.index, self.fixed, self.dead = self.index[keep], self.fixed[keep], self.dead[keep]
 
 
-def _sub_lower_(X: torch.Tensor, left: torch.Tensor, right: torch.Tensor, panel: int | None = None) -> None:
-    """``X -= left @ right`` where it is read: the lower triangle (and the rest of the diagonal blocks), one
-    column panel at a time. The product is symmetric, so the upper triangle, which nothing reads, is left
-    stale: about half the flops and half the memory traffic of the full update."""
+def addmm_lower_(X: torch.Tensor, left: torch.Tensor, right: torch.Tensor, *, alpha: float = 1.0,
+                 panel: int | None = None) -> torch.Tensor:
+    """``X += alpha · left @ right`` on the lower triangle of ``X`` (and the rest of its diagonal blocks),
+    one column panel of ``panel`` (default :data:`LOWER_PANEL`) columns at a time, for a product known to be
+    symmetric: about half the flops and half the memory traffic of the full product. The upper triangle
+    is left as it was (stale); :func:`symmetrize_lower_` completes it where a reader needs it. A product in
+    another dtype or on another device than ``X``'s is formed in the operands' and converted panel by panel
+    (float32 products summed in float64 on the CPU, as the calibration statistics are). Returns ``X``."""
     m, panel = X.shape[0], panel or LOWER_PANEL
     for c0 in range(0, m, panel):
         c1 = min(c0 + panel, m)
-        X[c0:, c0:c1].addmm_(left[c0:], right[:, c0:c1], alpha=-1)
+        if left.dtype == X.dtype and left.device == X.device:
+            X[c0:, c0:c1].addmm_(left[c0:], right[:, c0:c1], alpha=alpha)
+        else:
+            X[c0:, c0:c1].add_((left[c0:] @ right[:, c0:c1]).to(device=X.device, dtype=X.dtype), alpha=alpha)
+    return X
+
+
+def symmetrize_lower_(X: torch.Tensor, panel: int = 512) -> torch.Tensor:
+    """Copy the strict lower triangle of the square ``X`` onto its upper one, in place; returns ``X``."""
+    m = X.shape[0]
+    for c0 in range(0, m, panel):
+        c1 = min(c0 + panel, m)
+        X[c0:c1, c1:] = X[c1:, c0:c1].T
+        block = X[c0:c1, c0:c1]
+        block.copy_(block.tril() + block.tril(-1).T)
+    return X
 
 
 def _compact(X: torch.Tensor, keep: torch.Tensor, rows: int = 256) -> torch.Tensor:

@@ -18,6 +18,7 @@ from ..models.mlp import (
 )
 from ..progress import ProgressCallback, report
 from ..tokens import encode_documents, padded_batches
+from .repair import addmm_lower_, symmetrize_lower_
 
 
 # -- calibration statistics -----------------------------------------------------------------------
@@ -122,11 +123,11 @@ def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int 
             sums[layer] += xd.sum(0).cpu()
             sumsq[layer] += (xd * xd).sum(0).cpu()
             xf = x.float() if layer in grams or layer in wgrams else None
-            if layer in grams:
-                grams[layer] += (xf.T @ xf).double().cpu()  # (I, I)
+            if layer in grams:  # (I, I), the lower triangles (half the flops), mirrored at the end
+                addmm_lower_(grams[layer], xf.T, xf)
             if layer in wgrams:
                 w = state["weights"].pop(layer)[real]  # (real tokens,)
-                wgrams[layer] += ((xf * w[:, None]).T @ xf).double().cpu()
+                addmm_lower_(wgrams[layer], (xf * w[:, None]).T, xf)
                 wd = w.double()
                 wsums[layer] += (wd @ xd).cpu()  # Σ_t w_t x_t
                 wtotal[layer] += float(wd.sum())
@@ -155,6 +156,8 @@ def collect_down_input_stats(model: nn.Module, tokenizer, docs, max_tokens: int 
     means = [s / n for s in sums]
     var = [(sq / n - m * m).clamp_min(0.0) for sq, m in zip(sumsq, means, strict=True)]
     l2 = [sq.sqrt() for sq in sumsq]
+    for g in (*grams.values(), *wgrams.values()):
+        symmetrize_lower_(g)
     second = [grams[a.layer] / n if a.layer in grams else None for a in adapters] if second_moments else None
     out = DownInputStats(mean=means, var=var, l2=l2, n_tokens=n, second_moment=second)
     if weighted:

@@ -16,7 +16,7 @@ from torch import nn
 import fnprune.pruning.repair as repair
 import fnprune.pruning.scores as scores_module
 from fnprune.errors import ConfigError
-from fnprune.pruning.repair import DEFAULT_RIDGE, OBS_BLOCK, obs_removal_order, refit_down
+from fnprune.pruning.repair import DEFAULT_RIDGE, obs_block, obs_removal_order, refit_down
 
 
 class Layer:
@@ -94,7 +94,7 @@ def test_every_cost_is_the_exact_rise_and_every_step_the_brute_force_best(seed, 
     forced = np.zeros(layer.n, dtype=bool)
     forced[3] = True
     order, cost = obs_removal_order(*layer.torch_args(), forced=forced)   # the shipped block and ridge
-    assert OBS_BLOCK > 1 and len(order) == layer.n - 1 and 3 not in order.tolist()
+    assert obs_block(layer.n + 1) > 1 and len(order) == layer.n - 1 and 3 not in order.tolist()
     keep = list(range(layer.n))
     before = layer.objective(keep)
     assert before == pytest.approx(0.0, abs=1e-10)  # nothing removed: the dense layer, at no cost
@@ -111,7 +111,7 @@ def test_every_cost_is_the_exact_rise_and_every_step_the_brute_force_best(seed, 
 def test_the_block_only_batches_the_updates_the_order_is_the_one_at_a_time_greedys(seed):
     layer = planted(n_base=14, n_dup=6, seed=seed)
     ref_order, ref_cost = obs_removal_order(*layer.torch_args(), block=1)
-    for block in (2, 5, OBS_BLOCK, 64):
+    for block in (2, 5, None, 64):                # None: the shipped, sized by the layer
         order, cost = obs_removal_order(*layer.torch_args(), block=block)
         assert order.tolist() == ref_order.tolist()
         np.testing.assert_allclose(cost, ref_cost, rtol=1e-8, atol=1e-12)
@@ -124,19 +124,19 @@ def test_correlated_neurons_are_not_removed_together():
     layer = planted(n_base=40, n_dup=24, hidden=16, tokens=2000, noise=1e-3, seed=4)
     n_remove = 16
     kept, objective = {}, {}
-    for block in (1, OBS_BLOCK):
+    for block in (1, None):
         order, cost = obs_removal_order(*layer.torch_args(), block=block, min_width=layer.n - n_remove)
         kept[block] = sorted(set(range(layer.n)) - set(order.tolist()))
         objective[block] = layer.objective(kept[block])
         assert cost.sum() == pytest.approx(objective[block], rel=1e-6)
-    assert kept[OBS_BLOCK] == kept[1]
-    assert objective[OBS_BLOCK] <= objective[1] * (1 + 1e-6)
+    assert kept[None] == kept[1]
+    assert objective[None] <= objective[1] * (1 + 1e-6)
     # the former rule: the 16 lowest first-step costs, removed at once
     first = {i: layer.objective([k for k in range(layer.n) if k != i]) for i in range(layer.n)}
     former = sorted(set(range(layer.n)) - set(sorted(first, key=first.get)[:n_remove]))
-    assert layer.objective(former) > 50 * objective[OBS_BLOCK]
+    assert layer.objective(former) > 50 * objective[None]
     # the calibration error alone (the objective also holds λ‖W[:, removed]‖²): 2e-4 against 3.6 here
-    assert layer.calibration_error(former) > 1000 * layer.calibration_error(kept[OBS_BLOCK])
+    assert layer.calibration_error(former) > 1000 * layer.calibration_error(kept[None])
 
 
 @pytest.mark.parametrize("ridge", [DEFAULT_RIDGE, 1e-2, 0.0])
@@ -146,7 +146,7 @@ def test_the_repair_reaches_exactly_the_error_the_greedy_reported(ridge):
     layer = planted(seed=5, ridge=ridge)
     order, cost = obs_removal_order(*layer.torch_args(), ridge=ridge)
     W, S, mu = layer.torch_args()
-    for k in (1, 4, OBS_BLOCK, len(order)):
+    for k in (1, 4, obs_block(layer.n + 1), len(order)):
         keep = sorted(set(range(layer.n)) - set(order[:k].tolist()))
         fit = refit_down(_adapter(layer.W), torch.as_tensor(keep), S, mu, ridge=ridge)
         cols, bias = layer.fit(keep)
@@ -191,7 +191,7 @@ def test_the_greedys_update_is_exact_on_the_lower_triangle_and_leaves_the_upper_
     X = torch.randn(23, 23, generator=g, dtype=torch.float64)
     left, right = torch.randn(23, 5, generator=g, dtype=torch.float64), torch.randn(5, 23, generator=g, dtype=torch.float64)
     out = X.clone()
-    repair._sub_lower_(out, left, right, panel)
+    repair.addmm_lower_(out, left, right, alpha=-1, panel=panel)
     full = X - left @ right
     lower = torch.ones(23, 23, dtype=torch.bool).tril()
     torch.testing.assert_close(out[lower], full[lower], rtol=0, atol=1e-12)
@@ -200,6 +200,22 @@ def test_the_greedys_update_is_exact_on_the_lower_triangle_and_leaves_the_upper_
         blocks[c0:c0 + panel, c0:c0 + panel] = True
     torch.testing.assert_close(out[~lower & blocks], full[~lower & blocks], rtol=0, atol=1e-12)
     assert torch.equal(out[~lower & ~blocks], X[~lower & ~blocks])   # the rest of the upper triangle: untouched
+
+
+@pytest.mark.parametrize("panel", [1, 5, 64])
+def test_a_lower_triangle_product_symmetrized_is_the_full_product_in_either_accumulator_dtype(panel):
+    """What the streamed moments do: accumulate ``aᵀ b`` (symmetric) on the lower triangle, then mirror it."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 19, generator=g)
+    w = torch.rand(40, generator=g)
+    full = (x * w[:, None]).T @ x
+    for dtype in (torch.float32, torch.float64):
+        out = torch.zeros(19, 19, dtype=dtype)
+        repair.addmm_lower_(out, (x * w[:, None]).T, x, panel=panel)
+        repair.addmm_lower_(out, (x * w[:, None]).T, x, panel=panel)            # a second batch adds to it
+        repair.symmetrize_lower_(out, panel=7)                                   # other panels than the sums'
+        torch.testing.assert_close(out, (2 * full).to(dtype), rtol=1e-5, atol=1e-5)
+        assert torch.equal(out, out.T)
 
 
 def test_the_greedys_compaction_reuses_the_matrix_storage():
@@ -299,3 +315,17 @@ def test_protected_layers_pay_for_no_greedy(monkeypatch):
     unskipped = keep_from_scores(full, ppn, n_params_remove=params_to_remove(model, 0.05, "all"),
                                  protected_layers=[0, 3])
     assert [k.tolist() for k in out.keep] == [np.asarray(k).tolist() for k in unskipped]
+
+
+def test_a_non_finite_moment_is_an_error_naming_the_layer_and_a_huge_finite_one_is_not():
+    nan = torch.eye(3, dtype=torch.float64)
+    nan[2, 1] = float("nan")
+    with pytest.raises(ConfigError, match="layer 4: .*non-finite"):
+        repair._cholesky(nan, 4, "the moment")
+    inf = torch.eye(3, dtype=torch.float64)
+    inf[0, 0] = float("inf")
+    with pytest.raises(ConfigError, match="non-finite"):
+        repair._cholesky(inf, 4, "the moment")
+    huge = torch.diag(torch.tensor([1e308, 1e308, 1e300], dtype=torch.float64))   # its sum overflows; it is finite
+    L = repair._cholesky(huge.clone(), 4, "the moment")
+    torch.testing.assert_close(L, huge.sqrt())
