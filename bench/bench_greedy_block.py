@@ -6,7 +6,8 @@
 For each shape ``I x hidden`` (MLP width x hidden size): synthetic correlated moments of ``I``
 neurons, one float64 ``torch.linalg.inv`` of the ``(I, I)`` moment (the floor of issue 21's target:
 a layer's pruning time <= 3x it), then the full greedy removal order (``min_width=1``: what the
-recipe's scores need, every neuron ranked) at each block size. ``--against REV`` times the same calls
+recipe's scores need, every neuron ranked) at each block size (``shipped``: each version's default,
+a fixed 32 before 36f7bea, sized by the matrix since). ``--against REV`` times the same calls
 with ``fnprune/pruning/repair.py`` of that commit, loaded from git beside the current one (same
 inputs, same process, interleaved), and checks the two give the same order. Each time is the
 minimum of ``--repeat`` runs. The block size changes the speed only; the order must not change
@@ -57,7 +58,7 @@ def _inputs(width: int, hidden: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="1536x576,4096x1024")
-    parser.add_argument("--blocks", default="16,32,64")
+    parser.add_argument("--blocks", default="shipped,32,64", help="block sizes, or 'shipped' (each version's default)")
     parser.add_argument("--against", default=None, help="a commit whose repair.py is timed beside the current one")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "greedy_block.json")
@@ -67,10 +68,11 @@ def main() -> None:
     from fnprune.pruning import repair
 
     versions = {"current": repair} | ({args.against: _module_at(args.against)} if args.against else {})
-    blocks = [int(b) for b in args.blocks.split(",")]
+    blocks = [b if b == "shipped" else int(b) for b in args.blocks.split(",")]
     result = {"command": "python " + " ".join(sys.argv), "machine": f"{os.cpu_count()} cores",
               "torch": torch.__version__, "threads": torch.get_num_threads(), "loadavg_start": os.getloadavg(),
-              "shipped_block": repair.OBS_BLOCK, "rows": []}
+              "shipped_block": "2√m in [16, 256], m the greedy's current matrix size (repair.obs_block)",
+              "rows": []}
     for shape in args.shapes.split(","):
         width, hidden = (int(x) for x in shape.split("x"))
         W, G, mean = _inputs(width, hidden)
@@ -83,7 +85,8 @@ def main() -> None:
             for name, module in versions.items():
                 for b in blocks:
                     t = time.perf_counter()
-                    order, _ = module.obs_removal_order(W, G, mean, block=b, min_width=1)
+                    kw = {} if b == "shipped" else {"block": b}          # shipped: each version's own default
+                    order, _ = module.obs_removal_order(W, G, mean, min_width=1, **kw)
                     times.setdefault(f"{name}:{b}", []).append(time.perf_counter() - t)
                     orders[name, b] = order
         reference = orders["current", blocks[0]]
