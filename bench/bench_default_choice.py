@@ -49,7 +49,9 @@ validation perplexity at both ratios and the paired interval against obs:120 bel
 that pass, the smaller unless the larger's paired interval against it also lies below 1 at both.
 Outcome: the rule picked 240, but held-out pydoc was worse beyond its interval (issue 19.4's "not
 worse on pydoc", which this rule did not score), so 120 stays (BENCHMARKS.md §3b, "Three more levers").
-Neither longer documents (obs:120x1024, obs:120x2048) passed their rule.
+Neither longer documents (obs:120x1024, obs:120x2048) passed their rule. ``--split validation
+--corpus pydoc`` scores pydoc's validation documents (index % 10 == 5; calibration is Brown's, so none
+of them is calibrated on): a rule about the calibration text should score it too.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def main() -> None:
     parser.add_argument("--candidates", default="flap:40,flap:120,obs:40,obs:120")
     parser.add_argument("--ratios", default="0.2,0.3")
     parser.add_argument("--docs", type=int, default=None, help="evaluation documents (10 validation / 20 test)")
-    parser.add_argument("--corpus", default="brown", help="evaluation corpus for --split test (brown or pydoc)")
+    parser.add_argument("--corpus", default="brown",
+                        help="evaluation corpus (brown or pydoc; the calibration is always Brown's)")
     parser.add_argument("--units-out", type=Path, default=None, help="save per-document NLL of every row here")
     parser.add_argument("--pair-with", type=Path, default=None,
                         help="a --units-out file of an earlier run: pair each row with its same candidate and ratio")
@@ -100,8 +103,10 @@ def main() -> None:
     model, tok = load_model("smollm2-135m")
     docs = load_corpus("brown")
     calib = split_heldout(docs)[0]
-    if args.split == "validation":
+    if args.split == "validation" and args.corpus == "brown":
         evaluation = split_validation(docs, max(n for _, n, _ in candidates))[:args.docs or 10]
+    elif args.split == "validation":  # another corpus: none of its documents is calibrated on
+        evaluation = split_validation(load_corpus(args.corpus), 0)[:args.docs or 10]
     else:
         evaluation = split_heldout(docs if args.corpus == "brown" else load_corpus(args.corpus))[1][:args.docs or 20]
     dense = per_document_perplexity(model, tok, evaluation, window=512, keep_units=True)
