@@ -30,7 +30,6 @@ from fnprune.models.loading import load_model
 from fnprune.pruning import scores
 from fnprune.pruning.calibration import Calibration
 from fnprune.pruning.recipe import prune_with_networks
-from fnprune.pruning.repair import obs_removal_order
 from fnprune.pruning.spec import PruningSpec
 
 NCAL = int(sys.argv[1]) if len(sys.argv) > 1 else 120
@@ -39,16 +38,20 @@ OUT = Path(sys.argv[3]) if len(sys.argv) > 3 else Path("bench/results/obs_alloca
 shipped = scores.obs_layer_scores
 
 
-def cumulative_scores(adapter, second_moment, mean, weight_mean, forced, ridge=scores.DEFAULT_RIDGE):
-    """The layer's total relative error after each removal (minimax allocation)."""
-    order, cost = obs_removal_order(scores.down_weight_by_neuron(adapter), second_moment, mean, forced=forced,
-                                    ridge=ridge, layer=adapter.layer)
-    v = np.cumsum(np.maximum(cost, 0.0)) * float(weight_mean)
-    for k in range(1, len(v)):
-        v[k] = max(v[k], np.nextafter(v[k - 1], np.inf))
-    s = np.full(adapter.width, np.inf)
-    s[order] = v
-    return s
+def cumulative_scores(*args, **kwargs):
+    """The layer's total relative error after each removal (minimax allocation): the shipped scores of
+    the running totals of the greedy's costs instead of the costs themselves."""
+    real = scores.obs_removal_order
+
+    def totals(*a, **k):
+        order, cost = real(*a, **k)
+        return order, np.cumsum(np.maximum(cost, 0.0))
+
+    scores.obs_removal_order = totals
+    try:
+        return shipped(*args, **kwargs)
+    finally:
+        scores.obs_removal_order = real
 
 
 VARIANTS = {"marginal (shipped)": shipped, "cumulative (minimax)": cumulative_scores}
