@@ -7,7 +7,8 @@ Candidates are ``method:calibration documents`` (x 512 tokens; ``method:document
 ``obs:120x2048``, for more tokens of each document), each with the least-squares repair
 (for ``obs`` its selection is that fit); ``method+seq:n`` is the same with sequential calibration
 (each layer's repair -- and for obs its choice inside the layer -- on the model whose lower layers
-are already pruned and repaired; the widths from the one-shot pass). The same evaluation documents for every candidate, so the
+are already pruned and repaired; the widths from the one-shot pass); ``method+rec:n`` adds one epoch of
+recovery by distillation at the default learning rate (:mod:`fnprune.pruning.recover`). The same evaluation documents for every candidate, so the
 comparison is paired: the validation split is ``split_validation(docs, 120)`` (index % 10 == 5,
 disjoint from every calibration set tried and from the held-out documents), the test split is the
 first 20 held-out documents (index % 10 == 0) of §3b. Each document is scored alone on its first
@@ -124,8 +125,10 @@ def main() -> None:
         for ratio in ratios:
             pruned = copy.deepcopy(model)
             t0 = time.perf_counter()
-            prune_with_networks(pruned, None, PruningSpec(method=method.removesuffix("+seq"), target_ratio=ratio,
-                                                          repair="lstsq", sequential=method.endswith("+seq")),
+            base, *modes = method.split("+")
+            prune_with_networks(pruned, None, PruningSpec(method=base, target_ratio=ratio, repair="lstsq",
+                                                          sequential="seq" in modes,
+                                                          recover_epochs=1 if "rec" in modes else 0),
                                 calibrations[size])
             seconds = time.perf_counter() - t0
             res[method, n, tokens, ratio] = r = per_document_perplexity(pruned, tok, evaluation, window=512, keep_units=True)

@@ -97,6 +97,16 @@ DEFAULT_CALIBRATION_TOKENS = DEFAULT_MAX_TOKENS
 QUICK_ANALYSIS_TEXTS = DEFAULT_ANALYSIS_TEXTS
 QUICK_CALIBRATION_DOCS = 40
 DEFAULT_RIDGE = 1e-4  # the repair's ridge, times the mean input power; chosen on validation documents (§3b)
+# Recovery by distillation after pruning (fnprune.pruning.recover; the CLI's --recover-epochs, the API's
+# recover_epochs): off by default -- it costs about as much again as the pruning and holds a second copy of
+# the model; the learning rate was chosen on validation documents (BENCHMARKS.md §3b, "Recovery by distillation").
+DEFAULT_RECOVER_EPOCHS = 0
+MAX_RECOVER_EPOCHS = 20
+DEFAULT_RECOVER_LR = 1e-4
+RECOVER_HELP = ("after pruning and repair, train the pruned model's MLP weights for this many passes over the "
+                "calibration documents to match the dense model's next-token distributions (distillation; "
+                "0 = off). Costs about one forward and backward pass of both models per calibration document "
+                "and pass, and holds a copy of the dense model")
 DEFAULT_HEADS_FRACTION = 0.25  # of the KV groups of each unprotected layer, when heads are pruned without a fraction
 
 # Protect a capability (fnprune.pruning.protect; the CLI's --protect, the API's `protect`)

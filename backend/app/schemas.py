@@ -30,12 +30,16 @@ from fnprune.options import (
     DEFAULT_PROTECT_DOCS,
     DEFAULT_PROTECT_NETWORKS,
     DEFAULT_RATIO_OF,
+    DEFAULT_RECOVER_EPOCHS,
+    DEFAULT_RECOVER_LR,
     DEFAULT_REPAIR,
     DEFAULT_SAMPLING,
+    MAX_RECOVER_EPOCHS,
     MODES,
     PROTECT_BY,
     PROTECT_BY_HELP,
     RATIO_BASES,
+    RECOVER_HELP,
     REPAIRS,
     SAMPLINGS,
 )
@@ -325,6 +329,10 @@ class PruningRequest(ThresholdChoice):
         f"tokens per calibration document; default: the analysis' max_tokens, at least {DEFAULT_CALIBRATION_TOKENS}"))
     protect: ProtectRequest | None = Field(default=None, description=(
         "keep another text working (the result's `protect` block compares it dense, pruned and unconstrained)"))
+    recover_epochs: Int = Field(default=DEFAULT_RECOVER_EPOCHS, ge=0, le=MAX_RECOVER_EPOCHS, description=(
+        RECOVER_HELP + " (the result's `recovery` records what it did)"))
+    recover_lr: float = Field(default=DEFAULT_RECOVER_LR, gt=0, lt=1, allow_inf_nan=False,
+                              description="learning rate of the recovery (chosen on validation documents)")
 
     @field_validator("heads")
     @classmethod
@@ -546,6 +554,9 @@ class PruningDefaults(BaseModel):
     calibration_tokens: int = Field(description="tokens per calibration document: the analysis', at least this")
     ridge: float = Field(description="the least-squares repair's ridge, times the mean input power")
     heads_fraction: float = Field(description="the fraction of KV groups `heads: true` removes")
+    recover_epochs: int = Field(description="`recover_epochs` when not given (0: no recovery)")
+    recover_lr: float = Field(description="`recover_lr` when not given")
+    recover_max_epochs: int = Field(description="the largest `recover_epochs` accepted")
     sequential_repair: Literal[REPAIRS] = Field(description="`sequential` is a mode of this repair only")
     quick_analysis_texts: int = Field(description="an analysis of fewer texts is a quick one (the form then "
                                                   "proposes quick_calibration_texts)")

@@ -59,7 +59,8 @@ def spec_from_args(args: argparse.Namespace):
                        threshold=args.threshold, networks=_tuple(int_list(args.networks, "--networks")),
                        allocation=allocation, protected_layers=_tuple(int_list(args.protected, "--protected")),
                        repair=repair, sequential=args.sequential, ridge=args.ridge, heads_fraction=args.heads,
-                       seed=args.seed, ratio_of=args.of)
+                       seed=args.seed, ratio_of=args.of, recover_epochs=args.recover_epochs,
+                       recover_lr=args.recover_lr)
 
 
 def _tuple(values):
@@ -124,6 +125,11 @@ def report_pruning(outcome, fidelity=None) -> str:
             lines.append(f"  calibration output error of the pruned {'attention outputs' if heads else 'layers'} "
                          f"(mean relative): no repair {summary['error_pruned']:.4f}, mean bias "
                          f"{summary['error_bias']:.4f}, least squares {summary['error_repaired']:.4f}")
+    if outcome.recovery is not None:
+        r = outcome.recovery
+        lines.append(f"  recovery by distillation: {r.epochs} epoch(s) over {r.documents} documents ({r.steps} steps, "
+                     f"learning rate {r.lr:g}): KL to the dense model {r.kl_first:.4f} -> {r.kl_last:.4f} nats per "
+                     f"token, {r.seconds:.0f} s")
     for note in outcome.notes:
         lines.append(f"  note: {note}")
     if fidelity:
@@ -180,9 +186,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      repairs=args.repairs, controls=args.controls, split=args.split,
                      extra_corpora=[c for c in args.extra_corpora.split(",") if c.strip()],
                      fidelity=args.fidelity or None, paper_run_dir=args.paper_run_dir,
+                     recover_epochs=args.recover_epochs, recover_lr=args.recover_lr,
                      progress=None if args.quiet else tqdm_progress())
     print((Path(args.out) / "report.md").read_text() if args.out else json.dumps(result, indent=2))
     return 0
+
+
+def add_recover_options(p: argparse.ArgumentParser) -> None:
+    """``--recover-epochs`` and ``--recover-lr`` (recovery by distillation, :mod:`fnprune.pruning.recover`)."""
+    from .. import options
+
+    p.add_argument("--recover-epochs", type=int, default=options.DEFAULT_RECOVER_EPOCHS, metavar="N",
+                   help=f"{options.RECOVER_HELP} (default {options.DEFAULT_RECOVER_EPOCHS}; at most "
+                        f"{options.MAX_RECOVER_EPOCHS})")
+    p.add_argument("--recover-lr", type=float, default=options.DEFAULT_RECOVER_LR, metavar="LR",
+                   help=f"learning rate of the recovery (default {options.DEFAULT_RECOVER_LR:g}, chosen on validation "
+                        "documents)")
 
 
 def add_subcommands(subparsers) -> None:
@@ -240,6 +259,7 @@ def add_subcommands(subparsers) -> None:
                    help="also remove this fraction of attention KV groups (a KV head with its query heads) in "
                         "each unprotected layer, lowest FLAP fluctuation first (LLaMA family; o_proj is repaired "
                         "like the MLPs: least squares with lstsq, mean bias with bias)")
+    add_recover_options(p)
     p.add_argument("--protected", default=None, help="protected layers, e.g. 0,1,2,-2,-1 (default: paper's)")
     p.add_argument("--model", default=None, help="model spec (default: the one the run directory names)")
     p.add_argument("--corpus", default=options.DEFAULT_CORPUS, help="calibration and held-out corpus")
@@ -292,6 +312,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--windows", default="512,128", help="perplexity window lengths (default 512,128)")
     p.add_argument("--per-document", action="store_true",
                    help="score each held-out document alone on its first 512 tokens (METHOD §2's table)")
+    add_recover_options(p)
     p.add_argument("--out", required=True, metavar="REPORT_DIR")
     add_batch_options(p)
     p.set_defaults(func=cmd_compare)

@@ -37,7 +37,12 @@ from torch import nn
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..models.mlp import find_mlps, total_parameters
-from ..options import DEFAULT_CALIBRATION_DOCS, DEFAULT_MAX_TOKENS  # noqa: F401
+from ..options import (  # noqa: F401
+    DEFAULT_CALIBRATION_DOCS,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_RECOVER_EPOCHS,
+    DEFAULT_RECOVER_LR,
+)
 from ..progress import ProgressCallback, report
 from ..pruning.budget import check_target_ratio
 from ..pruning.calibration import Calibration
@@ -154,6 +159,7 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
             reference: tuple[str, str, str] | None = ("flap", "own", "bias"),
             analyze_kwargs: dict | None = None, paper_run_dir: str | os.PathLike | None = None,
             model: nn.Module | None = None, tokenizer=None, docs=None, fn=None, paper_fn=None,
+            recover_epochs: int = DEFAULT_RECOVER_EPOCHS, recover_lr: float = DEFAULT_RECOVER_LR,
             progress: ProgressCallback | None = None) -> dict:
     """Prune with every method at every ratio and measure held-out perplexity and network fidelity.
 
@@ -165,13 +171,15 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
     ``ratios``: fractions of all parameters to remove. ``extra_corpora``: more held-out sets
     (e.g. ``pydoc``; their own held-out split). ``fidelity``: score the chosen networks, or this
     many of the most stable ones (None: no fidelity). ``reference``: the (method, allocation,
-    repair) row every other row of the same ratio is paired with.
+    repair) row every other row of the same ratio is paired with. ``recover_epochs`` / ``recover_lr``:
+    recovery by distillation after every row's pruning (:mod:`fnprune.pruning.recover`; 0: none).
     """
     ratios = parse_ratios(ratios)
     methods = parse_methods(methods)
     repairs = parse_repairs(repairs)
     if split not in ("test", "validation"):
         raise ConfigError(f"split must be 'test' or 'validation', got {split!r}")
+    PruningSpec(recover_epochs=recover_epochs, recover_lr=recover_lr).validated(have_networks=False)  # refused now
     if out_dir is not None:
         out_dir = Path(out_dir)
         try:
@@ -221,7 +229,8 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
     jobs = _jobs(methods, ratios, repairs, fn is not None, controls)
     specs = [PruningSpec(method=method, target_ratio=ratio, networks=None if networks is None else tuple(networks),
                          allocation=allocation, repair="lstsq" if repair == "sequential" else repair,
-                         sequential=repair == "sequential", seed=seed,
+                         sequential=repair == "sequential", seed=seed, recover_epochs=recover_epochs,
+                         recover_lr=recover_lr,
                          # uniform protects no layer (a stock architecture): the control row never takes them
                          protected_layers=None if protected_layers is None or allocation == "uniform"
                          else tuple(protected_layers))
@@ -240,7 +249,9 @@ def compare(model_spec: str | None, corpus: str | None, ratios, methods=DEFAULT_
               "protected_layers": list(protected_layers) if protected_layers is not None else "default",
               "n_calib_docs": len(calib), "eval_sets": {k: len(v) for k, v in eval_sets.items()},
               "max_tokens": max_tokens, "ppl_protocol": "per-document" if per_document else "concatenated windows",
-              "total_params": total, "reference": list(reference) if reference else None, "rows": rows}
+              "total_params": total, "reference": list(reference) if reference else None,
+              "recovery": {"epochs": int(recover_epochs), "lr": float(recover_lr)} if recover_epochs else None,
+              "rows": rows}
     if out_dir is not None:
         atomic_write_text(out_dir / "results.json", json.dumps(result, indent=1) + "\n")
         atomic_write_text(out_dir / "report.md", markdown_report(result))
@@ -292,6 +303,7 @@ def _run_job(model, tokenizer, fn, fidelity_fn, spec: PruningSpec, calibration: 
                "removed_mlp_fraction": outcome.removed_mlp_fraction, "widths": outcome.widths,
                "prune_seconds": seconds, "repair_errors": outcome.repair_summary(), "keep_digest": outcome.keep_digest,
                "chosen_networks": [asdict(c) for c in outcome.chosen],
+               "recovery": None if outcome.recovery is None else asdict(outcome.recovery),
                "ppl": {name: score(pruned) for name, score in scorers.items()}}
         if fidelity_ids:
             from .fidelity import network_fidelity
@@ -343,7 +355,9 @@ def markdown_report(result: dict) -> str:
              f"Calibration: {result['n_calib_docs']} documents; evaluated on the {result.get('split', 'test')} split: "
              + ", ".join(f"{k} {v} documents" for k, v in result["eval_sets"].items())
              + f"; perplexity over {result.get('ppl_protocol', 'windows')}, 95% bootstrap intervals over windows. "
-             f"Ratio = fraction of all {result['total_params']:,} parameters removed (MLP neurons only).",
+             f"Ratio = fraction of all {result['total_params']:,} parameters removed (MLP neurons only)."
+             + (f" Every pruned row then had {result['recovery']['epochs']} epoch(s) of recovery by distillation "
+                f"(learning rate {result['recovery']['lr']:g})." if result.get("recovery") else ""),
              "" if not ref else f"Paired ratio: PPL / PPL of {ref[0]} ({ref[1]}, {ref[2]}) at the same ratio on the "
              "same windows, with a paired bootstrap 95% interval.",
              "Fidelity: median / worst time-course correlation of the scored networks; their key neurons kept.", "",

@@ -298,7 +298,9 @@ def comparisons(models: JobModels, networks, outcome: PruningOutcome, calibratio
             "mlp_neurons_removed": n_removed, "mlp_params_removed": removed_params, "heads": "not pruned",
             "description": "each baseline removes as many MLP neurons as the method"
                            + (" and no attention head (the method's pruned heads are not part of its budget)"
-                              if outcome.kv_heads is not None else "")}
+                              if outcome.kv_heads is not None else "")
+                           + (f" and gets the same recovery by distillation ({spec.recover_epochs} epoch(s))"
+                              if spec.recover_epochs else "")}
     budget = {"target_ratio": removed_params / outcome.dense_mlp_params, "threshold": None, "ratio_of": "mlp"}
     for method in baselines if n_removed > 0 else ():
         for allocation in ("own", "networks"):
@@ -311,7 +313,8 @@ def comparisons(models: JobModels, networks, outcome: PruningOutcome, calibratio
         other_outcome = prune_with_networks(other, networks, step_spec, calibration)
         ppl = heldout_perplexity(other, tokenizer, heldout)
         rows.append({"name": name, "method": step_spec.method, "allocation": step_spec.resolved_allocation,
-                     "repair": step_spec.repair, "ppl": ppl, "ratio_total": other_outcome.removed_fraction,
+                     "repair": step_spec.repair, "recover_epochs": step_spec.recover_epochs,
+                     "ppl": ppl, "ratio_total": other_outcome.removed_fraction,
                      "ratio_mlp": other_outcome.removed_mlp_fraction,
                      "mlp_neurons_removed": removed_neurons(other_outcome, models.params_per_neuron)[0]})
         del other

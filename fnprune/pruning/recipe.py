@@ -42,6 +42,10 @@ Pruned attention heads (``heads_fraction``) get the same repair: ``lstsq`` re-fi
 columns of the kept heads and a bias to the dense ``o_proj`` output (its input's second moment over
 the calibration tokens, the same closed form and ridge), ``bias`` the mean compensation.
 
+Recovery (``PruningSpec.recover_epochs``, off by default): after the repair, the pruned model's MLP
+weights are trained to match the dense model's next-token distributions on the calibration documents
+(:mod:`fnprune.pruning.recover`); the dense model is copied before pruning to be the teacher.
+
 Nothing is substituted silently: what the recipe decides for the user (no layer protected under
 ``uniform``, fewer calibration documents than requested) is in :attr:`PruningOutcome.notes`, which
 the CLI prints and ``pruning.json`` and the web app's result record.
@@ -49,6 +53,7 @@ the CLI prints and ``pruning.json`` and the web app's result record.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -64,6 +69,7 @@ from .calibration import Calibration
 from .heads import head_group_scores, keep_heads_from_scores, prune_heads
 from .layerwise import streamed_repair
 from .methods import WEIGHTED_MOMENTS, ScoreInputs
+from .recover import Recovery, distill
 from .repair import LayerFit, down_weight_by_neuron, obs_removal_order
 from .selection import NetworkKept, forced_mask, networks_kept, plan, protected_set
 from .spec import PruningSpec, stats_needed
@@ -91,6 +97,7 @@ class PruningOutcome:
     head_fits: dict[int, LayerFit] = field(default_factory=dict)
     calibration_docs: dict | None = None
     notes: list[str] = field(default_factory=list)
+    recovery: Recovery | None = None
 
     @property
     def removed_fraction(self) -> float:
@@ -131,7 +138,8 @@ class PruningOutcome:
                 "removed_fraction": self.removed_fraction, "removed_mlp_fraction": self.removed_mlp_fraction,
                 "keep_digest": self.keep_digest, "chosen_networks": [asdict(c) for c in self.chosen],
                 "repair_errors": self.repair_summary(), "head_repair_errors": self.repair_summary(heads=True),
-                "calibration_docs": self.calibration_docs, "notes": list(self.notes)}
+                "calibration_docs": self.calibration_docs, "notes": list(self.notes),
+                "recovery": None if self.recovery is None else asdict(self.recovery)}
 
 
 def check_networks_match(fn, model: nn.Module) -> None:
@@ -231,6 +239,9 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
     needs_stats, second_moments, weighted = stats_needed(spec)
     if (needs_stats or spec.heads_fraction) and calibration is None:
         raise ConfigError(f"method {spec.method!r} with repair {spec.repair!r} needs calibration documents")
+    if spec.recover_epochs and calibration is None:
+        raise ConfigError("recovery (recover_epochs) needs calibration documents", field="recover_epochs")
+    teacher = copy.deepcopy(model) if spec.recover_epochs else None  # the dense model, before any change
     stats = None
     if needs_stats:
         stats = calibration.down_stats(model, second_moments=second_moments, progress=renamed(progress, "calibrate"),
@@ -279,15 +290,22 @@ def prune_with_networks(model: nn.Module, fn, spec: PruningSpec, calibration: Ca
         prune_model(model, keep, bias=stats if spec.repair == "bias" else None, repair=repair,
                     ridge=spec.ridge, fits=fits)
     report(progress, "prune", 1.0, "done")
+    recovery = None
+    if teacher is not None:
+        recovery = distill(model, teacher, calibration.tokenizer, calibration.docs, epochs=spec.recover_epochs,
+                           lr=spec.recover_lr, max_tokens=calibration.max_tokens, batch_size=calibration.batch_size,
+                           random_state=spec.seed, progress=progress)
+        del teacher
     after = parameter_counts(model)
-    docs = None if calibration is None else calibration.docs_record(needs_stats or bool(spec.heads_fraction))
+    docs = None if calibration is None else calibration.docs_record(
+        needs_stats or bool(spec.heads_fraction) or recovery is not None)
     return PruningOutcome(spec=spec, keep=[np.asarray(k, dtype=np.int64) for k in keep],
                           widths=after["widths"], original_widths=dense["widths"],
                           dense_total_params=dense["total_params"], dense_mlp_params=dense["mlp_params"],
                           total_params=after["total_params"], mlp_params=after["mlp_params"],
                           protected_layers=[int(x) for x in protected], chosen=chosen, layer_fits=fits,
                           threshold=threshold, kv_heads=kv_heads, head_fits=head_fits, calibration_docs=docs,
-                          notes=_notes(spec, after["widths"], len(dense["widths"]), docs))
+                          notes=_notes(spec, after["widths"], len(dense["widths"]), docs), recovery=recovery)
 
 
 def _obs_reselect(model: nn.Module, owner, spec: PruningSpec):

@@ -12,8 +12,11 @@ from ..errors import ConfigError
 from ..options import (
     ALLOCATIONS,
     DEFAULT_METHOD,
+    DEFAULT_RECOVER_EPOCHS,
+    DEFAULT_RECOVER_LR,
     DEFAULT_RIDGE,
     DEFAULT_TARGET_RATIO,
+    MAX_RECOVER_EPOCHS,
     RATIO_BASES,
     REPAIRS,
     SEQUENTIAL_REPAIR,
@@ -42,6 +45,8 @@ class PruningSpec:
     ``target_ratio``: fraction of ``ratio_of`` parameters to remove (``all`` by default, ``mlp`` or
     ``non-embedding``; only MLP neurons are removed);
     ``threshold``: instead, keep neurons whose network score (|z|) is above it.
+    ``recover_epochs``: passes of recovery by distillation after the repair (0: none;
+    :mod:`fnprune.pruning.recover`), at learning rate ``recover_lr``.
     """
 
     method: str = DEFAULT_METHOD
@@ -56,6 +61,8 @@ class PruningSpec:
     heads_fraction: float | None = None
     seed: int = 0
     ratio_of: str = "all"
+    recover_epochs: int = DEFAULT_RECOVER_EPOCHS
+    recover_lr: float = DEFAULT_RECOVER_LR
 
     @property
     def method_record(self):
@@ -101,6 +108,7 @@ class PruningSpec:
             raise ConfigError(f"threshold must be a finite number ≥ 0, got {self.threshold!r}", field="threshold")
         if not (np.isfinite(self.ridge) and self.ridge >= 0):
             raise ConfigError(f"ridge must be a finite number ≥ 0, got {self.ridge!r}", field="ridge")
+        _check_recovery(self.recover_epochs, self.recover_lr)
         if self.sequential and self.repair != SEQUENTIAL_REPAIR:
             raise ConfigError(f"sequential calibration is a mode of the least-squares repair (repair="
                               f"'{SEQUENTIAL_REPAIR}')", field="sequential")
@@ -124,8 +132,18 @@ class PruningSpec:
                               "by the network score, so a |z| threshold has no meaning: use allocation 'networks' "
                               "(or a target ratio)", field="threshold")
         return replace(self, networks=None if self.networks is None else tuple(int(x) for x in self.networks),
+                       recover_epochs=int(self.recover_epochs), recover_lr=float(self.recover_lr),
                        protected_layers=None if self.protected_layers is None
                        else tuple(int(x) for x in self.protected_layers))
+
+
+def _check_recovery(epochs, lr) -> None:
+    """Refuse a recovery setting that is not a whole number of epochs in range or a learning rate in (0, 1)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or not 0 <= epochs <= MAX_RECOVER_EPOCHS:
+        raise ConfigError(f"recover_epochs must be a whole number from 0 to {MAX_RECOVER_EPOCHS}, got {epochs!r}",
+                          field="recover_epochs")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not (np.isfinite(lr) and 0 < lr < 1):
+        raise ConfigError(f"recover_lr must be a number between 0 and 1 (exclusive), got {lr!r}", field="recover_lr")
 
 
 _OPTION_NAMES = {"sequential": "sequential calibration", "heads_fraction": "pruning attention heads"}

@@ -53,3 +53,21 @@ def test_uniform_with_protected_layers_is_refused(finished):
         assert response.status_code == 422, response.text
         assert response.json()["field"] == "protected_layers" and "uniform" in response.json()["detail"]
     assert client.get("/api/prunings").json() == []
+
+
+def test_recovery_is_honoured_and_recorded(finished):
+    """`recover_epochs` runs the recovery after the repair (the library's, fnprune.pruning.recover) and the
+    result says what it did; the baselines get the same recovery, and say so."""
+    client, analysis_id = finished
+    job = _pruning(client, {"analysis_id": analysis_id, "target_ratio": 0.1, "recover_epochs": 2, "recover_lr": 0.001,
+                            "baselines": ["magnitude"], "evaluate": False, "calibration_texts": 12,
+                            "calibration_tokens": 64})
+    rec = job["result"]["recovery"]
+    assert rec["epochs"] == 2 and rec["lr"] == 0.001 and rec["steps"] == 2 * 3 and rec["documents"] == 12
+    assert rec["kl_first"] >= 0 and rec["kl_last"] >= 0 and rec["seconds"] > 0
+    assert "same recovery by distillation (2 epoch(s))" in job["result"]["baseline_budget"]["description"]
+    assert [b["recover_epochs"] for b in job["result"]["baselines"]] == [2, 2]
+    plain = _pruning(client, {"analysis_id": analysis_id, "target_ratio": 0.1, "evaluate": False,
+                              "calibration_texts": 12, "calibration_tokens": 64})
+    assert plain["result"]["recovery"] is None
+    assert plain["result"]["keep_digest"] == job["result"]["keep_digest"]  # recovery never changes the kept neurons

@@ -57,6 +57,10 @@ BAD_REQUESTS = [
     ("get", "/api/analyses/doesnotexist/labels", {}, 404, None),
     ("delete", "/api/prunings/nope", {}, 404, None),
     ("post", "/api/prunings", {"json": {"analysis_id": "x", "networks": [False]}}, 422, "networks.0"),
+    ("post", "/api/prunings", {"json": {"analysis_id": "x", "recover_epochs": -1}}, 422, "recover_epochs"),
+    ("post", "/api/prunings", {"json": {"analysis_id": "x", "recover_epochs": 21}}, 422, "recover_epochs"),
+    ("post", "/api/prunings", {"json": {"analysis_id": "x", "recover_epochs": True}}, 422, "recover_epochs"),
+    ("post", "/api/prunings", {"json": {"analysis_id": "x", "recover_lr": 0}}, 422, "recover_lr"),
     ("post", "/api/download-links", {"json": {"path": "/api/health"}}, 422, "path"),
     ("patch", "/api/analyses", {}, 405, None),
     ("get", "/api/analyses/doesnotexist/preview", {}, 405, None),  # not the static UI's 404

@@ -609,12 +609,18 @@ def test_select_networks_are_constraints(server, page, pruned):
     # default (at least 120) is what a request without the field gets
     expect(page.locator("#opt-calib-docs")).to_have_value("40")
     expect(page.locator("#calib-help")).to_contain_text("quick analysis (6 texts)")
+    # recovery by distillation: off unless asked for; the field's number is what the request sends
+    expect(page.locator("#opt-recover-epochs")).to_have_value("0")
+    expect(page.locator("#recover-help")).to_contain_text("0 = off")
+    page.locator("#opt-recover-epochs").fill("2")
     assert_fits_viewport(page, "select (no constraint)")
     page.get_by_role("button", name="Prune the model").click()
     expect(page.get_by_role("alert")).to_contain_text("test: not started")
     assert prunings[-1]["networks"] is None and prunings[-1]["repair"] == "lstsq" and "bias" not in prunings[-1]
     assert prunings[-1]["sequential"] is False and prunings[-1]["method"] == "obs"
     assert prunings[-1]["calibration_texts"] == 40
+    assert prunings[-1]["recover_epochs"] == 2
+    page.locator("#opt-recover-epochs").fill("0")
 
     # one network checked: every one of its key neurons is forced in, per network and per layer
     _, one = _api(server, f"/api/analyses/{analysis_id}/preview", {"networks": [chosen], "target_ratio": 0.2})

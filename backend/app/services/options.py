@@ -36,6 +36,8 @@ def vocabulary() -> dict[str, Any]:
                     "calibration_texts": options.DEFAULT_CALIBRATION_DOCS,
                     "calibration_tokens": options.DEFAULT_CALIBRATION_TOKENS, "ridge": options.DEFAULT_RIDGE,
                     "heads_fraction": options.DEFAULT_HEADS_FRACTION,
+                    "recover_epochs": options.DEFAULT_RECOVER_EPOCHS, "recover_lr": options.DEFAULT_RECOVER_LR,
+                    "recover_max_epochs": options.MAX_RECOVER_EPOCHS,
                     "sequential_repair": options.SEQUENTIAL_REPAIR,
                     "quick_analysis_texts": options.QUICK_ANALYSIS_TEXTS,
                     "quick_calibration_texts": options.QUICK_CALIBRATION_DOCS,

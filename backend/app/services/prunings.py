@@ -38,7 +38,7 @@ def _spec(req: PruningRequest, networks):
                        allocation="uniform" if req.uniform else "default",
                        protected_layers=None if req.protected_layers is None else tuple(req.protected_layers),
                        repair=req.repair, sequential=req.sequential, heads_fraction=req.heads_fraction,
-                       ratio_of=req.ratio_of)
+                       ratio_of=req.ratio_of, recover_epochs=req.recover_epochs, recover_lr=req.recover_lr)
     return default_target(spec, networks.threshold)
 
 
@@ -148,6 +148,7 @@ def run_pruning(settings: Settings, job_id: str, params: dict[str, Any], progres
         "removed_params": info["removed_params"], "protected_layers": outcome.protected_layers,
         "threshold": outcome.threshold, "chosen_networks": info["chosen_networks"], "keep_digest": outcome.keep_digest,
         "repair_errors": info["repair_errors"], "head_repair_errors": info["head_repair_errors"],
+        "recovery": info["recovery"],
         "target": {"threshold": spec.threshold, "target_ratio": spec.target_ratio, "ratio_of": spec.ratio_of,
                    "source": target_source},
         "calibration": {"texts": len(done.calibration), "requested_texts": n_calib, "tokens_per_text": calib_tokens,

@@ -15,6 +15,7 @@ const STAGE_NAMES = {
   select: "Choosing the neurons to keep",
   prune: "Pruning",
   "calibrate heads": "Measuring attention heads",
+  recover: "Recovering by distillation from the dense model",
   save: "Saving results",
   "evaluate dense": "Evaluating the dense model",
   "evaluate pruned": "Evaluating the pruned model",

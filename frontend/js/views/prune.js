@@ -443,6 +443,7 @@ function methodSection(options) {
   const heads = el("input#opt-heads", { type: "checkbox" });
   const headsFraction = el("input#opt-heads-fraction", { type: "number", min: "0.05", max: "0.95", step: "0.05", value: String(defaults.heads_fraction), disabled: true, "aria-label": "Fraction of KV head groups to remove" });
   heads.addEventListener("change", () => (headsFraction.disabled = !heads.checked));
+  const recoverEpochs = el("input#opt-recover-epochs", { type: "number", min: "0", max: String(defaults.recover_max_epochs), step: "1", value: String(defaults.recover_epochs), "aria-describedby": "recover-help" });
   const evaluate = el("input#opt-evaluate", { type: "checkbox", checked: true });
   const baselineBoxes = options.methods.filter((m) => m.baseline)
     .map((m) => el("label.check", el("input", { type: "checkbox", name: "baseline", value: m.name }), ` ${m.label}`));
@@ -455,6 +456,8 @@ function methodSection(options) {
       el("label", { for: "opt-repair" }, "Repair of the pruned layers ", repair),
       repairHelp,
       el("label.check", { for: "opt-sequential" }, sequential, el("span", "sequential: calibrate each layer's least-squares fit on the model whose lower layers are already pruned and repaired ", el("span.muted.small", { text: sequentialNote }))),
+      el("div.inline-row", el("label", { for: "opt-recover-epochs" }, "Recovery by distillation: epochs "), recoverEpochs,
+        el("span.muted.small#recover-help", { text: `0 = off. Trains the pruned MLP weights toward the dense model's next-token distributions on the calibration documents, at learning rate ${defaults.recover_lr} (each epoch costs about a forward and backward pass of both models over the calibration text, and holds a copy of the dense model)` })),
       el("div.inline-row", el("label.check", { for: "opt-heads" }, heads, " also prune attention heads: remove a fraction"), headsFraction, el("span.muted.small", { text: "of the KV head groups of each unprotected layer (LLaMA-style attention)" })),
     ],
     evaluate: el("label.check", { for: "opt-evaluate" }, evaluate, " evaluate: perplexity, speed, generations and network fidelity of dense and pruned models, and the pruning without repair ", el("span.muted.small", { text: "(slower)" })),
@@ -464,6 +467,7 @@ function methodSection(options) {
       repair: repair.value,
       sequential: sequential.checked,
       heads: heads.checked ? Number(headsFraction.value) : false,
+      recover_epochs: Number(recoverEpochs.value),
       evaluate: evaluate.checked,
       baselines: baselineBoxes.map((b) => b.querySelector("input")).filter((b) => b.checked).map((b) => b.value),
     }),

@@ -2,7 +2,7 @@
 // fidelity, the repair on/off comparison, baselines, generations, downloads.
 import { api, urls } from "../api.js";
 import { baseLayout, OKABE_ITO, react } from "../charts.js";
-import { el, fmtBytes, fmtNum, fmtParams, fmtPct, showError, showNotice } from "../dom.js";
+import { el, fmtBytes, fmtDuration, fmtNum, fmtParams, fmtPct, showError, showNotice } from "../dom.js";
 import { analysisDownloads, downloadsList, jobProgress, statusBadge } from "./common.js";
 import { protectResult } from "./protect.js";
 
@@ -40,7 +40,7 @@ function describe(p) {
   const target = p.target_ratio != null ? `target ${fmtPct(p.target_ratio, 0)} of all parameters` : p.threshold != null ? `|z| ≥ ${p.threshold}` : "default threshold";
   const nets = p.networks ? `${p.networks.length} chosen network${p.networks.length === 1 ? "" : "s"} kept` : "no network forced";
   const repair = REPAIR_NAMES[p.repair || "lstsq"] + (p.sequential ? " (sequential)" : "");
-  const opts = [p.method || "fn-flap", repair, p.bias && "bias compensation", p.uniform && "uniform widths", p.heads && `heads ${p.heads === true ? "25 %" : fmtPct(p.heads, 0)}`].filter(Boolean);
+  const opts = [p.method || "fn-flap", repair, p.bias && "bias compensation", p.uniform && "uniform widths", p.heads && `heads ${p.heads === true ? "25 %" : fmtPct(p.heads, 0)}`, p.recover_epochs && `recovery ${p.recover_epochs} epoch${p.recover_epochs === 1 ? "" : "s"}`].filter(Boolean);
   return `· ${target} · ${nets} · ${opts.join(", ")}`;
 }
 
@@ -119,6 +119,10 @@ function repairSection(r) {
         el("div", el("dt", { text: "no repair" }), el("dd#err-pruned", { text: fmtPct(errs.error_pruned) })),
         el("div", el("dt", { text: "mean bias" }), el("dd#err-bias", { text: fmtPct(errs.error_bias) })),
         el("div", el("dt", { text: "least squares" }), el("dd#err-repaired", { text: fmtPct(errs.error_repaired) }))));
+  }
+  const rec = r.recovery;
+  if (rec) {
+    parts.push(el("p#recovery", { text: `Then recovery by distillation: ${rec.epochs} epoch${rec.epochs === 1 ? "" : "s"} over ${rec.documents} calibration documents (${rec.steps} steps, learning rate ${rec.lr}), training the MLP weights toward the dense model's next-token distributions: KL ${fmtNum(rec.kl_first, 4)} → ${fmtNum(rec.kl_last, 4)} nats per token, ${fmtDuration(rec.seconds)}.${rc ? " Both rows above include it." : ""}` }));
   }
   if (!parts.length) {
     parts.push(el("p.muted", { text: r.repair === "none" ? "No repair was applied to this pruning." : "No repair comparison was recorded (it needs evaluation and the least-squares repair)." }));
