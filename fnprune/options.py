@@ -105,8 +105,8 @@ MAX_RECOVER_EPOCHS = 20
 DEFAULT_RECOVER_LR = 1e-4
 RECOVER_HELP = ("after pruning and repair, train the pruned model's MLP weights for this many passes over the "
                 "calibration documents to match the dense model's next-token distributions (distillation; "
-                "0 = off). Costs about one forward and backward pass of both models per calibration document "
-                "and pass, and holds a copy of the dense model")
+                "0 = off). Each epoch costs a forward pass of the dense model and a forward and backward pass of "
+                "the pruned one over the calibration documents, and it holds a copy of the dense model")
 DEFAULT_HEADS_FRACTION = 0.25  # of the KV groups of each unprotected layer, when heads are pruned without a fraction
 
 # Protect a capability (fnprune.pruning.protect; the CLI's --protect, the API's `protect`)

@@ -269,7 +269,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--heldout-docs", type=int, default=10, help="held-out documents for the fidelity report")
     p.add_argument("--fidelity", type=int, default=20, metavar="N",
                    help="report network fidelity for the chosen networks, or the N most stable (0: off)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline and of the recovery's batch order")
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--overwrite", action="store_true")
     add_protect_options(p)

@@ -46,7 +46,8 @@ class PruningSpec:
     ``non-embedding``; only MLP neurons are removed);
     ``threshold``: instead, keep neurons whose network score (|z|) is above it.
     ``recover_epochs``: passes of recovery by distillation after the repair (0: none;
-    :mod:`fnprune.pruning.recover`), at learning rate ``recover_lr``.
+    :mod:`fnprune.pruning.recover`), at learning rate ``recover_lr``; ``seed`` seeds the random
+    baseline and the recovery's batch order.
     """
 
     method: str = DEFAULT_METHOD

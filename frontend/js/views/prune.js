@@ -457,7 +457,7 @@ function methodSection(options) {
       repairHelp,
       el("label.check", { for: "opt-sequential" }, sequential, el("span", "sequential: calibrate each layer's least-squares fit on the model whose lower layers are already pruned and repaired ", el("span.muted.small", { text: sequentialNote }))),
       el("div.inline-row", el("label", { for: "opt-recover-epochs" }, "Recovery by distillation: epochs "), recoverEpochs,
-        el("span.muted.small#recover-help", { text: `0 = off. Trains the pruned MLP weights toward the dense model's next-token distributions on the calibration documents, at learning rate ${defaults.recover_lr} (each epoch costs about a forward and backward pass of both models over the calibration text, and holds a copy of the dense model)` })),
+        el("span.muted.small#recover-help", { text: `0 = off. Trains the pruned MLP weights toward the dense model's next-token distributions on the calibration documents, at learning rate ${defaults.recover_lr} (each epoch costs a forward pass of the dense model and a forward and backward pass of the pruned one over the calibration documents, and it holds a copy of the dense model)` })),
       el("div.inline-row", el("label.check", { for: "opt-heads" }, heads, " also prune attention heads: remove a fraction"), headsFraction, el("span.muted.small", { text: "of the KV head groups of each unprotected layer (LLaMA-style attention)" })),
     ],
     evaluate: el("label.check", { for: "opt-evaluate" }, evaluate, " evaluate: perplexity, speed, generations and network fidelity of dense and pruned models, and the pruning without repair ", el("span.muted.small", { text: "(slower)" })),
