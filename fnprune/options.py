@@ -98,8 +98,9 @@ QUICK_ANALYSIS_TEXTS = DEFAULT_ANALYSIS_TEXTS
 QUICK_CALIBRATION_DOCS = 40
 DEFAULT_RIDGE = 1e-4  # the repair's ridge, times the mean input power; chosen on validation documents (§3b)
 # Recovery by distillation after pruning (fnprune.pruning.recover; the CLI's --recover-epochs, the API's
-# recover_epochs): off by default -- it costs about as much again as the pruning and holds a second copy of
-# the model; the learning rate was chosen on validation documents (BENCHMARKS.md §3b, "Recovery by distillation").
+# recover_epochs): off by default -- one epoch took 275-349 s on the default model on 2 cores, more than the
+# pruning itself, and it holds a second copy of the model; the learning rate was chosen on validation
+# documents (BENCHMARKS.md §3b, "Recovery by distillation").
 DEFAULT_RECOVER_EPOCHS = 0
 MAX_RECOVER_EPOCHS = 20
 DEFAULT_RECOVER_LR = 1e-4

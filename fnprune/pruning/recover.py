@@ -13,8 +13,8 @@ back toward the model it came from, not adapted to the calibration corpus (a fin
 own tokens would also make the dense model better on that text, and a "× dense" figure would then
 flatter the pruning). AdamW without weight decay, a linear warm-up over the first tenth of the steps
 then a cosine decay to 0, batches of the calibration documents in an order drawn from
-``random_state``. The learning rate and the epochs were chosen on validation documents
-(BENCHMARKS.md §3b, "Recovery by distillation").
+``random_state``. The default learning rate was chosen on validation documents, for one epoch
+(BENCHMARKS.md §3b, "Recovery by distillation"); other epoch counts were not measured.
 
 Memory: the dense model (the teacher, in eval mode, no gradients), the pruned model, the gradients
 and AdamW's two moments of the MLP weights (float32), and one batch of activations with their
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, CorpusError
 from ..models.loading import model_device
 from ..models.mlp import find_mlps
 from ..progress import ProgressCallback, report
@@ -99,7 +99,6 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer, docs, *, epochs: 
         raise ConfigError(f"the recovery learning rate must be a finite number > 0, got {lr!r}", field="recover_lr")
     sequences = encode_documents(tokenizer, docs, max_tokens)
     if not sequences:
-        from ..errors import CorpusError
         raise CorpusError("no calibration document has at least 2 tokens to recover on")
     params = mlp_parameters(student)
     flags = {id(p): p.requires_grad for p in student.parameters()}
